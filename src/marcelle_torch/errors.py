@@ -1,0 +1,61 @@
+"""The project's error classes, each mapped to one HTTP status (as KServe's server does).
+
+Every user-facing failure is one of these: the HTTP layer turns it into
+``{"error": {"code", "message"}}`` with ``status``; the CLI prints ``message`` on one line.
+"""
+
+
+class MarcelleTorchError(Exception):
+    status = 500
+    code = "internal"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def to_json(self) -> dict:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class InvalidInput(MarcelleTorchError):
+    status = 400
+    code = "invalid_input"
+
+
+class InvalidSpec(MarcelleTorchError):
+    """A model definition (or a reference to one) that cannot be used."""
+
+    status = 400
+    code = "invalid_spec"
+
+
+class ModelNotFound(MarcelleTorchError):
+    status = 404
+    code = "model_not_found"
+
+
+class PayloadTooLarge(MarcelleTorchError):
+    status = 413
+    code = "payload_too_large"
+
+
+class Overloaded(MarcelleTorchError):
+    status = 503
+    code = "overloaded"
+
+
+class ModelNotReady(MarcelleTorchError):
+    status = 503
+    code = "not_ready"
+
+
+class InferenceTimeout(MarcelleTorchError):
+    status = 504
+    code = "timeout"
+
+
+class WeightsError(MarcelleTorchError):
+    """Weights that cannot be found, downloaded, or that fail their sha256 check."""
+
+    status = 500
+    code = "weights"

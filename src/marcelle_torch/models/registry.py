@@ -1,0 +1,56 @@
+"""The model registry: built-in models by name, user models by import path.
+
+A user model is any ``package.module:factory`` where ``factory()`` returns a ModelSpec; it
+is used without editing this project (``marcelle-torch info mypkg.models:my_model``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+from ..errors import InvalidSpec, ModelNotFound
+from .spec import ModelSpec
+
+# name -> "module:factory", imported only when asked for (keeps start-up light).
+BUILTINS: dict[str, str] = {
+    "digits": "marcelle_torch.models.digits:spec",
+}
+
+
+def builtin_names() -> list[str]:
+    return sorted(BUILTINS)
+
+
+def register_builtin(name: str, import_path: str) -> None:
+    BUILTINS[name] = import_path
+
+
+def _load_factory(import_path: str) -> Callable[[], ModelSpec]:
+    module_name, sep, attr = import_path.partition(":")
+    if not sep or not module_name or not attr:
+        raise InvalidSpec(f"model reference {import_path!r}: expected a built-in name or 'package.module:factory'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InvalidSpec(f"model reference {import_path!r}: cannot import {module_name}: {exc}") from exc
+    try:
+        factory = getattr(module, attr)
+    except AttributeError:
+        raise InvalidSpec(f"model reference {import_path!r}: {module_name} has no {attr!r}") from None
+    if not callable(factory):
+        raise InvalidSpec(f"model reference {import_path!r}: {attr} is not callable")
+    return factory
+
+
+def get_spec(ref: str) -> ModelSpec:
+    """A ModelSpec from a built-in name or a ``package.module:factory`` import path."""
+    if not isinstance(ref, str) or not ref:
+        raise InvalidSpec("model reference must be a non-empty string")
+    if ":" not in ref and ref not in BUILTINS:
+        raise ModelNotFound(f"unknown model {ref!r}; built-in models: {', '.join(builtin_names())}")
+    factory = _load_factory(BUILTINS.get(ref, ref))
+    spec = factory()
+    if not isinstance(spec, ModelSpec):
+        raise InvalidSpec(f"model reference {ref!r}: factory returned {type(spec).__name__}, not ModelSpec")
+    return spec
