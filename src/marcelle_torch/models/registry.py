@@ -15,6 +15,7 @@ from .spec import ModelSpec
 # name -> "module:factory", imported only when asked for (keeps start-up light).
 BUILTINS: dict[str, str] = {
     "digits": "marcelle_torch.models.digits:spec",
+    "digits-generator": "marcelle_torch.models.digits_generator:spec",
 }
 
 
