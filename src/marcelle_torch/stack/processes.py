@@ -1,0 +1,109 @@
+"""Child processes of the local stack: started in their own process group, logged to a
+file, waited for over HTTP, and stopped with their whole group (Ray spawns many)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+from ..errors import MarcelleTorchError
+
+
+class StartupError(MarcelleTorchError):
+    status = 500
+    code = "startup_failed"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def port_or_free(port: int, host: str = "127.0.0.1") -> int:
+    """0 means "any free port"; a fixed port that is taken is a clear error, not a crash later."""
+    if port == 0:
+        return free_port(host)
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            raise StartupError(f"port {port} on {host} is already in use (choose another, or 0 for any)") from None
+    return port
+
+
+class ManagedProcess:
+    """One child process (and its process group) with its output in ``log_path``."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path, env: dict | None = None,
+                 cwd: str | Path | None = None):
+        self.name = name
+        self.argv = argv
+        self.log_path = Path(log_path)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(text[-lines:])
+
+    def wait_http(self, url: str, timeout: float, expect=(200,), on_wait=None) -> None:
+        """Poll ``url`` until it answers one of ``expect``; fail early if the process died."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise StartupError(f"{self.name} exited with code {self.proc.returncode} while starting; "
+                                   f"last lines of {self.log_path}:\n{self.log_tail()}")
+            try:
+                if httpx.get(url, timeout=2.0).status_code in expect:
+                    return
+            except httpx.HTTPError:
+                pass
+            if on_wait:
+                on_wait()
+            time.sleep(0.5)
+        raise StartupError(f"{self.name} did not become ready at {url} within {timeout:.0f}s; "
+                           f"see {self.log_path}")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM the group (the child shuts down what it started), then SIGKILL what is left."""
+        if self.alive():
+            _signal_group(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        # Whatever the leader left behind in its group goes too (e.g. a Ray worker).
+        _signal_group(self.proc.pid, signal.SIGKILL)
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+        self._log.close()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,175 @@
+"""The embedded default: the whole stack on one machine, without Kubernetes.
+
+`marcelle-torch up` (and `make demo`) trains what is not cached, starts Ray Serve with the
+project's serve config, the Marcelle backend (NeDB files on disk), a run worker, the built
+web app, and optionally a local Prometheus; waits until each answers; prints the URL; and
+stops everything, in reverse order, on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..errors import MarcelleTorchError
+from .processes import ManagedProcess, StartupError, port_or_free
+
+CLASSIFIER = "digits"
+GENERATOR = "digits-generator"
+
+
+class MissingBuild(MarcelleTorchError):
+    status = 500
+    code = "missing_build"
+
+
+@dataclass
+class StackOptions:
+    workdir: Path
+    host: str = "127.0.0.1"
+    webapp_port: int = 8080
+    serve_port: int = 8000
+    backend_port: int = 3030
+    serve_metrics_port: int = 0
+    worker_metrics_port: int = 0
+    prometheus_port: int = 9090
+    monitoring: bool = False
+    workers: int = 1
+    dist_dir: Path | None = None
+    backend_dir: Path | None = None
+    ready_timeout: float = 600.0
+
+
+@dataclass
+class Stack:
+    """A running local stack: its URLs and how to stop it."""
+
+    urls: dict[str, str] = field(default_factory=dict)
+    logs: Path | None = None
+    _stops: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
+
+    def add(self, name: str, stop: Callable[[], None]) -> None:
+        self._stops.append((name, stop))
+
+    def stop(self, say=lambda msg: None) -> None:
+        while self._stops:
+            name, stop = self._stops.pop()
+            say(f"stopping {name}")
+            try:
+                stop()
+            except Exception as exc:  # keep stopping the rest
+                say(f"  {name}: {exc}")
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The checkout that holds services/ (the web app build and the backend package)."""
+    here = (start or Path.cwd()).resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / "services" / "frontend" / "package.json").is_file():
+            return candidate
+    here = Path(__file__).resolve()
+    for candidate in here.parents:
+        if (candidate / "services" / "frontend" / "package.json").is_file():
+            return candidate
+    raise MissingBuild("cannot find the project checkout (services/frontend); run from it or pass --dist")
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "marcelle_torch.cli", *args]
+
+
+def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: None) -> Stack:
+    from ..models import get_spec, resolve_weights
+    from .backend import start_backend
+    from .webapp import start_webapp
+
+    root = None
+    dist = options.dist_dir
+    if dist is None:
+        root = project_root()
+        dist = root / "services" / "frontend" / "dist"
+    if not (dist / "index.html").is_file():
+        raise MissingBuild(f"the web app is not built ({dist}); run `make webapp` first")
+    if not (dist / "onnx" / CLASSIFIER / "model.onnx").is_file():
+        raise MissingBuild(f"the web app has no ONNX bundle ({dist}/onnx/{CLASSIFIER}); run `make webapp` first")
+
+    workdir = options.workdir
+    logs = workdir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    host = options.host
+    total = 6 if options.monitoring else 5
+
+    say(f"[1/{total}] models: {CLASSIFIER}, {GENERATOR} (trained once, then cached)")
+    for name in (CLASSIFIER, GENERATOR):
+        resolve_weights(get_spec(name), train_if_missing=True, progress=True)
+
+    webapp_port = port_or_free(options.webapp_port, host)
+    serve_port = port_or_free(options.serve_port, host)
+    serve_metrics_port = port_or_free(options.serve_metrics_port, host)
+    worker_metrics_port = port_or_free(options.worker_metrics_port, host)
+    webapp_origin = f"http://{host}:{webapp_port}"
+
+    stack = Stack(logs=logs)
+    try:
+        say(f"[2/{total}] Ray Serve on port {serve_port} (log: {logs / 'serve.log'})")
+        serve = ManagedProcess("ray serve", _cli(
+            "serve", "--host", host, "--port", str(serve_port), "--cors-origin", webapp_origin,
+            "--metrics-port", str(serve_metrics_port)), logs / "serve.log")
+        stack.add("Ray Serve", serve.stop)
+        serve_url = f"http://{host}:{serve_port}"
+        serve.wait_http(f"{serve_url}/readyz", options.ready_timeout)
+        stack.urls["serve"] = serve_url
+        stack.urls["serve_metrics"] = f"http://{host}:{serve_metrics_port}/metrics"
+
+        say(f"[3/{total}] Marcelle backend on port {options.backend_port} (data: {workdir / 'backend'})")
+        backend = start_backend(workdir / "backend", port=port_or_free(options.backend_port, host), host=host,
+                                log_path=logs / "backend.log",
+                                **({"package_dir": options.backend_dir} if options.backend_dir else {}))
+        stack.add("Marcelle backend", backend.stop)
+        stack.urls["backend"] = backend.url
+
+        say(f"[4/{total}] run worker{'s' if options.workers > 1 else ''} ({options.workers})")
+        worker_ports = []
+        for i in range(options.workers):
+            port = worker_metrics_port if i == 0 else port_or_free(0, host)
+            worker = ManagedProcess(f"worker {i + 1}", _cli(
+                "worker", "--backend", backend.url, "--name", f"local-{i + 1}",
+                "--metrics-port", str(port)), logs / f"worker-{i + 1}.log")
+            stack.add(f"worker {i + 1}", worker.stop)
+            worker.wait_http(f"http://{host}:{port}/metrics", 120)
+            worker_ports.append(port)
+        stack.urls["worker_metrics"] = f"http://{host}:{worker_ports[0]}/metrics"
+
+        say(f"[5/{total}] web app on port {webapp_port}")
+        config = {"serveUrl": serve_url, "backendUrl": backend.url, "model": CLASSIFIER,
+                  "generatorModel": GENERATOR, "onnxBundle": f"onnx/{CLASSIFIER}/"}
+        url, stop_webapp = start_webapp(dist, config, host=host, port=webapp_port)
+        stack.add("web app", stop_webapp)
+        stack.urls["webapp"] = url
+
+        if options.monitoring:
+            from .monitoring import prometheus_available, start_prometheus
+
+            if not prometheus_available():
+                say(f"[6/{total}] monitoring skipped: Debian's prometheus is not installed "
+                    "(apt-get install prometheus)")
+            else:
+                say(f"[6/{total}] Prometheus on port {options.prometheus_port}")
+                targets = {
+                    "ray": [f"{host}:{serve_metrics_port}"],
+                    "marcelle-torch-worker": [f"{host}:{p}" for p in worker_ports],
+                }
+                prom = start_prometheus(targets, workdir / "prometheus",
+                                        port=port_or_free(options.prometheus_port, host),
+                                        health={"backend": backend.url, "webapp": url})
+                stack.add("Prometheus", prom.stop)
+                stack.urls["prometheus"] = prom.url
+    except BaseException:
+        stack.stop(say)
+        raise
+    return stack
+
+
+__all__ = ["Stack", "StackOptions", "StartupError", "MissingBuild", "start_stack", "project_root"]
