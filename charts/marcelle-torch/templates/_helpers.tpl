@@ -1,0 +1,132 @@
+{{/* Names, labels, images and the shared securityContexts of the chart. */}}
+
+{{- define "mt.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Kept short: KubeRay appends suffixes (-head-svc, -serve-svc, -<hash>) to the RayService name. */}}
+{{- define "mt.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "mt.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "mt.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "mt.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "mt.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: marcelle-torch
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Labels of one component; call with (dict "ctx" $ "component" "backend"). */}}
+{{- define "mt.componentLabels" -}}
+{{ include "mt.labels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "mt.componentSelector" -}}
+{{ include "mt.selectorLabels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* image reference; call with (dict "ctx" $ "image" .Values.x.image "path" "x.image" "suffix" "") */}}
+{{- define "mt.image" -}}
+{{- if eq .image.tag "latest" }}{{ fail (printf "%s.tag: \"latest\" is refused: pin a fixed tag (empty = the chart appVersion)" .path) }}{{ end -}}
+{{- $tag := .image.tag | default (printf "%s%s" .ctx.Chart.AppVersion (.suffix | default "")) -}}
+{{- printf "%s:%s" .image.repository $tag -}}
+{{- end }}
+
+{{- define "mt.secretName" -}}
+{{- printf "%s-secrets" (include "mt.fullname" .) }}
+{{- end }}
+
+{{- define "mt.backendHost" -}}
+{{- printf "%s-backend.%s.svc.%s" (include "mt.fullname" .) .Release.Namespace .Values.clusterDomain }}
+{{- end }}
+
+{{/* KubeRay names the Serve Service <rayservice>-serve-svc; it exists once the app is ready. */}}
+{{- define "mt.serveHost" -}}
+{{- printf "%s-serve-svc.%s.svc.%s" (include "mt.fullname" .) .Release.Namespace .Values.clusterDomain }}
+{{- end }}
+
+{{- define "mt.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .uid }}
+runAsGroup: {{ .gid | default .uid }}
+fsGroup: {{ .gid | default .uid }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{- define "mt.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: {{ .readOnly }}
+runAsNonRoot: true
+capabilities:
+  drop: ["ALL"]
+{{- end }}
+
+{{- define "mt.podCommon" -}}
+automountServiceAccountToken: false
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The packaged Serve config (files/serve_config.yaml, a copy of
+src/marcelle_torch/serving/serve_config.yaml kept in sync by `make chart-sync`).
+Verbatim unless GPUs are on; then every model deployment of this project's applications
+gets ray_actor_options.num_gpus (the same override as `marcelle-torch serve --num-gpus`).
+*/}}
+{{- define "mt.serveConfig" -}}
+{{- $raw := .Files.Get "files/serve_config.yaml" -}}
+{{- if not $raw }}{{ fail "files/serve_config.yaml is missing from the chart: run `make chart-sync`" }}{{ end -}}
+{{- if not .Values.gpu.enabled -}}
+{{- $raw -}}
+{{- else -}}
+{{- $config := fromYaml $raw -}}
+{{- if hasKey $config "Error" }}{{ fail (printf "files/serve_config.yaml: %s" $config.Error) }}{{ end -}}
+{{- range $app := $config.applications -}}
+{{- if eq (get $app "import_path") "marcelle_torch.serving.app:build_app" -}}
+{{- $args := get $app "args" | default dict -}}
+{{- $names := list -}}
+{{- range $model := (get $args "models" | default list) -}}
+{{- $names = append $names (printf "model-%s" (last (splitList ":" $model) | replace "_" "-")) -}}
+{{- end -}}
+{{- $deployments := get $app "deployments" | default list -}}
+{{- $present := list -}}
+{{- range $d := $deployments }}{{ $present = append $present (get $d "name") }}{{ end -}}
+{{- range $n := $names -}}
+{{- if not (has $n $present) }}{{ $deployments = append $deployments (dict "name" $n) }}{{ end -}}
+{{- end -}}
+{{- range $d := $deployments -}}
+{{- if has (get $d "name") $names -}}
+{{- $opts := get $d "ray_actor_options" | default dict -}}
+{{- $_ := set $opts "num_gpus" $.Values.gpu.numGpusPerReplica -}}
+{{- $_ := set $d "ray_actor_options" $opts -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $app "deployments" $deployments -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $config -}}
+{{- end -}}
+{{- end }}

@@ -1,0 +1,73 @@
+{{/* One RayService worker group; call with (dict "ctx" $ "name" "cpu" "group" <values> "image" ... "gpu" bool). */}}
+{{- define "mt.rayWorkerGroup" -}}
+{{- $ctx := .ctx -}}
+{{- if gt (int .group.minReplicas) (int .group.maxReplicas) }}{{ fail (printf "%s worker group: minReplicas (%v) exceeds maxReplicas (%v)" .name .group.minReplicas .group.maxReplicas) }}{{ end -}}
+{{- $resources := deepCopy .group.resources -}}
+{{- if .gpu -}}
+{{- $limits := get $resources "limits" | default dict -}}
+{{- $_ := set $limits "nvidia.com/gpu" .group.gpusPerPod -}}
+{{- $_ := set $resources "limits" $limits -}}
+{{- end -}}
+- groupName: {{ .name }}
+  replicas: {{ .group.replicas }}
+  minReplicas: {{ .group.minReplicas }}
+  maxReplicas: {{ .group.maxReplicas }}
+  rayStartParams:
+    metrics-export-port: "8080"
+  template:
+    metadata:
+      labels:
+        {{- include "mt.componentSelector" (dict "ctx" $ctx "component" "ray") | nindent 8 }}
+        marcelle-torch.dev/worker-group: {{ .name }}
+    spec:
+      {{- include "mt.podCommon" $ctx | nindent 6 }}
+      securityContext:
+        {{- .podSec | nindent 8 }}
+      {{- with .group.nodeSelector }}
+      nodeSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with .group.tolerations }}
+      tolerations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with .group.affinity }}
+      affinity:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      containers:
+        - name: ray-worker
+          image: {{ .image }}
+          imagePullPolicy: {{ $ctx.Values.imagePullPolicy }}
+          ports:
+            - {name: serve, containerPort: 8000}
+            - {name: metrics, containerPort: 8080}
+          livenessProbe:
+            httpGet: {path: /api/healthz, port: 52365}
+            initialDelaySeconds: 30
+            periodSeconds: 5
+            timeoutSeconds: 2
+            failureThreshold: 120
+          # Ready = the raylet is healthy and this node's Serve proxy answers (KubeRay's own check).
+          readinessProbe:
+            exec:
+              command:
+                - bash
+                - -c
+                - >-
+                  wget --tries 1 -T 2 -q -O- http://localhost:52365/api/healthz | grep success &&
+                  wget --tries 1 -T 10 -q -O- http://localhost:8000/-/healthz | grep success
+            initialDelaySeconds: 10
+            periodSeconds: 5
+            timeoutSeconds: 12
+            failureThreshold: 1
+          resources:
+            {{- toYaml $resources | nindent 12 }}
+          securityContext:
+            {{- .ctrSec | nindent 12 }}
+          volumeMounts:
+            - {name: ray-logs, mountPath: /tmp/ray}
+      volumes:
+        - name: ray-logs
+          emptyDir: {}
+{{- end }}
