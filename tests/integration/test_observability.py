@@ -31,8 +31,6 @@ DIST = ROOT / "services" / "frontend" / "dist"
 # Panels whose data comes from NVIDIA's dcgm-exporter: empty on a CPU machine, but their
 # queries must still parse.
 NO_DATA_EXPECTED = {"GPU utilisation", "GPU memory used"}
-# Grafana's built-in interval variables, replaced the way Grafana would for a short range.
-BUILTIN_VARIABLES = {"__rate_interval": "1m", "__interval": "10s", "__range": "5m"}
 TIMEOUT = 600.0
 
 
@@ -40,41 +38,6 @@ TIMEOUT = 600.0
 
 def load_dashboard(path: Path) -> dict:
     return json.loads(path.read_text())
-
-
-def iter_panels(panels: list[dict]):
-    """Every panel, including those nested in collapsed rows."""
-    for panel in panels:
-        yield panel
-        yield from iter_panels(panel.get("panels", []))
-
-
-def panel_queries(dashboard: dict) -> list[tuple[str, str]]:
-    """(panel title, PromQL with template variables substituted) for every target."""
-    variables = dict(BUILTIN_VARIABLES)
-    for var in dashboard.get("templating", {}).get("list", []):
-        if var["type"] == "datasource":
-            continue
-        if var.get("includeAll"):
-            variables[var["name"]] = var.get("allValue") or ".*"
-        else:
-            variables[var["name"]] = var["current"]["value"]
-
-    def substitute(expr: str) -> str:
-        # ${name}, ${name:fmt} and $name; longest names first so $__rate_interval beats $__range.
-        def repl(match):
-            name = match.group(1) or match.group(2)
-            if name not in variables:
-                raise AssertionError(f"unknown template variable ${name} in {expr!r}")
-            return variables[name]
-        return re.sub(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)", repl, expr)
-
-    queries = []
-    for panel in iter_panels(dashboard["panels"]):
-        for target in panel.get("targets", []):
-            if target.get("expr"):
-                queries.append((panel["title"], substitute(target["expr"])))
-    return queries
 
 
 def alert_rules() -> list[dict]:
@@ -108,16 +71,16 @@ def test_dashboards_are_well_formed():
         variables = {v["name"]: v for v in dashboard["templating"]["list"]}
         assert variables.get("datasource", {}).get("type") == "datasource", f"{path.name}: no $datasource variable"
         assert variables["datasource"]["query"] == "prometheus"
-        ids = [p["id"] for p in iter_panels(dashboard["panels"])]
+        ids = [p["id"] for p in monitoring.iter_panels(dashboard["panels"])]
         assert len(ids) == len(set(ids)), f"{path.name}: duplicate panel ids"
-        for panel in iter_panels(dashboard["panels"]):
+        for panel in monitoring.iter_panels(dashboard["panels"]):
             if panel["type"] == "row":
                 continue
             assert panel.get("targets"), f"{path.name}: panel {panel['title']!r} has no query"
             for owner in (panel, *panel["targets"]):
                 assert owner["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, \
                     f"{path.name}: panel {panel['title']!r} does not use the $datasource variable"
-        assert panel_queries(dashboard)  # every variable it uses is defined
+        assert monitoring.dashboard_queries(dashboard)  # every variable it uses is defined
 
 
 def test_alert_rules_pass_promtool():
@@ -267,7 +230,7 @@ def test_every_dashboard_query_runs_on_real_data(traffic):
     failures = []
     checked = 0
     for path in DASHBOARDS:
-        for title, expr in panel_queries(load_dashboard(path)):
+        for title, _, expr in monitoring.dashboard_queries(load_dashboard(path)):
             checked += 1
             try:
                 result = monitoring.query(traffic, expr)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -240,6 +241,43 @@ def query(url: str, expr: str, timeout: float = 30.0) -> list[dict]:
 
 def query_range(url: str, expr: str, start: float, end: float, step: float, timeout: float = 30.0) -> list[dict]:
     return _api(url, "/api/v1/query_range", {"query": expr, "start": start, "end": end, "step": step}, timeout)
+
+
+# --------------------------------------------------------------------------- dashboards
+
+#: Grafana's built-in interval variables, as Grafana would set them for a short time range.
+GRAFANA_INTERVALS = {"__rate_interval": "1m", "__interval": "10s", "__range": "5m"}
+_VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)")
+
+
+def iter_panels(panels: list[dict]):
+    """Every panel of a Grafana dashboard, including those nested in collapsed rows."""
+    for panel in panels:
+        yield panel
+        yield from iter_panels(panel.get("panels", []))
+
+
+def dashboard_queries(dashboard: dict, intervals: dict[str, str] | None = None) -> list[tuple[str, str, str]]:
+    """``(panel title, legend, PromQL)`` for every query target of a Grafana dashboard, with
+    template variables replaced: intervals from ``intervals`` (default `GRAFANA_INTERVALS`),
+    multi-value variables by their "All" value, others by their current value."""
+    variables = dict(GRAFANA_INTERVALS if intervals is None else intervals)
+    for var in dashboard.get("templating", {}).get("list", []):
+        if var["type"] == "datasource":
+            continue
+        variables[var["name"]] = (var.get("allValue") or ".*") if var.get("includeAll") else var["current"]["value"]
+
+    def substitute(expr: str) -> str:
+        def repl(match):
+            name = match.group(1) or match.group(2)
+            if name not in variables:
+                raise ValueError(f"unknown template variable ${name} in {expr!r}")
+            return variables[name]
+        return _VARIABLE.sub(repl, expr)
+
+    return [(panel["title"], target.get("legendFormat", ""), substitute(target["expr"]))
+            for panel in iter_panels(dashboard.get("panels", []))
+            for target in panel.get("targets", []) if target.get("expr")]
 
 
 # --------------------------------------------------------------------------- command line
