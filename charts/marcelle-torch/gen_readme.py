@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""Writes the chart's README.md from values.yaml (helm-docs style, no extra tool needed).
+
+Every value carries a `# --` comment right above its key; a map documented as a whole
+(e.g. `resources`) covers its children. Fails, naming them, if any value is undocumented.
+
+    python charts/marcelle-torch/gen_readme.py          # rewrite README.md
+    python charts/marcelle-torch/gen_readme.py --check  # exit 1 if README.md is stale
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+CHART = Path(__file__).resolve().parent
+KEY = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z0-9_.\-]+):(?:\s|$)")
+
+HEADER = """\
+# marcelle-torch Helm chart
+
+{description}
+
+Chart version `{version}`, app version `{app_version}`, Ray `{ray}`, KubeRay operator `{kuberay}`.
+
+It installs a KubeRay `RayService` (Ray Serve with the project's packaged serve config; a
+head, a CPU worker group and an optional GPU worker group, autoscaled in-tree), the Marcelle
+backend, the run worker and the web app. The web app's nginx proxies `/serve/` and
+`/backend/`, so one `kubectl port-forward` serves the whole demo.
+
+## Install
+
+The KubeRay operator (and, for `monitoring.enabled`, kube-prometheus-stack) must be installed
+first: see `operator-config/README.md` for the pinned commands.
+
+```sh
+helm install marcelle-torch charts/marcelle-torch --namespace marcelle-torch --create-namespace
+kubectl -n marcelle-torch wait rayservice/marcelle-torch --for=condition=Ready --timeout=15m
+kubectl -n marcelle-torch port-forward svc/marcelle-torch-webapp 8080:80   # http://127.0.0.1:8080
+```
+
+Value sets tested in CI are in `ci/` (CPU default, GPU, MongoDB, auth, Ingress, monitoring).
+The serve config is `files/serve_config.yaml`, a copy of
+`src/marcelle_torch/serving/serve_config.yaml` kept identical by `make chart-sync` (a test
+fails when they differ). With `gpu.enabled`, the only change is `ray_actor_options.num_gpus`
+on each model deployment.
+
+## Values
+
+This table is generated from `values.yaml` by `gen_readme.py`; edit the comments there.
+
+| Key | Type | Default | Description |
+|-----|------|---------|-------------|
+"""
+
+
+def documented(values_text: str) -> dict[str, str]:
+    """Path -> description for every key with a `# --` comment above it."""
+    docs: dict[str, str] = {}
+    stack: list[tuple[int, str]] = []
+    pending: list[str] | None = None
+    for line in values_text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("# --"):
+            pending = [stripped[4:].strip()]
+            continue
+        if stripped.startswith("#"):
+            if pending is not None:
+                pending.append(stripped[1:].strip())
+            continue
+        match = KEY.match(line)
+        if not match:
+            continue  # list items and flow values belong to the key above
+        indent = len(match["indent"])
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        stack.append((indent, match["key"]))
+        path = ".".join(k for _, k in stack)
+        if pending is not None:
+            docs[path] = " ".join(p for p in pending if p)
+            pending = None
+    return docs
+
+
+def leaves(value, prefix: str = ""):
+    if isinstance(value, dict) and value:
+        for key, child in value.items():
+            yield from leaves(child, f"{prefix}.{key}" if prefix else key)
+    else:
+        yield prefix
+
+
+def type_name(value) -> str:
+    return {bool: "bool", int: "int", float: "float", str: "string", list: "list", dict: "object",
+            type(None): "null"}[type(value)]
+
+
+def lookup(values: dict, path: str):
+    node = values
+    for part in path.split("."):
+        node = node[part]
+    return node
+
+
+def render() -> str:
+    text = (CHART / "values.yaml").read_text()
+    values = yaml.safe_load(text)
+    docs = documented(text)
+    missing = [leaf for leaf in leaves(values)
+               if not any(leaf == p or leaf.startswith(p + ".") for p in docs)]
+    if missing:
+        raise SystemExit("values.yaml: no `# --` comment for: " + ", ".join(missing))
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    notes = chart.get("annotations", {})
+    out = [HEADER.format(
+        description=" ".join(chart["description"].split()), version=chart["version"],
+        app_version=chart["appVersion"], ray=notes.get("marcelle-torch/ray-version", "?"),
+        kuberay=notes.get("marcelle-torch/kuberay-operator-version", "?"))]
+    for path, description in docs.items():
+        value = lookup(values, path)
+        default = json.dumps(value, separators=(", ", ": ")).replace("|", "\\|")
+        description = description.replace("|", "\\|")
+        out.append(f"| `{path}` | {type_name(value)} | `{default}` | {description} |\n")
+    return "".join(out)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if README.md is not up to date")
+    args = parser.parse_args()
+    content = render()
+    target = CHART / "README.md"
+    if args.check:
+        if not target.is_file() or target.read_text() != content:
+            print(f"{target} is stale: run `python charts/marcelle-torch/gen_readme.py`", file=sys.stderr)
+            return 1
+        return 0
+    fd, tmp = tempfile.mkstemp(dir=CHART, prefix=".README.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(content)
+    os.replace(tmp, target)  # atomic: never a half-written README
+    print(f"wrote {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""The RayService runs the project's own serve config: the same file, checked by Ray's schema,
+with only the declared GPU override applied."""
+
+from __future__ import annotations
+
+import copy
+
+import yaml
+
+from k8s_tools import CHART, REPO, ci_values, one, render
+
+PACKAGE_FILE = REPO / "src" / "marcelle_torch" / "serving" / "serve_config.yaml"
+CHART_FILE = CHART / "files" / "serve_config.yaml"
+
+
+def serve_config_of(objects) -> str:
+    return one(objects, "RayService")["spec"]["serveConfigV2"]
+
+
+def test_chart_copy_is_the_package_file():
+    assert PACKAGE_FILE.is_file(), f"{PACKAGE_FILE} is missing"
+    assert CHART_FILE.read_bytes() == PACKAGE_FILE.read_bytes(), (
+        "charts/marcelle-torch/files/serve_config.yaml differs from the package's serve config: run `make chart-sync`")
+
+
+def test_cpu_render_embeds_the_file_verbatim():
+    assert serve_config_of(render(ci_values("default"))) == PACKAGE_FILE.read_text()
+
+
+def test_gpu_render_changes_only_num_gpus_on_model_deployments():
+    from marcelle_torch.serving.config import apply_overrides
+
+    values = yaml.safe_load(ci_values("gpu").read_text())
+    num_gpus = values["gpu"]["numGpusPerReplica"]
+    original = yaml.safe_load(PACKAGE_FILE.read_text())
+    rendered = yaml.safe_load(serve_config_of(render(ci_values("gpu"))))
+    # The same override the CLI applies (`marcelle-torch serve --num-gpus`).
+    assert rendered == apply_overrides(original, num_gpus=num_gpus)
+    assert rendered != original
+    changed = []
+    for app_r, app_o in zip(rendered["applications"], original["applications"]):
+        for dep_r, dep_o in zip(app_r["deployments"], app_o["deployments"]):
+            if dep_r != dep_o:
+                stripped = copy.deepcopy(dep_r)
+                assert stripped["ray_actor_options"].pop("num_gpus") == num_gpus
+                dep_o = copy.deepcopy(dep_o)
+                dep_o.get("ray_actor_options", {}).pop("num_gpus", None)
+                assert stripped == dep_o
+                changed.append(dep_r["name"])
+    assert changed and all(name.startswith("model-") for name in changed)
+
+
+def test_every_rendered_serve_config_passes_rays_schema():
+    from ray.serve.schema import ServeDeploySchema
+
+    for name in ("default", "gpu"):
+        config = yaml.safe_load(serve_config_of(render(ci_values(name))))
+        ServeDeploySchema.model_validate(config)
+        # KubeRay routes its Serve Service to port 8000 on every node.
+        assert config["http_options"]["port"] == 8000
+        assert config["http_options"]["host"] == "0.0.0.0"
+
+
+def test_num_gpus_override_follows_values(tmp_path):
+    values = tmp_path / "half-gpu.yaml"
+    values.write_text("gpu: {enabled: true, numGpusPerReplica: 0.5}\n")
+    config = yaml.safe_load(serve_config_of(render(values)))
+    model = next(d for d in config["applications"][0]["deployments"] if d["name"].startswith("model-"))
+    assert model["ray_actor_options"]["num_gpus"] == 0.5
