@@ -16,7 +16,9 @@ from .errors import MarcelleTorchError
 # One module per part; each has register(subparsers). Heavy imports stay inside commands.
 COMMAND_MODULES = (
     "marcelle_torch.models.cli",
+    "marcelle_torch.serving.cli",
     "marcelle_torch.stack.cli",
+    "marcelle_torch.onnx.cli",
 )
 
 
