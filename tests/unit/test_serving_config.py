@@ -1,0 +1,80 @@
+"""The packaged serve config and its loader (validated by Ray's own ServeDeploySchema)."""
+
+from __future__ import annotations
+
+import importlib.resources
+
+import pytest
+import yaml
+
+from marcelle_torch.serving.config import (APP_IMPORT_PATH, DEFAULT_CONFIG, ConfigError, load_serve_config,
+                                           model_deployment_name)
+
+
+def test_packaged_config_is_package_data_and_valid():
+    packaged = importlib.resources.files("marcelle_torch.serving") / "serve_config.yaml"
+    assert packaged.is_file()
+    config = load_serve_config()
+    (app,) = config["applications"]
+    assert app["import_path"] == APP_IMPORT_PATH
+    assert app["args"]["models"] == ["digits"]
+    names = {d["name"] for d in app["deployments"]}
+    assert names == {"Ingress", model_deployment_name("digits")}
+    model = next(d for d in app["deployments"] if d["name"] == "model-digits")
+    # Batches can only fill when a replica takes at least max_batch_size requests at once.
+    assert model["max_ongoing_requests"] >= model["user_config"]["max_batch_size"]
+    assert model["ray_actor_options"]["num_gpus"] == 0
+
+
+def test_overrides_are_applied_and_validated():
+    config = load_serve_config(host="127.0.0.1", port=18000, cors_origins=["http://a.test"], num_gpus=1)
+    assert config["http_options"]["host"] == "127.0.0.1"
+    assert config["http_options"]["port"] == 18000
+    app = config["applications"][0]
+    assert app["args"]["cors_origins"] == ["http://a.test"]
+    model = next(d for d in app["deployments"] if d["name"] == "model-digits")
+    assert model["ray_actor_options"]["num_gpus"] == 1
+    # The file itself is untouched.
+    assert yaml.safe_load(DEFAULT_CONFIG.read_text())["http_options"]["port"] == 8000
+
+
+def test_gpu_override_adds_settings_for_a_model_without_any():
+    config = load_serve_config(models=["digits", "marcelle_torch.models.digits:spec"], num_gpus=0.5)
+    deployments = {d["name"]: d for d in config["applications"][0]["deployments"]}
+    assert deployments["model-spec"]["ray_actor_options"] == {"num_gpus": 0.5}
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "serve.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("applications: [", "not valid YAML (line"),
+    ("- a\n- b\n", "expected a mapping"),
+    ("applications:\n  - name: x\n    import_path: other.mod:app\n", "no application has import_path"),
+    (f"applications:\n  - name: x\n    import_path: {APP_IMPORT_PATH}\n    args: {{models: []}}\n",
+     "args.models must be a non-empty list"),
+    (f"applications:\n  - name: x\n    import_path: {APP_IMPORT_PATH}\n    args: {{models: [digits]}}\n"
+     "    deployments:\n      - name: Ingress\n        num_replicas: many\n",
+     "applications.0.deployments.0: `num_replicas` must be an int"),
+    ("http_options: {port: eighty}\napplications: []\n", "http_options.port"),
+])
+def test_bad_configs_give_one_clear_line(tmp_path, text, expected):
+    with pytest.raises(ConfigError) as info:
+        load_serve_config(_write(tmp_path, text))
+    message = info.value.message
+    assert expected in message
+    assert "\n" not in message
+    assert info.value.status == 400
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read serve config .*nope.yaml"):
+        load_serve_config(tmp_path / "nope.yaml")
+
+
+def test_deployment_names_for_import_paths():
+    assert model_deployment_name("digits") == "model-digits"
+    assert model_deployment_name("my_pkg.models:my_model") == "model-my-model"
