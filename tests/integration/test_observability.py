@@ -141,6 +141,29 @@ def test_health_probe_reports_live_and_dead_targets():
     assert re.search(r'^probe_http_status_code\{target="live",[^}]*\} 404$', text, re.M), text
 
 
+def test_down_alerts_fire_when_nothing_answers(tmp_path):
+    """A real Prometheus with the shipped rules and nothing healthy to scrape: the stack-down
+    alerts go pending, and the handle stops Prometheus and its probe."""
+    if not monitoring.prometheus_available():
+        pytest.fail("Prometheus is missing (apt-get install prometheus, or `make system-deps`)")
+    dead = f"http://127.0.0.1:{monitoring.free_port()}/"
+    prom = monitoring.start_prometheus({"ray": [f"127.0.0.1:{monitoring.free_port()}"]}, tmp_path / "prom",
+                                       health={"backend": dead, "webapp": dead})
+    try:
+        expected = {("MarcelleTorchComponentDown", "backend"), ("MarcelleTorchComponentDown", "webapp"),
+                    ("MarcelleTorchWorkerAbsent", None), ("MarcelleTorchServeNoHealthyReplica", None)}
+        wait_for("the down alerts", lambda: expected <= {
+            (a["metric"]["alertname"], a["metric"].get("target")) for a in prom.query("ALERTS")}, timeout=120)
+        assert prom.query('up{job="ray"}')[0]["value"][1] == "0"
+        with pytest.raises(monitoring.PrometheusError, match="parse error"):
+            prom.query("sum(")
+    finally:
+        prom.stop()
+    assert not prom.process.alive()
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://{prom.probe.address}/metrics", timeout=2)
+
+
 # --------------------------------------------------------------------------- against the real stack
 
 @pytest.fixture(scope="module")
