@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
 
 from k8s_tools import by_kind, ci_values, one, render, render_text
 
@@ -14,8 +13,12 @@ def env_of(container):
     return {e["name"]: e for e in container.get("env", [])}
 
 
-def backend_config(objects):
-    return json.loads(one(objects, "ConfigMap", "-backend-config")["data"]["default.json"])
+def backend_env(objects):
+    return env_of(one(objects, "Deployment", "-backend")["spec"]["template"]["spec"]["containers"][0])
+
+
+def value(env, name):
+    return env[name]["value"]
 
 
 def test_nedb_on_a_kept_pvc():
@@ -26,8 +29,11 @@ def test_nedb_on_a_kept_pvc():
     assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
     assert volumes["data"]["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
-    config = backend_config(objects)
-    assert config["database"] == "nedb" and config["nedb"].startswith("/data")
+    env = backend_env(objects)
+    assert value(env, "MARCELLE_BACKEND_DATABASE") == "nedb"
+    assert value(env, "MARCELLE_BACKEND_DATA").startswith("/data/")
+    assert value(env, "MARCELLE_BACKEND_UPLOADS").startswith("/data/")
+    assert "MONGODB_URL" not in env
 
 
 def test_mongodb_url_comes_from_the_secret_and_no_pvc():
@@ -38,8 +44,8 @@ def test_mongodb_url_comes_from_the_secret_and_no_pvc():
     secret = one(objects, "Secret")
     assert ref["name"] == secret["metadata"]["name"]
     assert base64.b64decode(secret["data"][ref["key"]]).decode().startswith("mongodb://")
-    config = backend_config(objects)
-    assert config["database"] == "mongodb" and config["mongodb"] == "MONGODB_URL"
+    assert value(env_of(container), "MARCELLE_BACKEND_DATABASE") == "mongodb"
+    assert "MARCELLE_BACKEND_DATA" not in env_of(container)
 
 
 def test_existing_mongodb_secret_is_used_as_is():
@@ -75,16 +81,41 @@ def test_secret_survives_upgrades_through_lookup():
         assert f'get $old "{key}"' in source
 
 
-def test_auth_config_reads_the_secret_from_the_environment():
+def test_auth_settings_and_secrets_come_from_the_secret():
     objects = render(ci_values("auth"))
-    config = backend_config(objects)
-    assert config["authentication"]["enabled"] is True
-    assert config["authentication"]["secret"] == "AUTH_SECRET"
-    container = one(objects, "Deployment", "-backend")["spec"]["template"]["spec"]["containers"][0]
-    env = env_of(container)
-    assert env["AUTH_SECRET"]["valueFrom"]["secretKeyRef"]["key"] == "jwt-secret"
-    assert env["NODE_CONFIG_DIR"]["value"] == "/config"
-    assert backend_config(render(ci_values("default")))["authentication"]["enabled"] is False
+    env = backend_env(objects)
+    secret = one(objects, "Secret")["metadata"]["name"]
+    assert value(env, "MARCELLE_BACKEND_AUTH") == "true"
+    assert value(env, "MARCELLE_BACKEND_ALLOW_SIGNUP") == "false"
+    for name, key in (("MARCELLE_BACKEND_SECRET", "jwt-secret"), ("MARCELLE_WORKER_EMAIL", "worker-email"),
+                      ("MARCELLE_WORKER_PASSWORD", "worker-password")):
+        assert env[name]["valueFrom"]["secretKeyRef"] == {"name": secret, "key": key}
+    env = backend_env(render(ci_values("default")))
+    assert value(env, "MARCELLE_BACKEND_AUTH") == "false"
+    # The JWT secret is ours even with authentication off; no worker account is made.
+    assert env["MARCELLE_BACKEND_SECRET"]["valueFrom"]["secretKeyRef"]["key"] == "jwt-secret"
+    assert "MARCELLE_WORKER_EMAIL" not in env
+
+
+def test_backend_listens_on_all_interfaces_in_production_mode():
+    env = backend_env(render(ci_values("default")))
+    assert value(env, "MARCELLE_BACKEND_HOST") == "0.0.0.0"
+    assert value(env, "PORT") == "3030"
+    assert value(env, "NODE_ENV") == "production"
+
+
+def test_env_names_are_the_ones_the_backend_config_maps():
+    from k8s_tools import REPO
+
+    mapping = REPO / "services" / "backend" / "backend" / "config" / "custom-environment-variables.yaml"
+    if not mapping.is_file():
+        import pytest
+
+        pytest.skip(f"{mapping} not present")
+    text = mapping.read_text()
+    for name in backend_env(render(ci_values("auth"))):
+        if name.startswith("MARCELLE_") or name in ("PORT", "MONGODB_URL"):
+            assert name in text, f"{name} is not mapped by {mapping.name}"
 
 
 def test_service_targets_the_backend_port():
