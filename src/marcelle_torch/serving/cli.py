@@ -15,7 +15,7 @@ def register(subparsers) -> None:
     p.add_argument("--config", type=Path, default=None,
                    help="serveConfigV2 YAML (default: the packaged serving/serve_config.yaml)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000; 0 picks a free one)")
     p.add_argument("--cors-origin", action="append", dest="cors_origins", metavar="ORIGIN",
                    help="allow this browser origin (repeatable; replaces the config's list; '*' for any)")
     p.add_argument("--model", action="append", dest="models", metavar="MODEL",
@@ -37,8 +37,10 @@ def cmd_serve(args) -> int:
     from .config import load_serve_config, our_applications
     from .local import LocalServe, free_port, wait_for_signal
 
-    if not 0 < args.port < 65536:
-        raise InvalidInput(f"--port must be 1..65535, got {args.port}")
+    if not 0 <= args.port < 65536:
+        raise InvalidInput(f"--port must be 0..65535, got {args.port}")
+    if args.port == 0:
+        args.port = free_port(args.host)
     config = load_serve_config(args.config, host=args.host, port=args.port, cors_origins=args.cors_origins,
                                num_gpus=args.num_gpus, models=args.models)
     # Train (or download) first, with progress here, rather than silently inside a replica.

@@ -1,0 +1,192 @@
+"""The Serve application over real HTTP, on a real local Ray (`marcelle-torch serve`)."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import re
+import time
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+pytestmark = pytest.mark.ray
+
+TIMEOUT = httpx.Timeout(180.0)
+
+
+def post(url, **kwargs):
+    return httpx.post(url, timeout=TIMEOUT, **kwargs)
+
+
+def test_predictions_equal_the_in_process_model(serve_url, trained_digits, make_digit):
+    from marcelle_torch.models import decode_instances, load_model, postprocess
+
+    instances = [make_digit(i, seed=i, light_background=bool(i % 2))[0] for i in range(12)]
+    instances.append(np.zeros((128, 128)).tolist())  # a nested-list instance too
+    response = post(f"{serve_url}/v1/models/digits:predict", json={"instances": instances})
+    assert response.status_code == 200, response.text
+    served = response.json()["predictions"]
+
+    model = load_model(trained_digits)
+    with torch.no_grad():
+        local = postprocess(trained_digits, model(decode_instances(trained_digits, instances)))
+    assert [p["label"] for p in served] == [p["label"] for p in local]
+    for s, l in zip(served, local):
+        assert s["confidences"].keys() == l["confidences"].keys()
+        assert np.allclose(list(s["confidences"].values()), list(l["confidences"].values()), atol=1e-5)
+
+
+def test_predictions_are_right(serve_url, make_digit):
+    pairs = [make_digit(i) for i in range(20)]
+    response = post(f"{serve_url}/v1/models/digits:predict", json={"instances": [p[0] for p in pairs]})
+    labels = [p["label"] for p in response.json()["predictions"]]
+    assert sum(a == b for a, (_, b) in zip(labels, pairs)) >= 18, (labels, [b for _, b in pairs])
+
+
+NOT_AN_IMAGE = base64.b64encode(b"this is not a picture").decode()
+
+
+@pytest.mark.parametrize("path, body, status, code, message", [
+    ("/v1/models/digits:predict", b"{not json", 400, "invalid_input", "not valid JSON"),
+    ("/v1/models/digits:predict", b"\xff\xfe", 400, "invalid_input", "not valid JSON"),
+    ("/v1/models/digits:predict", b"[1, 2]", 400, "invalid_input", '{"instances": [...]}'),
+    ("/v1/models/digits:predict", b'{"inputs": []}', 400, "invalid_input", '{"instances": [...]}'),
+    ("/v1/models/digits:predict", b'{"instances": 3}', 400, "invalid_input", "'instances' must be a list"),
+    ("/v1/models/digits:predict", b'{"instances": []}', 400, "invalid_input", "'instances' is empty"),
+    ("/v1/models/digits:predict", b'{"instances": [[[0.5, 0.5]]]}', 400, "invalid_input",
+     "wrong shape [1, 2], expected [1, 128, 128]"),
+    ("/v1/models/digits:predict", b'{"instances": [{"b64": "%s"}]}' % NOT_AN_IMAGE.encode(), 400,
+     "invalid_input", "does not hold an image"),
+    ("/v1/models/digits:predict", b'{"instances": [{"b64": "***"}]}', 400, "invalid_input", "not valid base64"),
+    ("/v1/models/digits:predict", b'{"instances": ["abc", 7]}', 400, "invalid_input", "instance 0"),
+    ("/v1/models/no-such-model:predict", b'{"instances": [1]}', 404, "model_not_found", "unknown model"),
+    ("/v1/models/no-such-model", None, 404, "model_not_found", "served models: digits"),
+    ("/v2/anything", None, 404, "not_found", "no route"),
+])
+def test_bad_requests_get_their_status_and_json(serve_url, path, body, status, code, message):
+    if body is None:
+        response = httpx.get(serve_url + path, timeout=TIMEOUT)
+    else:
+        response = post(serve_url + path, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert message in error["message"]
+
+
+def test_too_large_is_413(serve_url):
+    big = b'{"instances": ["' + b"A" * (5 * 1024 * 1024) + b'"]}'
+    response = post(f"{serve_url}/v1/models/digits:predict", content=big)
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"
+
+
+def test_too_large_without_content_length_is_413(serve_url):
+    def chunks():
+        yield b'{"instances": ["'
+        for _ in range(80):
+            yield b"A" * 65536
+        yield b'"]}'
+
+    response = post(f"{serve_url}/v1/models/digits:predict", content=chunks())
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"
+
+
+def test_wrong_method_is_405(serve_url):
+    response = httpx.get(f"{serve_url}/v1/models/digits:predict", timeout=TIMEOUT)
+    assert response.status_code == 405
+    assert response.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_health_readiness_and_metadata(serve_url):
+    assert httpx.get(f"{serve_url}/healthz", timeout=TIMEOUT).json() == {"status": "ok"}
+    ready = httpx.get(f"{serve_url}/readyz", timeout=TIMEOUT)
+    assert ready.status_code == 200
+    assert ready.json()["models"] == {"digits": "ready"}
+
+    meta = httpx.get(f"{serve_url}/v1/models/digits", timeout=TIMEOUT).json()
+    assert meta["name"] == "digits"
+    assert meta["labels"] == [str(i) for i in range(10)]
+    assert meta["input"]["shape"] == [1, 128, 128]
+    assert meta["version"] == "1"
+    assert meta["device"] == "cpu"
+    assert meta["batching"] == {"max_batch_size": 16, "batch_wait_timeout_s": 0.005}
+
+    listing = httpx.get(f"{serve_url}/v1/models", timeout=TIMEOUT).json()
+    assert [m["name"] for m in listing["models"]] == ["digits"]
+
+
+def test_cors_allow_list(serve_url):
+    url = f"{serve_url}/v1/models/digits:predict"
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
+    allowed = httpx.options(url, headers={"Origin": "http://allowed.test", **preflight}, timeout=TIMEOUT)
+    assert allowed.status_code == 204
+    assert allowed.headers["access-control-allow-origin"] == "http://allowed.test"
+    assert "POST" in allowed.headers["access-control-allow-methods"]
+    assert allowed.headers["access-control-allow-headers"] == "content-type"
+
+    # Any port on loopback is allowed by the "http://127.0.0.1:*" entry.
+    loopback = httpx.options(url, headers={"Origin": "http://127.0.0.1:4321", **preflight}, timeout=TIMEOUT)
+    assert loopback.headers["access-control-allow-origin"] == "http://127.0.0.1:4321"
+
+    refused = httpx.options(url, headers={"Origin": "http://evil.test", **preflight}, timeout=TIMEOUT)
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "origin_not_allowed"
+    assert "access-control-allow-origin" not in refused.headers
+
+    # Simple requests: the header only for an allowed origin (the browser hides the rest).
+    ok = httpx.get(f"{serve_url}/v1/models/digits", headers={"Origin": "http://allowed.test"}, timeout=TIMEOUT)
+    assert ok.headers["access-control-allow-origin"] == "http://allowed.test"
+    other = httpx.get(f"{serve_url}/v1/models/digits", headers={"Origin": "http://evil.test"}, timeout=TIMEOUT)
+    assert "access-control-allow-origin" not in other.headers
+
+
+def _metric(text: str, name: str, **labels) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_concurrent_requests_are_batched_and_metrics_exported(serve_process, make_digit):
+    url = f"{serve_process.url}/v1/models/digits:predict"
+    instance, label = make_digit(3)
+    before = httpx.get(f"{serve_process.url}/v1/models/digits", timeout=TIMEOUT).json()["stats"]
+
+    def one(_):
+        return post(url, json={"instances": [instance]})
+
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        responses = list(pool.map(one, range(64)))
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200][:3]
+    assert {r.json()["predictions"][0]["label"] for r in responses} == {label}
+    post(url, json={"instances": [[[0.0]]]})  # one bad_input for the counter
+
+    stats = httpx.get(f"{serve_process.url}/v1/models/digits", timeout=TIMEOUT).json()["stats"]
+    assert stats["instances"] - before["instances"] >= 64
+    # Fewer forward passes than requests, and at least one pass that took several requests.
+    assert stats["batches"] - before["batches"] < 64, stats
+    assert stats["largest_batch_requests"] > 1, stats
+
+    # The same seen from Prometheus' side (Ray exports every few seconds).
+    deadline = time.monotonic() + 120
+    text = ""
+    while time.monotonic() < deadline:
+        text = httpx.get(serve_process.metrics_url, timeout=TIMEOUT).text
+        ok = _metric(text, "ray_marcelle_torch_predictions_total", model="digits", outcome="ok")
+        bad = _metric(text, "ray_marcelle_torch_predictions_total", model="digits", outcome="bad_input")
+        if ok >= 64 and bad >= 1:
+            break
+        time.sleep(2)
+    assert ok >= 64 and bad >= 1, re.findall(r"^ray_marcelle_torch_predictions_total.*$", text, re.M)
+    count = _metric(text, "ray_marcelle_torch_batch_size_count", model="digits")
+    size_sum = _metric(text, "ray_marcelle_torch_batch_size_sum", model="digits")
+    assert size_sum > count > 0, (size_sum, count)  # mean batch size above one
+    assert _metric(text, "ray_marcelle_torch_model_latency_seconds_count", model="digits", device="cpu") == count
