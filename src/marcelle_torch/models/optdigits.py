@@ -56,8 +56,29 @@ class OptdigitsPreprocess(nn.Module):
         side = torch.maximum(height, width)  # aspect kept: the larger side fills the bitmap
         cy, cx = (top + bottom + 1.0) / 2.0, (left + right + 1.0) / 2.0
 
-        # Sample the box on a fine grid (nearest pixel), then OR-pool into the 32x32 bitmap,
-        # so a thin pen stroke still marks every bitmap pixel it crosses.
+        # Thin strokes are thickened towards the dataset's ink level (it was written with a thick
+        # pen). Each dilation grows the drawing by one bitmap pixel per side, so first count the
+        # dilations needed, then sample a box enlarged by that margin: the thickened drawing
+        # still fills, and does not overflow, the 32x32 bitmap.
+        dilations = torch.zeros_like(side)
+        bitmap = self._bitmap(on, cy, cx, side)
+        for _ in range(MAX_DILATIONS):
+            thin = (bitmap.mean(dim=(1, 2, 3)) < TARGET_INK).float()
+            dilations = dilations + thin
+            bitmap = torch.where(thin[:, None, None, None] > 0, F.max_pool2d(bitmap, 3, stride=1, padding=1), bitmap)
+        bitmap = self._bitmap(on, cy, cx, side * BITMAP / (BITMAP - 2.0 * dilations))
+        for step in range(MAX_DILATIONS):
+            grow = (dilations > step)[:, None, None, None]
+            bitmap = torch.where(grow, F.max_pool2d(bitmap, 3, stride=1, padding=1), bitmap)
+
+        return F.avg_pool2d(bitmap, BLOCK) * (BLOCK * BLOCK)
+
+    def _bitmap(self, on: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
+        """The square box of ``side`` centred on (cy, cx) -> a 32x32 binary bitmap.
+
+        The box is sampled on a fine grid (nearest pixel), then OR-pooled into the bitmap, so a
+        thin pen stroke still marks every bitmap pixel it crosses."""
+        s = self.size
         ys = cy[:, None] + (self.offsets[None, :] - 0.5) * side[:, None]  # (N,n)
         xs = cx[:, None] + (self.offsets[None, :] - 0.5) * side[:, None]
         yi, xi = torch.floor(ys), torch.floor(xs)
@@ -66,14 +87,7 @@ class OptdigitsPreprocess(nn.Module):
         n = flat_index.shape[1]
         samples = torch.gather(on.reshape(-1, s * s), 1, flat_index.reshape(-1, n * n))
         samples = samples.reshape(-1, 1, n, n) * valid[:, None].float()
-        bitmap = F.max_pool2d(samples, SUPERSAMPLE)  # (N,1,32,32)
-
-        # The dataset was written with a thick pen: thicken thin strokes towards its ink level.
-        for _ in range(MAX_DILATIONS):
-            thin = bitmap.mean(dim=(1, 2, 3), keepdim=True) < TARGET_INK
-            bitmap = torch.where(thin, F.max_pool2d(bitmap, 3, stride=1, padding=1), bitmap)
-
-        return F.avg_pool2d(bitmap, BLOCK) * (BLOCK * BLOCK)
+        return F.max_pool2d(samples, SUPERSAMPLE)  # (N,1,32,32)
 
 
 def _extent(mask: torch.Tensor, index: torch.Tensor, size: int):
