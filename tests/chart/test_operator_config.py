@@ -1,0 +1,100 @@
+"""operator-config/ and k8s/: pinned versions agree with each other and with the chart; the
+GPU pool examples, the kind config and the demo script match what the chart expects."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import yaml
+
+from k8s_tools import CHART, REPO, find_tool
+
+NEEDS_HELM = False
+OPS = REPO / "operator-config"
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for line in (OPS / "versions.env").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            out[key] = value
+    return out
+
+
+def chart_values():
+    return yaml.safe_load((CHART / "values.yaml").read_text())
+
+
+def test_kuberay_pin_is_one_version_everywhere():
+    version = versions()["KUBERAY_OPERATOR_CHART_VERSION"]
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["annotations"]["marcelle-torch/kuberay-operator-version"] == version
+    assert yaml.safe_load((OPS / "kuberay-operator-values.yaml").read_text())["image"]["tag"] == f"v{version}"
+    assert f'--version "$KUBERAY_OPERATOR_CHART_VERSION"' in (OPS / "README.md").read_text()
+
+
+def test_every_pin_is_exact():
+    for key, value in versions().items():
+        if key.endswith("_VERSION"):
+            assert value and value[0].isdigit() or value.startswith("v"), f"{key}={value}"
+            assert "latest" not in value and "*" not in value and "^" not in value, f"{key}={value}"
+
+
+def test_prometheus_stack_picks_up_the_charts_monitors_and_dashboards():
+    stack = yaml.safe_load((OPS / "kube-prometheus-stack-values.yaml").read_text())
+    monitoring = chart_values()["monitoring"]
+    sidecar = stack["grafana"]["sidecar"]["dashboards"]
+    assert sidecar["enabled"] is True
+    assert sidecar["label"] == monitoring["dashboardLabel"] == "grafana_dashboard"
+    assert sidecar["labelValue"] == "1"
+    assert sidecar["folderAnnotation"] == "grafana_folder"
+    # The README installs the stack under the release name the chart's monitors are labelled with.
+    assert monitoring["labels"]["release"] == "kube-prometheus-stack"
+    assert "helm upgrade --install kube-prometheus-stack " in (OPS / "README.md").read_text()
+    assert stack["prometheus"]["prometheusSpec"]["podMonitorSelectorNilUsesHelmValues"] is False
+
+
+def gpu_pool_label_and_taint():
+    gpu = chart_values()["gpu"]
+    ((label, value),) = gpu["nodeSelector"].items()
+    (toleration,) = gpu["tolerations"]
+    return label, value, toleration
+
+
+def test_gpu_pool_examples_match_the_chart():
+    label, value, toleration = gpu_pool_label_and_taint()
+    docs = [d for d in yaml.safe_load_all((REPO / "k8s" / "gpu-nodepool-examples.yaml").read_text()) if d]
+    eks = next(d for d in docs if d["kind"] == "ClusterConfig")["managedNodeGroups"][0]
+    assert eks["labels"][label] == value and eks["minSize"] == 0
+    assert any(t["key"] == toleration["key"] and t["effect"] == toleration["effect"] for t in eks["taints"])
+    karpenter = next(d for d in docs if d["kind"] == "NodePool")["spec"]["template"]
+    assert karpenter["metadata"]["labels"][label] == value
+    assert any(t["key"] == toleration["key"] for t in karpenter["spec"]["taints"])
+    text = (REPO / "k8s" / "gpu-nodepool-examples.yaml").read_text()
+    assert f"--node-labels {label}={value}" in text and f"--node-taints {toleration['key']}=present:NoSchedule" in text
+    for name in ("nvidia-device-plugin-values.yaml", "gpu-operator-values.yaml"):
+        plugin = yaml.safe_load((OPS / name).read_text())
+        tolerations = plugin.get("tolerations") or plugin["daemonsets"]["tolerations"]
+        assert toleration in tolerations, name
+
+
+def test_kind_config_uses_the_pinned_node_image():
+    config = yaml.safe_load((REPO / "k8s" / "kind-config.yaml").read_text())
+    assert config["kind"] == "Cluster" and config["apiVersion"] == "kind.x-k8s.io/v1alpha4"
+    images = {n["image"] for n in config["nodes"]}
+    assert images == {versions()["KIND_NODE_IMAGE"]}
+    assert any(n["role"] == "worker" for n in config["nodes"])
+
+
+def test_demo_script_parses_and_fails_clearly_without_a_cluster(tmp_path):
+    script = REPO / "k8s" / "demo.sh"
+    assert os.access(script, os.X_OK)
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    env = dict(os.environ, KUBECONFIG=str(tmp_path / "missing-kubeconfig"), PATH=os.environ["PATH"])
+    if find_tool("kubectl") is None:
+        return
+    result = subprocess.run([str(script), "nowhere", "demo"], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("demo.sh: error: no Service demo-marcelle-torch-webapp")
