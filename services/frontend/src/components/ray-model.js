@@ -1,0 +1,285 @@
+/**
+ * rayModel — a Marcelle model whose inference runs in a Ray Serve application.
+ *
+ * It looks like Marcelle's own models (it extends `Model`): `predict(x)` resolves to
+ * `ClassifierResults` `{ label, confidences }`, so `confidencePlot`, `batchPrediction` and
+ * friends take it as they take `mobileNet()` or `onnxModel()`.
+ *
+ * ```js
+ * const classifier = rayModel({ url: 'http://127.0.0.1:8000', model: 'digits' });
+ * const $predictions = input.$images
+ *   .map((img) => classifier.predict(img).catch(() => null)) // errors are shown in its view
+ *   .awaitPromises()
+ *   .filter(Boolean);
+ * dash.page('Ray Serve').sidebar(input).use(classifier, confidencePlot($predictions));
+ * ```
+ *
+ * HTTP contract (KServe v1 style, see DESIGN.md):
+ * - `GET  {url}/v1/models/{model}` -> metadata (labels, input schema, version, device);
+ *   polled until it answers, so the view says when the model is ready;
+ * - `POST {url}/v1/models/{model}:predict` `{"instances": [x]}` -> `{"predictions": [{label, confidences}]}`;
+ * - errors are JSON `{"error": {"code", "message"}}`: the message is shown as is.
+ *
+ * `predict(x)` takes an image (ImageData, canvas, <img>: sent as a base64 PNG `{b64}` of
+ * `inputSize` pixels) or an instance already in the contract's shape (`{b64}`, a nested array).
+ * It rejects with an `Error` whose message says what went wrong (and sets `$error`).
+ *
+ * Streams:
+ * - `$status`: 'connecting' | 'ready' | 'predicting' | 'unavailable' | 'error'
+ * - `$ready`: boolean, true once the model answered (metadata or a prediction)
+ * - `$error`: the last error message, or null after a success
+ * - `$metadata`: the model's metadata (null until known)
+ * - `$predictions`: every prediction made, as ClassifierResults
+ * - `$training`: Marcelle's training status ('loading' -> 'loaded' | 'error'); it cannot be trained here.
+ */
+import { Model, Stream, text } from '@marcellejs/core';
+import { INPUT_SIZE, toInstance } from './drawing-input.js';
+
+const RETRY_MIN_MS = 1000;
+const RETRY_MAX_MS = 30000;
+
+function escapeHtml(value) {
+  return String(value).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]);
+}
+
+function isDrawable(x) {
+  return (
+    (typeof ImageData !== 'undefined' && x instanceof ImageData) ||
+    (typeof HTMLCanvasElement !== 'undefined' && x instanceof HTMLCanvasElement) ||
+    (typeof HTMLImageElement !== 'undefined' && x instanceof HTMLImageElement) ||
+    (typeof ImageBitmap !== 'undefined' && x instanceof ImageBitmap)
+  );
+}
+
+/** An HTTP answer that was not a success, with the server's own message when it sent one. */
+export class RayServeError extends Error {
+  constructor(message, { status = 0, code = 'network' } = {}) {
+    super(message);
+    this.name = 'RayServeError';
+    this.status = status;
+    this.code = code;
+  }
+}
+
+export class RayModel extends Model {
+  constructor({ url, model, inputSize = INPUT_SIZE, timeout = 30000, title } = {}) {
+    super();
+    if (!url) throw new Error('rayModel: `url` (the Ray Serve address) is required');
+    if (!model) throw new Error('rayModel: `model` (the served model name) is required');
+    this.title = title ?? `ray serve model: ${model}`;
+    this.parameters = {};
+    this.serviceName = 'ray-serve-models';
+    // Relative URLs ("/serve" behind the chart's nginx) resolve against the page.
+    this.url = new URL(url, window.location.href).href.replace(/\/+$/, '');
+    this.model = model;
+    this.inputSize = inputSize;
+    this.timeout = timeout;
+    this.labels = [];
+    this.$status = new Stream('connecting', true);
+    this.$ready = new Stream(false, true);
+    this.$error = new Stream(null, true);
+    this.$metadata = new Stream(null, true);
+    this.$predictions = new Stream(Stream.never(), false);
+    this.$latency = new Stream(null, true);
+    this.view = text('');
+    this.start();
+    this.retryDelay = RETRY_MIN_MS;
+    this.retryTimer = null;
+    this.connect();
+  }
+
+  get endpoint() {
+    return `${this.url}/v1/models/${encodeURIComponent(this.model)}`;
+  }
+
+  /** Ask Serve for the model's metadata; on failure, say why and try again later (backing off). */
+  async connect() {
+    clearTimeout(this.retryTimer);
+    this.$training.set({ status: 'loading' });
+    try {
+      const metadata = await this.request(this.endpoint, { method: 'GET' });
+      this.labels = Array.isArray(metadata.labels) ? metadata.labels : [];
+      this.$metadata.set(metadata);
+      this.markReady();
+      this.$training.set({ status: 'loaded', data: { source: 'url', url: this.endpoint } });
+      this.retryDelay = RETRY_MIN_MS;
+      return metadata;
+    } catch (error) {
+      this.fail(error, 'unavailable');
+      this.$training.set({ status: 'error', data: { message: error.message } });
+      if (error.status !== 404) {
+        // Serve may still be starting (503) or not up yet: keep trying, less and less often.
+        this.retryTimer = setTimeout(() => this.connect(), this.retryDelay);
+        this.retryDelay = Math.min(this.retryDelay * 2, RETRY_MAX_MS);
+      }
+      return null;
+    }
+  }
+
+  async predict(x) {
+    const instance = isDrawable(x) ? toInstance(x, this.inputSize) : x;
+    this.$status.set('predicting');
+    const started = performance.now();
+    let body;
+    try {
+      body = await this.request(`${this.endpoint}:predict`, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ instances: [instance] }),
+      });
+    } catch (error) {
+      this.fail(error, 'error');
+      throw error;
+    }
+    const prediction = Array.isArray(body.predictions) ? body.predictions[0] : undefined;
+    if (!prediction || typeof prediction.label === 'undefined' || typeof prediction.confidences !== 'object') {
+      const error = new RayServeError(`Ray Serve answered without a {label, confidences} prediction for ${this.model}`, {
+        status: 200,
+        code: 'bad_response',
+      });
+      this.fail(error, 'error');
+      throw error;
+    }
+    this.$latency.set(performance.now() - started);
+    this.markReady();
+    if (!this.$metadata.get()) this.connect();
+    const result = { label: String(prediction.label), confidences: prediction.confidences };
+    this.$predictions.set(result);
+    return result;
+  }
+
+  /** fetch + JSON, with a timeout; any failure becomes a RayServeError with a one-line message. */
+  async request(url, init) {
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(), this.timeout);
+    let response;
+    try {
+      response = await fetch(url, { ...init, signal: controller.signal });
+    } catch (error) {
+      if (error.name === 'AbortError') {
+        throw new RayServeError(`no answer from Ray Serve at ${this.url} within ${this.timeout / 1000} s`, {
+          code: 'timeout',
+        });
+      }
+      // The browser hides the reason: refused connection, DNS, or a CORS refusal all look alike.
+      throw new RayServeError(
+        `cannot reach Ray Serve at ${this.url} (is it running, and does its CORS allow-list ` +
+          `include ${window.location.origin}?)`,
+      );
+    } finally {
+      clearTimeout(timer);
+    }
+    const raw = await response.text();
+    let body = null;
+    try {
+      body = raw ? JSON.parse(raw) : null;
+    } catch {
+      // Not JSON (a proxy's HTML error page, say): reported below with its first characters.
+    }
+    if (!response.ok) {
+      const err = body && body.error;
+      if (err && err.message) {
+        throw new RayServeError(`${err.message} (HTTP ${response.status}, ${err.code ?? 'error'})`, {
+          status: response.status,
+          code: err.code ?? 'error',
+        });
+      }
+      throw new RayServeError(`Ray Serve answered HTTP ${response.status}: ${raw.slice(0, 200) || response.statusText}`, {
+        status: response.status,
+        code: 'http',
+      });
+    }
+    if (body === null || typeof body !== 'object') {
+      throw new RayServeError(`Ray Serve answered HTTP ${response.status} with a body that is not JSON`, {
+        status: response.status,
+        code: 'bad_response',
+      });
+    }
+    return body;
+  }
+
+  markReady() {
+    this.$error.set(null);
+    this.$status.set('ready');
+    if (!this.$ready.get()) this.$ready.set(true);
+  }
+
+  fail(error, status) {
+    this.$error.set(error.message);
+    this.$status.set(status);
+    if (this.$ready.get()) this.$ready.set(false);
+  }
+
+  train() {
+    throw new Error(`rayModel: ${this.model} is trained and served by Ray Serve, not trained in the browser`);
+  }
+
+  async save() {
+    throw new Error('rayModel: the model lives in Ray Serve; there is nothing to save in the browser');
+  }
+
+  async load() {
+    throw new Error('rayModel: the model lives in Ray Serve; there is nothing to load in the browser');
+  }
+
+  async download() {
+    throw new Error('rayModel: the model lives in Ray Serve; there is nothing to download');
+  }
+
+  async upload() {
+    throw new Error('rayModel: the model lives in Ray Serve; there is nothing to upload');
+  }
+
+  /** The small view: status, the server's error message, what the model is. */
+  render() {
+    const status = this.$status.get();
+    const error = this.$error.get();
+    const meta = this.$metadata.get();
+    const latency = this.$latency.get();
+    const colour = { ready: '#0d9488', predicting: '#0284c7', connecting: '#6b7280' }[status] ?? '#be123c';
+    const rows = [
+      ['server', this.url],
+      ['model', this.model],
+    ];
+    if (meta) {
+      rows.push(['version', meta.version ?? '?']);
+      if (meta.device) rows.push(['device', meta.device]);
+      if (meta.input) rows.push(['input', JSON.stringify(meta.input)]);
+      if (Array.isArray(meta.labels)) rows.push(['labels', meta.labels.join(' ')]);
+      if (meta.description) rows.push(['about', meta.description]);
+    }
+    if (latency !== null) rows.push(['last request', `${latency.toFixed(0)} ms`]);
+    const table = rows
+      .map(([k, v]) => `<tr><td style="padding-right:1em;color:#6b7280">${k}</td><td>${escapeHtml(v)}</td></tr>`)
+      .join('');
+    return (
+      `<div data-testid="ray-model" data-model="${escapeHtml(this.model)}">` +
+      `<p>status: <strong data-testid="ray-model-status" data-status="${status}" style="color:${colour}">${status}</strong></p>` +
+      (error
+        ? `<p data-testid="ray-model-error" role="alert" style="color:#be123c;margin:.5em 0">${escapeHtml(error)}</p>`
+        : '') +
+      `<table data-testid="ray-model-info" style="font-size:.85em">${table}</table></div>`
+    );
+  }
+
+  mount(target) {
+    const t = target || document.querySelector(`#${this.id}`);
+    if (!t) return;
+    this.destroy();
+    this.view.title = this.title;
+    this.view.mount(t);
+    const update = () => this.view.$value.set(this.render());
+    const unsubscribe = [this.$status, this.$error, this.$metadata, this.$latency].map((s) => s.subscribe(update));
+    this.unmount = () => unsubscribe.forEach((u) => u());
+  }
+
+  destroy() {
+    if (this.unmount) this.unmount();
+    this.unmount = null;
+    this.view.destroy();
+  }
+}
+
+export function rayModel(options) {
+  return new RayModel(options);
+}
