@@ -1,0 +1,207 @@
+"""Real headless Chromium (Debian's /usr/bin/chromium) driving the built Marcelle web app.
+
+Fixtures:
+- ``browser``: one Chromium for the session (Playwright gives it a fresh throw-away profile);
+- ``page``: a new page in a fresh context (no shared storage between tests), long timeouts,
+  and its console errors / uncaught exceptions collected in ``console_errors``;
+- ``webapp_dist``: the built app's folder (the tests skip, saying so, when it is not built);
+- ``webapp_factory(config)``: serves ``services/frontend/dist`` with ``/config.json`` = config,
+  returns the app's URL; stopped after the test.
+
+- ``drawing_input``: drives the app's shared input (components/drawing-input.js):
+  ``draw_digit`` / ``draw_strokes`` on the Marcelle sketchpad with real mouse moves,
+  ``upload`` into the Marcelle image upload, ``model_input_png`` / ``sketchpad_png`` to read
+  back what the page has;
+- ``digit_png(digit, ink=, ground=)``: a PNG of a digit, to upload.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DIST = Path(os.environ.get("MARCELLE_TORCH_WEBAPP_DIST", ROOT / "services" / "frontend" / "dist"))
+CHROMIUM = os.environ.get("MARCELLE_TORCH_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+# The machine is shared and slow: generous, never part of an assertion.
+TIMEOUT_MS = 120_000
+
+SKETCH = "[data-testid=drawing-input-sketch]"
+UPLOAD = "[data-testid=drawing-input-upload]"
+PREVIEW_IMG = "[data-testid=drawing-input-image]"
+
+
+def pytest_collection_modifyitems(items):
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.browser)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"Chromium not found at {CHROMIUM}: apt-get install chromium (or set MARCELLE_TORCH_CHROMIUM)")
+    with sync_playwright() as p:
+        # launch() runs Chromium on a fresh temporary user-data dir, removed on close.
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def console_errors() -> list[str]:
+    """Console errors and uncaught exceptions of ``page`` (filled as they happen)."""
+    return []
+
+
+@pytest.fixture
+def page(browser, console_errors):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    page.on("console", lambda msg: console_errors.append(f"console: {msg.text}") if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: console_errors.append(f"uncaught: {exc}"))
+    try:
+        yield page
+    finally:
+        context.close()
+
+
+@pytest.fixture(scope="session")
+def webapp_dist() -> Path:
+    """The built app (``services/frontend/dist``, or $MARCELLE_TORCH_WEBAPP_DIST); skips when not built."""
+    if not (DIST / "index.html").is_file():
+        pytest.skip(f"web app not built ({DIST}): run `make webapp` (cd services/frontend && npm ci && npm run build)")
+    return DIST
+
+
+@pytest.fixture
+def webapp_factory(webapp_dist):
+    """``make(config) -> url`` of the built app served with that /config.json."""
+    from marcelle_torch.stack.webapp import start_webapp
+
+    stops = []
+
+    def make(config: dict | None = None) -> str:
+        url, stop = start_webapp(webapp_dist, config or {})
+        stops.append(stop)
+        return url
+
+    yield make
+    for stop in reversed(stops):
+        stop()
+
+
+# --- drawing and uploading -------------------------------------------------------------
+
+def _ellipse(cx, cy, rx, ry, n=28):
+    return [(cx + rx * math.sin(2 * math.pi * i / n), cy - ry * math.cos(2 * math.pi * i / n)) for i in range(n + 1)]
+
+
+# Polylines in canvas-relative coordinates ([0, 1] x [0, 1], y down), written the way a person
+# draws these digits.
+DIGIT_STROKES: dict[str, list[list[tuple[float, float]]]] = {
+    "0": [_ellipse(0.5, 0.5, 0.2, 0.32)],
+    "1": [[(0.4, 0.3), (0.52, 0.16), (0.52, 0.85)]],
+    "2": [[(0.3, 0.3), (0.4, 0.18), (0.6, 0.16), (0.7, 0.3), (0.65, 0.45), (0.3, 0.82), (0.75, 0.82)]],
+    "4": [[(0.6, 0.15), (0.25, 0.6), (0.75, 0.6)], [(0.6, 0.35), (0.6, 0.85)]],
+    "7": [[(0.2, 0.25), (0.8, 0.2), (0.35, 0.85)]],
+}
+
+
+class DrawingInput:
+    """Drives the app's shared input (sketchpad + upload + model-input preview) on ``page``.
+
+    ``root`` selectors are the stable hooks that components/drawing-input.js puts on its parts.
+    """
+
+    def __init__(self, page, sketch: str = SKETCH, upload: str = UPLOAD, preview: str = PREVIEW_IMG):
+        self.page = page
+        self.sketch = sketch
+        self.upload_root = upload
+        self.preview = preview
+
+    def draw_strokes(self, strokes, steps: int = 6) -> None:
+        """Draw polylines (canvas-relative [0, 1] coordinates) with real mouse events."""
+        canvas = self.page.locator(f"{self.sketch} canvas")
+        canvas.wait_for(state="visible")
+        canvas.scroll_into_view_if_needed()
+        box = canvas.bounding_box()
+        for stroke in strokes:
+            points = [(box["x"] + x * box["width"], box["y"] + y * box["height"]) for x, y in stroke]
+            self.page.mouse.move(*points[0])
+            self.page.mouse.down()
+            for point in points[1:]:
+                self.page.mouse.move(*point, steps=steps)
+            self.page.mouse.up()
+
+    def draw_digit(self, digit: str) -> None:
+        self.draw_strokes(DIGIT_STROKES[digit])
+
+    def clear(self) -> None:
+        self.page.locator(f"{self.sketch} button", has_text="Clear").click()
+
+    def upload(self, png: bytes, name: str = "digit.png") -> None:
+        """Give the Marcelle image upload a file, as a file chooser would."""
+        self.page.locator(f"{self.upload_root} input[type=file]").set_input_files(
+            files=[{"name": name, "mimeType": "image/png", "buffer": png}])
+
+    def sketchpad_png(self) -> bytes:
+        """The sketchpad canvas as the browser has it, exported as PNG."""
+        return _data_url_bytes(self.page.locator(f"{self.sketch} canvas").evaluate("c => c.toDataURL('image/png')"))
+
+    def model_input_png(self, changed_from: bytes | None = None) -> bytes:
+        """The exact image the app sent to the model (the input's preview).
+
+        With ``changed_from`` (the previous one), waits until a new image has replaced it.
+        """
+        self.page.locator(self.preview).wait_for(state="attached")
+        if changed_from is not None:
+            previous = "data:image/png;base64," + base64.b64encode(changed_from).decode()
+            self.page.wait_for_function("([sel, prev]) => document.querySelector(sel).src !== prev",
+                                        arg=[self.preview, previous])
+        return _data_url_bytes(self.page.locator(self.preview).get_attribute("src"))
+
+
+@pytest.fixture
+def drawing_input(page) -> DrawingInput:
+    return DrawingInput(page)
+
+
+@pytest.fixture
+def digit_png():
+    """``digit_png("7", ink=255, ground=0)``: a PNG of a digit drawn with DIGIT_STROKES."""
+    return render_digit_png
+
+
+def render_digit_png(digit: str, size: int = 256, ink: int = 0, ground: int = 255, width: int = 12) -> bytes:
+    """A PNG of ``digit`` drawn with the same strokes (ink/ground pick the polarity)."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("L", (size, size), ground)
+    draw = ImageDraw.Draw(img)
+    for stroke in DIGIT_STROKES[digit]:
+        draw.line([(x * size, y * size) for x, y in stroke], fill=ink, width=width, joint="curve")
+    out = io.BytesIO()
+    img.save(out, format="PNG")
+    return out.getvalue()
+
+
+def _data_url_bytes(url: str) -> bytes:
+    header, _, data = url.partition(",")
+    assert header.startswith("data:image/png;base64"), f"not a PNG data URL: {header[:40]}"
+    return base64.b64decode(data)
