@@ -32,7 +32,7 @@ def test_kuberay_pin_is_one_version_everywhere():
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert chart["annotations"]["marcelle-torch/kuberay-operator-version"] == version
     assert yaml.safe_load((OPS / "kuberay-operator-values.yaml").read_text())["image"]["tag"] == f"v{version}"
-    assert f'--version "$KUBERAY_OPERATOR_CHART_VERSION"' in (OPS / "README.md").read_text()
+    assert '--version "$KUBERAY_OPERATOR_CHART_VERSION"' in (OPS / "README.md").read_text()
 
 
 def test_every_pin_is_exact():

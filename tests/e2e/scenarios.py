@@ -1,0 +1,147 @@
+"""The end-to-end scenarios, written once and run against every target (local stack, kind).
+
+A target is any object with these attributes (see conftest.Target):
+  webapp          base URL of the web app (it serves the page, /config.json and the ONNX bundle)
+  serve           base URL of the Ray Serve API (on kind: the web app's /serve proxy)
+  backend         base URL of the Marcelle backend (on kind: the web app's /backend proxy)
+  socketio_path   the backend's socket.io path as seen from `backend`'s origin
+  metrics         {"serve": URL, "worker": URL} of Prometheus endpoints
+Each scenario raises AssertionError with a message saying what was wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+HTTP_TIMEOUT_S = 120  # a busy machine, a cold replica: generous, never a timing assertion
+
+
+def http(method: str, url: str, body: dict | None = None, timeout: float = HTTP_TIMEOUT_S):
+    """(status, headers, bytes) without raising on HTTP errors."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Content-Type": "application/json"} if data else {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def predict_through_serve(target, make_digit) -> None:
+    """Drawn digits (held-out) are classified by the Ray Serve API; errors are JSON."""
+    status, _, body = http("GET", f"{target.serve}/v1/models/digits")
+    assert status == 200, f"model metadata: HTTP {status}: {body[:300]!r}"
+    metadata = json.loads(body)
+    assert metadata.get("labels") == [str(d) for d in range(10)], metadata
+
+    instances, labels = zip(*(make_digit(i) for i in range(8)))
+    status, _, body = http("POST", f"{target.serve}/v1/models/digits:predict", {"instances": list(instances)})
+    assert status == 200, f"predict: HTTP {status}: {body[:300]!r}"
+    predictions = json.loads(body)["predictions"]
+    assert len(predictions) == len(labels)
+    for p in predictions:
+        assert abs(sum(p["confidences"].values()) - 1) < 1e-3, p
+    right = sum(p["label"] == label for p, label in zip(predictions, labels))
+    assert right >= 7, f"only {right}/8 held-out digits classified right: {[p['label'] for p in predictions]} vs {labels}"
+
+    status, _, body = http("POST", f"{target.serve}/v1/models/digits:predict", {"instances": [{"b64": "not-an-image"}]})
+    assert status == 400 and "error" in json.loads(body), f"bad input: HTTP {status}: {body[:300]!r}"
+
+
+def onnx_bundle_served_by_webapp(target) -> None:
+    """The page, its run-time config and the ONNX bundle come from the web app; the model runs."""
+    import numpy as np
+    import onnxruntime as ort
+
+    status, _, body = http("GET", f"{target.webapp}/")
+    assert status == 200 and b"<html" in body.lower(), f"index: HTTP {status}"
+    status, _, body = http("GET", f"{target.webapp}/config.json")
+    assert status == 200, f"config.json: HTTP {status}"
+    config = json.loads(body)
+    bundle = config.get("onnxBundle", "onnx/digits/")
+    status, _, body = http("GET", f"{target.webapp}/{bundle}model.json")
+    assert status == 200, f"{bundle}model.json: HTTP {status}"
+    manifest = json.loads(body)
+    status, _, model = http("GET", f"{target.webapp}/{bundle}{manifest.get('file', 'model.onnx')}")
+    assert status == 200 and len(model) > 1000, f"{bundle}model.onnx: HTTP {status}, {len(model)} bytes"
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    (inp,) = session.get_inputs()
+    shape = [d if isinstance(d, int) else 1 for d in inp.shape]
+    (out,) = session.run(None, {inp.name: np.zeros(shape, dtype=np.float32)})
+    assert out.shape[-1] == 10, f"ONNX output shape {out.shape}"
+
+
+def backend_run_completes_with_progress(target, steps: int = 12, timeout_s: float = 600) -> dict:
+    """A client creates a run; the worker claims it and reports progress until it succeeds.
+    Progress is followed live over the backend's socket.io events, as the web app does."""
+    import socketio
+
+    run_id: list[str] = []
+    seen: list[dict] = []
+    done = threading.Event()
+
+    client = socketio.Client(reconnection=True)
+
+    @client.on("runs patched")
+    def on_patched(run):
+        if run_id and run.get("_id") == run_id[0]:
+            seen.append(run)
+            if run.get("status") in ("succeeded", "failed", "canceled"):
+                done.set()
+
+    origin = urllib.parse.urlsplit(target.backend)
+    client.connect(f"{origin.scheme}://{origin.netloc}", socketio_path=target.socketio_path,
+                   transports=["websocket"], wait_timeout=60)
+    try:
+        status, _, body = http("POST", f"{target.backend}/runs",
+                               {"model": "digits-generator", "input": {"digit": 7}, "params": {"steps": steps}})
+        assert status == 201 or status == 200, f"create run: HTTP {status}: {body[:300]!r}"
+        run = json.loads(body)
+        assert run["status"] == "pending", run
+        run_id.append(run["_id"])
+        deadline = time.monotonic() + timeout_s
+        while not done.wait(2):
+            # Events are the fast path; polling covers a run that finished before we subscribed.
+            status, _, body = http("GET", f"{target.backend}/runs/{run['_id']}")
+            if status == 200 and json.loads(body).get("status") in ("succeeded", "failed", "canceled"):
+                break
+            assert time.monotonic() < deadline, f"run {run['_id']} not finished after {timeout_s}s: {seen[-1:]}"
+    finally:
+        client.disconnect()
+
+    status, _, body = http("GET", f"{target.backend}/runs/{run_id[0]}")
+    final = json.loads(body)
+    assert final["status"] == "succeeded", f"run ended {final['status']}: {final.get('error')}"
+    assert final["progress"] == 1 and final.get("result"), final
+    progress = [r.get("progress") for r in seen if isinstance(r.get("progress"), (int, float))]
+    assert any(0 < p < 1 for p in progress), f"no intermediate progress was seen: {progress}"
+    assert progress == sorted(progress), f"progress went backwards: {progress}"
+    return final
+
+
+def metrics_answer(target, timeout_s: float = 300) -> None:
+    """Serve and the worker export Prometheus metrics, including this project's own."""
+    wanted = {"serve": ("ray_serve_", "ray_marcelle_torch_predictions"),
+              "worker": ("marcelle_torch_worker_up", "marcelle_torch_worker_runs_total")}
+    texts = {}
+    for name, prefixes in wanted.items():
+        url = target.metrics[name]
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status, _, body = http("GET", url, timeout=60)
+            text = body.decode(errors="replace")
+            missing = [p for p in prefixes if p not in text]
+            if status == 200 and not missing:
+                break
+            # Ray exports on an interval: the counters appear a little after the first request.
+            assert time.monotonic() < deadline, f"{name} metrics at {url}: HTTP {status}, missing {missing}"
+            time.sleep(5)
+        texts[name] = text
+    up = [line for line in texts["worker"].splitlines() if line.startswith("marcelle_torch_worker_up")]
+    assert up and up[0].split()[-1] in ("1", "1.0"), f"worker not connected: {up}"
