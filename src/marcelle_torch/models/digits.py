@@ -131,6 +131,6 @@ def spec() -> ModelSpec:
         input=ImageInput(size=CANVAS, channels=1),
         weights=Weights(train=train),
         labels=LABELS,
-        version="2",
+        version="3",
         description="Handwritten digit classifier (CNN on scikit-learn's optdigits, 8x8 block counts)",
     )

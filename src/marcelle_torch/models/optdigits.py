@@ -113,22 +113,39 @@ def load_split(seed: int = 0, test_fraction: float = 0.25):
 
 
 def render_canvas(counts: np.ndarray, size: int, rng: np.random.Generator,
-                  scale: tuple[float, float] = (0.25, 0.95), threshold: tuple[float, float] = (0.25, 0.6),
+                  scale: tuple[float, float] = (0.25, 0.95), threshold: tuple[float, float] = (0.25, 0.7),
                   light_background: bool = False) -> np.ndarray:
-    """Draw an 8x8 dataset digit onto a ``size`` canvas at a random size and position.
+    """Draw an 8x8 dataset digit onto a ``size`` canvas at a random size, position and slant.
 
-    The digit is upsampled smoothly and thresholded (a random threshold varies the stroke
+    The digit is upsampled smoothly, slanted, rotated and stretched a little (people do not
+    write like the dataset's writers), and thresholded (a random threshold varies the stroke
     width), giving a binary drawing such as a sketchpad makes. Returns (size, size) in [0,1].
     """
     from PIL import Image
 
-    height = int(round(rng.uniform(*scale) * size))
-    height = max(height, 12)
-    img = Image.fromarray((counts / 16.0 * 255).astype(np.uint8))
-    up = np.asarray(img.resize((height, height), Image.BILINEAR), dtype=np.float32) / 255.0
-    drawing = (up > rng.uniform(*threshold)).astype(np.float32)
+    height = max(int(round(rng.uniform(*scale) * size)), 12)
+    width = max(int(round(height * rng.uniform(0.75, 1.25))), 8)
+    img = Image.fromarray((counts / 16.0).astype(np.float32), mode="F").resize((width, height), Image.BILINEAR)
+    pad = height // 2
+    padded = Image.new("F", (width + 2 * pad, height + 2 * pad), 0.0)
+    padded.paste(img, (pad, pad))
+    shear = rng.uniform(-0.3, 0.3)
+    padded = padded.transform(padded.size, Image.AFFINE, (1, shear, -shear * padded.size[1] / 2, 0, 1, 0),
+                              resample=Image.BILINEAR)
+    padded = padded.rotate(rng.uniform(-12, 12), resample=Image.BILINEAR)
+    up = np.asarray(padded, dtype=np.float32)
+    drawing = up > rng.uniform(*threshold)
+    if not drawing.any():
+        drawing = up > up.max() / 2
+    rows, cols = np.flatnonzero(drawing.any(axis=1)), np.flatnonzero(drawing.any(axis=0))
+    drawing = drawing[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].astype(np.float32)
+    if max(drawing.shape) > size:  # keep the whole digit on the canvas
+        factor = size / max(drawing.shape)
+        shape = (max(1, int(drawing.shape[1] * factor)), max(1, int(drawing.shape[0] * factor)))
+        drawing = (np.asarray(Image.fromarray(drawing, mode="F").resize(shape, Image.BILINEAR)) > 0.5)
+        drawing = drawing.astype(np.float32)
+    h, w = drawing.shape
     canvas = np.zeros((size, size), dtype=np.float32)
-    top = int(rng.integers(0, size - height + 1))
-    left = int(rng.integers(0, size - height + 1))
-    canvas[top:top + height, left:left + height] = drawing
+    top, left = int(rng.integers(0, size - h + 1)), int(rng.integers(0, size - w + 1))
+    canvas[top:top + h, left:left + w] = drawing
     return 1.0 - canvas if light_background else canvas
