@@ -64,6 +64,19 @@ def test_bases_are_pinned(name):
 
 
 @pytest.mark.parametrize("name", DOCKERFILES)
+def test_args_in_from_lines_are_global(name):
+    # Docker only expands ARGs declared before the first FROM in FROM lines.
+    global_args, seen_from = set(), False
+    for word, args in instructions(DOCKERFILES[name]):
+        if word == "ARG" and not seen_from:
+            global_args.add(args.split("=")[0])
+        elif word == "FROM":
+            seen_from = True
+            for var in re.findall(r"\$\{?(\w+)", args):
+                assert var in global_args, f"{name}: FROM uses ${{{var}}}, which is not declared before the first FROM"
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
 def test_final_user_is_not_root(name):
     image, stage, body = stages(DOCKERFILES[name])[-1]
     users = [args for word, args in body if word == "USER"]
