@@ -71,6 +71,8 @@ def test_drawn_digits_are_predicted_by_serve(serve_url, webapp_factory, page, dr
         expected = predict_in_process(digits_model, sent)
         assert shown == expected["label"] == digit
         assert confidence == pytest.approx(expected["confidences"][digit], abs=1e-3)
+        # The full-size drawing, resized by the server instead of the browser, reads the same.
+        assert predict_in_process(digits_model, drawing_input.sketchpad_png())["label"] == digit
         assert page.locator(STATUS).get_attribute("data-status") == "ready"
         previous_png, previous_label = sent, shown
 
