@@ -8,6 +8,7 @@ is still written.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -240,5 +241,5 @@ def check_size(path: Path, max_mb: float = DEFAULT_MAX_MB) -> CheckResult:
 
 
 def first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip() or type(exc).__name__  # no terminal colours
     return " ".join(text.splitlines()[0].split())[:400]

@@ -76,7 +76,7 @@ def export_onnx(spec: ModelSpec, model: torch.nn.Module, path: Path, opset: int 
     out = output_name(spec)
     noise = io.StringIO()
     try:
-        with _quiet(), contextlib.redirect_stdout(noise), torch.no_grad():
+        with _quiet(), contextlib.redirect_stdout(noise), contextlib.redirect_stderr(noise), torch.no_grad():
             if exporter == "dynamo":
                 program = torch.onnx.export(
                     model, (example,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
@@ -91,8 +91,18 @@ def export_onnx(spec: ModelSpec, model: torch.nn.Module, path: Path, opset: int 
     except MarcelleTorchError:
         raise
     except Exception as exc:  # the exporter's errors are many and long: one line that says which
+        cause = _root_cause(exc)
         raise ExportFailed(f"model {spec.name} cannot be exported to ONNX ({exporter} exporter, opset {opset}): "
-                           f"{type(exc).__name__}: {C.first_line(exc)}") from exc
+                           f"{type(cause).__name__}: {C.first_line(cause)}") from exc
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The exporter wraps the real reason (a torch.export error, an unsupported op) in its own."""
+    seen = {id(exc)}
+    while (exc.__cause__ or exc.__context__) is not None and id(exc.__cause__ or exc.__context__) not in seen:
+        exc = exc.__cause__ or exc.__context__
+        seen.add(id(exc))
+    return exc
 
 
 def _check_options(opset: int, exporter: str) -> None:
@@ -106,10 +116,10 @@ def _check_options(opset: int, exporter: str) -> None:
 @contextlib.contextmanager
 def _quiet():
     """The exporter logs its own chatter (optional torchvision ops, deprecations): keep the CLI readable."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    loggers = [logging.getLogger(n) for n in ("torch", "onnxscript")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
-        lg.setLevel(logging.ERROR)
+        lg.setLevel(logging.CRITICAL)  # the exporter's failures come back as its exception, said in one line
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
