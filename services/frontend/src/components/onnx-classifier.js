@@ -1,0 +1,294 @@
+/**
+ * onnxClassifier — a Marcelle model that runs an exported ONNX bundle in the page, with
+ * onnxruntime-web's WebAssembly backend. Nothing is sent anywhere: the model file comes from
+ * the app's own static files, and so does ORT's .wasm (no CDN), so once loaded the page
+ * predicts offline.
+ *
+ * ```js
+ * const classifier = onnxClassifier({ bundle: 'onnx/digits/' });
+ * const $predictions = input.$images
+ *   .map((img) => classifier.predict(img).catch(() => null)) // errors are shown in its view
+ *   .awaitPromises()
+ *   .filter(Boolean);
+ * dash.page('ONNX').sidebar(input).use(classifier, confidencePlot($predictions));
+ * ```
+ *
+ * A bundle is what `marcelle-torch export-onnx` writes: `model.json` (labels, input schema,
+ * ONNX input/output names, byte size, sha256) and `model.onnx`. The drawn image goes in as
+ * the raw canvas (grey levels in [0, 1], shape [1, 1, size, size]): the model does its own
+ * preprocessing, exactly as it does behind Ray Serve.
+ *
+ * Why not Marcelle's `onnxModel`: its classification output expects a separate `label`
+ * tensor (the scikit-learn exporter's layout), its 'generic' input flattens nested arrays
+ * (slow for 16k pixels), its 'image' input is not implemented in 0.6.5, and it does not let
+ * the app choose where ORT's .wasm comes from.
+ *
+ * Streams: `$status` ('loading' | 'ready' | 'predicting' | 'error'), `$progress` (0..1 of the
+ * download), `$error`, `$metadata` (model.json), `$backend` (e.g. 'wasm (SIMD, 1 thread)'),
+ * `$latency` (last inference, ms), `$loadTime` (ms), `$predictions`, `$ready`, and Marcelle's
+ * `$training` ('loading' -> 'loaded' | 'error'; it cannot be trained here).
+ */
+import { Model, Stream, text } from '@marcellejs/core';
+import * as ort from 'onnxruntime-web/wasm';
+// Emitted by Vite into the build (dist/assets): ORT loads its runtime from the app itself.
+import ortWasmUrl from 'onnxruntime-web/ort-wasm-simd-threaded.wasm?url';
+import { toTensor } from './drawing-input.js';
+
+ort.env.wasm.wasmPaths = { wasm: ortWasmUrl };
+// Multi-threading needs a cross-origin isolated page (COOP/COEP); ORT uses one thread otherwise.
+ort.env.wasm.numThreads = globalThis.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
+
+function escapeHtml(value) {
+  return String(value).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]);
+}
+
+async function sha256Hex(bytes) {
+  if (!globalThis.crypto?.subtle) return null; // not a secure context (plain http on a remote host)
+  const digest = await crypto.subtle.digest('SHA-256', bytes);
+  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+export class OnnxClassifier extends Model {
+  constructor({ bundle = 'onnx/digits/', title } = {}) {
+    super();
+    // Relative to the page, so the app works under any base path.
+    this.bundleUrl = new URL(bundle.endsWith('/') ? bundle : `${bundle}/`, window.location.href).href;
+    this.title = title ?? 'onnx model (in the browser)';
+    this.parameters = {};
+    this.serviceName = 'onnx-bundles';
+    this.labels = [];
+    this.session = null;
+    this.$status = new Stream('loading', true);
+    this.$progress = new Stream(0, true);
+    this.$ready = new Stream(false, true);
+    this.$error = new Stream(null, true);
+    this.$metadata = new Stream(null, true);
+    this.$backend = new Stream(null, true);
+    this.$latency = new Stream(null, true);
+    this.$loadTime = new Stream(null, true);
+    this.$predictions = new Stream(Stream.never(), false);
+    this.view = text('');
+    this.start();
+    this.loaded = this.loadBundle().catch(() => null);
+  }
+
+  /** model.json, then model.onnx (with download progress and its sha256 checked), then the session. */
+  async loadBundle() {
+    const started = performance.now();
+    this.$training.set({ status: 'loading' });
+    this.$status.set('loading');
+    try {
+      const metadata = await this.fetchJson(new URL('model.json', this.bundleUrl).href);
+      const onnx = metadata.onnx ?? {};
+      if (!Array.isArray(metadata.labels) || !onnx.file || !onnx.input_name || !onnx.output_name) {
+        throw new Error(`${this.bundleUrl}model.json is not a marcelle-torch ONNX bundle (labels, onnx.file, names)`);
+      }
+      if (metadata.input?.kind !== 'image') {
+        throw new Error(`model ${metadata.name} takes ${metadata.input?.kind ?? 'unknown'} input; this page feeds images`);
+      }
+      this.$metadata.set(metadata);
+      this.labels = metadata.labels;
+      const bytes = await this.fetchBytes(new URL(onnx.file, this.bundleUrl).href, onnx.bytes);
+      const digest = await sha256Hex(bytes);
+      if (digest !== null && onnx.sha256 && digest !== onnx.sha256) {
+        throw new Error(`${onnx.file} does not match model.json (sha256 ${digest.slice(0, 12)}…, ` +
+          `expected ${onnx.sha256.slice(0, 12)}…): re-export the bundle`);
+      }
+      this.session = await ort.InferenceSession.create(bytes, { executionProviders: ['wasm'], graphOptimizationLevel: 'all' });
+      const simd = ort.env.wasm.simd === false ? 'no SIMD' : 'SIMD';
+      const threads = ort.env.wasm.numThreads;
+      this.$backend.set(`wasm (${simd}, ${threads} thread${threads === 1 ? '' : 's'})`);
+      await this.run(new Float32Array(this.inputLength)); // warm-up: the first run allocates
+      this.$loadTime.set(performance.now() - started);
+      this.$training.set({ status: 'loaded', data: { source: 'url', url: this.bundleUrl } });
+      this.$error.set(null);
+      this.$status.set('ready');
+      this.$ready.set(true);
+      return metadata;
+    } catch (error) {
+      const message = error?.message ?? String(error);
+      this.$error.set(message);
+      this.$status.set('error');
+      this.$training.set({ status: 'error', data: { message } });
+      throw error;
+    }
+  }
+
+  get inputShape() {
+    const { channels = 1, size } = this.$metadata.get().input;
+    return [1, channels, size, size];
+  }
+
+  get inputLength() {
+    return this.inputShape.reduce((a, b) => a * b, 1);
+  }
+
+  async fetchJson(url) {
+    const response = await this.fetchOk(url);
+    try {
+      return await response.json();
+    } catch {
+      throw new Error(`${url} is not JSON`);
+    }
+  }
+
+  async fetchOk(url) {
+    let response;
+    try {
+      response = await fetch(url);
+    } catch (error) {
+      throw new Error(`cannot fetch ${url}: ${error.message}`);
+    }
+    if (!response.ok) {
+      const hint = response.status === 404 ? ' (run `marcelle-torch export-onnx` before building the app)' : '';
+      throw new Error(`${url}: HTTP ${response.status}${hint}`);
+    }
+    return response;
+  }
+
+  /** The model file, reporting download progress on `$progress`. */
+  async fetchBytes(url, expectedBytes) {
+    const response = await this.fetchOk(url);
+    const total = Number(response.headers.get('Content-Length')) || expectedBytes || 0;
+    if (!response.body || !total) {
+      const buffer = new Uint8Array(await response.arrayBuffer());
+      this.$progress.set(1);
+      return buffer;
+    }
+    const reader = response.body.getReader();
+    const chunks = [];
+    let received = 0;
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      chunks.push(value);
+      received += value.length;
+      this.$progress.set(Math.min(1, received / total));
+    }
+    const bytes = new Uint8Array(received);
+    let offset = 0;
+    for (const chunk of chunks) {
+      bytes.set(chunk, offset);
+      offset += chunk.length;
+    }
+    this.$progress.set(1);
+    return bytes;
+  }
+
+  async run(data) {
+    const { onnx } = this.$metadata.get();
+    const feeds = { [onnx.input_name]: new ort.Tensor('float32', data, this.inputShape) };
+    const outputs = await this.session.run(feeds);
+    return outputs[onnx.output_name].data;
+  }
+
+  /** An image (ImageData, canvas, <img>) or a Float32Array of the input's size -> {label, confidences}. */
+  async predict(x) {
+    await this.loaded;
+    if (!this.session) {
+      throw new Error(this.$error.get() ?? 'the ONNX model is not loaded');
+    }
+    const { size, channels = 1 } = this.$metadata.get().input;
+    if (channels !== 1 && !(x instanceof Float32Array)) {
+      throw new Error(`model takes ${channels} channels; pass a Float32Array of shape ${JSON.stringify(this.inputShape)}`);
+    }
+    const data = x instanceof Float32Array ? x : toTensor(x, size);
+    this.$status.set('predicting');
+    const started = performance.now();
+    let probabilities;
+    try {
+      probabilities = await this.run(data);
+    } catch (error) {
+      this.$error.set(`inference failed: ${error.message}`);
+      this.$status.set('error');
+      throw error;
+    }
+    this.$latency.set(performance.now() - started);
+    const confidences = {};
+    let best = 0;
+    this.labels.forEach((label, i) => {
+      confidences[label] = probabilities[i];
+      if (probabilities[i] > probabilities[best]) best = i;
+    });
+    this.$error.set(null);
+    this.$status.set('ready');
+    const result = { label: this.labels[best], confidences };
+    this.$predictions.set(result);
+    return result;
+  }
+
+  train() {
+    throw new Error('onnxClassifier: the model is trained in PyTorch and exported; it is not trained in the browser');
+  }
+
+  async save() {
+    throw new Error('onnxClassifier: the model is a static bundle; there is nothing to save');
+  }
+
+  async load() {
+    throw new Error('onnxClassifier: the model comes from its bundle URL, not from a data store');
+  }
+
+  async download() {
+    throw new Error('onnxClassifier: the bundle is served by the app; download it from its URL');
+  }
+
+  async upload() {
+    throw new Error('onnxClassifier: the bundle is served by the app; there is nothing to upload');
+  }
+
+  /** The small view: status, download progress, runtime backend, what the model is. */
+  render() {
+    const status = this.$status.get();
+    const error = this.$error.get();
+    const meta = this.$metadata.get();
+    const progress = this.$progress.get();
+    const colour = { ready: '#0d9488', predicting: '#0284c7', loading: '#6b7280' }[status] ?? '#be123c';
+    const rows = [['bundle', this.bundleUrl]];
+    if (meta) {
+      rows.push(['model', `${meta.name} v${meta.version}`]);
+      rows.push(['file', `${meta.onnx.file} (${(meta.onnx.bytes / 1e6).toFixed(2)} MB, opset ${meta.onnx.opset})`]);
+      rows.push(['labels', meta.labels.join(' ')]);
+      if (meta.description) rows.push(['about', meta.description]);
+    }
+    if (this.$backend.get()) rows.push(['runtime', `onnxruntime-web ${ort.env.versions?.web ?? ''} ${this.$backend.get()}`]);
+    if (this.$loadTime.get() !== null) rows.push(['loaded in', `${this.$loadTime.get().toFixed(0)} ms`]);
+    const table = rows
+      .map(([k, v]) => `<tr><td style="padding-right:1em;color:#6b7280">${k}</td><td>${escapeHtml(v)}</td></tr>`)
+      .join('');
+    const bar =
+      status === 'loading'
+        ? `<progress data-testid="onnx-model-progress" max="1" value="${progress}" style="width:100%"></progress>`
+        : '';
+    return (
+      `<div data-testid="onnx-model">` +
+      `<p>status: <strong data-testid="onnx-model-status" data-status="${status}" style="color:${colour}">${status}</strong>` +
+      ` <span data-testid="onnx-model-backend" data-backend="${escapeHtml(this.$backend.get() ?? '')}"></span></p>` +
+      bar +
+      (error ? `<p data-testid="onnx-model-error" role="alert" style="color:#be123c;margin:.5em 0">${escapeHtml(error)}</p>` : '') +
+      `<table data-testid="onnx-model-info" style="font-size:.85em">${table}</table></div>`
+    );
+  }
+
+  mount(target) {
+    const t = target || document.querySelector(`#${this.id}`);
+    if (!t) return;
+    this.destroy();
+    this.view.title = this.title;
+    this.view.mount(t);
+    const update = () => this.view.$value.set(this.render());
+    const streams = [this.$status, this.$error, this.$metadata, this.$progress, this.$backend, this.$loadTime];
+    const unsubscribe = streams.map((s) => s.subscribe(update));
+    this.unmount = () => unsubscribe.forEach((u) => u());
+  }
+
+  destroy() {
+    if (this.unmount) this.unmount();
+    this.unmount = null;
+    this.view.destroy();
+  }
+}
+
+export function onnxClassifier(options) {
+  return new OnnxClassifier(options);
+}

@@ -1,0 +1,51 @@
+/**
+ * Solution 2 — client-side inference with ONNX.
+ *
+ * The model exported by `marcelle-torch export-onnx` runs in the page with onnxruntime-web
+ * (WebAssembly); the drawing never leaves the browser. The bundle is read from the app's own
+ * static files (`config.onnxBundle`, default `onnx/digits/`).
+ */
+import { confidencePlot, text } from '@marcellejs/core';
+import { drawingInput } from '../components/drawing-input.js';
+import { onnxClassifier } from '../components/onnx-classifier.js';
+
+export const title = 'ONNX in the browser';
+export const order = 2;
+
+function escapeHtml(value) {
+  return String(value).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
+
+function formatLabel({ label, confidences }, latency) {
+  const p = confidences[label];
+  const safe = escapeHtml(label);
+  return (
+    `<p>Predicted label: <code data-testid="onnx-label" data-label="${safe}" data-confidence="${p}" ` +
+    `style="font-size:2rem">${safe}</code> <span style="color:#6b7280">(${(100 * p).toFixed(1)}%)</span></p>` +
+    `<p style="color:#6b7280">inference in the browser: <span data-testid="onnx-time" data-ms="${latency}">` +
+    `${latency.toFixed(1)} ms</span>; nothing was sent over the network</p>`
+  );
+}
+
+export default function onnxPage(dash, config) {
+  const input = drawingInput();
+  const classifier = onnxClassifier({ bundle: config.onnxBundle ?? 'onnx/digits/' });
+
+  // A failed inference resolves to null: the classifier's view shows the error.
+  const $predictions = input.$images
+    .map((img) => classifier.predict(img).catch(() => null))
+    .awaitPromises()
+    .filter((prediction) => prediction !== null);
+
+  const label = text('Draw a digit on the left: the model runs in this page.');
+  label.title = 'prediction';
+  $predictions.subscribe((prediction) => label.$value.set(formatLabel(prediction, classifier.$latency.get())));
+
+  const plot = confidencePlot($predictions);
+  plot.title = 'confidences';
+
+  dash
+    .page(title)
+    .sidebar(input)
+    .use(classifier, [label, plot]);
+}
