@@ -16,11 +16,12 @@ function escapeHtml(value) {
   return String(value).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 }
 
-function formatLabel({ label, confidences }, latency) {
+function formatLabel({ label, confidences }, latency, count) {
   const p = confidences[label];
   const safe = escapeHtml(label);
   return (
     `<p>Predicted label: <code data-testid="onnx-label" data-label="${safe}" data-confidence="${p}" ` +
+    `data-confidences="${escapeHtml(JSON.stringify(confidences))}" data-count="${count}" ` +
     `style="font-size:2rem">${safe}</code> <span style="color:#6b7280">(${(100 * p).toFixed(1)}%)</span></p>` +
     `<p style="color:#6b7280">inference in the browser: <span data-testid="onnx-time" data-ms="${latency}">` +
     `${latency.toFixed(1)} ms</span>; nothing was sent over the network</p>`
@@ -39,7 +40,11 @@ export default function onnxPage(dash, config) {
 
   const label = text('Draw a digit on the left: the model runs in this page.');
   label.title = 'prediction';
-  $predictions.subscribe((prediction) => label.$value.set(formatLabel(prediction, classifier.$latency.get())));
+  let count = 0; // a stable hook: tells one prediction from the next, even when they are equal
+  $predictions.subscribe((prediction) => {
+    count += 1;
+    label.$value.set(formatLabel(prediction, classifier.$latency.get(), count));
+  });
 
   const plot = confidencePlot($predictions);
   plot.title = 'confidences';

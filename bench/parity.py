@@ -1,0 +1,311 @@
+"""The same inputs through every way the digits model runs, compared with PyTorch in-process.
+
+Paths:
+- ``pytorch``: the model in this process (the reference);
+- ``ray-serve``: ``POST /v1/models/digits:predict`` on ``marcelle-torch serve`` (started here on
+  free ports, or ``--serve-url``);
+- ``onnxruntime``: the exported bundle's ``model.onnx`` in onnxruntime (Python, CPU EP);
+- ``onnxruntime-web``: the built web app's ONNX page in headless Chromium (WASM backend): each
+  input is uploaded into the page's image input, the page predicts, the result is read back.
+
+Inputs: held-out scikit-learn digits drawn on 128x128 canvases (both polarities) and random
+noise canvases, quantised to 8 bits so that the PNG the server and the browser get holds
+exactly the tensor the in-process paths get. Latency is per input (batch of 1): in-process
+forward, HTTP round trip, ORT run, and the page's own inference time (``session.run``).
+
+Writes bench/out/parity.{json,md,png}:
+    .venv/bin/python bench/parity.py [--n 200] [--serve-url URL | --no-serve] [--no-browser]
+Needs the bundle and the built app: `marcelle-torch export-onnx digits`, then `npm run build`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "bench" / "out"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_inputs(n: int, seed: int = 0):
+    """(uint8 canvases (n, 128, 128), float32 tensor (n, 1, 128, 128)): 90% drawn digits, 10% noise."""
+    from marcelle_torch.models.optdigits import load_split, render_canvas
+
+    _, x_test, _, _ = load_split(seed)
+    rng = np.random.default_rng(seed)
+    n_noise = max(1, n // 10)
+    drawn = [render_canvas(x_test[i % len(x_test)], 128, rng, light_background=bool(i % 2)) for i in range(n - n_noise)]
+    noise = list(rng.uniform(0, 1, size=(n_noise, 128, 128)))
+    canvases = (np.stack(drawn + noise) * 255).round().astype(np.uint8)
+    # The server's decoding: Pillow "L" bytes / 255 in float32.
+    return canvases, (canvases.astype(np.float32) / 255.0)[:, None]
+
+
+def png_bytes(canvas: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(canvas, mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def as_probabilities(conf: dict, labels) -> list[float]:
+    return [float(conf[label]) for label in labels]
+
+
+# --- the paths ----------------------------------------------------------------------------
+
+def run_pytorch(spec, model, tensor):
+    import torch
+
+    probs, times = [], []
+    with torch.inference_mode():
+        for x in torch.from_numpy(tensor).split(1):
+            t0 = time.perf_counter()
+            p = model(x)
+            times.append(time.perf_counter() - t0)
+            probs.append(p[0].numpy())
+    return np.stack(probs), times
+
+
+def run_onnxruntime(bundle: Path, tensor):
+    from marcelle_torch.onnx.checks import ort_session
+
+    session = ort_session(bundle / "model.onnx")
+    meta = json.loads((bundle / "model.json").read_text())["onnx"]
+    probs, times = [], []
+    for x in tensor:
+        t0 = time.perf_counter()
+        p = session.run([meta["output_name"]], {meta["input_name"]: x[None]})[0]
+        times.append(time.perf_counter() - t0)
+        probs.append(p[0])
+    return np.stack(probs), times
+
+
+def run_serve(url: str, labels, canvases):
+    endpoint = f"{url.rstrip('/')}/v1/models/digits:predict"
+    probs, times = [], []
+    for canvas in canvases:
+        body = json.dumps({"instances": [{"b64": base64.b64encode(png_bytes(canvas)).decode()}]}).encode()
+        request = urllib.request.Request(endpoint, data=body, headers={"Content-Type": "application/json"})
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            prediction = json.loads(resp.read())["predictions"][0]
+        times.append(time.perf_counter() - t0)
+        probs.append(as_probabilities(prediction["confidences"], labels))
+    return np.array(probs, dtype=np.float32), times
+
+
+def run_browser(dist: Path, labels, canvases, chromium: str):
+    """Each canvas uploaded into the ONNX page's image input; the page's prediction read back."""
+    from playwright.sync_api import sync_playwright
+
+    from marcelle_torch.stack.webapp import start_webapp
+
+    # The other pages' servers are not part of this run: point them at a path of the app itself.
+    url, stop = start_webapp(dist, {"onnxBundle": "onnx/digits/", "serveUrl": "/elsewhere/serve",
+                                    "backendUrl": "/elsewhere/backend"})
+    probs, times = [], []
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+            page = browser.new_page()
+            page.set_default_timeout(120_000)
+            page.goto(url)
+            page.get_by_text("ONNX in the browser", exact=True).first.click()
+            page.wait_for_selector("[data-testid=onnx-model-status][data-status=ready]")
+            upload = page.locator("[data-testid=drawing-input-upload] input[type=file]")
+            label = "[data-testid=onnx-label]"
+            for i, canvas in enumerate(canvases, start=1):
+                upload.set_input_files(files=[{"name": f"{i}.png", "mimeType": "image/png", "buffer": png_bytes(canvas)}])
+                page.wait_for_function("([sel, n]) => document.querySelector(sel)?.dataset.count === String(n)",
+                                       arg=[label, i])
+                el = page.locator(label)
+                probs.append(as_probabilities(json.loads(el.get_attribute("data-confidences")), labels))
+                times.append(float(page.locator("[data-testid=onnx-time]").get_attribute("data-ms")) / 1000)
+            backend = page.locator("[data-testid=onnx-model-backend]").get_attribute("data-backend")
+            browser.close()
+    finally:
+        stop()
+    return np.array(probs, dtype=np.float32), times, backend
+
+
+class ServeProcess:
+    def __init__(self, log: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cli = str(Path(sys.executable).with_name("marcelle-torch"))
+        self.log = open(log, "w")
+        self.proc = subprocess.Popen([cli, "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                                      "--metrics-port", str(free_port()), "--model", "digits"],
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, timeout_s: float = 900) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"marcelle-torch serve exited {self.proc.returncode} (log: {self.log.name})")
+            try:
+                with urllib.request.urlopen(self.url + "/readyz", timeout=5) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(2)
+        raise RuntimeError(f"marcelle-torch serve not ready in {timeout_s}s (log: {self.log.name})")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(180)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.log.close()
+
+
+# --- report -------------------------------------------------------------------------------
+
+def compare(reference: np.ndarray, probs: np.ndarray, times: list[float]) -> dict:
+    agree = reference.argmax(1) == probs.argmax(1)
+    return {
+        "inputs": int(len(probs)),
+        "label_agreement_pct": round(100 * float(agree.mean()), 2),
+        "disagreeing_inputs": [int(i) for i in np.nonzero(~agree)[0]],
+        "max_abs_diff": float(np.abs(reference - probs).max()),
+        "latency_p50_ms": round(1000 * statistics.median(times), 3),
+        "latency_p90_ms": round(1000 * float(np.percentile(times, 90)), 3),
+    }
+
+
+def write_report(results: dict) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "parity.json").write_text(json.dumps(results, indent=2) + "\n")
+    rows = ["| path | inputs | same label as PyTorch | max abs diff (probabilities) | latency p50 | p90 |",
+            "|---|---:|---:|---:|---:|---:|"]
+    for name, r in results["paths"].items():
+        if "skipped" in r:
+            rows.append(f"| {name} | – | skipped: {r['skipped']} | | | |")
+            continue
+        rows.append(f"| {name} | {r['inputs']} | {r['label_agreement_pct']:.2f}% | {r['max_abs_diff']:.2e} | "
+                    f"{r['latency_p50_ms']:.2f} ms | {r['latency_p90_ms']:.2f} ms |")
+    env = results["environment"]
+    lines = ["# Parity of the digits model across paths", "",
+             f"{results['inputs']} inputs ({results['drawn']} drawn held-out digits, {results['noise']} noise canvases), "
+             f"one at a time; reference: PyTorch in-process. Machine: {env['cpus']} CPUs; torch {env['torch']}, "
+             f"onnxruntime {env['onnxruntime']}, browser backend {env.get('browser_backend') or 'n/a'}.", ""] + rows
+    lines += ["", "Latency: in-process forward (pytorch), HTTP round trip with PNG decoding (ray-serve), "
+              "ORT run (onnxruntime), the page's own session.run (onnxruntime-web)."]
+    (OUT / "parity.md").write_text("\n".join(lines) + "\n")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = {k: v for k, v in results["paths"].items() if "skipped" not in v}
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    names = list(done)
+    bars = ax.bar(names, [done[n]["latency_p50_ms"] for n in names], color="#0d9488")
+    for bar, n in zip(bars, names):
+        ax.annotate(f"{done[n]['label_agreement_pct']:.1f}% same label\nmax diff {done[n]['max_abs_diff']:.1e}",
+                    (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("latency p50 per input (ms)")
+    ax.set_title(f"digits: {results['inputs']} inputs through each path (vs PyTorch)")
+    ax.margins(y=0.3)
+    fig.tight_layout()
+    tmp = OUT / ".parity.png.part"
+    fig.savefig(tmp, format="png", dpi=120)
+    os.replace(tmp, OUT / "parity.png")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=200, help="inputs (default 200)")
+    parser.add_argument("--serve-url", help="use this running Serve instead of starting one")
+    parser.add_argument("--no-serve", action="store_true", help="skip the Ray Serve path")
+    parser.add_argument("--no-browser", action="store_true", help="skip the onnxruntime-web path")
+    parser.add_argument("--bundle", type=Path, default=REPO / "services/frontend/public/onnx/digits")
+    parser.add_argument("--dist", type=Path, default=REPO / "services/frontend/dist")
+    parser.add_argument("--chromium", default=os.environ.get("MARCELLE_TORCH_CHROMIUM", "/usr/bin/chromium"))
+    args = parser.parse_args(argv)
+
+    import onnxruntime
+    import torch
+
+    from marcelle_torch.models import get_spec, load_model
+
+    if not (args.bundle / "model.onnx").is_file():
+        sys.exit(f"parity: no bundle at {args.bundle}: run `marcelle-torch export-onnx digits` first")
+    spec = get_spec("digits")
+    model = load_model(spec, progress=True)
+    canvases, tensor = make_inputs(args.n)
+    results = {"inputs": args.n, "noise": max(1, args.n // 10), "drawn": args.n - max(1, args.n // 10), "paths": {},
+               "environment": {"cpus": os.cpu_count(), "torch": torch.__version__,
+                               "onnxruntime": onnxruntime.__version__}}
+
+    print(f"pytorch: {args.n} inputs", flush=True)
+    reference, times = run_pytorch(spec, model, tensor)
+    results["paths"]["pytorch"] = compare(reference, reference, times)
+
+    print("onnxruntime (Python, CPU EP)", flush=True)
+    probs, times = run_onnxruntime(args.bundle, tensor)
+    results["paths"]["onnxruntime"] = compare(reference, probs, times)
+
+    if args.no_serve:
+        results["paths"]["ray-serve"] = {"skipped": "--no-serve"}
+    else:
+        server = None
+        try:
+            url = args.serve_url
+            if not url:
+                print("ray-serve: starting marcelle-torch serve (local Ray)", flush=True)
+                OUT.mkdir(parents=True, exist_ok=True)
+                server = ServeProcess(OUT / "parity.serve.log")
+                server.wait_ready()
+                url = server.url
+            print(f"ray-serve: {url}", flush=True)
+            probs, times = run_serve(url, spec.labels, canvases)
+            results["paths"]["ray-serve"] = compare(reference, probs, times)
+        finally:
+            if server:
+                server.stop()
+
+    if args.no_browser:
+        results["paths"]["onnxruntime-web"] = {"skipped": "--no-browser"}
+    elif not (args.dist / "onnx/digits/model.onnx").is_file():
+        sys.exit(f"parity: the built app {args.dist} has no ONNX bundle: export, then `npm run build`")
+    else:
+        print("onnxruntime-web: the app's ONNX page in headless Chromium", flush=True)
+        probs, times, backend = run_browser(args.dist, spec.labels, canvases, args.chromium)
+        results["paths"]["onnxruntime-web"] = compare(reference, probs, times)
+        results["environment"]["browser_backend"] = backend
+
+    write_report(results)
+    print((OUT / "parity.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
