@@ -97,7 +97,7 @@ def backend_run_completes_with_progress(target, steps: int = 12, timeout_s: floa
 
     origin = urllib.parse.urlsplit(target.backend)
     client.connect(f"{origin.scheme}://{origin.netloc}", socketio_path=target.socketio_path,
-                   transports=["websocket"], wait_timeout=60)
+                   transports=["websocket"])
     try:
         status, _, body = http("POST", f"{target.backend}/runs",
                                {"model": "digits-generator", "input": {"digit": 7}, "params": {"steps": steps}})
