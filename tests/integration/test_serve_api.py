@@ -102,7 +102,7 @@ def test_wrong_method_is_405(serve_url):
     assert response.json()["error"]["code"] == "method_not_allowed"
 
 
-def test_health_readiness_and_metadata(serve_url):
+def test_health_readiness_and_metadata(serve_url, trained_digits):
     assert httpx.get(f"{serve_url}/healthz", timeout=TIMEOUT).json() == {"status": "ok"}
     ready = httpx.get(f"{serve_url}/readyz", timeout=TIMEOUT)
     assert ready.status_code == 200
@@ -112,7 +112,7 @@ def test_health_readiness_and_metadata(serve_url):
     assert meta["name"] == "digits"
     assert meta["labels"] == [str(i) for i in range(10)]
     assert meta["input"]["shape"] == [1, 128, 128]
-    assert meta["version"] == "1"
+    assert meta["version"] == trained_digits.version
     assert meta["device"] == "cpu"
     assert meta["batching"] == {"max_batch_size": 16, "batch_wait_timeout_s": 0.005}
 
