@@ -260,6 +260,13 @@ def main(argv=None) -> int:
         sys.exit(f"parity: no bundle at {args.bundle}: run `marcelle-torch export-onnx digits` first")
     spec = get_spec("digits")
     model = load_model(spec, progress=True)
+    from marcelle_torch.models import resolve_weights
+    from marcelle_torch.models.weights import sha256_of
+
+    made_from = json.loads((args.bundle / "model.json").read_text())["created_from"].get("weights_sha256")
+    if made_from != sha256_of(resolve_weights(spec)):
+        sys.exit(f"parity: {args.bundle} was exported from other weights than the model here: re-export it "
+                 "(same MARCELLE_TORCH_CACHE), then rebuild the app")
     canvases, tensor = make_inputs(args.n)
     results = {"inputs": args.n, "noise": max(1, args.n // 10), "drawn": args.n - max(1, args.n // 10), "paths": {},
                "environment": {"cpus": os.cpu_count(), "torch": torch.__version__,

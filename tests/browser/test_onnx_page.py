@@ -38,6 +38,19 @@ def served_bundle(url: str) -> dict:
                     "before `npm run build`")
 
 
+def assert_bundle_matches(bundle: dict, spec) -> None:
+    """The app must carry a bundle of the weights PyTorch uses here, or the comparison means nothing."""
+    from marcelle_torch.models import resolve_weights
+    from marcelle_torch.models.weights import sha256_of
+
+    here = sha256_of(resolve_weights(spec))
+    made_from = bundle["created_from"].get("weights_sha256")
+    if (bundle["version"], made_from) != (spec.version, here):
+        pytest.fail(f"the built app's ONNX bundle (digits v{bundle['version']}, weights {str(made_from)[:12]}) is not "
+                    f"the model under test (v{spec.version}, weights {here[:12]}): run `marcelle-torch export-onnx "
+                    "digits` with the same MARCELLE_TORCH_CACHE, then `npm run build`")
+
+
 @pytest.fixture(scope="module")
 def digits_model():
     from marcelle_torch.models import get_spec, load_model
@@ -70,6 +83,7 @@ def test_drawn_digits_are_predicted_in_the_browser_and_stay_there(webapp_factory
                                                                    drawing_input, digits_model):
     url = webapp_factory(CONFIG)
     bundle = served_bundle(url)
+    assert_bundle_matches(bundle, digits_model[0])
     origin = urlparse(url).netloc
     requests = []  # (method, url, body) of every request the page makes
     page.on("request", lambda r: requests.append((r.method, r.url, r.post_data_buffer)))

@@ -135,6 +135,10 @@ def test_digits_exports_checks_and_writes_the_bundle(digits_bundle, trained_digi
     assert onnx_meta["input_name"] == "input" and onnx_meta["output_name"] == "probabilities"
     assert onnx_meta["input_shape"][1:] == [1, 128, 128] and isinstance(onnx_meta["input_shape"][0], str)
     assert meta["created_from"]["torch"].startswith("2.13.0")
+    from marcelle_torch.models import resolve_weights
+    from marcelle_torch.models.weights import sha256_of
+
+    assert meta["created_from"]["weights_sha256"] == sha256_of(resolve_weights(trained_digits))
     assert meta["checks"]["web compatibility"]["passed"]
     parity = meta["checks"]["numerical parity"]
     assert parity["passed"] and parity["label_agreement"] == 1.0 and parity["max_abs_diff"] < parity["atol"]

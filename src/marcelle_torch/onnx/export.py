@@ -165,9 +165,18 @@ def bundle_metadata(spec: ModelSpec, onnx_path: Path, opset: int, exporter: str,
             "onnx": onnx.__version__,
             "marcelle_torch": __version__,
             "weights": spec.weights.describe,
+            # Which weights made this bundle: a client or a test can tell a stale bundle.
+            "weights_sha256": _weights_sha256(spec),
         },
         "checks": {r.name: r.to_json() for r in results},
     }
+
+
+def _weights_sha256(spec: ModelSpec) -> str | None:
+    from ..models.weights import resolve_weights, sha256_of
+
+    path = resolve_weights(spec, train_if_missing=False)
+    return sha256_of(path) if path is not None else None
 
 
 def default_out_dir(name: str) -> Path:
