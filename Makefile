@@ -6,6 +6,8 @@ FRONTEND := services/frontend
 BACKEND := services/backend
 K8S_TOOLS := .cache/k8s-tools/bin
 PYTEST_ARGS ?=
+# One weights cache for the demo, the tests and the ONNX bundle, so they all use the same weights.
+export MARCELLE_TORCH_CACHE ?= $(CURDIR)/.cache/models
 IMAGE_TAG ?= 0.1.0
 REGISTRY ?= marcelle-torch
 
