@@ -78,4 +78,4 @@ e2e-kind: setup k8s-tools
 	$(BIN)/pytest tests/e2e -k kind -rs
 
 clean:
-	rm -rf $(FRONTEND)/dist $(FRONTEND)/public/onnx var .cache/test bench/out
+	rm -rf $(FRONTEND)/dist $(FRONTEND)/public/onnx var bench/out

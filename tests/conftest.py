@@ -1,6 +1,6 @@
 """Shared test fixtures.
 
-- Every test session uses one weights cache under the repo (``.cache/test``), so the
+- Every test session uses the repo's weights cache (``.cache/models``, as `make` does), so the
   built-in models are trained once and reused by every module and every later session.
 - ``serve_url``: a real ``marcelle-torch serve`` (real local Ray) on free ports, once per session.
 - ``make_digit``: a drawn digit from scikit-learn's held-out split, as a PNG instance.
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-os.environ.setdefault("MARCELLE_TORCH_CACHE", str(REPO / ".cache" / "test"))
+os.environ.setdefault("MARCELLE_TORCH_CACHE", str(REPO / ".cache" / "models"))
 
 # Origins the shared Serve fixture allows (any port on loopback: web apps under test bind port 0).
 SERVE_TEST_ORIGINS = ["http://allowed.test", "http://127.0.0.1:*", "http://localhost:*"]
