@@ -68,19 +68,21 @@ function runsHooks({ authEnabled, errors }) {
     if ('progress' in data && (typeof data.progress !== 'number' || !(data.progress >= 0 && data.progress <= 1))) {
       throw new BadRequest('run.progress must be a number from 0 to 1');
     }
+    if (data.status === 'canceled') {
+      // Only a run that has not finished can be canceled (NotFound otherwise).
+      context.params.query = { ...(context.params.query || {}), status: { $in: ACTIVE } };
+    }
     if (isWorker(context.params)) {
       // The package stamps the caller's id on every write; a run keeps its owner's.
       if (authEnabled) delete data.userId;
       return context;
     }
-    // An owner may only cancel a run that has not finished.
+    // An owner may only cancel.
     const allowed = new Set(['status', 'userId', 'updatedAt']);
     const extra = Object.keys(data).filter((k) => !allowed.has(k));
     if (extra.length > 0 || data.status !== 'canceled') {
       throw new BadRequest("a client may only cancel a run: patch it with {status: 'canceled'}");
     }
-    const query = context.params.query || {};
-    context.params.query = { ...query, status: { $in: ACTIVE } };
     return context;
   }
 

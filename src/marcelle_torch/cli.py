@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "marcelle_torch.serving.cli",
     "marcelle_torch.stack.cli",
     "marcelle_torch.onnx.cli",
+    "marcelle_torch.worker.cli",
 )
 
 

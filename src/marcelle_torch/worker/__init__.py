@@ -1,0 +1,1 @@
+"""The Marcelle-backend run worker (Solution 3): see ``worker.Worker``."""

@@ -1,0 +1,130 @@
+"""A Feathers client over Socket.IO, as Marcelle's own web client talks to the backend.
+
+@marcellejs/backend 0.6.5 is a Feathers 4 app on Socket.IO 2 (Engine.IO protocol 3), which
+python-socketio 4.x speaks (5.x speaks only Socket.IO 3+: its connections drop within a
+minute and every event arrives twice). Feathers' socket protocol
+(@feathersjs/transport-commons): the client emits ``find|get|create|update|patch|remove``
+with ``(service, [id], [data], query)`` and an acknowledgement that Feathers calls with
+``(error)`` or ``(null, result)``; the service events arrive as ``"<service> <event>"``,
+e.g. ``"runs created"``, ``"runs patched"``. The last argument is the *query* (Feathers
+puts it into ``params.query``), not a params object.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import socketio
+
+from ..errors import MarcelleTorchError
+
+log = logging.getLogger(__name__)
+
+if not socketio.__version__.startswith("4."):
+    raise ImportError(
+        f"python-socketio {socketio.__version__} is installed; the Marcelle backend (Socket.IO 2) needs "
+        "python-socketio 4.x: pip install 'python-socketio[client]>=4.6,<5' 'python-engineio>=3.14,<4'")
+
+
+class BackendError(MarcelleTorchError):
+    """The backend answered a call with a Feathers error (``name``, e.g. NotFound, and ``code``)."""
+
+    status = 502
+    code = "backend_error"
+
+    def __init__(self, name: str, message: str, code: int | None = None):
+        super().__init__(f"{name}: {message}")
+        self.name = name
+        self.http_code = code
+
+
+class BackendUnavailable(MarcelleTorchError):
+    """Not connected, or no answer in time."""
+
+    status = 503
+    code = "backend_unavailable"
+
+
+class FeathersClient:
+    """Calls Feathers service methods over one Socket.IO connection, which reconnects by
+    itself. Event handlers run on the connection's reader thread: they must not block (or
+    call the backend); hand work to another thread."""
+
+    def __init__(self, url: str, timeout: float = 30.0, reconnection_delay_max: float = 5.0):
+        self.url = url
+        self.timeout = timeout
+        self.sio = socketio.Client(reconnection=True, reconnection_attempts=0, reconnection_delay=0.5,
+                                   reconnection_delay_max=reconnection_delay_max, logger=False,
+                                   engineio_logger=False)
+        # Calls from several threads go one at a time (the client's ack ids are not locked).
+        self._lock = threading.Lock()
+
+    # -- connection
+
+    def connect(self) -> None:
+        """Connect once; raises BackendUnavailable if the backend does not answer."""
+        try:
+            self.sio.connect(self.url, transports=["websocket"])
+        except (socketio.exceptions.ConnectionError, ValueError) as exc:
+            raise BackendUnavailable(f"cannot connect to the Marcelle backend at {self.url}: {exc}") from None
+
+    @property
+    def connected(self) -> bool:
+        return self.sio.connected
+
+    def disconnect(self) -> None:
+        try:
+            self.sio.disconnect()
+        except Exception:  # already gone
+            pass
+
+    def on(self, event: str, handler) -> None:
+        self.sio.on(event, handler)
+
+    # -- service methods
+
+    def call(self, method: str, service: str, *args, timeout: float | None = None):
+        if not self.sio.connected:
+            raise BackendUnavailable("not connected to the Marcelle backend")
+        with self._lock:
+            try:
+                answer = self.sio.call(method, (service, *args), timeout=timeout or self.timeout)
+            except socketio.exceptions.TimeoutError:
+                raise BackendUnavailable(f"no answer to {method} {service} within {timeout or self.timeout:.0f}s") \
+                    from None
+            except (socketio.exceptions.SocketIOError, OSError) as exc:
+                raise BackendUnavailable(f"{method} {service}: {exc}") from None
+        # Feathers acknowledges with (error) or (null, result).
+        if isinstance(answer, tuple):
+            error, result = answer[0], answer[1] if len(answer) > 1 else None
+        else:
+            error, result = answer, None
+        if error:
+            if isinstance(error, dict):
+                raise BackendError(error.get("name", "Error"), error.get("message", str(error)), error.get("code"))
+            raise BackendError("Error", str(error))
+        return result
+
+    def find(self, service: str, query: dict | None = None):
+        return self.call("find", service, query or {})
+
+    def get(self, service: str, id_: str, query: dict | None = None):
+        return self.call("get", service, id_, query or {})
+
+    def create(self, service: str, data, query: dict | None = None):
+        return self.call("create", service, data, query or {})
+
+    def patch(self, service: str, id_: str | None, data: dict, query: dict | None = None):
+        return self.call("patch", service, id_, data, query or {})
+
+    def remove(self, service: str, id_: str | None, query: dict | None = None):
+        return self.call("remove", service, id_, query or {})
+
+    def authenticate(self, email: str, password: str) -> dict:
+        """Log this connection in (strategy local); later calls act as that user."""
+        return self.create("authentication", {"strategy": "local", "email": email, "password": password})
+
+
+def is_not_found(exc: Exception) -> bool:
+    return isinstance(exc, BackendError) and (exc.name == "NotFound" or exc.http_code == 404)

@@ -1,0 +1,474 @@
+"""The run worker (Solution 3): claims runs in the Marcelle backend's ``runs`` service and
+runs the model, streaming progress and intermediate results into the run.
+
+A run: ``{model, input, params, status, progress, partial, result, error, worker,
+heartbeatAt, createdAt, updatedAt}``; status goes pending -> running -> succeeded |
+failed | canceled. The protocol, all through the backend (the worker exposes no endpoint):
+
+- Claim: ``patch(id, {status: running, worker, heartbeatAt}, query {status: pending})``.
+  The backend writes only if the run is still pending (atomically) and answers NotFound
+  otherwise, so one worker wins (see services/backend/runs-hooks.js).
+- While running, every write is conditional on ``{status: running, worker: me}``: a
+  NotFound means the run was canceled or taken back, and the worker stops between steps.
+  The ``runs patched`` event tells it the same sooner.
+- Lease: ``heartbeatAt`` (UTC ISO time) is renewed every ``heartbeat`` seconds while a run
+  goes on. Every worker looks, every ``heartbeat`` seconds, for running runs whose
+  heartbeat is older than ``lease_timeout`` and puts them back to pending (conditionally on
+  that same stale heartbeat), so a run held by a dead worker is done by another.
+  Worker clocks are assumed in sync (NTP) to well within ``lease_timeout``.
+- On (re)connection the worker logs in (if credentials are given) and picks up pending runs.
+- SIGTERM/SIGINT: no new claims; the current run may finish within ``grace`` seconds, else
+  it is released back to pending; then the worker exits.
+
+Models: a classification run's ``input`` is one instance as the Serve API takes it (an
+image data URL, ``{"b64": ...}`` or a nested list); its result is ``{label, confidences}``.
+A generation model's module provides ``run(model, input, params, report) -> result``
+(see ``models.digits_generator.run``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import queue
+import signal
+import socket
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+from ..errors import InvalidInput, MarcelleTorchError
+from .client import BackendError, BackendUnavailable, FeathersClient, is_not_found
+from .metrics import WorkerMetrics
+
+log = logging.getLogger("marcelle_torch.worker")
+
+SERVICE = "runs"
+
+
+class WorkerError(MarcelleTorchError):
+    code = "worker"
+
+
+class Stop(Exception):
+    """Raised between steps to end the current run early (``reason`` says why)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason  # canceled | lost | released
+
+
+@dataclass
+class WorkerOptions:
+    heartbeat: float = 5.0  # seconds between lease renewals (and stale-run sweeps)
+    lease_timeout: float = 30.0  # a running run whose heartbeat is older goes back to pending
+    grace: float = 20.0  # on SIGTERM, how long the current run may take before it is released
+    max_updates_per_second: float = 5.0  # progress patches per run, at most
+    call_timeout: float = 30.0
+    finish_timeout: float = 120.0  # how long a finished result is retried while the backend is away
+
+
+@dataclass
+class CurrentRun:
+    id: str
+    model: str
+    stop: threading.Event = field(default_factory=threading.Event)
+    reason: str = ""
+    last_patch: float = 0.0
+    heartbeat_at: str = ""
+
+    def request_stop(self, reason: str) -> None:
+        if not self.stop.is_set():
+            self.reason = reason
+            self.stop.set()
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def iso(t: datetime) -> str:
+    """UTC with milliseconds and a Z: sorts as text, as the backend compares it."""
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+
+
+class Worker:
+    def __init__(self, backend_url: str, models: list[str], name: str | None = None, email: str | None = None,
+                 password: str | None = None, options: WorkerOptions | None = None,
+                 metrics: WorkerMetrics | None = None):
+        self.backend_url = backend_url.rstrip("/")
+        self.model_names = list(models)
+        # Unique per process, so a claim or a lease is never mistaken for another worker's.
+        base = name or socket.gethostname()
+        self.id = f"{base}-{uuid.uuid4().hex[:6]}"
+        self.email, self.password = email, password
+        self.options = options or WorkerOptions()
+        self.metrics = metrics or WorkerMetrics()
+        self.client = FeathersClient(self.backend_url, timeout=self.options.call_timeout)
+        self.models: dict[str, tuple] = {}
+        self.events: queue.Queue = queue.Queue()
+        self.candidates: dict[str, float] = {}  # pending run ids to try, oldest first
+        self.current: CurrentRun | None = None
+        self.stopping = threading.Event()
+        self.stop_deadline: float | None = None
+        self._connected_once = False
+        self._next_sweep = 0.0
+        self.fatal: str | None = None
+
+    # ------------------------------------------------------------------ set-up
+
+    def load_models(self, progress: bool = True) -> None:
+        from ..models import get_spec, load_model
+
+        for name in self.model_names:
+            spec = get_spec(name)
+            module = load_model(spec, train_if_missing=True, progress=progress)
+            runner = None
+            if spec.task == "generation":
+                source = importlib.import_module(spec.build.__module__)
+                runner = getattr(source, "run", None)
+                if not callable(runner):
+                    raise InvalidInput(f"generation model {name}: its module {source.__name__} has no "
+                                       "run(model, input, params, report) function")
+            self.models[spec.name] = (spec, module, runner)
+            log.info("model %s ready (%s)", spec.name, spec.task)
+
+    def _install_handlers(self) -> None:
+        self.client.on("connect", self._on_connect)
+        self.client.on("disconnect", self._on_disconnect)
+        self.client.on(f"{SERVICE} created", lambda run: self._on_run_event(run))
+        self.client.on(f"{SERVICE} patched", lambda run: self._on_run_event(run))
+
+    def _on_connect(self) -> None:
+        if self._connected_once:
+            self.metrics.reconnects.inc()
+        self._connected_once = True
+        if not self.email:
+            self.metrics.up.set(1)
+        self.events.put(("connect", None))
+
+    def _on_disconnect(self) -> None:
+        self.metrics.up.set(0)
+        self.events.put(("disconnect", None))
+
+    def _on_run_event(self, run) -> None:
+        # Reader thread: only look and hand over. A stop request acts at once on the run loop.
+        if not isinstance(run, dict):
+            return
+        current = self.current
+        if current is not None and run.get("_id") == current.id:
+            if run.get("status") == "canceled":
+                current.request_stop("canceled")
+            elif run.get("status") != "running" or run.get("worker") != self.id:
+                current.request_stop("lost")
+        self.events.put(("run", run))
+
+    def request_stop(self, *_args) -> None:
+        if not self.stopping.is_set():
+            log.info("stop requested: finishing the current run (at most %.0fs), then exiting", self.options.grace)
+            self.stop_deadline = time.monotonic() + self.options.grace
+            self.stopping.set()
+
+    # ------------------------------------------------------------------ main loop
+
+    def serve(self, install_signals: bool = True) -> int:
+        """Connect, then claim and run until asked to stop. Returns an exit code."""
+        if install_signals and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.request_stop)
+            signal.signal(signal.SIGINT, self.request_stop)
+        self._install_handlers()
+        if not self.models:
+            self.load_models()
+        self._connect_until_up()
+        while not self.stopping.is_set():
+            self._drain_events(timeout=0.2)
+            if self.stopping.is_set():
+                break
+            if self.client.connected and time.monotonic() >= self._next_sweep:
+                self._sweep()
+            run = self._claim_next()
+            if run is not None:
+                self._execute(run)
+        self.client.disconnect()
+        self.metrics.up.set(0)
+        if self.fatal:
+            raise WorkerError(self.fatal)
+        log.info("worker %s stopped", self.id)
+        return 0
+
+    def _connect_until_up(self) -> None:
+        delay = 0.5
+        while not self.stopping.is_set():
+            try:
+                self.client.connect()
+                return
+            except BackendUnavailable as exc:
+                log.warning("%s; retrying in %.1fs", exc.message, delay)
+                self.stopping.wait(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _drain_events(self, timeout: float) -> None:
+        try:
+            kind, payload = self.events.get(timeout=timeout)
+        except queue.Empty:
+            return
+        while True:
+            self._handle_event(kind, payload)
+            try:
+                kind, payload = self.events.get_nowait()
+            except queue.Empty:
+                return
+
+    def _handle_event(self, kind: str, payload) -> None:
+        if kind == "connect":
+            log.info("connected to %s as %s", self.backend_url, self.id)
+            self._on_connected()
+        elif kind == "disconnect":
+            log.warning("disconnected from %s; reconnecting", self.backend_url)
+        elif kind == "run":
+            if payload.get("status") == "pending" and payload.get("model") in self.models:
+                self.candidates.setdefault(payload["_id"], time.monotonic())
+            else:
+                self.candidates.pop(payload.get("_id"), None)
+
+    def _login(self) -> None:
+        if self.email:
+            self.client.authenticate(self.email, self.password or "")
+            self.metrics.up.set(1)
+            log.info("logged in as %s", self.email)
+
+    def _call(self, method: str, *args):
+        """A call on the runs service; logs in again if a new connection is not yet logged in
+        (after a reconnection during a run, before the main loop has seen it)."""
+        try:
+            return getattr(self.client, method)(SERVICE, *args)
+        except BackendError as exc:
+            if exc.name != "NotAuthenticated" or not self.email:
+                raise
+        self._login()
+        return getattr(self.client, method)(SERVICE, *args)
+
+    def _on_connected(self) -> None:
+        try:
+            self._login()
+        except BackendError as exc:
+            # Wrong credentials will not fix themselves: stop with a clear message.
+            log.error("cannot log in to the backend as %s: %s", self.email, exc.message)
+            self.fatal = f"cannot log in to the backend as {self.email}: {exc.message}"
+            self.stopping.set()
+            return
+        except BackendUnavailable as exc:
+            log.warning("log in failed (%s); will retry on reconnection", exc.message)
+            return
+        self._next_sweep = 0.0  # pick up pending and stale runs now
+
+    # ------------------------------------------------------------------ finding and claiming
+
+    def _sweep(self) -> None:
+        """Put back runs of dead workers, and refresh the list of pending runs."""
+        self._next_sweep = time.monotonic() + self.options.heartbeat
+        try:
+            self._requeue_stale()
+            pending = self._call("find", {
+                "status": "pending", "model": {"$in": list(self.models)},
+                "$sort": {"createdAt": 1}, "$limit": 100, "$select": ["_id", "model", "status"],
+            })
+        except (BackendUnavailable, BackendError) as exc:
+            log.warning("cannot look for runs: %s", exc.message)
+            return
+        self.metrics.pending.set(pending.get("total", 0))
+        for run in pending.get("data", []):
+            self.candidates.setdefault(run["_id"], time.monotonic())
+
+    def _requeue_stale(self) -> None:
+        cutoff = iso(utc_now() - timedelta(seconds=self.options.lease_timeout))
+        stale = self._call("find", {
+            "status": "running", "heartbeatAt": {"$lt": cutoff}, "$limit": 100,
+            "$select": ["_id", "worker", "heartbeatAt"],
+        })
+        for run in stale.get("data", []):
+            try:
+                self._call("patch", run["_id"], {
+                    "status": "pending", "worker": None, "heartbeatAt": None, "progress": 0, "partial": None,
+                }, {"status": "running", "worker": run.get("worker"), "heartbeatAt": run.get("heartbeatAt")})
+                log.warning("run %s: worker %s stopped renewing its lease; back to pending",
+                            run["_id"], run.get("worker"))
+            except BackendError as exc:
+                if not is_not_found(exc):  # NotFound: it moved on meanwhile (renewed, finished, taken)
+                    raise
+
+    def _claim_next(self) -> dict | None:
+        while self.candidates and not self.stopping.is_set() and self.client.connected:
+            run_id = min(self.candidates, key=self.candidates.get)
+            del self.candidates[run_id]
+            heartbeat_at = iso(utc_now())
+            try:
+                run = self._call("patch", run_id, {
+                    "status": "running", "worker": self.id, "heartbeatAt": heartbeat_at, "progress": 0,
+                    "partial": None, "error": None,
+                }, {"status": "pending"})
+            except BackendError as exc:
+                if is_not_found(exc):
+                    continue  # another worker has it, or it was canceled
+                log.warning("cannot claim run %s: %s", run_id, exc.message)
+                continue
+            except BackendUnavailable as exc:
+                log.warning("cannot claim run %s: %s", run_id, exc.message)
+                self.candidates[run_id] = time.monotonic()
+                return None
+            self.current = CurrentRun(id=run_id, model=run.get("model"), heartbeat_at=heartbeat_at)
+            return run
+        return None
+
+    # ------------------------------------------------------------------ running
+
+    def _execute(self, run: dict) -> None:
+        current = self.current
+        model = run.get("model")
+        log.info("run %s: claimed (%s)", current.id, model)
+        self.metrics.running.set(1)
+        started = time.monotonic()
+        beat = threading.Thread(target=self._heartbeat_loop, args=(current,), daemon=True,
+                                name=f"heartbeat-{current.id}")
+        beat.start()
+        outcome = "failed"
+        try:
+            result = self._infer(run, current)
+            self._check(current)
+            outcome = self._finish(current, {"status": "succeeded", "progress": 1, "result": result})
+        except Stop as stop:
+            outcome = stop.reason
+            if stop.reason == "released":
+                self._release(current)
+            log.info("run %s: stopped (%s)", current.id, stop.reason)
+        except MarcelleTorchError as exc:
+            outcome = self._finish(current, {"status": "failed", "error": exc.message}, ok="failed")
+        except Exception as exc:  # a bug or a model failure: say what, keep serving
+            log.error("run %s: %s", current.id, traceback.format_exc())
+            outcome = self._finish(current, {"status": "failed",
+                                             "error": f"the model failed: {type(exc).__name__}: {exc}"}, ok="failed")
+        finally:
+            current.stop.set()  # ends the heartbeat thread
+            beat.join(timeout=self.options.call_timeout)
+            self.current = None
+            self.metrics.running.set(0)
+        self.metrics.runs.labels(model=model, outcome=outcome).inc()
+        self.metrics.duration.labels(model=model).observe(time.monotonic() - started)
+        log.info("run %s: %s in %.2fs", current.id, outcome, time.monotonic() - started)
+
+    def _check(self, current: CurrentRun) -> None:
+        if current.stop.is_set():
+            raise Stop(current.reason or "canceled")
+        if self.stopping.is_set() and self.stop_deadline is not None and time.monotonic() > self.stop_deadline:
+            current.request_stop("released")
+            raise Stop("released")
+
+    def _infer(self, run: dict, current: CurrentRun):
+        import torch
+
+        from ..models import decode_instances, postprocess
+
+        if run.get("model") not in self.models:
+            raise InvalidInput(f"this worker does not serve model {run.get('model')!r}")
+        spec, module, runner = self.models[run["model"]]
+        if spec.task == "classification":
+            if "input" not in run or run["input"] is None:
+                raise InvalidInput("run.input is missing: send one instance (an image data URL, "
+                                   "{\"b64\": ...} or a nested list)")
+            batch = decode_instances(spec, [run["input"]])
+            self._check(current)
+            with torch.no_grad():
+                return postprocess(spec, module(batch))[0]
+
+        def report(progress: float, partial=None) -> None:
+            self._check(current)
+            self._progress(current, progress, partial)
+
+        return runner(module, run.get("input"), run.get("params") or {}, report)
+
+    def _progress(self, current: CurrentRun, progress: float, partial) -> None:
+        now = time.monotonic()
+        if now - current.last_patch < 1.0 / self.options.max_updates_per_second:
+            return
+        current.last_patch = now
+        data = {"progress": round(float(progress), 4)}
+        if partial is not None:
+            data["partial"] = partial() if callable(partial) else partial
+        self._patch_own(current, data)
+        self.metrics.progress_updates.inc()
+
+    def _patch_own(self, current: CurrentRun, data: dict) -> dict | None:
+        """Write to the run this worker holds; Stop if it no longer does. A lost connection
+        only skips the write (the run goes on; the result is retried at the end)."""
+        heartbeat_at = iso(utc_now())
+        try:
+            run = self._call("patch", current.id, {**data, "heartbeatAt": heartbeat_at},
+                             {"status": "running", "worker": self.id})
+        except BackendError as exc:
+            if is_not_found(exc):
+                current.request_stop(self._why_gone(current))
+                raise Stop(current.reason) from None
+            raise
+        except BackendUnavailable:
+            return None
+        current.heartbeat_at = heartbeat_at
+        return run
+
+    def _why_gone(self, current: CurrentRun) -> str:
+        """After a NotFound on our own run: was it canceled, or taken back (lost)?"""
+        if current.reason:
+            return current.reason
+        try:
+            run = self._call("get", current.id)
+        except (BackendError, BackendUnavailable):
+            return "lost"
+        return "canceled" if run.get("status") == "canceled" else "lost"
+
+    def _heartbeat_loop(self, current: CurrentRun) -> None:
+        while not current.stop.wait(self.options.heartbeat):
+            try:
+                self._patch_own(current, {})
+            except Stop:
+                return
+            except (BackendError, BackendUnavailable) as exc:
+                log.warning("run %s: heartbeat failed: %s", current.id, exc.message)
+
+    def _finish(self, current: CurrentRun, data: dict, ok: str = "succeeded") -> str:
+        """Write the outcome, retrying while the backend is away (it may be restarting)."""
+        deadline = time.monotonic() + self.options.finish_timeout
+        while True:
+            try:
+                self._call("patch", current.id, {**data, "heartbeatAt": iso(utc_now())},
+                           {"status": "running", "worker": self.id})
+                if data["status"] == "failed":
+                    log.info("run %s: failed: %s", current.id, data.get("error"))
+                return ok
+            except BackendError as exc:
+                if is_not_found(exc):
+                    reason = self._why_gone(current)
+                    log.info("run %s: %s before its outcome was written", current.id, reason)
+                    return reason
+                log.error("run %s: cannot write the outcome: %s", current.id, exc.message)
+                return "lost"
+            except BackendUnavailable as exc:
+                if time.monotonic() > deadline:
+                    log.error("run %s: giving up writing the outcome: %s", current.id, exc.message)
+                    return "lost"
+                time.sleep(0.5)
+
+    def _release(self, current: CurrentRun) -> None:
+        try:
+            self._call("patch", current.id, {
+                "status": "pending", "worker": None, "heartbeatAt": None, "progress": 0, "partial": None,
+            }, {"status": "running", "worker": self.id})
+            log.info("run %s: released back to pending", current.id)
+        except (BackendError, BackendUnavailable) as exc:
+            log.warning("run %s: cannot release (%s); its lease will expire", current.id, exc.message)
+
+
+def default_name() -> str:
+    return os.environ.get("HOSTNAME") or socket.gethostname()

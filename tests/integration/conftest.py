@@ -1,0 +1,154 @@
+"""Fixtures for the run tests: the real Marcelle backend (node, services/backend) and real
+worker subprocesses (`marcelle-torch worker`).
+
+- ``trained_models``: digits and digits-generator trained into the session cache;
+- ``make_backend(**start_backend kwargs)``: a backend on a free port with its own data dir;
+- ``make_worker(backend_url, name, *args)``: a worker process (own process group, log file);
+- ``connect(url, email=None, password=None)``: a FeathersClient (logged in if asked);
+- ``wait_until(fn, timeout, what)``: polls ``fn`` until it returns a truthy value.
+All are stopped at the end of each test.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BACKEND_DIR = ROOT / "services" / "backend"
+# Generous: the machine is shared; never part of an assertion about speed.
+WAIT = 180.0
+WORKER_START = 300.0
+
+
+@pytest.fixture(scope="session")
+def trained_models():
+    from marcelle_torch.models import get_spec, resolve_weights
+
+    for name in ("digits", "digits-generator"):
+        resolve_weights(get_spec(name), train_if_missing=True, progress=False)
+
+
+@pytest.fixture(scope="session")
+def backend_installed():
+    if not (BACKEND_DIR / "node_modules" / "@marcellejs" / "backend").is_dir():
+        pytest.fail("the Marcelle backend is not installed: run `npm ci` in services/backend (make setup)")
+    return BACKEND_DIR
+
+
+def wait_until(fn, timeout: float = WAIT, what: str = "condition", interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+@pytest.fixture
+def make_backend(backend_installed, tmp_path):
+    from marcelle_torch.stack.backend import start_backend
+
+    handles = []
+
+    def make(**kwargs):
+        n = len(handles)
+        handle = start_backend(kwargs.pop("data_dir", tmp_path / f"backend-{n}"),
+                               log_path=tmp_path / f"backend-{n}.log", package_dir=backend_installed, **kwargs)
+        handles.append(handle)
+        return handle
+
+    yield make
+    for handle in reversed(handles):
+        handle.stop()
+
+
+class WorkerProcess:
+    def __init__(self, backend_url: str, name: str, log_path: Path, args=(), env=None):
+        self.name = name
+        self.log_path = log_path
+        self._log = open(log_path, "w")
+        cli = Path(sys.executable).with_name("marcelle-torch")
+        self.proc = subprocess.Popen(
+            [str(cli), "worker", "--backend", backend_url, "--name", name, *args],
+            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            env={**os.environ, **(env or {})})
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def claimed(self) -> list[str]:
+        return re.findall(r"run (\S+): claimed", self.log())
+
+    def wait_connected(self, timeout: float = WORKER_START) -> None:
+        def ready():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker {self.name} exited {self.proc.returncode}:\n{self.log()[-3000:]}")
+            return "connected to" in self.log()
+        wait_until(ready, timeout, f"worker {self.name} to connect")
+
+    def signal(self, sig) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                pass
+        self.signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self._log.close()
+
+
+@pytest.fixture
+def make_worker(trained_models, tmp_path):
+    workers = []
+
+    def make(backend_url: str, name: str, *args, wait: bool = True, env=None) -> WorkerProcess:
+        worker = WorkerProcess(backend_url, name, tmp_path / f"worker-{name}.log", args, env)
+        workers.append(worker)
+        if wait:
+            worker.wait_connected()
+        return worker
+
+    yield make
+    for worker in workers:
+        worker.stop()
+
+
+@pytest.fixture
+def connect():
+    from marcelle_torch.worker.client import FeathersClient
+
+    clients = []
+
+    def make(url: str, email: str | None = None, password: str | None = None):
+        client = FeathersClient(url)
+        client.connect()
+        clients.append(client)
+        if email:
+            client.authenticate(email, password)
+        return client
+
+    yield make
+    for client in clients:
+        client.disconnect()
+
+
+@pytest.fixture(name="wait_until")
+def wait_until_fixture():
+    return wait_until
