@@ -197,3 +197,32 @@ def unused_metrics_port():
     from marcelle_torch.stack.processes import free_port
 
     return free_port()
+
+
+def test_with_auth_the_worker_logs_in_from_its_environment_and_does_a_users_run(make_backend, make_worker,
+                                                                               connect, wait_until):
+    worker_account = {"MARCELLE_WORKER_EMAIL": "worker@marcelle.test", "MARCELLE_WORKER_PASSWORD": "pw-0123456789"}
+    backend = make_backend(auth=True, secret="another-test-secret-0123456789", allow_signup=True,
+                           worker_email=worker_account["MARCELLE_WORKER_EMAIL"],
+                           worker_password=worker_account["MARCELLE_WORKER_PASSWORD"])
+    alice = connect(backend.url)
+    alice.create("users", {"email": "alice@marcelle.test", "password": "alice-password"})
+    alice.authenticate("alice@marcelle.test", "alice-password")
+    events = record_events(alice)
+    run = generation(alice, digit=8)
+    worker = make_worker(backend.url, "authed", env=worker_account)
+    done = wait_until(lambda: finished(alice, run), what="alice's run")
+    assert done["status"] == "succeeded" and done["result"]["label"] == "8" and done["userId"] == run["userId"]
+    assert wait_until(lambda: [e["status"] for e in events[run["_id"]]][-1:] == ["succeeded"],
+                      what="alice to get the events of her run")
+    assert "logged in as worker@marcelle.test" in worker.log()
+
+
+def test_a_worker_with_wrong_credentials_exits_with_one_clear_line(make_backend, make_worker):
+    backend = make_backend(auth=True, secret="another-test-secret-0123456789",
+                           worker_email="worker@marcelle.test", worker_password="right-password")
+    worker = make_worker(backend.url, "wrong", wait=False, env={"MARCELLE_WORKER_EMAIL": "worker@marcelle.test",
+                                                                "MARCELLE_WORKER_PASSWORD": "wrong-password"})
+    assert worker.proc.wait(300) == 2
+    last = worker.log().strip().splitlines()[-1]
+    assert last.startswith("marcelle-torch worker: error: cannot log in to the backend as worker@marcelle.test")

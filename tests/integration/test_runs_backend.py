@@ -1,0 +1,127 @@
+"""The `runs` service of the real Marcelle backend (services/backend): conditional patches,
+validation, authentication and ownership."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from marcelle_torch.worker.client import BackendError
+
+pytestmark = pytest.mark.backend
+
+SECRET = "a-test-secret-of-some-length-0123456789"
+WORKER = ("worker@marcelle.test", "worker-password-1")
+
+
+def new_run(client, digit=3):
+    return client.create("runs", {"model": "digits-generator", "input": {"digit": digit}, "params": {"steps": 5}})
+
+
+def test_a_claim_is_a_conditional_patch_that_only_one_caller_wins(make_backend, connect):
+    backend = make_backend()
+    first, second = connect(backend.url), connect(backend.url)
+    run = new_run(first)
+    claimed = first.patch("runs", run["_id"], {"status": "running", "worker": "w1"}, {"status": "pending"})
+    assert claimed["status"] == "running" and claimed["worker"] == "w1"
+    with pytest.raises(BackendError, match="NotFound"):
+        second.patch("runs", run["_id"], {"status": "running", "worker": "w2"}, {"status": "pending"})
+    assert second.get("runs", run["_id"])["worker"] == "w1"
+    # A write conditioned on the holder applies (and answers the run) only for the holder.
+    assert first.patch("runs", run["_id"], {"progress": 0.5}, {"status": "running", "worker": "w1"})["progress"] == 0.5
+    with pytest.raises(BackendError, match="NotFound"):
+        second.patch("runs", run["_id"], {"progress": 0.9}, {"status": "running", "worker": "w2"})
+
+
+def test_new_runs_are_validated_and_start_pending(make_backend, connect):
+    client = connect(make_backend().url)
+    run = client.create("runs", {"model": "digits", "input": [1], "status": "succeeded", "result": "forged",
+                                 "worker": "me"})
+    assert (run["status"], run["result"], run["worker"], run["progress"]) == ("pending", None, None, 0)
+    for data, message in (({"input": 1}, "run.model"), ({"model": "digits"}, "run.input is missing"),
+                          ({"model": "digits", "input": 1, "params": [1]}, "run.params must be an object"),
+                          ([{"model": "digits", "input": 1}], "one run at a time")):
+        with pytest.raises(BackendError, match=message):
+            client.create("runs", data)
+    with pytest.raises(BackendError, match="run.status must be one of"):
+        client.patch("runs", run["_id"], {"status": "done"})
+    with pytest.raises(BackendError, match="progress must be a number from 0 to 1"):
+        client.patch("runs", run["_id"], {"progress": 3})
+
+
+@pytest.fixture
+def auth_backend(make_backend):
+    return make_backend(auth=True, secret=SECRET, worker_email=WORKER[0], worker_password=WORKER[1],
+                        allow_signup=True)
+
+
+def sign_up(connect, url, email, password="a-user-password"):
+    client = connect(url)
+    client.create("users", {"email": email, "password": password, "role": "worker"})
+    client.user = client.authenticate(email, password)["user"]
+    return client
+
+
+def test_with_auth_anonymous_clients_can_neither_create_nor_read_runs(auth_backend, connect):
+    anonymous = connect(auth_backend.url)
+    for call in (lambda: new_run(anonymous), lambda: anonymous.find("runs"),
+                 lambda: anonymous.get("runs", "any-id")):
+        with pytest.raises(BackendError, match="NotAuthenticated"):
+            call()
+    with pytest.raises(BackendError, match="NotAuthenticated"):
+        anonymous.authenticate(WORKER[0], "wrong password")
+
+
+def test_with_auth_users_see_only_their_own_runs_and_the_worker_sees_all(auth_backend, connect):
+    alice = sign_up(connect, auth_backend.url, "alice@marcelle.test")
+    bob = sign_up(connect, auth_backend.url, "bob@marcelle.test")
+    worker = connect(auth_backend.url, *WORKER)
+    bob_events = []
+    bob.on("runs created", bob_events.append)
+
+    run = new_run(alice)
+    assert alice.find("runs")["total"] == 1
+    assert bob.find("runs")["total"] == 0
+    with pytest.raises(BackendError, match="NotFound|Forbidden"):
+        bob.get("runs", run["_id"])
+    with pytest.raises(BackendError, match="NotFound|Forbidden"):
+        bob.patch("runs", run["_id"], {"status": "canceled"})
+
+    # The worker sees every run and writes to it; the run stays Alice's.
+    assert [r["_id"] for r in worker.find("runs", {"status": "pending"})["data"]] == [run["_id"]]
+    claimed = worker.patch("runs", run["_id"], {"status": "running", "worker": "w"}, {"status": "pending"})
+    assert claimed["userId"] == run["userId"]
+    done = worker.patch("runs", run["_id"], {"status": "succeeded", "result": {"label": "3"}},
+                        {"status": "running", "worker": "w"})
+    assert done["userId"] == run["userId"]
+    assert alice.get("runs", run["_id"])["result"] == {"label": "3"}
+    assert bob.find("runs")["total"] == 0
+    assert bob_events == []  # no real-time event about someone else's run
+
+    # A user may only cancel; the role given at sign-up is always `editor`, and cannot be changed.
+    with pytest.raises(BackendError, match="may only cancel"):
+        alice.patch("runs", run["_id"], {"result": "forged"})
+    me = alice.user
+    assert me["role"] == "editor"
+    with pytest.raises(BackendError, match="BadRequest|Forbidden|NotFound"):
+        alice.patch("users", me["_id"], {"role": "worker"})
+    assert connect(auth_backend.url).authenticate("alice@marcelle.test", "a-user-password")["user"]["role"] == "editor"
+
+
+@pytest.mark.parametrize("secret, message", [
+    (None, "no JWT secret is set"),
+    ("ZjXdk3pXZLVpvcEMGGuh6LYdi9o=", "public example secret"),
+    ("short", "too short"),
+])
+def test_with_auth_the_backend_refuses_to_start_without_a_real_secret(backend_installed, tmp_path, secret, message):
+    env = {**os.environ, "MARCELLE_BACKEND_AUTH": "true", "MARCELLE_BACKEND_DATA": str(tmp_path), "PORT": "0"}
+    env.pop("MARCELLE_BACKEND_SECRET", None)
+    if secret:
+        env["MARCELLE_BACKEND_SECRET"] = secret
+    done = subprocess.run(["node", "start.js"], cwd=backend_installed, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
