@@ -165,3 +165,17 @@ def serve_process(tmp_path_factory, trained_digits):
 def serve_url(serve_process) -> str:
     """Base URL of a ready ``marcelle-torch serve`` (digits model, trained cache)."""
     return serve_process.url
+
+
+@pytest.fixture(scope="session")
+def start_serve():
+    """Start another ``marcelle-torch serve`` (e.g. with a config of its own): returns a ServeProcess."""
+    def start(log_path: Path, extra_args: list[str] = (), env: dict | None = None) -> ServeProcess:
+        server = ServeProcess(log_path, extra_args, env)
+        try:
+            server.wait_ready()
+        except BaseException:
+            server.stop()
+            raise
+        return server
+    return start

@@ -1,0 +1,64 @@
+"""Overload (503) and timeout (504) on a real Serve with tight limits: a full request queue
+is refused at once, and a model slower than the request timeout is answered 504, both as
+JSON errors; the server keeps serving afterwards."""
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from marcelle_torch.serving.config import DEFAULT_CONFIG
+
+pytestmark = pytest.mark.ray
+
+SUPPORT = Path(__file__).with_name("support")
+SLOW = "slow_model:spec"
+
+
+@pytest.fixture(scope="module")
+def tight_serve(tmp_path_factory, trained_digits, start_serve):
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    app = config["applications"][0]
+    app["args"]["request_timeout_s"] = 1.0
+    digits = next(d for d in app["deployments"] if d["name"] == "model-digits")
+    digits.pop("autoscaling_config", None)
+    digits.update(num_replicas=1, max_ongoing_requests=1, max_queued_requests=1,
+                  user_config={"max_batch_size": 1, "batch_wait_timeout_s": 0.0})
+    tmp = tmp_path_factory.mktemp("tight")
+    path = tmp / "serve_config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    server = start_serve(tmp / "serve.log", ["--config", str(path), "--model", "digits", "--model", SLOW],
+                         env={"PYTHONPATH": str(SUPPORT)})
+    yield server.url
+    assert not server.stop(), "processes left after serve stopped"
+
+
+
+def test_a_full_queue_is_refused_with_503_json(tight_serve, make_digit):
+    instance, _ = make_digit(0)
+
+    async def flood():
+        async with httpx.AsyncClient(timeout=120) as client:
+            return await asyncio.gather(*[
+                client.post(f"{tight_serve}/v1/models/digits:predict", json={"instances": [instance] * 8})
+                for _ in range(48)])
+
+    responses = asyncio.run(flood())
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {200, 503, 504}, statuses
+    refused = [r for r in responses if r.status_code == 503]
+    assert refused, f"no request was refused with a queue of 1: {statuses}"
+    assert refused[0].json()["error"]["code"] == "overloaded"
+    assert 200 in statuses, "the server must still answer the requests it accepted"
+
+
+def test_a_model_slower_than_the_timeout_is_answered_504_json(tight_serve):
+    response = httpx.post(f"{tight_serve}/v1/models/slow:predict", json={"instances": [[[0.0] * 8] * 8]},
+                          timeout=60)
+    assert response.status_code == 504, response.text
+    error = response.json()["error"]
+    assert error["code"] == "timeout" and "slow" in error["message"]
+    # The server keeps serving other models.
+    assert httpx.get(f"{tight_serve}/readyz", timeout=30).status_code == 200
