@@ -35,12 +35,14 @@ def test_a_child_that_dies_while_starting_is_reported_with_its_log(tmp_path):
     proc.stop()
 
 
-def test_stop_ends_the_whole_process_group(tmp_path):
-    # The child starts a grandchild that ignores SIGTERM, as a stuck Ray worker might.
+def test_stop_ends_the_whole_process_tree(tmp_path):
+    # The child starts a grandchild in a process group of its own that ignores SIGTERM, as a
+    # stuck Ray worker might.
     script = (
         "import subprocess, sys, time\n"
         "g = subprocess.Popen([sys.executable, '-c', "
-        "'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)'])\n"
+        "'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)'], "
+        "process_group=0)\n"
         "print(g.pid, flush=True)\n"
         "time.sleep(600)\n"
     )

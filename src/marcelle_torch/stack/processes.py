@@ -85,7 +85,7 @@ class ManagedProcess:
         raise StartupError(f"{self.name} did not become ready at {url} within {timeout:.0f}s; "
                            f"see {self.log_path}")
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = 60.0) -> None:
         """SIGTERM the group (the child shuts down what it started), then SIGKILL what is left."""
         if self.alive():
             _signal_group(self.proc.pid, signal.SIGTERM)
@@ -93,13 +93,26 @@ class ManagedProcess:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 pass
-        # Whatever the leader left behind in its group goes too (e.g. a Ray worker).
+        # Whatever the leader left behind goes too: its group, and processes that made groups
+        # of their own but stayed in its session (Ray's workers do).
         _signal_group(self.proc.pid, signal.SIGKILL)
+        for pid in session_processes(self.proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         try:
             self.proc.wait(5)
         except subprocess.TimeoutExpired:
             pass
         self._log.close()
+
+
+def session_processes(sid: int) -> list[int]:
+    """PIDs of the live processes in session ``sid`` (a child started with start_new_session)."""
+    out = subprocess.run(["ps", "-eo", "pid=,sid=,stat="], capture_output=True, text=True).stdout
+    rows = (line.split() for line in out.splitlines())
+    return [int(r[0]) for r in rows if len(r) == 3 and r[1] == str(sid) and not r[2].startswith("Z")]
 
 
 def _signal_group(pgid: int, sig: int) -> None:
