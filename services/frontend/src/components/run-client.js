@@ -1,0 +1,120 @@
+/**
+ * runClient — runs through the Marcelle backend (Solution 3), with Marcelle's own `dataStore`.
+ *
+ * A run is a document of the backend's `runs` service:
+ * `{model, input, params, status, progress, partial, result, error, worker, createdAt, updatedAt}`
+ * with status pending -> running -> succeeded | failed | canceled. The page creates it; a
+ * Python worker (`marcelle-torch worker`) claims it and patches progress, intermediate images
+ * (`partial`, a PNG data URL) and the result; the page sees every patch in real time.
+ *
+ * ```js
+ * const client = runClient({ backendUrl: 'http://127.0.0.1:3030' });
+ * client.start();                                   // connects (and logs in if the backend asks)
+ * const run = await client.create('digits-generator', { digit: 3 }, { steps: 200 });
+ * client.$runs.subscribe((runs) => ...);            // newest first, kept up to date
+ * await client.cancel(run.id);
+ * ```
+ *
+ * Streams: `$status` 'idle' | 'connecting' | 'login' | 'ready' | 'error'; `$error` (message or
+ * null); `$runs` (the recent runs this user can see, newest first, each with `id`).
+ * The connection opens on `start()` (the page calls it when first shown), not on import, so
+ * an app without a backend shows no error until the runs page is used.
+ */
+import { Stream, dataStore } from '@marcellejs/core';
+
+export const ACTIVE = ['pending', 'running'];
+
+/** The backend answers `_id`; Marcelle's dataStore renames it `id` (events keep `_id`). */
+export function normalizeRun(run) {
+  const { _id, ...rest } = run;
+  return { ...rest, id: run.id ?? _id };
+}
+
+export class RunClient {
+  constructor({ backendUrl, service = 'runs', historySize = 20 } = {}) {
+    if (!backendUrl) throw new Error('runClient: `backendUrl` (the Marcelle backend address) is required');
+    // Relative URLs ("/backend" behind the chart's nginx) resolve against the page.
+    this.url = new URL(backendUrl, window.location.href).href.replace(/\/+$/, '');
+    this.serviceName = service;
+    this.historySize = historySize;
+    this.$status = new Stream('idle', true);
+    this.$error = new Stream(null, true);
+    this.$runs = new Stream([], true);
+    this.ready = null;
+  }
+
+  /** Connect once (idempotent); resolves when the history is loaded. */
+  start() {
+    if (!this.ready) {
+      this.ready = this.connect().catch((error) => {
+        this.$status.set('error');
+        this.$error.set(`cannot use the Marcelle backend at ${this.url}: ${error?.message ?? 'not reachable'}`);
+        this.ready = null; // a later start() tries again
+        throw error;
+      });
+      this.ready.catch(() => {});
+    }
+    return this.ready;
+  }
+
+  async connect() {
+    this.$status.set('connecting');
+    this.store = this.store ?? dataStore(this.url);
+    this.runs = this.store.service(this.serviceName);
+    if (!this.listening) {
+      this.runs.on('created', (run) => this.upsert(run));
+      this.runs.on('patched', (run) => this.upsert(run));
+      this.runs.on('removed', (run) => this.drop(run));
+      this.listening = true;
+    }
+    try {
+      await this.store.connect();
+    } catch (error) {
+      if (!this.store.requiresAuth) throw error ?? new Error('connection failed');
+      // Authentication is on and there is no valid session: Marcelle's own login dialog.
+      this.$status.set('login');
+      await this.store.loginWithUI();
+    }
+    const page = await this.runs.find({ query: { $sort: { createdAt: -1 }, $limit: this.historySize } });
+    this.$runs.set((page.data ?? page).map(normalizeRun));
+    this.$status.set('ready');
+    this.$error.set(null);
+  }
+
+  upsert(raw) {
+    const run = normalizeRun(raw);
+    const runs = this.$runs.get().filter((r) => r.id !== run.id);
+    const older = this.$runs.get().find((r) => r.id === run.id);
+    // Events can arrive out of order; keep the newest state of each run.
+    const keep = older && older.updatedAt && run.updatedAt && new Date(older.updatedAt) > new Date(run.updatedAt);
+    runs.push(keep ? older : run);
+    runs.sort((a, b) => new Date(b.createdAt) - new Date(a.createdAt));
+    this.$runs.set(runs.slice(0, this.historySize));
+  }
+
+  drop(raw) {
+    const { id } = normalizeRun(raw);
+    this.$runs.set(this.$runs.get().filter((r) => r.id !== id));
+  }
+
+  get(id) {
+    return this.$runs.get().find((r) => r.id === id) ?? null;
+  }
+
+  async create(model, input, params = {}) {
+    await this.start();
+    const run = normalizeRun(await this.runs.create({ model, input, params }));
+    this.upsert(run);
+    return run;
+  }
+
+  /** Cancel a pending or running run (the worker stops between steps). */
+  async cancel(id) {
+    await this.start();
+    return normalizeRun(await this.runs.patch(id, { status: 'canceled' }));
+  }
+}
+
+export function runClient(options) {
+  return new RunClient(options);
+}

@@ -1,0 +1,265 @@
+/**
+ * runPanel and runHistory — the views of backend runs (Solution 3), as Marcelle components.
+ *
+ * ```js
+ * const client = runClient({ backendUrl: config.backendUrl });
+ * const panel = runPanel({ client, generatorModel: 'digits-generator', classifierModel: 'digits', input });
+ * dash.page('Backend runs').sidebar(input).use(panel, runHistory(client));
+ * ```
+ *
+ * runPanel: pick a digit and a number of denoising steps and generate it, or send the drawing
+ * of `input` (a drawingInput) to the classifier; then follow the run: Marcelle's progressBar,
+ * the intermediate image, the status, a Cancel button and the final digit.
+ * Streams: `$run` (the followed run, or null), `$progress` ({type, message, progress} for progressBar).
+ *
+ * Stable hooks for tests (`data-testid`): runs-connection, runs-digit, runs-steps,
+ * runs-generate, runs-classify, runs-cancel, runs-progress (data-progress), runs-status
+ * (data-status), runs-partial, runs-result (data-label), runs-result-image, runs-error,
+ * runs-history, runs-history-item (data-status, data-id).
+ */
+import { Component, Stream, progressBar } from '@marcellejs/core';
+import { ACTIVE } from './run-client.js';
+import { toInstance } from './drawing-input.js';
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key === 'style') node.style.cssText = value;
+    else if (key.startsWith('data-')) node.setAttribute(key, value);
+    else node[key] = value;
+  }
+  node.append(...children);
+  return node;
+}
+
+const STATUS_TEXT = {
+  pending: 'waiting for a worker',
+  running: 'running',
+  succeeded: 'done',
+  failed: 'failed',
+  canceled: 'canceled',
+};
+
+function describe(run) {
+  if (run.model && run.input && typeof run.input.digit !== 'undefined') return `${run.model}: digit ${run.input.digit}`;
+  return `${run.model}: drawing`;
+}
+
+export class RunPanel extends Component {
+  constructor({ client, generatorModel = 'digits-generator', classifierModel = 'digits', input = null,
+    defaultSteps = 200 } = {}) {
+    super();
+    this.title = 'backend runs';
+    this.client = client;
+    this.generatorModel = generatorModel;
+    this.classifierModel = classifierModel;
+    this.input = input;
+    this.defaultSteps = defaultSteps;
+    this.$run = new Stream(null, true);
+    this.$progress = new Stream({ type: 'idle', message: 'no run yet', progress: 0 }, true);
+    this.progress = progressBar(this.$progress);
+    this.progress.title = 'progress';
+    this.lastImage = null;
+    if (input) input.$images.subscribe((img) => { this.lastImage = img; });
+    // Follow the current run through the client's live list of runs.
+    client.$runs.subscribe(() => {
+      const current = this.$run.get();
+      if (current) {
+        const updated = client.get(current.id);
+        if (updated && updated !== current) this.$run.set(updated);
+      }
+    });
+    this.$run.subscribe((run) => this.render(run));
+    client.$status.subscribe(() => this.renderConnection());
+    client.$error.subscribe(() => this.renderConnection());
+    this.start();
+  }
+
+  async submit(model, input, params) {
+    this.showError(null);
+    try {
+      const run = await this.client.create(model, input, params);
+      this.$run.set(run);
+    } catch (error) {
+      this.showError(`cannot create the run: ${error.message}`);
+    }
+  }
+
+  generate() {
+    const digit = Number(this.nodes.digit.value);
+    const steps = Number(this.nodes.steps.value);
+    if (!Number.isInteger(steps) || steps < 1 || steps > 1000) {
+      this.showError('steps must be a whole number from 1 to 1000');
+      return;
+    }
+    this.submit(this.generatorModel, { digit }, { steps });
+  }
+
+  classify() {
+    if (!this.lastImage) {
+      this.showError('draw or upload a digit first (left panel)');
+      return;
+    }
+    this.submit(this.classifierModel, toInstance(this.lastImage), {});
+  }
+
+  async cancel() {
+    const run = this.$run.get();
+    if (!run) return;
+    try {
+      this.$run.set(await this.client.cancel(run.id));
+    } catch (error) {
+      this.showError(`cannot cancel: ${error.message}`);
+    }
+  }
+
+  showError(message) {
+    if (!this.nodes) return;
+    this.nodes.error.textContent = message ?? '';
+    this.nodes.error.style.display = message ? '' : 'none';
+  }
+
+  renderConnection() {
+    if (!this.nodes) return;
+    const status = this.client.$status.get();
+    const error = this.client.$error.get();
+    const text = {
+      idle: '', connecting: `connecting to the Marcelle backend at ${this.client.url}…`,
+      login: 'log in to use the backend', ready: `connected to ${this.client.url}`,
+    }[status] ?? error ?? status;
+    this.nodes.connection.textContent = status === 'error' ? error : text;
+    this.nodes.connection.dataset.status = status;
+    const usable = status === 'ready';
+    this.nodes.generate.disabled = !usable;
+    this.nodes.classify.disabled = !usable;
+  }
+
+  render(run) {
+    const progress = run ? Number(run.progress) || 0 : 0;
+    if (run) {
+      const type = { succeeded: 'success', failed: 'danger', canceled: 'danger' }[run.status] ?? 'default';
+      this.$progress.set({ type, message: `${describe(run)}: ${STATUS_TEXT[run.status] ?? run.status}`, progress });
+    }
+    if (!this.nodes) return;
+    const n = this.nodes;
+    n.progressBox.dataset.progress = String(progress);
+    n.status.dataset.status = run?.status ?? '';
+    n.status.textContent = run ? `${describe(run)} — ${STATUS_TEXT[run.status] ?? run.status}` +
+      (run.worker ? ` (worker ${run.worker})` : '') : 'No run yet.';
+    n.cancel.disabled = !run || !ACTIVE.includes(run.status);
+    const image = run?.result?.image ?? null;
+    n.partial.style.display = run?.partial && !image ? '' : 'none';
+    if (run?.partial) n.partial.src = run.partial;
+    if (run?.status === 'succeeded' && run.result) {
+      n.result.dataset.label = String(run.result.label);
+      n.resultLabel.textContent = String(run.result.label);
+      n.resultImage.style.display = image ? '' : 'none';
+      if (image) n.resultImage.src = image;
+      n.result.style.display = '';
+    } else {
+      n.result.style.display = 'none';
+      delete n.result.dataset.label;
+    }
+    this.showError(run?.status === 'failed' ? run.error : null);
+  }
+
+  mount(target) {
+    const t = target || document.querySelector(`#${this.id}`);
+    if (!t) return;
+    this.destroy();
+    const digit = el('select', { 'data-testid': 'runs-digit' },
+      ...Array.from({ length: 10 }, (_, i) => el('option', { value: String(i) }, String(i))));
+    digit.value = '3';
+    const steps = el('input', { type: 'number', min: 1, max: 1000, value: String(this.defaultSteps),
+      'data-testid': 'runs-steps', style: 'width:6em' });
+    const generate = el('button', { className: 'btn', 'data-testid': 'runs-generate', disabled: true },
+      'Generate');
+    const classify = el('button', { className: 'btn', 'data-testid': 'runs-classify', disabled: true },
+      `Classify the drawing (${this.classifierModel})`);
+    const cancel = el('button', { className: 'btn danger', 'data-testid': 'runs-cancel', disabled: true }, 'Cancel');
+    generate.addEventListener('click', () => this.generate());
+    classify.addEventListener('click', () => this.classify());
+    cancel.addEventListener('click', () => this.cancel());
+
+    const progressBox = el('div', { 'data-testid': 'runs-progress', 'data-progress': '0' });
+    const progressTarget = el('div', { id: `${t.id}-${this.progress.id}` });
+    progressBox.append(progressTarget);
+    const pixel = 'image-rendering:pixelated;border:1px solid #ccc;width:128px;height:128px';
+    const partial = el('img', { 'data-testid': 'runs-partial', alt: 'intermediate image', style: `${pixel};display:none` });
+    const resultLabel = el('code', { style: 'font-size:2rem' });
+    const resultImage = el('img', { 'data-testid': 'runs-result-image', alt: 'result', style: pixel });
+    const result = el('div', { 'data-testid': 'runs-result', style: 'display:none' },
+      el('p', {}, 'Result: ', resultLabel), resultImage);
+
+    this.nodes = {
+      connection: el('p', { 'data-testid': 'runs-connection', style: 'color:#6b7280' }),
+      digit, steps, generate, classify, cancel, progressBox, partial, result, resultLabel, resultImage,
+      status: el('p', { 'data-testid': 'runs-status' }),
+      error: el('p', { 'data-testid': 'runs-error', style: 'color:#b91c1c;display:none' }),
+    };
+    const controls = el('div', { style: 'display:flex;gap:0.75rem;align-items:center;flex-wrap:wrap' },
+      el('label', {}, 'Digit ', digit), el('label', {}, 'Denoising steps ', steps), generate, classify, cancel);
+    t.append(this.nodes.connection, controls, progressBox, this.nodes.status,
+      el('div', { style: 'display:flex;gap:1rem;align-items:flex-start' }, partial, result), this.nodes.error);
+    this.progress.mount(progressTarget);
+    this.renderConnection();
+    this.render(this.$run.get());
+    this.client.start();
+  }
+
+  destroy() {
+    this.progress.destroy();
+    if (this.nodes) {
+      const root = this.nodes.connection.parentNode;
+      if (root) root.replaceChildren();
+    }
+    this.nodes = null;
+  }
+}
+
+export class RunHistory extends Component {
+  constructor(client) {
+    super();
+    this.title = 'your runs';
+    this.client = client;
+    client.$runs.subscribe((runs) => this.render(runs));
+    this.start();
+  }
+
+  render(runs) {
+    if (!this.list) return;
+    this.list.replaceChildren(...runs.map((run) => {
+      const when = run.createdAt ? new Date(run.createdAt).toLocaleTimeString() : '';
+      const outcome = run.status === 'succeeded' && run.result ? ` → ${run.result.label}` : '';
+      const progress = run.status === 'running' ? ` ${Math.round(100 * (run.progress || 0))}%` : '';
+      return el('li', { 'data-testid': 'runs-history-item', 'data-status': run.status, 'data-id': run.id },
+        `${when} ${describe(run)}: ${STATUS_TEXT[run.status] ?? run.status}${progress}${outcome}`);
+    }));
+    this.empty.style.display = runs.length ? 'none' : '';
+  }
+
+  mount(target) {
+    const t = target || document.querySelector(`#${this.id}`);
+    if (!t) return;
+    this.destroy();
+    this.empty = el('p', { style: 'color:#6b7280' }, 'No runs yet.');
+    this.list = el('ol', { 'data-testid': 'runs-history', reversed: true });
+    t.append(this.empty, this.list);
+    this.render(this.client.$runs.get());
+    this.client.start();
+  }
+
+  destroy() {
+    this.list?.remove();
+    this.empty?.remove();
+    this.list = null;
+  }
+}
+
+export function runPanel(options) {
+  return new RunPanel(options);
+}
+
+export function runHistory(client) {
+  return new RunHistory(client);
+}

@@ -1,0 +1,26 @@
+/**
+ * Solution 3 — server-side inference through the Marcelle backend.
+ *
+ * The page creates a *run* in the backend's `runs` data service (Marcelle's dataStore); a
+ * Python worker claims it, runs the model and patches progress, intermediate images and the
+ * result into it, which the page shows as they arrive. Suited to long inference, such as the
+ * many denoising steps of the digits generator; the worker needs no open port.
+ */
+import { drawingInput } from '../components/drawing-input.js';
+import { runClient } from '../components/run-client.js';
+import { runHistory, runPanel } from '../components/run-panel.js';
+
+export const title = 'Backend runs';
+export const order = 3;
+
+export default function runsPage(dash, config) {
+  const input = drawingInput();
+  const client = runClient({ backendUrl: config.backendUrl });
+  const panel = runPanel({
+    client,
+    generatorModel: config.generatorModel,
+    classifierModel: config.model,
+    input,
+  });
+  dash.page(title).sidebar(input).use(panel, runHistory(client));
+}

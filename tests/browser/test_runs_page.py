@@ -1,0 +1,100 @@
+"""The "Backend runs" page in real Chromium, with the real Marcelle backend and a real worker.
+
+A generation run is created from the page; the page must show the progress advancing, an
+intermediate image, and the final digit, which the `digits` classifier recognises.
+"""
+
+from __future__ import annotations
+
+import base64
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.backend
+
+ROOT = Path(__file__).resolve().parents[2]
+PAGE_TITLE = "Backend runs"
+CONNECTION = "[data-testid=runs-connection]"
+PROGRESS = "[data-testid=runs-progress]"
+STATUS = "[data-testid=runs-status]"
+RESULT = "[data-testid=runs-result]"
+HISTORY_ITEM = "[data-testid=runs-history-item]"
+
+
+@pytest.fixture
+def backend_and_worker(tmp_path):
+    from marcelle_torch.models import get_spec, resolve_weights
+    from marcelle_torch.stack.backend import start_backend
+    from marcelle_torch.stack.processes import ManagedProcess
+
+    for name in ("digits", "digits-generator"):
+        resolve_weights(get_spec(name), train_if_missing=True)
+    if not (ROOT / "services" / "backend" / "node_modules" / "@marcellejs" / "backend").is_dir():
+        pytest.fail("the Marcelle backend is not installed: run `npm ci` in services/backend (make setup)")
+    backend = start_backend(tmp_path / "backend", log_path=tmp_path / "backend.log")
+    cli = str(Path(sys.executable).with_name("marcelle-torch"))
+    # Few progress updates a second, as in production, so the page sees the run advance.
+    worker = ManagedProcess("worker", [cli, "worker", "--backend", backend.url, "--name", "browser-test",
+                                       "--max-updates-per-second", "4"], tmp_path / "worker.log")
+    try:
+        yield backend, worker
+    finally:
+        worker.stop()
+        backend.stop()
+
+
+def test_a_generation_run_created_from_the_page_shows_progress_and_the_digit(
+        page, webapp_factory, backend_and_worker, console_errors):
+    from marcelle_torch.stack.processes import free_port
+
+    backend, worker = backend_and_worker
+    nobody = f"http://127.0.0.1:{free_port()}"  # the other pages poll their servers: nothing answers here
+    url = webapp_factory({"backendUrl": backend.url, "generatorModel": "digits-generator", "model": "digits",
+                          "serveUrl": nobody})
+    page.goto(url)
+    page.get_by_text(PAGE_TITLE, exact=True).first.click()
+    page.wait_for_selector(f"{CONNECTION}[data-status=ready]")
+
+    page.locator("[data-testid=runs-digit]").select_option("4")
+    page.locator("[data-testid=runs-steps]").fill("600")
+    page.locator("[data-testid=runs-generate]").click()
+
+    # The progress goes up in several steps while the run goes (recorded by the page itself).
+    page.evaluate("""(sel) => {
+        window.__progress = [];
+        const box = document.querySelector(sel);
+        new MutationObserver(() => window.__progress.push(Number(box.dataset.progress)))
+            .observe(box, { attributes: true, attributeFilter: ['data-progress'] });
+    }""", PROGRESS)
+    page.wait_for_selector(f"{STATUS}[data-status=running]")
+    page.wait_for_selector("[data-testid=runs-partial][src^='data:image/png;base64,']", state="attached")
+    page.wait_for_selector(f"{RESULT}[data-label]")
+    assert page.locator(STATUS).get_attribute("data-status") == "succeeded"
+    assert page.locator(RESULT).get_attribute("data-label") == "4"
+    seen = page.evaluate("window.__progress")
+    intermediate = sorted({p for p in seen if 0 < p < 1})
+    assert len(intermediate) >= 2, seen
+    assert seen == sorted(seen) and seen[-1] == 1
+
+    # The final image is a digit the classifier reads as a 4, and the history lists the run.
+    src = page.locator("[data-testid=runs-result-image]").get_attribute("src")
+    assert classify(base64.b64decode(src.partition(",")[2])) == "4"
+    item = page.locator(HISTORY_ITEM).first
+    assert item.get_attribute("data-status") == "succeeded" and "digit 4" in item.inner_text()
+    assert page.locator("[data-testid=runs-cancel]").is_disabled()
+    # Only the other pages' refused connections may be logged.
+    errors = [e for e in console_errors if nobody not in e and "ERR_CONNECTION_REFUSED" not in e]
+    assert errors == [], errors
+
+
+def classify(png: bytes) -> str:
+    import torch
+
+    from marcelle_torch.models import decode_instances, get_spec, load_model, postprocess
+
+    spec = get_spec("digits")
+    batch = decode_instances(spec, [{"b64": base64.b64encode(png).decode()}])
+    with torch.no_grad():
+        return postprocess(spec, load_model(spec)(batch))[0]["label"]
