@@ -123,8 +123,9 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
         stack.urls["serve"] = serve_url
         stack.urls["serve_metrics"] = f"http://{host}:{serve_metrics_port}/metrics"
 
-        say(f"[3/{total}] Marcelle backend on port {options.backend_port} (data: {workdir / 'backend'})")
-        backend = start_backend(workdir / "backend", port=port_or_free(options.backend_port, host), host=host,
+        backend_port = port_or_free(options.backend_port, host)
+        say(f"[3/{total}] Marcelle backend on port {backend_port} (data: {workdir / 'backend'})")
+        backend = start_backend(workdir / "backend", port=backend_port, host=host,
                                 log_path=logs / "backend.log",
                                 **({"package_dir": options.backend_dir} if options.backend_dir else {}))
         stack.add("Marcelle backend", backend.stop)
