@@ -57,3 +57,27 @@ def test_webapp_peers_can_be_restricted():
 
 def test_can_be_turned_off():
     assert not by_kind(render(sets=("networkPolicy.enabled=false",)), "NetworkPolicy")
+
+
+def test_monitoring_opens_the_health_probe():
+    objects = render(ci_values("monitoring"), ci_values("ingress"))
+    named = {p["metadata"]["name"].removeprefix("mt-marcelle-torch-"): p for p in by_kind(objects, "NetworkPolicy")}
+    # Prometheus scrapes the probe next to the worker's own metrics.
+    (rule,) = named["worker"]["spec"]["ingress"]
+    assert peers(rule) == ["monitoring"]
+    assert rule["ports"] == [{"port": "metrics", "protocol": "TCP"}, {"port": "probe", "protocol": "TCP"}]
+    # The probe (in the worker Pods) reaches the backend, and the web app even when its peers are restricted.
+    (backend,) = named["backend"]["spec"]["ingress"]
+    assert "worker" in peers(backend) and backend["ports"] == [{"port": "http", "protocol": "TCP"}]
+    (webapp,) = named["webapp"]["spec"]["ingress"]
+    assert peers(webapp) == ["ingress-nginx", "worker"]
+    assert webapp["ports"] == [{"port": "http", "protocol": "TCP"}]
+    # Only ingress is restricted: nothing blocks the probe's egress.
+    assert all(p["spec"]["policyTypes"] == ["Ingress"] for p in named.values())
+
+
+def test_webapp_stays_restricted_without_monitoring():
+    webapp = one(render(ci_values("ingress")), "NetworkPolicy", "-webapp")
+    assert peers(webapp["spec"]["ingress"][0]) == ["ingress-nginx"]
+    worker = one(render(ci_values("ingress")), "NetworkPolicy", "-worker")
+    assert worker["spec"]["ingress"][0]["ports"] == [{"port": "metrics", "protocol": "TCP"}]

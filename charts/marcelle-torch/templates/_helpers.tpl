@@ -60,6 +60,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-backend.%s.svc.%s" (include "mt.fullname" .) .Release.Namespace .Values.clusterDomain }}
 {{- end }}
 
+{{/* The web app Service (port 80). */}}
+{{- define "mt.webappHost" -}}
+{{- printf "%s-webapp.%s.svc.%s" (include "mt.fullname" .) .Release.Namespace .Values.clusterDomain }}
+{{- end }}
+
 {{/* KubeRay names the Serve Service <rayservice>-serve-svc; it exists once the app is ready. */}}
 {{- define "mt.serveHost" -}}
 {{- printf "%s-serve-svc.%s.svc.%s" (include "mt.fullname" .) .Release.Namespace .Values.clusterDomain }}
