@@ -205,3 +205,27 @@ def _data_url_bytes(url: str) -> bytes:
     header, _, data = url.partition(",")
     assert header.startswith("data:image/png;base64"), f"not a PNG data URL: {header[:40]}"
     return base64.b64decode(data)
+
+
+class InProcessDigits:
+    """The ``digits`` model in the test process: what a page's answer is compared with."""
+
+    def __init__(self):
+        from marcelle_torch.models import get_spec, load_model
+
+        self.spec = get_spec("digits")
+        self.model = load_model(self.spec)
+
+    def predict(self, png: bytes) -> dict:
+        import torch
+
+        from marcelle_torch.models import decode_instances, postprocess
+
+        batch = decode_instances(self.spec, [{"b64": base64.b64encode(png).decode()}])
+        with torch.inference_mode():
+            return postprocess(self.spec, self.model(batch))[0]
+
+
+@pytest.fixture(scope="session")
+def digits_model(trained_digits) -> InProcessDigits:
+    return InProcessDigits()

@@ -8,7 +8,6 @@ network cut once the model is loaded.
 
 from __future__ import annotations
 
-import base64
 import json
 import urllib.error
 import urllib.request
@@ -51,25 +50,6 @@ def assert_bundle_matches(bundle: dict, spec) -> None:
                     "digits` with the same MARCELLE_TORCH_CACHE, then `npm run build`")
 
 
-@pytest.fixture(scope="module")
-def digits_model():
-    from marcelle_torch.models import get_spec, load_model
-
-    spec = get_spec("digits")
-    return spec, load_model(spec)
-
-
-def predict_in_process(digits_model, png: bytes) -> dict:
-    import torch
-
-    from marcelle_torch.models import decode_instances, postprocess
-
-    spec, model = digits_model
-    batch = decode_instances(spec, [{"b64": base64.b64encode(png).decode()}])
-    with torch.inference_mode():
-        return postprocess(spec, model(batch))[0]
-
-
 def wait_label(page, previous: str | None = None) -> tuple[str, float]:
     label = page.locator(LABEL)
     label.wait_for()
@@ -83,7 +63,7 @@ def test_drawn_digits_are_predicted_in_the_browser_and_stay_there(webapp_factory
                                                                    drawing_input, digits_model):
     url = webapp_factory(CONFIG)
     bundle = served_bundle(url)
-    assert_bundle_matches(bundle, digits_model[0])
+    assert_bundle_matches(bundle, digits_model.spec)
     origin = urlparse(url).netloc
     requests = []  # (method, url, body) of every request the page makes
     page.on("request", lambda r: requests.append((r.method, r.url, r.post_data_buffer)))
@@ -114,7 +94,7 @@ def test_drawn_digits_are_predicted_in_the_browser_and_stay_there(webapp_factory
     drawing_input.draw_digit("1")
     sent = drawing_input.model_input_png()
     shown, confidence = wait_label(page)
-    expected = predict_in_process(digits_model, sent)
+    expected = digits_model.predict(sent)
     assert shown == expected["label"] == "1"
     assert confidence == pytest.approx(expected["confidences"][shown], abs=1e-4)
     assert leaked(after_load) == []
@@ -129,7 +109,7 @@ def test_drawn_digits_are_predicted_in_the_browser_and_stay_there(webapp_factory
             drawing_input.draw_digit(digit)
             sent = drawing_input.model_input_png(changed_from=sent)
             shown, confidence = wait_label(page, previous=shown)
-            expected = predict_in_process(digits_model, sent)
+            expected = digits_model.predict(sent)
             assert shown == expected["label"] == digit
             assert confidence == pytest.approx(expected["confidences"][digit], abs=1e-4)
     finally:

@@ -6,7 +6,6 @@ shows must be the one the in-process model gives for the very image the page sen
 
 from __future__ import annotations
 
-import base64
 import re
 import socket
 
@@ -17,25 +16,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.ray]
 LABEL = "[data-testid=serve-label]"
 STATUS = "[data-testid=ray-model-status]"
 ERROR = "[data-testid=ray-model-error]"
-
-
-@pytest.fixture(scope="module")
-def digits_model():
-    from marcelle_torch.models import get_spec, load_model
-
-    spec = get_spec("digits")
-    return spec, load_model(spec)
-
-
-def predict_in_process(digits_model, png: bytes) -> dict:
-    import torch
-
-    from marcelle_torch.models import decode_instances, postprocess
-
-    spec, model = digits_model
-    batch = decode_instances(spec, [{"b64": base64.b64encode(png).decode()}])
-    with torch.inference_mode():
-        return postprocess(spec, model(batch))[0]
 
 
 def open_serve_page(page, url: str) -> None:
@@ -68,11 +48,11 @@ def test_drawn_digits_are_predicted_by_serve(serve_url, webapp_factory, page, dr
         drawing_input.draw_digit(digit)
         sent = drawing_input.model_input_png(changed_from=previous_png)
         shown, confidence = wait_label(page, previous_label)
-        expected = predict_in_process(digits_model, sent)
+        expected = digits_model.predict(sent)
         assert shown == expected["label"] == digit
         assert confidence == pytest.approx(expected["confidences"][digit], abs=1e-3)
         # The full-size drawing, resized by the server instead of the browser, reads the same.
-        assert predict_in_process(digits_model, drawing_input.sketchpad_png())["label"] == digit
+        assert digits_model.predict(drawing_input.sketchpad_png())["label"] == digit
         assert page.locator(STATUS).get_attribute("data-status") == "ready"
         previous_png, previous_label = sent, shown
 
@@ -87,7 +67,7 @@ def test_uploaded_image_light_on_dark_is_predicted(serve_url, webapp_factory, pa
     drawing_input.upload(digit_png("7", ink=255, ground=0))
     sent = drawing_input.model_input_png()
     shown, _ = wait_label(page)
-    assert shown == predict_in_process(digits_model, sent)["label"] == "7"
+    assert shown == digits_model.predict(sent)["label"] == "7"
     assert console_errors == []
 
 

@@ -28,19 +28,16 @@
  * `$latency` (last inference, ms), `$loadTime` (ms), `$predictions`, `$ready`, and Marcelle's
  * `$training` ('loading' -> 'loaded' | 'error'; it cannot be trained here).
  */
-import { Model, Stream, text } from '@marcellejs/core';
+import { Stream, text } from '@marcellejs/core';
 import * as ort from 'onnxruntime-web/wasm';
 // Emitted by Vite into the build (dist/assets): ORT loads its runtime from the app itself.
 import ortWasmUrl from 'onnxruntime-web/ort-wasm-simd-threaded.wasm?url';
 import { toTensor } from './drawing-input.js';
+import { ServedModel, escapeHtml } from './served-model.js';
 
 ort.env.wasm.wasmPaths = { wasm: ortWasmUrl };
 // Multi-threading needs a cross-origin isolated page (COOP/COEP); ORT uses one thread otherwise.
 ort.env.wasm.numThreads = globalThis.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
-
-function escapeHtml(value) {
-  return String(value).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]);
-}
 
 async function sha256Hex(bytes) {
   if (!globalThis.crypto?.subtle) return null; // not a secure context (plain http on a remote host)
@@ -48,13 +45,12 @@ async function sha256Hex(bytes) {
   return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, '0')).join('');
 }
 
-export class OnnxClassifier extends Model {
+export class OnnxClassifier extends ServedModel {
   constructor({ bundle = 'onnx/digits/', title } = {}) {
-    super();
+    super('onnxClassifier', 'the model is a static ONNX bundle served by the app');
     // Relative to the page, so the app works under any base path.
     this.bundleUrl = new URL(bundle.endsWith('/') ? bundle : `${bundle}/`, window.location.href).href;
     this.title = title ?? 'onnx model (in the browser)';
-    this.parameters = {};
     this.serviceName = 'onnx-bundles';
     this.labels = [];
     this.session = null;
@@ -217,24 +213,8 @@ export class OnnxClassifier extends Model {
     return result;
   }
 
-  train() {
-    throw new Error('onnxClassifier: the model is trained in PyTorch and exported; it is not trained in the browser');
-  }
-
-  async save() {
-    throw new Error('onnxClassifier: the model is a static bundle; there is nothing to save');
-  }
-
-  async load() {
-    throw new Error('onnxClassifier: the model comes from its bundle URL, not from a data store');
-  }
-
-  async download() {
-    throw new Error('onnxClassifier: the bundle is served by the app; download it from its URL');
-  }
-
-  async upload() {
-    throw new Error('onnxClassifier: the bundle is served by the app; there is nothing to upload');
+  viewStreams() {
+    return [this.$status, this.$error, this.$metadata, this.$progress, this.$backend, this.$loadTime];
   }
 
   /** The small view: status, download progress, runtime backend, what the model is. */
@@ -243,7 +223,6 @@ export class OnnxClassifier extends Model {
     const error = this.$error.get();
     const meta = this.$metadata.get();
     const progress = this.$progress.get();
-    const colour = { ready: '#0d9488', predicting: '#0284c7', loading: '#6b7280' }[status] ?? '#be123c';
     const rows = [['bundle', this.bundleUrl]];
     if (meta) {
       rows.push(['model', `${meta.name} v${meta.version}`]);
@@ -253,39 +232,18 @@ export class OnnxClassifier extends Model {
     }
     if (this.$backend.get()) rows.push(['runtime', `onnxruntime-web ${ort.env.versions?.web ?? ''} ${this.$backend.get()}`]);
     if (this.$loadTime.get() !== null) rows.push(['loaded in', `${this.$loadTime.get().toFixed(0)} ms`]);
-    const table = rows
-      .map(([k, v]) => `<tr><td style="padding-right:1em;color:#6b7280">${k}</td><td>${escapeHtml(v)}</td></tr>`)
-      .join('');
     const bar =
       status === 'loading'
         ? `<progress data-testid="onnx-model-progress" max="1" value="${progress}" style="width:100%"></progress>`
         : '';
-    return (
-      `<div data-testid="onnx-model">` +
-      `<p>status: <strong data-testid="onnx-model-status" data-status="${status}" style="color:${colour}">${status}</strong>` +
-      ` <span data-testid="onnx-model-backend" data-backend="${escapeHtml(this.$backend.get() ?? '')}"></span></p>` +
-      bar +
-      (error ? `<p data-testid="onnx-model-error" role="alert" style="color:#be123c;margin:.5em 0">${escapeHtml(error)}</p>` : '') +
-      `<table data-testid="onnx-model-info" style="font-size:.85em">${table}</table></div>`
-    );
-  }
-
-  mount(target) {
-    const t = target || document.querySelector(`#${this.id}`);
-    if (!t) return;
-    this.destroy();
-    this.view.title = this.title;
-    this.view.mount(t);
-    const update = () => this.view.$value.set(this.render());
-    const streams = [this.$status, this.$error, this.$metadata, this.$progress, this.$backend, this.$loadTime];
-    const unsubscribe = streams.map((s) => s.subscribe(update));
-    this.unmount = () => unsubscribe.forEach((u) => u());
-  }
-
-  destroy() {
-    if (this.unmount) this.unmount();
-    this.unmount = null;
-    this.view.destroy();
+    return this.renderPanel({
+      testid: 'onnx-model',
+      status,
+      error,
+      rows,
+      besideStatus: ` <span data-testid="onnx-model-backend" data-backend="${escapeHtml(this.$backend.get() ?? '')}"></span>`,
+      belowStatus: bar,
+    });
   }
 }
 

@@ -32,15 +32,12 @@
  * - `$predictions`: every prediction made, as ClassifierResults
  * - `$training`: Marcelle's training status ('loading' -> 'loaded' | 'error'); it cannot be trained here.
  */
-import { Model, Stream, text } from '@marcellejs/core';
+import { Stream, text } from '@marcellejs/core';
 import { INPUT_SIZE, toInstance } from './drawing-input.js';
+import { ServedModel, escapeHtml } from './served-model.js';
 
 const RETRY_MIN_MS = 1000;
 const RETRY_MAX_MS = 30000;
-
-function escapeHtml(value) {
-  return String(value).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]);
-}
 
 function isDrawable(x) {
   return (
@@ -61,13 +58,12 @@ export class RayServeError extends Error {
   }
 }
 
-export class RayModel extends Model {
+export class RayModel extends ServedModel {
   constructor({ url, model, inputSize = INPUT_SIZE, timeout = 30000, title } = {}) {
-    super();
+    super('rayModel', 'the model lives in Ray Serve');
     if (!url) throw new Error('rayModel: `url` (the Ray Serve address) is required');
     if (!model) throw new Error('rayModel: `model` (the served model name) is required');
     this.title = title ?? `ray serve model: ${model}`;
-    this.parameters = {};
     this.serviceName = 'ray-serve-models';
     // Relative URLs ("/serve" behind the chart's nginx) resolve against the page.
     this.url = new URL(url, window.location.href).href.replace(/\/+$/, '');
@@ -210,24 +206,8 @@ export class RayModel extends Model {
     if (this.$ready.get()) this.$ready.set(false);
   }
 
-  train() {
-    throw new Error(`rayModel: ${this.model} is trained and served by Ray Serve, not trained in the browser`);
-  }
-
-  async save() {
-    throw new Error('rayModel: the model lives in Ray Serve; there is nothing to save in the browser');
-  }
-
-  async load() {
-    throw new Error('rayModel: the model lives in Ray Serve; there is nothing to load in the browser');
-  }
-
-  async download() {
-    throw new Error('rayModel: the model lives in Ray Serve; there is nothing to download');
-  }
-
-  async upload() {
-    throw new Error('rayModel: the model lives in Ray Serve; there is nothing to upload');
+  viewStreams() {
+    return [this.$status, this.$error, this.$metadata, this.$latency];
   }
 
   /** The small view: status, the server's error message, what the model is. */
@@ -236,7 +216,6 @@ export class RayModel extends Model {
     const error = this.$error.get();
     const meta = this.$metadata.get();
     const latency = this.$latency.get();
-    const colour = { ready: '#0d9488', predicting: '#0284c7', connecting: '#6b7280' }[status] ?? '#be123c';
     const rows = [
       ['server', this.url],
       ['model', this.model],
@@ -249,34 +228,13 @@ export class RayModel extends Model {
       if (meta.description) rows.push(['about', meta.description]);
     }
     if (latency !== null) rows.push(['last request', `${latency.toFixed(0)} ms`]);
-    const table = rows
-      .map(([k, v]) => `<tr><td style="padding-right:1em;color:#6b7280">${k}</td><td>${escapeHtml(v)}</td></tr>`)
-      .join('');
-    return (
-      `<div data-testid="ray-model" data-model="${escapeHtml(this.model)}">` +
-      `<p>status: <strong data-testid="ray-model-status" data-status="${status}" style="color:${colour}">${status}</strong></p>` +
-      (error
-        ? `<p data-testid="ray-model-error" role="alert" style="color:#be123c;margin:.5em 0">${escapeHtml(error)}</p>`
-        : '') +
-      `<table data-testid="ray-model-info" style="font-size:.85em">${table}</table></div>`
-    );
-  }
-
-  mount(target) {
-    const t = target || document.querySelector(`#${this.id}`);
-    if (!t) return;
-    this.destroy();
-    this.view.title = this.title;
-    this.view.mount(t);
-    const update = () => this.view.$value.set(this.render());
-    const unsubscribe = [this.$status, this.$error, this.$metadata, this.$latency].map((s) => s.subscribe(update));
-    this.unmount = () => unsubscribe.forEach((u) => u());
-  }
-
-  destroy() {
-    if (this.unmount) this.unmount();
-    this.unmount = null;
-    this.view.destroy();
+    return this.renderPanel({
+      testid: 'ray-model',
+      attributes: ` data-model="${escapeHtml(this.model)}"`,
+      status,
+      error,
+      rows,
+    });
   }
 }
 

@@ -8,13 +8,10 @@
 import { confidencePlot, text } from '@marcellejs/core';
 import { drawingInput } from '../components/drawing-input.js';
 import { onnxClassifier } from '../components/onnx-classifier.js';
+import { escapeHtml, predictionsOf } from '../components/served-model.js';
 
 export const title = 'ONNX in the browser';
 export const order = 2;
-
-function escapeHtml(value) {
-  return String(value).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
-}
 
 function formatLabel({ label, confidences }, latency, count) {
   const p = confidences[label];
@@ -32,11 +29,7 @@ export default function onnxPage(dash, config) {
   const input = drawingInput();
   const classifier = onnxClassifier({ bundle: config.onnxBundle ?? 'onnx/digits/' });
 
-  // A failed inference resolves to null: the classifier's view shows the error.
-  const $predictions = input.$images
-    .map((img) => classifier.predict(img).catch(() => null))
-    .awaitPromises()
-    .filter((prediction) => prediction !== null);
+  const $predictions = predictionsOf(input.$images, classifier);
 
   const label = text('Draw a digit on the left: the model runs in this page.');
   label.title = 'prediction';

@@ -7,6 +7,7 @@
 import { confidencePlot, text } from '@marcellejs/core';
 import { drawingInput } from '../components/drawing-input.js';
 import { rayModel } from '../components/ray-model.js';
+import { escapeHtml, predictionsOf } from '../components/served-model.js';
 
 export const title = 'Ray Serve';
 export const order = 1;
@@ -14,7 +15,7 @@ export const order = 1;
 function formatLabel({ label, confidences }) {
   const p = confidences[label];
   const confidence = typeof p === 'number' ? ` <span style="color:#6b7280">(${(100 * p).toFixed(1)}%)</span>` : '';
-  const safe = String(label).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+  const safe = escapeHtml(label);
   return (
     `<p>Predicted label: <code data-testid="serve-label" data-label="${safe}" data-confidence="${p}" ` +
     `style="font-size:2rem">${safe}</code>${confidence}</p>`
@@ -25,12 +26,7 @@ export default function servePage(dash, config) {
   const input = drawingInput();
   const classifier = rayModel({ url: config.serveUrl, model: config.model });
 
-  // A failed request resolves to null: the classifier's own view shows the error, and the
-  // stream lives on for the next drawing.
-  const $predictions = input.$images
-    .map((img) => classifier.predict(img).catch(() => null))
-    .awaitPromises()
-    .filter((prediction) => prediction !== null);
+  const $predictions = predictionsOf(input.$images, classifier);
 
   const label = text('Draw a digit on the left: Ray Serve predicts it.');
   label.title = 'prediction';
