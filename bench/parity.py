@@ -25,14 +25,13 @@ import base64
 import io
 import json
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from marcelle_torch.stack.processes import ManagedProcess, free_port
 
 import numpy as np
 
@@ -40,12 +39,6 @@ REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "out"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_inputs(n: int, seed: int = 0):
@@ -151,38 +144,19 @@ def run_browser(dist: Path, labels, canvases, chromium: str):
     return np.array(probs, dtype=np.float32), times, backend
 
 
-class ServeProcess:
-    def __init__(self, log: Path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cli = str(Path(sys.executable).with_name("marcelle-torch"))
-        self.log = open(log, "w")
-        self.proc = subprocess.Popen([cli, "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                                      "--metrics-port", str(free_port()), "--model", "digits"],
-                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def wait_ready(self, timeout_s: float = 900) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"marcelle-torch serve exited {self.proc.returncode} (log: {self.log.name})")
-            try:
-                with urllib.request.urlopen(self.url + "/readyz", timeout=5) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(2)
-        raise RuntimeError(f"marcelle-torch serve not ready in {timeout_s}s (log: {self.log.name})")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(180)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        self.log.close()
+def start_serve(log: Path) -> tuple[ManagedProcess, str]:
+    """A ``marcelle-torch serve`` of the digits model on free ports, once ready: (process, url)."""
+    port = free_port()
+    server = ManagedProcess("marcelle-torch serve", [
+        sys.executable, "-m", "marcelle_torch.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+        "--metrics-port", str(free_port()), "--model", "digits"], log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        server.wait_http(url + "/readyz", 900)
+    except BaseException:
+        server.stop()
+        raise
+    return server, url
 
 
 # --- report -------------------------------------------------------------------------------
@@ -289,9 +263,7 @@ def main(argv=None) -> int:
             if not url:
                 print("ray-serve: starting marcelle-torch serve (local Ray)", flush=True)
                 OUT.mkdir(parents=True, exist_ok=True)
-                server = ServeProcess(OUT / "parity.serve.log")
-                server.wait_ready()
-                url = server.url
+                server, url = start_serve(OUT / "parity.serve.log")
             print(f"ray-serve: {url}", flush=True)
             probs, times = run_serve(url, spec.labels, canvases)
             results["paths"]["ray-serve"] = compare(reference, probs, times)

@@ -19,22 +19,15 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from marcelle_torch.stack.processes import ManagedProcess, free_port
+
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "out"
 LEVELS = (1, 8, 32)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def digit_instances(n: int = 10):
@@ -112,41 +105,21 @@ def run_baseline(port: int) -> None:
 
 # ----------------------------------------------------------------------------- targets
 
-class Target:
+class Target(ManagedProcess):
+    """A server under test, started on a free port (``{port}`` in its command line)."""
+
     def __init__(self, name: str, args: list[str], log: Path):
-        self.name = name
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log
-        self.log = open(log, "w")
-        self.proc = subprocess.Popen([a.replace("{port}", str(self.port)) for a in args], stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        super().__init__(name, [a.replace("{port}", str(self.port)) for a in args], log)
 
     def wait_ready(self, timeout_s: float = 600) -> float:
-        import httpx
-
         started = time.monotonic()
-        while time.monotonic() - started < timeout_s:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited {self.proc.returncode}: "
-                                   f"{self.log_path.read_text()[-2000:]}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=5).status_code == 200:
-                    return time.monotonic() - started
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        raise RuntimeError(f"{self.name} not ready in {timeout_s}s")
+        self.wait_http(self.url + "/readyz", timeout_s)
+        return time.monotonic() - started
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(180)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.log.close()
+        super().stop(timeout=180)
 
 
 def check_correct(url: str, samples, expected_labels) -> str | None:

@@ -11,14 +11,12 @@ from __future__ import annotations
 import base64
 import io
 import os
-import signal
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from marcelle_torch.stack.processes import ManagedProcess, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("MARCELLE_TORCH_CACHE", str(REPO / ".cache" / "models"))
@@ -26,14 +24,6 @@ os.environ.setdefault("MARCELLE_TORCH_CACHE", str(REPO / ".cache" / "models"))
 # Origins the shared Serve fixture allows (any port on loopback: web apps under test bind port 0).
 SERVE_TEST_ORIGINS = ["http://allowed.test", "http://127.0.0.1:*", "http://localhost:*"]
 SERVE_START_TIMEOUT_S = 900  # training (first session) + Ray start on a busy 2-core machine
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -79,72 +69,26 @@ def make_digit():
     return make_digit_instance
 
 
-def session_processes(sid: int) -> list[str]:
-    """Processes in session ``sid``: the serve process and every Ray process it started."""
-    out = subprocess.run(["ps", "-eo", "pid=,sid=,args="], capture_output=True, text=True).stdout
-    rows = (line.split(None, 2) for line in out.splitlines())
-    return [" ".join(r) for r in rows if len(r) == 3 and r[1] == str(sid)]
-
-
-class ServeProcess:
-    """A ``marcelle-torch serve`` subprocess in its own process group."""
+class ServeProcess(ManagedProcess):
+    """A ``marcelle-torch serve`` subprocess (its own session), on free ports."""
 
     def __init__(self, log_path: Path, extra_args: list[str] = (), env: dict | None = None):
         self.port = free_port()
         self.metrics_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        self.log_path = log_path
-        cli = Path(sys.executable).with_name("marcelle-torch")
-        args = [str(cli), "serve", "--host", "127.0.0.1", "--port", str(self.port),
+        args = [sys.executable, "-m", "marcelle_torch.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                 "--metrics-port", str(self.metrics_port)]
         for origin in SERVE_TEST_ORIGINS:
             args += ["--cors-origin", origin]
-        self.log = open(log_path, "w")
-        self.proc = subprocess.Popen(args + list(extra_args), stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True, env={**os.environ, **(env or {})})
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        super().__init__("marcelle-torch serve", args + list(extra_args), log_path, env=env)
 
     def wait_ready(self, timeout_s: float = SERVE_START_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"marcelle-torch serve exited {self.proc.returncode}:\n{self.log_text()[-3000:]}")
-            if "serving on " in self.log_text():
-                try:
-                    with urllib.request.urlopen(self.url + "/readyz", timeout=10) as resp:
-                        if resp.status == 200:
-                            return
-                except OSError:
-                    pass
-            time.sleep(1)
-        raise RuntimeError(f"marcelle-torch serve not ready in {timeout_s}s:\n{self.log_text()[-3000:]}")
+        self.wait_http(self.url + "/readyz", timeout_s)
 
-    def stop(self, timeout_s: float = 180) -> list[str]:
-        """SIGTERM, wait for a clean exit; returns the orphaned processes left behind (if any)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                pass
-        orphans = []
-        deadline = time.monotonic() + 30  # Ray's workers exit a moment after their raylet
-        while time.monotonic() < deadline:
-            # Ray's workers get process groups of their own, but stay in the session we started.
-            orphans = session_processes(self.proc.pid)
-            if not orphans:
-                break
-            time.sleep(1)
-        for line in orphans:  # do not leave them running for the next test
-            try:
-                os.kill(int(line.split()[0]), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.log.close()
-        return orphans
+    def stop(self, timeout_s: float = 180) -> list[int]:
+        """SIGTERM and wait for a clean exit; returns the orphans that had to be killed."""
+        return super().stop(timeout=timeout_s)
 
 
 @pytest.fixture(scope="session")
@@ -157,7 +101,7 @@ def serve_process(tmp_path_factory, trained_digits):
         raise
     yield server
     orphans = server.stop()
-    assert server.proc.returncode == 0, f"serve exited {server.proc.returncode}:\n{server.log_text()[-3000:]}"
+    assert server.proc.returncode == 0, f"serve exited {server.proc.returncode}:\n{server.log_tail(40)}"
     assert not orphans, f"processes left after serve stopped: {orphans}"
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import httpx
 import yaml
 
 from k8s_tools import CHART, by_kind, ci_values, one, render
+from marcelle_torch.stack.processes import free_port
 
 MONITORING_KINDS = {"PodMonitor", "ServiceMonitor", "PrometheusRule"}
 
@@ -155,12 +155,6 @@ def test_probe_is_scraped_by_the_worker_pod_monitor():
     assert [e["port"] for e in monitor["spec"]["podMetricsEndpoints"]] == ["metrics", "probe"]
     ports = {p["name"] for c in containers(objects).values() for p in c["ports"]}
     assert {"metrics", "probe"} <= ports
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_rendered_probe_command_runs_and_exports_its_targets():

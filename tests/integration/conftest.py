@@ -11,15 +11,14 @@ All are stopped at the end of each test.
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from marcelle_torch.stack.processes import ManagedProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 BACKEND_DIR = ROOT / "services" / "backend"
@@ -72,19 +71,16 @@ def make_backend(backend_installed, tmp_path):
         handle.stop()
 
 
-class WorkerProcess:
+class WorkerProcess(ManagedProcess):
+    """A ``marcelle-torch worker`` subprocess (its own session)."""
+
     def __init__(self, backend_url: str, name: str, log_path: Path, args=(), env=None):
-        self.name = name
-        self.log_path = log_path
-        self._log = open(log_path, "w")
-        cli = Path(sys.executable).with_name("marcelle-torch")
-        self.proc = subprocess.Popen(
-            [str(cli), "worker", "--backend", backend_url, "--name", name, *args],
-            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            env={**os.environ, **(env or {})})
+        super().__init__(f"worker {name}", [sys.executable, "-m", "marcelle_torch.cli", "worker", "--backend",
+                                             backend_url, "--name", name, *args], log_path, env=env)
+        self.worker_name = name
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return self.log_text()
 
     def claimed(self) -> list[str]:
         return re.findall(r"run (\S+): claimed", self.log())
@@ -92,26 +88,9 @@ class WorkerProcess:
     def wait_connected(self, timeout: float = WORKER_START) -> None:
         def ready():
             if self.proc.poll() is not None:
-                raise AssertionError(f"worker {self.name} exited {self.proc.returncode}:\n{self.log()[-3000:]}")
+                raise AssertionError(f"worker {self.worker_name} exited {self.proc.returncode}:\n{self.log()[-3000:]}")
             return "connected to" in self.log()
-        wait_until(ready, timeout, f"worker {self.name} to connect")
-
-    def signal(self, sig) -> None:
-        try:
-            os.killpg(self.proc.pid, sig)
-        except ProcessLookupError:
-            pass
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                pass
-        self.signal(signal.SIGKILL)
-        self.proc.wait(10)
-        self._log.close()
+        wait_until(ready, timeout, f"worker {self.worker_name} to connect")
 
 
 @pytest.fixture

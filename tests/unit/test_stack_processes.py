@@ -51,16 +51,21 @@ def test_stop_ends_the_whole_process_tree(tmp_path):
     while not proc.log_path.read_text().strip() and time.monotonic() < deadline:
         time.sleep(0.1)
     grandchild = int(proc.log_path.read_text().split()[0])
-    proc.stop(timeout=5)
+    leftovers = proc.stop(timeout=5, settle=2)
     assert not proc.alive()
+    assert grandchild in leftovers, "a process that outlived its parent must be reported"
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
             os.kill(grandchild, 0)
         except ProcessLookupError:
             break
-        # A zombie is gone for our purposes once reaped by init; give it a moment.
-        time.sleep(0.1)
+        time.sleep(0.1)  # killed, not yet reaped by init
     else:
         with open(f"/proc/{grandchild}/status") as status:
             assert "zombie" in status.read()
+
+
+def test_a_clean_exit_leaves_nothing_to_report(tmp_path):
+    proc = ManagedProcess("sleeper", [sys.executable, "-c", "import time; time.sleep(600)"], tmp_path / "s.log")
+    assert proc.stop(timeout=10, settle=2) == []

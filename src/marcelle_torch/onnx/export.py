@@ -26,7 +26,7 @@ from typing import Callable
 
 import torch
 
-from ..errors import InvalidInput, InvalidSpec, MarcelleTorchError
+from ..errors import InvalidInput, MarcelleTorchError
 from ..models import ModelSpec, get_spec, load_model
 from . import checks as C
 

@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 
 from ..errors import MarcelleTorchError
+from ..stack.processes import free_port
 from .config import our_applications
 
 # Ways Serve can take HTTP in, measured by bench/serve_latency.py on a 2-core CPU machine.
@@ -42,12 +43,6 @@ DEFAULT_SERVE_MODE = "haproxy-throughput"
 class ServeStartError(MarcelleTorchError):
     status = 500
     code = "serve_start"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def mode_env(mode: str, workdir: str) -> dict[str, str]:

@@ -60,12 +60,18 @@ class ManagedProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def log_tail(self, lines: int = 15) -> str:
+    def log_text(self) -> str:
         try:
-            text = self.log_path.read_text(errors="replace").splitlines()
+            return self.log_path.read_text(errors="replace")
         except OSError:
             return ""
-        return "\n".join(text[-lines:])
+
+    def log_tail(self, lines: int = 15) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the child's whole process group."""
+        _signal_group(self.proc.pid, sig)
 
     def wait_http(self, url: str, timeout: float, expect=(200,), on_wait=None) -> None:
         """Poll ``url`` until it answers one of ``expect``; fail early if the process died."""
@@ -85,18 +91,24 @@ class ManagedProcess:
         raise StartupError(f"{self.name} did not become ready at {url} within {timeout:.0f}s; "
                            f"see {self.log_path}")
 
-    def stop(self, timeout: float = 60.0) -> None:
-        """SIGTERM the group (the child shuts down what it started), then SIGKILL what is left."""
+    def stop(self, timeout: float = 60.0, settle: float = 30.0) -> list[int]:
+        """SIGTERM the group (the child shuts down what it started), then SIGKILL what is left.
+
+        Returns the PIDs that were still alive ``settle`` seconds after the child exited and had
+        to be killed: processes that made groups of their own but stayed in its session (Ray's
+        workers do, and exit a moment after their raylet). Empty after a clean shutdown.
+        """
         if self.alive():
-            _signal_group(self.proc.pid, signal.SIGTERM)
+            self.signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 pass
-        # Whatever the leader left behind goes too: its group, and processes that made groups
-        # of their own but stayed in its session (Ray's workers do).
-        _signal_group(self.proc.pid, signal.SIGKILL)
-        for pid in session_processes(self.proc.pid):
+        self.signal(signal.SIGKILL)
+        deadline = time.monotonic() + settle
+        while (leftovers := session_processes(self.proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        for pid in leftovers:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -106,6 +118,7 @@ class ManagedProcess:
         except subprocess.TimeoutExpired:
             pass
         self._log.close()
+        return leftovers
 
 
 def session_processes(sid: int) -> list[int]:
