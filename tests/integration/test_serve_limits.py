@@ -2,7 +2,7 @@
 is refused at once, and a model slower than the request timeout is answered 504, both as
 JSON errors; the server keeps serving afterwards."""
 
-import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -39,13 +39,13 @@ def tight_serve(tmp_path_factory, trained_digits, start_serve):
 def test_a_full_queue_is_refused_with_503_json(tight_serve, make_digit):
     instance, _ = make_digit(0)
 
-    async def flood():
-        async with httpx.AsyncClient(timeout=120) as client:
-            return await asyncio.gather(*[
-                client.post(f"{tight_serve}/v1/models/digits:predict", json={"instances": [instance] * 8})
-                for _ in range(48)])
+    def predict(_):
+        return httpx.post(f"{tight_serve}/v1/models/digits:predict", json={"instances": [instance] * 8},
+                          timeout=120)
 
-    responses = asyncio.run(flood())
+    # Threads, not asyncio: a session's browser fixture may already run an event loop here.
+    with ThreadPoolExecutor(max_workers=48) as pool:
+        responses = list(pool.map(predict, range(48)))
     statuses = [r.status_code for r in responses]
     assert set(statuses) <= {200, 503, 504}, statuses
     refused = [r for r in responses if r.status_code == 503]

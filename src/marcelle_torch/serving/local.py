@@ -189,8 +189,38 @@ class LocalServe:
                 os.environ[key] = value
         self._saved_env.clear()
         if self.workdir:
+            stop_processes_naming(self.workdir)
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
+
+
+def stop_processes_naming(path: str, timeout_s: float = 10.0) -> None:
+    """Stop the processes whose command line names ``path``.
+
+    Serve's HAProxy (started by its proxy actor, with its config under our private Ray dir)
+    outlives ``ray.shutdown()``; left alone it would keep the port and run without a config.
+    """
+    def pids() -> list[int]:
+        found = []
+        for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+            if entry.isdigit() and int(entry) != os.getpid():
+                try:
+                    with open(f"/proc/{entry}/cmdline", "rb") as f:
+                        if path.encode() in f.read():
+                            found.append(int(entry))
+                except OSError:  # gone meanwhile
+                    pass
+        return found
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout_s
+        while pids() and time.monotonic() < deadline:
+            time.sleep(0.2)
 
 
 def wait_for_signal() -> int:

@@ -74,6 +74,9 @@ class FeathersClient:
         return self.sio.connected
 
     def disconnect(self) -> None:
+        # The reader thread warns that the socket closed once we close it ourselves; that is
+        # no news, and would land after the worker's last line (e.g. its one-line error).
+        logging.getLogger("engineio.client").setLevel(logging.ERROR)
         try:
             self.sio.disconnect()
         except Exception:  # already gone
