@@ -16,7 +16,8 @@ CHART = REPO / "charts" / "marcelle-torch"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 TOOLS_BIN = REPO / ".cache" / "k8s-tools" / "bin"
 # Reference data next to the checkout (never copied in): KubeRay's CRDs.
-CRD_DIR = REPO.parent / "shared" / "kuberay" / "crds"
+# KubeRay CRDs (reference data beside the checkout; KUBERAY_CRDS points elsewhere).
+CRD_DIR = Path(os.environ.get("KUBERAY_CRDS") or REPO.parent / "shared" / "kuberay" / "crds")
 INSTALL_HINT = "run tests/chart/install-tools.sh"
 
 
