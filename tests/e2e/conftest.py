@@ -54,14 +54,14 @@ def target(request, tmp_path_factory):
 
 def _local_target(workdir: Path):
     try:
-        from marcelle_torch.stack.up import MissingBuild, StackOptions, start_stack
+        from marcelle_torch.stack.up import StackOptions, WebappNotBuilt, start_stack
     except ImportError as exc:
         pytest.skip(f"local target: marcelle_torch.stack.up is not available ({exc})")
     options = StackOptions(workdir=workdir, webapp_port=0, serve_port=0, backend_port=0,
                            serve_metrics_port=0, worker_metrics_port=0, prometheus_port=0)
     try:
         stack = start_stack(options, say=lambda msg: print(f"[stack] {msg}", flush=True))
-    except MissingBuild as exc:
+    except WebappNotBuilt as exc:
         pytest.skip(f"local target: {exc.message}")
     try:
         urls = stack.urls

@@ -13,16 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..errors import MarcelleTorchError
 from .processes import ManagedProcess, StartupError, port_or_free
+from .webapp import WebappNotBuilt, start_webapp
 
 CLASSIFIER = "digits"
 GENERATOR = "digits-generator"
-
-
-class MissingBuild(MarcelleTorchError):
-    status = 500
-    code = "missing_build"
 
 
 @dataclass
@@ -73,7 +68,7 @@ def project_root(start: Path | None = None) -> Path:
     for candidate in here.parents:
         if (candidate / "services" / "frontend" / "package.json").is_file():
             return candidate
-    raise MissingBuild("cannot find the project checkout (services/frontend); run from it or pass --dist")
+    raise WebappNotBuilt("cannot find the project checkout (services/frontend); run from it or pass --dist")
 
 
 def _cli(*args: str) -> list[str]:
@@ -83,7 +78,6 @@ def _cli(*args: str) -> list[str]:
 def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: None) -> Stack:
     from ..models import get_spec, resolve_weights
     from .backend import start_backend
-    from .webapp import start_webapp
 
     root = None
     dist = options.dist_dir
@@ -91,9 +85,9 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
         root = project_root()
         dist = root / "services" / "frontend" / "dist"
     if not (dist / "index.html").is_file():
-        raise MissingBuild(f"the web app is not built ({dist}); run `make webapp` first")
+        raise WebappNotBuilt(f"the web app is not built ({dist}); run `make webapp` first")
     if not (dist / "onnx" / CLASSIFIER / "model.onnx").is_file():
-        raise MissingBuild(f"the web app has no ONNX bundle ({dist}/onnx/{CLASSIFIER}); run `make webapp` first")
+        raise WebappNotBuilt(f"the web app has no ONNX bundle ({dist}/onnx/{CLASSIFIER}); run `make webapp` first")
 
     workdir = options.workdir
     logs = workdir / "logs"
@@ -173,4 +167,4 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
     return stack
 
 
-__all__ = ["Stack", "StackOptions", "StartupError", "MissingBuild", "start_stack", "project_root"]
+__all__ = ["Stack", "StackOptions", "StartupError", "WebappNotBuilt", "start_stack", "project_root"]
