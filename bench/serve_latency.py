@@ -60,8 +60,9 @@ def baseline_app(model_name: str = "digits"):
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from marcelle_torch.errors import InvalidInput, MarcelleTorchError, ModelNotFound
+    from marcelle_torch.errors import MarcelleTorchError, ModelNotFound
     from marcelle_torch.models import decode_instances, get_spec, load_model, postprocess
+    from marcelle_torch.models.inputs import parse_predict_body
 
     spec = get_spec(model_name)
     model = load_model(spec, train_if_missing=True)
@@ -70,13 +71,7 @@ def baseline_app(model_name: str = "digits"):
     def predict(request_body: bytes, name: str):
         if name != spec.name:
             raise ModelNotFound(f"unknown model {name!r}; served models: {spec.name}")
-        try:
-            payload = json.loads(request_body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InvalidInput(f"request body is not valid JSON: {exc}") from None
-        if not isinstance(payload, dict) or "instances" not in payload:
-            raise InvalidInput('request body must be a JSON object {"instances": [...]}')
-        batch = decode_instances(spec, payload["instances"])
+        batch = decode_instances(spec, parse_predict_body(request_body))
         with torch.inference_mode():
             return postprocess(spec, model(batch))
 

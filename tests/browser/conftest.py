@@ -229,3 +229,18 @@ class InProcessDigits:
 @pytest.fixture(scope="session")
 def digits_model(trained_digits) -> InProcessDigits:
     return InProcessDigits()
+
+
+def wait_for_label(page, selector: str, previous: str | None = None) -> tuple[str, float]:
+    """The (label, confidence) a page shows in ``selector``; with ``previous``, wait for a new one."""
+    label = page.locator(selector)
+    label.wait_for()
+    if previous is not None:
+        page.wait_for_function("([sel, prev]) => document.querySelector(sel).dataset.label !== prev",
+                               arg=[selector, previous])
+    return label.get_attribute("data-label"), float(label.get_attribute("data-confidence"))
+
+
+@pytest.fixture(scope="session")
+def wait_label():
+    return wait_for_label

@@ -50,17 +50,8 @@ def assert_bundle_matches(bundle: dict, spec) -> None:
                     "digits` with the same MARCELLE_TORCH_CACHE, then `npm run build`")
 
 
-def wait_label(page, previous: str | None = None) -> tuple[str, float]:
-    label = page.locator(LABEL)
-    label.wait_for()
-    if previous is not None:
-        page.wait_for_function("([sel, prev]) => document.querySelector(sel).dataset.label !== prev",
-                               arg=[LABEL, previous])
-    return label.get_attribute("data-label"), float(label.get_attribute("data-confidence"))
-
-
 def test_drawn_digits_are_predicted_in_the_browser_and_stay_there(webapp_factory, page, console_errors,
-                                                                   drawing_input, digits_model):
+                                                                   drawing_input, digits_model, wait_label):
     url = webapp_factory(CONFIG)
     bundle = served_bundle(url)
     assert_bundle_matches(bundle, digits_model.spec)
@@ -93,7 +84,7 @@ def test_drawn_digits_are_predicted_in_the_browser_and_stay_there(webapp_factory
     # Online: a drawing is predicted without a single request.
     drawing_input.draw_digit("1")
     sent = drawing_input.model_input_png()
-    shown, confidence = wait_label(page)
+    shown, confidence = wait_label(page, LABEL)
     expected = digits_model.predict(sent)
     assert shown == expected["label"] == "1"
     assert confidence == pytest.approx(expected["confidences"][shown], abs=1e-4)
@@ -108,7 +99,7 @@ def test_drawn_digits_are_predicted_in_the_browser_and_stay_there(webapp_factory
             drawing_input.clear()
             drawing_input.draw_digit(digit)
             sent = drawing_input.model_input_png(changed_from=sent)
-            shown, confidence = wait_label(page, previous=shown)
+            shown, confidence = wait_label(page, LABEL, previous=shown)
             expected = digits_model.predict(sent)
             assert shown == expected["label"] == digit
             assert confidence == pytest.approx(expected["confidences"][digit], abs=1e-4)

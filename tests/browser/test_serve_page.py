@@ -23,17 +23,8 @@ def open_serve_page(page, url: str) -> None:
     page.locator(STATUS).wait_for()
 
 
-def wait_label(page, previous: str | None = None) -> tuple[str, float]:
-    label = page.locator(LABEL)
-    label.wait_for()
-    if previous is not None:
-        page.wait_for_function("([sel, prev]) => document.querySelector(sel).dataset.label !== prev",
-                               arg=[LABEL, previous])
-    return label.get_attribute("data-label"), float(label.get_attribute("data-confidence"))
-
-
 def test_drawn_digits_are_predicted_by_serve(serve_url, webapp_factory, page, drawing_input, console_errors,
-                                             digits_model):
+                                             digits_model, wait_label):
     url = webapp_factory({"serveUrl": serve_url, "model": "digits"})
     open_serve_page(page, url)
     page.wait_for_selector(f"{STATUS}[data-status=ready]")
@@ -47,7 +38,7 @@ def test_drawn_digits_are_predicted_by_serve(serve_url, webapp_factory, page, dr
             drawing_input.clear()
         drawing_input.draw_digit(digit)
         sent = drawing_input.model_input_png(changed_from=previous_png)
-        shown, confidence = wait_label(page, previous_label)
+        shown, confidence = wait_label(page, LABEL, previous_label)
         expected = digits_model.predict(sent)
         assert shown == expected["label"] == digit
         assert confidence == pytest.approx(expected["confidences"][digit], abs=1e-3)
@@ -61,12 +52,12 @@ def test_drawn_digits_are_predicted_by_serve(serve_url, webapp_factory, page, dr
 
 
 def test_uploaded_image_light_on_dark_is_predicted(serve_url, webapp_factory, page, drawing_input, digit_png,
-                                                   console_errors, digits_model):
+                                                   console_errors, digits_model, wait_label):
     url = webapp_factory({"serveUrl": serve_url, "model": "digits"})
     open_serve_page(page, url)
     drawing_input.upload(digit_png("7", ink=255, ground=0))
     sent = drawing_input.model_input_png()
-    shown, _ = wait_label(page)
+    shown, _ = wait_label(page, LABEL)
     assert shown == digits_model.predict(sent)["label"] == "7"
     assert console_errors == []
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import json
 import math
 
 import numpy as np
@@ -18,6 +19,17 @@ from ..errors import InvalidInput
 from .spec import ImageInput, ModelSpec, TensorInput
 
 MAX_IMAGE_PIXELS = 4096 * 4096
+
+
+def parse_predict_body(body: bytes) -> list:
+    """A predict request's body (``{"instances": [...]}``, JSON) -> its instances, unchecked."""
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict) or "instances" not in payload:
+        raise InvalidInput('request body must be a JSON object {"instances": [...]}')
+    return payload["instances"]
 
 
 def decode_instances(spec: ModelSpec, instances) -> torch.Tensor:

@@ -22,7 +22,6 @@ joins a batch, so one bad request never fails the others.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 
@@ -32,6 +31,7 @@ from starlette.responses import JSONResponse, Response
 
 from ..errors import (InferenceTimeout, InvalidInput, MarcelleTorchError, ModelNotFound, ModelNotReady,
                       Overloaded, PayloadTooLarge)
+from ..models.inputs import parse_predict_body
 from .config import ConfigError, model_deployment_name
 from .metrics import ServeMetrics
 
@@ -198,7 +198,7 @@ class Ingress:
             if rest.endswith(":predict"):
                 self._allow(method, "POST")
                 name = self._model(rest[: -len(":predict")])
-                return await self._predict(name, await self._json_body(request))
+                return await self._predict(name, await self._read_instances(request))
             self._allow(method, "GET")
             return 200, await self._metadata(self._model(rest))
         raise NotFound(f"no route {request.method} {path}; see GET /v1/models, "
@@ -214,7 +214,7 @@ class Ingress:
         if method != allowed and not (allowed == "GET" and method == "HEAD"):
             raise MethodNotAllowed(f"method {method} not allowed here; use {allowed}")
 
-    async def _json_body(self, request: Request) -> dict:
+    async def _read_instances(self, request: Request) -> list:
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > self.max_body_bytes:
             raise PayloadTooLarge(f"request body is {int(length)} bytes; the limit is {self.max_body_bytes}")
@@ -223,13 +223,7 @@ class Ingress:
             body += chunk
             if len(body) > self.max_body_bytes:
                 raise PayloadTooLarge(f"request body is over the limit of {self.max_body_bytes} bytes")
-        try:
-            payload = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InvalidInput(f"request body is not valid JSON: {exc}") from None
-        if not isinstance(payload, dict) or "instances" not in payload:
-            raise InvalidInput('request body must be a JSON object {"instances": [...]}')
-        return payload
+        return parse_predict_body(bytes(body))
 
     async def _call(self, name: str, method: str, *args):
         response = getattr(self.models[name], method).remote(*args)
@@ -248,9 +242,9 @@ class Ingress:
             logger.warning("model %s unavailable: %r", name, exc)
             raise ModelNotReady(f"model {name} is not available: {type(exc).__name__}") from None
 
-    async def _predict(self, name: str, payload: dict) -> tuple[int, dict]:
+    async def _predict(self, name: str, instances: list) -> tuple[int, dict]:
         try:
-            result = await self._call(name, "predict", payload["instances"])
+            result = await self._call(name, "predict", instances)
         except InferenceTimeout:
             self.metrics.outcome(name, "timeout")
             raise
