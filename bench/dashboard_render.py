@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
 import sys
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import httpx
 
+from marcelle_torch.files import atomic_write, atomic_write_text
 from marcelle_torch.stack import monitoring
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,16 +170,8 @@ def plot(panels: dict[str, list[dict]], start: float, path: Path, subtitle: str)
         ax.axis("off")
     fig.suptitle(f"marcelle-torch / Overview (Prometheus query_range)\n{subtitle}", fontsize=12)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=90)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
     plt.close(fig)
-    os.replace(tmp, path)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                             "points": s["points"]} for s in series]
                    for title, series in panels.items()},
     }
-    write_atomic(OUT / "dashboard.json", json.dumps(summary, indent=1) + "\n")
+    atomic_write_text(OUT / "dashboard.json", json.dumps(summary, indent=1) + "\n")
     lines = ["# Overview dashboard, rendered from Prometheus", "", subtitle, "",
              "| Panel | Series | Max | Last |", "|---|---|---|---|"]
     for title, series in summary["panels"].items():
@@ -245,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         for s in series:
             fmt = lambda v: "" if v is None else f"{v:.4g}"  # noqa: E731
             lines.append(f"| {title} | {s['label']} | {fmt(s['max'])} | {fmt(s['last'])} |")
-    write_atomic(OUT / "dashboard.md", "\n".join(lines) + "\n")
+    atomic_write_text(OUT / "dashboard.md", "\n".join(lines) + "\n")
     empty = [title for title, series in panels.items() if not series]
     if not args.no_docs_copy:
         shutil.copyfile(png, ROOT / "docs" / "dashboard.png")

@@ -31,6 +31,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from marcelle_torch.files import atomic_write, atomic_write_text
 from marcelle_torch.stack.processes import ManagedProcess, free_port
 
 import numpy as np
@@ -175,7 +176,7 @@ def compare(reference: np.ndarray, probs: np.ndarray, times: list[float]) -> dic
 
 def write_report(results: dict) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "parity.json").write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write_text(OUT / "parity.json", json.dumps(results, indent=2) + "\n")
     rows = ["| path | inputs | same label as PyTorch | max abs diff (probabilities) | latency p50 | p90 |",
             "|---|---:|---:|---:|---:|---:|"]
     for name, r in results["paths"].items():
@@ -191,7 +192,7 @@ def write_report(results: dict) -> None:
              f"onnxruntime {env['onnxruntime']}, browser backend {env.get('browser_backend') or 'n/a'}.", ""] + rows
     lines += ["", "Latency: in-process forward (pytorch), HTTP round trip with PNG decoding (ray-serve), "
               "ORT run (onnxruntime), the page's own session.run (onnxruntime-web)."]
-    (OUT / "parity.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(OUT / "parity.md", "\n".join(lines) + "\n")
 
     import matplotlib
 
@@ -209,9 +210,7 @@ def write_report(results: dict) -> None:
     ax.set_title(f"digits: {results['inputs']} inputs through each path (vs PyTorch)")
     ax.margins(y=0.3)
     fig.tight_layout()
-    tmp = OUT / ".parity.png.part"
-    fig.savefig(tmp, format="png", dpi=120)
-    os.replace(tmp, OUT / "parity.png")
+    atomic_write(OUT / "parity.png", lambda tmp: fig.savefig(tmp, format="png", dpi=120))
 
 
 def main(argv=None) -> int:

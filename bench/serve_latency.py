@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from marcelle_torch.files import atomic_write, atomic_write_text
 from marcelle_torch.stack.processes import ManagedProcess, free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -179,7 +180,7 @@ async def load(url: str, instance: dict, concurrency: int, duration: float) -> d
 
 def write_report(results: dict, args) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "serve_latency.json").write_text(json.dumps(results, indent=2))
+    atomic_write_text(OUT / "serve_latency.json", json.dumps(results, indent=2))
     lines = [f"# Serve latency ({results['machine']})", "",
              f"{args.duration:g} s per level, one 128x128 PNG digit per request.", "",
              "| target | concurrency | req/s | p50 ms | p99 ms | errors |", "|---|---:|---:|---:|---:|---:|"]
@@ -193,7 +194,7 @@ def write_report(results: dict, args) -> None:
     if results.get("fastest_correct_serve_mode"):
         lines += ["", "Fastest correct Serve mode (mean req/s over the levels): "
                       f"**{results['fastest_correct_serve_mode']}**"]
-    (OUT / "serve_latency.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(OUT / "serve_latency.md", "\n".join(lines) + "\n")
 
     import matplotlib
 
@@ -217,9 +218,7 @@ def write_report(results: dict, args) -> None:
     ax1.legend(fontsize=8)
     ax2.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    tmp = OUT / ".serve_latency.png.part"
-    fig.savefig(tmp, format="png", dpi=110)
-    os.replace(tmp, OUT / "serve_latency.png")
+    atomic_write(OUT / "serve_latency.png", lambda tmp: fig.savefig(tmp, format="png", dpi=110))
 
 
 def main(argv=None) -> int:

@@ -32,6 +32,7 @@ import httpx
 import yaml
 
 from ..errors import MarcelleTorchError
+from ..files import atomic_write_text
 from .processes import ManagedProcess, StartupError, free_port
 
 PROMETHEUS_BIN = os.environ.get("MARCELLE_TORCH_PROMETHEUS", "/usr/bin/prometheus")
@@ -198,9 +199,7 @@ def start_prometheus(targets: dict[str, list[str]], data_dir: str | Path, port: 
         if probe:
             jobs[PROBE_JOB] = [probe.address]
         config_path = data_dir / "prometheus.yml"
-        tmp = config_path.with_suffix(".yml.tmp")
-        tmp.write_text(yaml.safe_dump(render_config(jobs, rules, scrape_interval), sort_keys=False))
-        os.replace(tmp, config_path)  # never a half-written config
+        atomic_write_text(config_path, yaml.safe_dump(render_config(jobs, rules, scrape_interval), sort_keys=False))
 
         port = port or free_port(host)
         process = ManagedProcess("prometheus", [
