@@ -52,6 +52,15 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s:%s" .image.repository $tag -}}
 {{- end }}
 
+{{/*
+The Ray head's ServiceAccount (its autoscaler sidecar patches the RayCluster). At most 50
+characters and starting with a letter: KubeRay's utils.CheckName (v1.7.0) would otherwise clip
+the name it puts on the head Pod, which then names an account that does not exist.
+*/}}
+{{- define "mt.rayServiceAccountName" -}}
+{{- printf "%s-ray-head" (include "mt.fullname" .) | trunc 50 | trimSuffix "-" }}
+{{- end }}
+
 {{- define "mt.secretName" -}}
 {{- printf "%s-secrets" (include "mt.fullname" .) }}
 {{- end }}
@@ -87,8 +96,13 @@ capabilities:
   drop: ["ALL"]
 {{- end }}
 
+{{/* Every Pod but the Ray head: no Kubernetes API token (nothing else talks to the API server). */}}
 {{- define "mt.podCommon" -}}
 automountServiceAccountToken: false
+{{- include "mt.imagePullSecrets" . }}
+{{- end }}
+
+{{- define "mt.imagePullSecrets" -}}
 {{- with .Values.imagePullSecrets }}
 imagePullSecrets:
 {{ toYaml . }}

@@ -1,0 +1,96 @@
+"""templates/ray-rbac.yaml and the head Pod: only the Ray head gets a service-account token,
+with the ServiceAccount, Role and RoleBinding the KubeRay autoscaler sidecar needs.
+
+Upstream facts encoded here:
+- ray-project/ray 2.60.0, python/ray/autoscaler/_private/kuberay/node_provider.py,
+  `load_k8s_secrets()`: the autoscaler opens /var/run/secrets/kubernetes.io/serviceaccount/token
+  when its node provider starts, with no fallback; without a mounted token the sidecar exits.
+- ray-project/kuberay v1.7.0, ray-operator/controllers/ray/common/pod.go,
+  `DefaultHeadPodTemplate`: with in-tree autoscaling the head Pod's serviceAccountName becomes
+  `utils.CheckName(GetHeadGroupServiceAccountName(cluster))`; KubeRay never sets
+  automountServiceAccountToken, so the Pod's own value decides.
+- ray-project/kuberay v1.7.0, ray-operator/controllers/ray/raycluster_controller.go,
+  `reconcileAutoscalerServiceAccount`: when the head template names a ServiceAccount, KubeRay
+  does not create it ("they need to create a ServiceAccount themselves", kuberay#1128) and
+  refuses to reconcile until it exists.
+- ray-project/kuberay v1.7.0, ray-operator/controllers/ray/common/rbac.go, `BuildRole`: the
+  rules the autoscaler needs (the chart grants exactly these, bound to its ServiceAccount).
+- ray-project/kuberay v1.7.0, ray-operator/controllers/ray/utils/util.go, `CheckName`: names
+  longer than 50 characters are clipped from the front, and a leading digit becomes `r`.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from k8s_tools import CI_VALUES, by_kind, ci_values, one, pod_specs, render
+
+ids = [p.name.removesuffix("-values.yaml") for p in CI_VALUES]
+
+# rbac.go v1.7.0, BuildRole: Rules.
+KUBERAY_AUTOSCALER_RULES = [
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "patch"]},
+    {"apiGroups": [""], "resources": ["pods/resize"], "verbs": ["patch"]},
+    {"apiGroups": ["ray.io"], "resources": ["rayclusters"], "verbs": ["get", "patch"]},
+]
+
+
+def kuberay_check_name(name: str) -> str:
+    """utils.CheckName of KubeRay v1.7.0 (util.go)."""
+    if len(name) > 50:
+        name = name[len(name) - 50:]
+    if name[0].isdigit():
+        name = "r" + name[1:]
+    if not name[0].isalnum():
+        name = "r" + name[1:]
+    return name
+
+
+def head_spec(objects):
+    return one(objects, "RayService")["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=ids)
+def test_only_the_ray_head_mounts_a_token(values):
+    objects = render(values)
+    for owner, spec in pod_specs(objects):
+        if owner.endswith(" head"):
+            assert spec.get("automountServiceAccountToken") is True, (
+                f"{owner}: the autoscaler sidecar reads the service-account token (node_provider.py load_k8s_secrets)")
+        else:
+            assert spec.get("automountServiceAccountToken") is False, f"{owner}: must not mount a token"
+            assert "serviceAccountName" not in spec, f"{owner}: only the head uses the autoscaler's account"
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=ids)
+def test_head_service_account_exists_and_survives_kuberays_name_check(values):
+    objects = render(values)
+    name = head_spec(objects).get("serviceAccountName")
+    assert name, "the head must name the chart's ServiceAccount (KubeRay creates none when one is named)"
+    (account,) = [a for a in by_kind(objects, "ServiceAccount") if a["metadata"]["name"] == name]
+    # No other Pod may pick the token up through this account.
+    assert account.get("automountServiceAccountToken") is False
+    assert kuberay_check_name(name) == name, "KubeRay would clip the name and look for another account"
+
+
+def test_long_release_names_still_give_a_valid_account_name():
+    objects = render(sets=("fullnameOverride=" + "a" * 40,))
+    name = head_spec(objects)["serviceAccountName"]
+    assert kuberay_check_name(name) == name and len(name) <= 50
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=ids)
+def test_role_grants_what_kuberays_autoscaler_role_grants(values):
+    objects = render(values)
+    role = one(objects, "Role", "-ray-autoscaler")
+    assert role["rules"] == KUBERAY_AUTOSCALER_RULES
+    binding = one(objects, "RoleBinding", "-ray-autoscaler")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": role["metadata"]["name"]}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": head_spec(objects)["serviceAccountName"],
+                                    "namespace": "marcelle-torch"}]
+
+
+def test_no_cluster_wide_rbac():
+    objects = render(ci_values("monitoring"), ci_values("gpu"))
+    assert not by_kind(objects, "ClusterRole") and not by_kind(objects, "ClusterRoleBinding")
