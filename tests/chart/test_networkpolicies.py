@@ -10,15 +10,21 @@ def policies():
 
 
 def peers(rule):
-    return [p.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component")
-            or p.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
-            for p in rule.get("from", [])]
+    """Peer names: a component, `ray` for KubeRay's Ray Pods (test_ray_labels.py), or a namespace."""
+    def name(peer):
+        labels = peer.get("podSelector", {}).get("matchLabels", {})
+        if labels.get("ray.io/is-ray-node") == "yes":
+            return "ray"
+        return labels.get("app.kubernetes.io/component") or \
+            peer.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
+    return [name(p) for p in rule.get("from", [])]
 
 
 def test_default_deny_covers_every_pod_of_the_release():
     deny = policies()["default-deny"]
     assert deny["spec"]["policyTypes"] == ["Ingress"] and "ingress" not in deny["spec"]
-    assert deny["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "marcelle-torch",
+    # Not app.kubernetes.io/name: Ray Pods keep KubeRay's value of it (test_ray_labels.py).
+    assert deny["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/part-of": "marcelle-torch",
                                                           "app.kubernetes.io/instance": "mt"}
     # Every pod carries the release's selector labels, so the deny applies to all of them.
     from k8s_tools import pod_specs

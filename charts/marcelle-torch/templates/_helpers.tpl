@@ -45,6 +45,34 @@ app.kubernetes.io/component: {{ .component }}
 app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
+{{/* Every Pod of the release, Ray Pods included: what the default-deny NetworkPolicy selects. */}}
+{{- define "mt.releasePodSelector" -}}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/part-of: marcelle-torch
+{{- end }}
+
+{{/* Pod template labels of a Deployment's Pods; call with (dict "ctx" $ "component" "backend"). */}}
+{{- define "mt.podLabels" -}}
+{{ include "mt.componentSelector" . }}
+app.kubernetes.io/part-of: marcelle-torch
+{{- end }}
+
+{{/*
+Ray Pod template labels. KubeRay (v1.7.0, common/pod.go labelPod) lets template labels override
+its own, and the RayService's head Service selects app.kubernetes.io/name=kuberay
+(common/service.go HeadServiceLabels, kuberay#2648): so no app.kubernetes.io/name here.
+*/}}
+{{- define "mt.rayPodLabels" -}}
+{{ include "mt.releasePodSelector" . }}
+app.kubernetes.io/component: ray
+{{- end }}
+
+{{/* Ray Pods of this release: KubeRay's ray.io/is-ray-node label plus the release. */}}
+{{- define "mt.rayPodSelector" -}}
+app.kubernetes.io/instance: {{ .Release.Name }}
+ray.io/is-ray-node: "yes"
+{{- end }}
+
 {{/* image reference; call with (dict "ctx" $ "image" .Values.x.image "path" "x.image" "suffix" "") */}}
 {{- define "mt.image" -}}
 {{- if eq .image.tag "latest" }}{{ fail (printf "%s.tag: \"latest\" is refused: pin a fixed tag (empty = the chart appVersion)" .path) }}{{ end -}}

@@ -17,7 +17,7 @@
   template:
     metadata:
       labels:
-        {{- include "mt.componentSelector" (dict "ctx" $ctx "component" "ray") | nindent 8 }}
+        {{- include "mt.rayPodLabels" $ctx | nindent 8 }}
         marcelle-torch.dev/worker-group: {{ .name }}
     spec:
       {{- include "mt.podCommon" $ctx | nindent 6 }}
