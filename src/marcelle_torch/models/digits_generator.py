@@ -42,7 +42,7 @@ MAX_GUIDANCE = 10.0
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     angles = t.float()[:, None] * freqs[None]
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
 
@@ -162,12 +162,14 @@ def iter_generate(model: DigitsGenerator, digits, steps: int = PARAMS["steps"], 
     """DDIM sampling. Yields ``(step, x0)`` after each of ``steps`` denoising steps, where
     ``x0`` (N, 8, 8) is the current prediction of the finished image as counts 0..16; the
     last one is the result. ``digits`` is an int or a sequence of ints (one sample each)."""
-    labels = torch.tensor([digits] if isinstance(digits, int) else list(digits), dtype=torch.long)
+    device = model.alpha_bar.device
+    labels = torch.tensor([digits] if isinstance(digits, int) else list(digits), dtype=torch.long, device=device)
     generator = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ())))
     ab = model.alpha_bar
     # Evenly spaced timesteps from the noisiest to the cleanest.
-    ts = torch.linspace(len(ab) - 1, 0, steps).round().long()
-    x = torch.randn((len(labels), 1, 8, 8), generator=generator)
+    ts = torch.linspace(len(ab) - 1, 0, steps).round().long().to(device)
+    # The noise is drawn on the CPU, so a seed gives the same sample on every device.
+    x = torch.randn((len(labels), 1, 8, 8), generator=generator).to(device)
     null = torch.full_like(labels, NULL_CLASS)
     with torch.no_grad():
         for i, t in enumerate(ts):
@@ -180,9 +182,9 @@ def iter_generate(model: DigitsGenerator, digits, steps: int = PARAMS["steps"], 
             a = ab[t]
             x0 = ((x - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1, 1)
             eps = (x - a.sqrt() * x0) / (1 - a).sqrt()  # consistent with the clipped x0
-            a_next = ab[ts[i + 1]] if i + 1 < steps else torch.tensor(1.0)
+            a_next = ab[ts[i + 1]] if i + 1 < steps else torch.ones((), device=device)
             x = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
-            yield i + 1, to_counts(x0)[:, 0]
+            yield i + 1, to_counts(x0)[:, 0].cpu()
 
 
 def generate(model: DigitsGenerator, digit: int, steps: int = PARAMS["steps"],
