@@ -46,8 +46,9 @@ def test_gpu_group_off_by_default_and_on_the_gpu_pool_when_enabled():
     assert spec["nodeSelector"] == {"marcelle-torch.dev/node-pool": "gpu"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
     assert spec["containers"][0]["image"].endswith(":0.1.0-gpu")
-    # The CPU group stays as it was.
-    assert ray_worker_groups(render(ci_values("default")))["cpu"] == groups["cpu"]
+    # The CPU group hosts no model replica any more: it stays at 0 (test_rayservice_kuberay.py).
+    cpu = dict(ray_worker_groups(render(ci_values("default")))["cpu"], replicas=0, minReplicas=0)
+    assert cpu == groups["cpu"]
 
 
 def test_images_default_to_app_version_and_can_be_pinned():

@@ -1,5 +1,5 @@
 """The RayService runs the project's own serve config: the same file, checked by Ray's schema,
-with only the declared GPU override applied."""
+with only the declared overrides applied (GPUs per model replica, the model replicas' floor)."""
 
 from __future__ import annotations
 
@@ -27,15 +27,21 @@ def test_cpu_render_embeds_the_file_verbatim():
     assert serve_config_of(render(ci_values("default"))) == PACKAGE_FILE.read_text()
 
 
-def test_gpu_render_changes_only_num_gpus_on_model_deployments():
+def test_gpu_render_changes_only_num_gpus_and_min_replicas_on_model_deployments():
     from marcelle_torch.serving.config import apply_overrides
 
     values = yaml.safe_load(ci_values("gpu").read_text())
     num_gpus = values["gpu"]["numGpusPerReplica"]
     original = yaml.safe_load(PACKAGE_FILE.read_text())
     rendered = yaml.safe_load(serve_config_of(render(ci_values("gpu"))))
-    # The same override the CLI applies (`marcelle-torch serve --num-gpus`).
-    assert rendered == apply_overrides(original, num_gpus=num_gpus)
+    # The same override the CLI applies (`marcelle-torch serve --num-gpus`), and the model
+    # deployments' floor from gpu.modelMinReplicas (0: the GPU group can scale to 0).
+    expected = apply_overrides(original, num_gpus=num_gpus)
+    min_replicas = yaml.safe_load((CHART / "values.yaml").read_text())["gpu"]["modelMinReplicas"]
+    for dep in expected["applications"][0]["deployments"]:
+        if dep["name"].startswith("model-"):
+            dep["autoscaling_config"]["min_replicas"] = min_replicas
+    assert rendered == expected
     assert rendered != original
     changed = []
     for app_r, app_o in zip(rendered["applications"], original["applications"]):
@@ -43,8 +49,10 @@ def test_gpu_render_changes_only_num_gpus_on_model_deployments():
             if dep_r != dep_o:
                 stripped = copy.deepcopy(dep_r)
                 assert stripped["ray_actor_options"].pop("num_gpus") == num_gpus
+                assert stripped["autoscaling_config"].pop("min_replicas") == min_replicas
                 dep_o = copy.deepcopy(dep_o)
                 dep_o.get("ray_actor_options", {}).pop("num_gpus", None)
+                dep_o.get("autoscaling_config", {}).pop("min_replicas", None)
                 assert stripped == dep_o
                 changed.append(dep_r["name"])
     assert changed and all(name.startswith("model-") for name in changed)
@@ -53,8 +61,11 @@ def test_gpu_render_changes_only_num_gpus_on_model_deployments():
 def test_every_rendered_serve_config_passes_rays_schema():
     from ray.serve.schema import ServeDeploySchema
 
-    for name in ("default", "gpu"):
-        config = yaml.safe_load(serve_config_of(render(ci_values(name))))
+    for name in ("default", "gpu", "cpu-scale-to-zero"):
+        if name == "cpu-scale-to-zero":
+            config = yaml.safe_load(serve_config_of(render(ci_values("default"), sets=("ray.modelMinReplicas=0",))))
+        else:
+            config = yaml.safe_load(serve_config_of(render(ci_values(name))))
         ServeDeploySchema.model_validate(config)
         # KubeRay routes its Serve Service to port 8000 on every node.
         assert config["http_options"]["port"] == 8000

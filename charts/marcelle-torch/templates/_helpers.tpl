@@ -140,13 +140,17 @@ imagePullSecrets:
 {{/*
 The packaged Serve config (files/serve_config.yaml, a copy of
 src/marcelle_torch/serving/serve_config.yaml kept in sync by `make chart-sync`).
-Verbatim unless GPUs are on; then every model deployment of this project's applications
-gets ray_actor_options.num_gpus (the same override as `marcelle-torch serve --num-gpus`).
+Verbatim unless values override it; then every model deployment of this project's
+applications gets, with GPUs, ray_actor_options.num_gpus (the same override as
+`marcelle-torch serve --num-gpus`) and autoscaling_config.min_replicas = gpu.modelMinReplicas;
+without GPUs, min_replicas = ray.modelMinReplicas when that is set.
 */}}
 {{- define "mt.serveConfig" -}}
 {{- $raw := .Files.Get "files/serve_config.yaml" -}}
 {{- if not $raw }}{{ fail "files/serve_config.yaml is missing from the chart: run `make chart-sync`" }}{{ end -}}
-{{- if not .Values.gpu.enabled -}}
+{{- $minReplicas := .Values.ray.modelMinReplicas -}}
+{{- if .Values.gpu.enabled }}{{ $minReplicas = .Values.gpu.modelMinReplicas }}{{ end -}}
+{{- if and (not .Values.gpu.enabled) (kindIs "invalid" $minReplicas) -}}
 {{- $raw -}}
 {{- else -}}
 {{- $config := fromYaml $raw -}}
@@ -166,9 +170,22 @@ gets ray_actor_options.num_gpus (the same override as `marcelle-torch serve --nu
 {{- end -}}
 {{- range $d := $deployments -}}
 {{- if has (get $d "name") $names -}}
+{{- if $.Values.gpu.enabled -}}
 {{- $opts := get $d "ray_actor_options" | default dict -}}
 {{- $_ := set $opts "num_gpus" $.Values.gpu.numGpusPerReplica -}}
 {{- $_ := set $d "ray_actor_options" $opts -}}
+{{- end -}}
+{{- if not (kindIs "invalid" $minReplicas) -}}
+{{- if and (hasKey $d "num_replicas") (ne (toString (get $d "num_replicas")) "auto") -}}
+{{- fail (printf "serve config: deployment %s has a fixed num_replicas; a minimum of replicas needs its autoscaling_config" (get $d "name")) -}}
+{{- end -}}
+{{- $auto := get $d "autoscaling_config" | default dict -}}
+{{- $_ := set $auto "min_replicas" (int $minReplicas) -}}
+{{- if lt (int (get $auto "max_replicas" | default 1)) (max 1 (int $minReplicas) | int) -}}
+{{- $_ := set $auto "max_replicas" (max 1 (int $minReplicas) | int) -}}
+{{- end -}}
+{{- $_ := set $d "autoscaling_config" $auto -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 {{- $_ := set $app "deployments" $deployments -}}
