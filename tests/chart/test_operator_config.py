@@ -98,3 +98,74 @@ def test_demo_script_parses_and_fails_clearly_without_a_cluster(tmp_path):
     result = subprocess.run([str(script), "nowhere", "demo"], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("demo.sh: error: no Service demo-marcelle-torch-webapp")
+
+
+# NVIDIA/k8s-device-plugin v0.18.0, deployments/helm/nvidia-device-plugin/values.yaml: the
+# default `affinity` (rendered as is by templates/daemonset-device-plugin.yml, next to
+# `nodeSelector`) requires one of these node labels. NFD would set the first two, but the chart
+# installs NFD only with `nfd.enabled` or `gfd.enabled` (Chart.yaml dependency condition), both
+# false by default.
+DEVICE_PLUGIN_DEFAULT_AFFINITY = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+    {"matchExpressions": [{"key": "feature.node.kubernetes.io/pci-10de.present", "operator": "In", "values": ["true"]}]},
+    {"matchExpressions": [{"key": "feature.node.kubernetes.io/cpu-model.vendor_id", "operator": "In", "values": ["NVIDIA"]}]},
+    {"matchExpressions": [{"key": "nvidia.com/gpu.present", "operator": "In", "values": ["true"]}]},
+]}}}
+
+
+def helm_merge(default, override):
+    """Helm's values coalescing: maps merge key by key, null deletes, anything else replaces."""
+    if isinstance(default, dict) and isinstance(override, dict):
+        merged = dict(default)
+        for key, value in override.items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = helm_merge(default.get(key), value)
+        return merged
+    return override
+
+
+def node_matches(labels: dict, node_selector: dict, affinity: dict | None) -> bool:
+    if not node_selector.items() <= labels.items():
+        return False
+    terms = ((affinity or {}).get("nodeAffinity", {}).get("requiredDuringSchedulingIgnoredDuringExecution", {})
+             .get("nodeSelectorTerms"))
+    if not terms:
+        return True
+
+    def expression(e):
+        assert e["operator"] in ("In", "Exists"), e
+        return e["key"] in labels and (e["operator"] == "Exists" or labels[e["key"]] in e["values"])
+
+    return any(all(expression(e) for e in term.get("matchExpressions", [])) for term in terms)
+
+
+def gpu_pool_node_labels() -> list[dict]:
+    """The labels a GPU node gets from each example in k8s/gpu-nodepool-examples.yaml."""
+    text = (REPO / "k8s" / "gpu-nodepool-examples.yaml").read_text()
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    pools = [next(d for d in docs if d["kind"] == "ClusterConfig")["managedNodeGroups"][0]["labels"],
+             next(d for d in docs if d["kind"] == "NodePool")["spec"]["template"]["metadata"]["labels"]]
+    import re
+
+    for flags in re.findall(r"--(?:node-)?labels ([^\s\\]+)", text):
+        pools.append(dict(pair.split("=", 1) for pair in flags.split(",")))
+    assert len(pools) >= 4, pools
+    return pools
+
+
+def test_device_plugin_runs_on_the_gpu_pool_nodes():
+    values = yaml.safe_load((OPS / "nvidia-device-plugin-values.yaml").read_text())
+    affinity = helm_merge({"affinity": DEVICE_PLUGIN_DEFAULT_AFFINITY}, values).get("affinity")
+    node_selector = values.get("nodeSelector") or {}
+    for labels in gpu_pool_node_labels():
+        assert node_matches(labels, node_selector, affinity), (
+            f"a GPU pool node labelled {labels} gets no device plugin Pod (0.18.0's default affinity)")
+    # ... and not on CPU nodes.
+    assert not node_matches({"kubernetes.io/os": "linux"}, node_selector, affinity)
+
+
+def test_managed_offerings_that_ship_a_plugin_are_named():
+    text = (OPS / "README.md").read_text()
+    for offering in ("GKE", "AKS", "EKS"):
+        assert offering in text.split("## 3. GPUs", 1)[1].split("## 4.", 1)[0], offering
