@@ -65,6 +65,11 @@ NOT_AN_IMAGE = base64.b64encode(b"this is not a picture").decode()
     ("/v1/models/no-such-model:predict", b'{"instances": [1]}', 404, "model_not_found", "unknown model"),
     ("/v1/models/no-such-model", None, 404, "model_not_found", "served models: digits"),
     ("/v2/anything", None, 404, "not_found", "no route"),
+    # Parser limits: Python's json recurses per nesting level, and refuses over 4300 digits.
+    ("/v1/models/digits:predict", b'{"instances": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400,
+     "invalid_input", "nested too deeply"),
+    ("/v1/models/digits:predict", b'{"instances": [' + b"9" * 5000 + b"]}", 400, "invalid_input",
+     "not valid JSON"),
 ])
 def test_bad_requests_get_their_status_and_json(serve_url, path, body, status, code, message):
     if body is None:

@@ -25,7 +25,10 @@ def parse_predict_body(body: bytes) -> list:
     """A predict request's body (``{"instances": [...]}``, JSON) -> its instances, unchecked."""
     try:
         payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError:
+        # The parser recurses once per nesting level: a deep body exhausts the stack.
+        raise InvalidInput("request body is nested too deeply to be a predict request") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer over Python's digit limit
         raise InvalidInput(f"request body is not valid JSON: {exc}") from None
     if not isinstance(payload, dict) or "instances" not in payload:
         raise InvalidInput('request body must be a JSON object {"instances": [...]}')

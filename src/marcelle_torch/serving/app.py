@@ -81,7 +81,7 @@ class ModelServer:
         self.spec = get_spec(model)
         self.device = pick_device()
         started = time.monotonic()
-        self.model = load_model(self.spec, device=self.device, train_if_missing=train_if_missing)
+        self.model = load_model(self.spec, device=self.device, train_if_missing=train_if_missing, logger=logger)
         logger.info("model %s loaded on %s in %.1fs", self.spec.name, self.device, time.monotonic() - started)
         self.metrics = ServeMetrics()
         self.batching = dict(DEFAULT_BATCHING)
@@ -118,6 +118,11 @@ class ModelServer:
         except InvalidInput as exc:
             self.metrics.outcome(name, "bad_input")
             return exc.to_json() | {"status": exc.status}
+        except Exception as exc:  # a decoder that breaks on some input is the server's fault
+            logger.exception("model %s: decoding failed", name)
+            self.metrics.outcome(name, "error")
+            return {"error": {"code": "internal", "message": f"model {name} could not decode the input: "
+                              f"{type(exc).__name__}"}, "status": 500}
         try:
             outputs = await self._infer(batch)
         except Exception as exc:  # a model that fails is the server's fault: 500, said plainly
@@ -173,6 +178,10 @@ class Ingress:
             status, body = await self._route(request)
         except MarcelleTorchError as exc:
             status, body = exc.status, exc.to_json()
+        except Exception as exc:  # a fault of the server, never of the client: a JSON 500, logged
+            logger.exception("ingress failed on %s %s", request.method, request.url.path)
+            self.metrics.outcome(self._model_of(request), "error")
+            status, body = 500, {"error": {"code": "internal", "message": f"internal error: {type(exc).__name__}"}}
         headers = self._cors_headers(origin)
         if status == 503:
             headers["Retry-After"] = "1"
@@ -203,6 +212,12 @@ class Ingress:
             return 200, await self._metadata(self._model(rest))
         raise NotFound(f"no route {request.method} {path}; see GET /v1/models, "
                        "POST /v1/models/{name}:predict, /healthz, /readyz")
+
+    def _model_of(self, request: Request) -> str:
+        """The model a request is for, as the metrics label it ('' when none)."""
+        rest = request.url.path.partition("/v1/models/")[2]
+        name = rest.removesuffix(":predict").rstrip("/")
+        return name if name in self.models else ""
 
     def _model(self, name: str) -> str:
         if name not in self.models:
@@ -235,12 +250,17 @@ class Ingress:
         except MarcelleTorchError:
             raise
         except Exception as exc:
-            from ray.serve.exceptions import BackPressureError
+            from ray.exceptions import RayActorError  # ActorDiedError, ActorUnavailableError
+            from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
             if isinstance(exc, BackPressureError):
                 raise Overloaded(f"model {name} is overloaded (its request queue is full); retry later") from None
-            logger.warning("model %s unavailable: %r", name, exc)
-            raise ModelNotReady(f"model {name} is not available: {type(exc).__name__}") from None
+            # A replica that is gone or restarting comes back: 503, retry. Anything else that
+            # escapes the replica is a fault of the server (500), raised to __call__.
+            if isinstance(exc, (RayActorError, DeploymentUnavailableError)):
+                logger.warning("model %s unavailable: %r", name, exc)
+                raise ModelNotReady(f"model {name} is not available: {type(exc).__name__}") from None
+            raise
 
     async def _predict(self, name: str, instances: list) -> tuple[int, dict]:
         try:

@@ -101,7 +101,9 @@ export class RayModel extends ServedModel {
       this.retryDelay = RETRY_MIN_MS;
       return metadata;
     } catch (error) {
-      this.fail(error, 'unavailable');
+      // A failed prediction's 'error' stays until Serve answers again: a background retry
+      // must not turn it back into 'unavailable' while the page shows that prediction's error.
+      this.fail(error, this.$status.get() === 'error' ? 'error' : 'unavailable');
       this.$training.set({ status: 'error', data: { message: error.message } });
       if (error.status !== 404) {
         // Serve may still be starting (503) or not up yet: keep trying, less and less often.
