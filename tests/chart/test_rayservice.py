@@ -15,7 +15,7 @@ def ray_cluster(objects):
 
 def test_ray_version_is_the_projects_pin():
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    pin = next(d for d in pyproject["project"]["dependencies"] if d.startswith("ray["))
+    pin = next(d for d in pyproject["project"]["optional-dependencies"]["serve"] if d.startswith("ray["))
     assert pin.endswith("==2.60.0")
     assert ray_cluster(render(ci_values("default")))["rayVersion"] == "2.60.0"
 

@@ -7,6 +7,7 @@ interrupted run never leaves a half-written file that a later run would trust.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import urllib.request
@@ -17,6 +18,8 @@ import torch
 from ..errors import WeightsError
 from ..files import atomic_write
 from .spec import ModelSpec
+
+log = logging.getLogger("marcelle_torch.models")
 
 
 def cache_dir() -> Path:
@@ -91,8 +94,10 @@ def load_state_dict(path: Path) -> dict:
 
 
 def load_model(spec: ModelSpec, device: str | torch.device = "cpu", train_if_missing: bool = True,
-               progress: bool = False) -> torch.nn.Module:
-    """Build the module, load its weights, move it to ``device``, put it in eval mode."""
+               progress: bool = False, logger: logging.Logger | None = None) -> torch.nn.Module:
+    """Build the module, load its weights, move it to ``device``, put it in eval mode.
+    Logs the weights' sha256 (on ``logger``), the digest the ONNX bundle's manifest records, so
+    Serve, the worker and the browser bundle can be seen to run the same file."""
     module = spec.build()
     if not isinstance(module, torch.nn.Module):
         raise WeightsError(f"model {spec.name}: build() returned {type(module).__name__}, not nn.Module")
@@ -102,6 +107,7 @@ def load_model(spec: ModelSpec, device: str | torch.device = "cpu", train_if_mis
             module.load_state_dict(load_state_dict(path))
         except RuntimeError as exc:
             raise WeightsError(f"model {spec.name}: weights {path} do not fit the module: {exc}") from exc
+        (logger or log).info("model %s: weights %s sha256 %s", spec.name, path, sha256_of(path))
     return module.to(device).eval()
 
 

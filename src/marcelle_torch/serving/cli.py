@@ -33,6 +33,9 @@ def register(subparsers) -> None:
 
 def cmd_serve(args) -> int:
     from ..errors import InvalidInput
+    from .extra import require_ray
+
+    require_ray("serve")
     from ..models import get_spec, resolve_weights
     from .config import load_serve_config, our_applications
     from .local import LocalServe, free_port, wait_for_signal

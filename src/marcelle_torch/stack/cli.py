@@ -28,6 +28,9 @@ def register(subparsers) -> None:
 
 def cmd_up(args) -> int:
     from ..errors import InvalidInput
+    from ..serving.extra import require_ray
+
+    require_ray("up")
     from .up import StackOptions, start_stack
 
     if args.workers < 1:
