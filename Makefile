@@ -10,14 +10,17 @@ PYTEST_ARGS ?=
 export MARCELLE_TORCH_CACHE ?= $(CURDIR)/.cache/models
 IMAGE_TAG ?= 0.1.0
 REGISTRY ?= marcelle-torch
+# Build-only image holding the weights trained once (and the ONNX bundle); every image copies from it.
+WEIGHTS_IMAGE ?= $(REGISTRY)/weights:$(IMAGE_TAG)
 
-.PHONY: help setup system-deps k8s-tools webapp demo test bench images chart-sync e2e-kind clean
+.PHONY: help setup system-deps k8s-tools webapp demo test bench images images-cpu chart-sync kind-demo e2e-kind clean
 
 help:
 	@echo "make demo     set up, then run the whole stack locally and print its URL"
 	@echo "make test     set up, then run every test (unit, integration, browser, chart, e2e)"
 	@echo "make bench    run the benchmarks (figures in bench/out/)"
-	@echo "make images   build the container images (needs Docker)"
+	@echo "make images   build the container images, CPU and GPU (needs Docker)"
+	@echo "make kind-demo  the demo on a local kind cluster: build, load, install, port-forward (needs Docker, kind)"
 	@echo "make e2e-kind run the end-to-end suite on a kind cluster (needs Docker, kind)"
 
 # Debian packages the tests need (Chromium for browser tests, Prometheus for the observability test).
@@ -67,15 +70,25 @@ chart-sync:
 	cp src/marcelle_torch/serving/serve_config.yaml charts/marcelle-torch/files/serve_config.yaml
 	$(BIN)/python charts/marcelle-torch/gen_readme.py
 
-images:
-	docker build -f services/ray/Dockerfile -t $(REGISTRY)/ray:$(IMAGE_TAG) .
-	docker build -f services/ray/Dockerfile --build-arg VARIANT=gpu -t $(REGISTRY)/ray:$(IMAGE_TAG)-gpu .
-	docker build -f services/worker/Dockerfile -t $(REGISTRY)/worker:$(IMAGE_TAG) .
+# The weights image first: the others copy its weights (trained once) and ONNX bundle.
+images: images-cpu
+	docker build -f services/ray/Dockerfile --build-arg WEIGHTS_IMAGE=$(WEIGHTS_IMAGE) --build-arg VARIANT=gpu -t $(REGISTRY)/ray:$(IMAGE_TAG)-gpu .
+
+# What a CPU-only cluster (kind) runs.
+images-cpu:
+	docker build -f services/weights/Dockerfile -t $(WEIGHTS_IMAGE) .
+	docker build -f services/ray/Dockerfile --build-arg WEIGHTS_IMAGE=$(WEIGHTS_IMAGE) -t $(REGISTRY)/ray:$(IMAGE_TAG) .
+	docker build -f services/worker/Dockerfile --build-arg WEIGHTS_IMAGE=$(WEIGHTS_IMAGE) -t $(REGISTRY)/worker:$(IMAGE_TAG) .
 	docker build -f services/backend/Dockerfile -t $(REGISTRY)/backend:$(IMAGE_TAG) .
-	docker build -f services/frontend/Dockerfile -t $(REGISTRY)/webapp:$(IMAGE_TAG) .
+	docker build -f services/frontend/Dockerfile --build-arg WEIGHTS_IMAGE=$(WEIGHTS_IMAGE) -t $(REGISTRY)/webapp:$(IMAGE_TAG) .
+
+# The demo on a local kind cluster (k8s/kind-demo.sh: create, build, kind load, install, wait,
+# port-forward). KIND_DEMO_ARGS=--dry-run prints the commands instead.
+kind-demo: k8s-tools
+	REGISTRY=$(REGISTRY) IMAGE_TAG=$(IMAGE_TAG) k8s/kind-demo.sh $(KIND_DEMO_ARGS)
 
 e2e-kind: setup k8s-tools
-	$(BIN)/pytest tests/e2e -k kind -rs
+	$(BIN)/pytest tests/e2e -k kind -rs $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(FRONTEND)/dist $(FRONTEND)/public/onnx var bench/out

@@ -1,10 +1,13 @@
 """Policy checks of the Dockerfiles (no Docker here, and no hadolint): pinned bases, non-root
 final user, pinned torch from the PyTorch index, sources that exist and are not docker-ignored,
-and an nginx template whose variables are all provided."""
+an nginx template whose variables are all provided, weights trained once in the weights image
+and copied to one path, no Ray in the worker image, Node versions that the npm packages run on,
+and Ray's arm64 tags."""
 
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 import tomllib
 
@@ -13,7 +16,15 @@ import pytest
 from k8s_tools import REPO
 
 NEEDS_HELM = False
-DOCKERFILES = {name: REPO / "services" / name / "Dockerfile" for name in ("ray", "worker", "backend", "frontend")}
+DOCKERFILES = {name: REPO / "services" / name / "Dockerfile"
+               for name in ("weights", "ray", "worker", "backend", "frontend")}
+# The images that copy the weights image's files.
+CONSUMERS = ("ray", "worker", "frontend")
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def serve_pin(package: str) -> str:
+    return next(d for d in PYPROJECT["project"]["optional-dependencies"]["serve"] if d.startswith(package))
 
 
 def instructions(path):
@@ -53,8 +64,8 @@ def stages(path):
 def test_bases_are_pinned(name):
     seen = []
     for image, stage, _ in stages(DOCKERFILES[name]):
-        if image in seen or re.fullmatch(r"[\w-]*\$\{\w+\}[\w-]*", image):
-            continue  # an earlier stage (possibly chosen by a build arg)
+        if image in seen or "${" in image or image == "scratch":
+            continue  # an earlier stage (possibly chosen by a build arg), the weights image, or empty
         repo, _, tag = image.partition("@")[0].rpartition(":")
         assert repo and tag, f"{name}: FROM {image} has no tag"
         assert tag != "latest" and "latest" not in image, f"{name}: FROM {image} uses latest"
@@ -103,10 +114,9 @@ def test_package_installs_are_lean(name):
 
 
 def test_torch_pinned_from_the_pytorch_index():
-    pin = next(d for d in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-               if d.startswith("torch=="))
+    pin = next(d for d in PYPROJECT["project"]["dependencies"] if d.startswith("torch=="))
     version = pin.split("==")[1]
-    for name in ("ray", "worker", "frontend"):
+    for name in ("weights", "ray", "worker"):
         text = DOCKERFILES[name].read_text()
         assert f"TORCH_VERSION={version}" in text, f"{name}: torch must be pinned to {version}"
         assert re.search(r"pip install --no-cache-dir --index-url \S*(download\.pytorch\.org/whl/cpu|TORCH_INDEX_URL)",
@@ -116,14 +126,167 @@ def test_torch_pinned_from_the_pytorch_index():
 
 
 def test_ray_bases_match_the_ray_pin():
-    pin = next(d for d in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-               if d.startswith("ray["))
-    version = pin.split("==")[1]
+    version = serve_pin("ray[").split("==")[1]
     images = [image for image, _, _ in stages(DOCKERFILES["ray"]) if image.startswith("rayproject/")]
     assert f"rayproject/ray:{version}-py311-cpu" in images
     assert any(re.fullmatch(rf"rayproject/ray:{re.escape(version)}-py311-cu12\d", i) for i in images), images
     text = DOCKERFILES["ray"].read_text()
-    assert "marcelle-torch train digits" in text, "weights must be baked in at build time"
+    assert '"/tmp/marcelle-torch[serve]"' in text, "the Ray image installs the package with its [serve] extra"
+
+
+def test_ray_image_has_arm64_bases_chosen_by_target_arch():
+    # Ray's tags are {version}-{python}-{platform}[-{architecture}], -aarch64 for arm64
+    # (ray-project/ray docker/ray/README.md); BuildKit sets TARGETARCH to amd64 or arm64.
+    version = serve_pin("ray[").split("==")[1]
+    named = {stage: image for image, stage, _ in stages(DOCKERFILES["ray"]) if stage}
+    assert named.get("base-cpu-amd64") == f"rayproject/ray:{version}-py311-cpu"
+    assert named.get("base-cpu-arm64") == f"rayproject/ray:{version}-py311-cpu-aarch64"
+    gpu_amd64 = named.get("base-gpu-amd64", "")
+    assert re.fullmatch(rf"rayproject/ray:{re.escape(version)}-py311-cu12\d", gpu_amd64), gpu_amd64
+    assert named.get("base-gpu-arm64") == f"{gpu_amd64}-aarch64"
+    final = stages(DOCKERFILES["ray"])[-1][0]
+    assert final == "base-${VARIANT}-${TARGETARCH:-amd64}", final
+
+
+# ------------------------------------------------------------------ weights trained once
+
+def global_args(path) -> dict[str, str]:
+    out = {}
+    for word, args in instructions(path):
+        if word == "FROM":
+            break
+        if word == "ARG":
+            name, _, default = args.partition("=")
+            out[name] = default
+    return out
+
+
+def test_weights_are_trained_once_in_the_weights_image():
+    text = DOCKERFILES["weights"].read_text()
+    for model in ("digits", "digits-generator"):
+        assert f"marcelle-torch train {model}" in text, f"weights image does not train {model}"
+    assert "marcelle-torch export-onnx digits --out /opt/marcelle-torch/onnx/digits" in text
+    assert "MARCELLE_TORCH_CACHE=/opt/marcelle-torch/cache" in text
+    assert "sha256sum -- *.pt > SHA256SUMS" in text
+    # The bundle's manifest must name the digest of the digits weights it was exported from.
+    assert "['created_from']['weights_sha256']" in text
+    image, _, body = stages(DOCKERFILES["weights"])[-1]
+    assert image == "scratch", "the weights image carries only files"
+    copies = [args for word, args in body if word == "COPY"]
+    assert "--from=train /opt/marcelle-torch/cache/weights /weights" in copies, copies
+    assert "--from=train /opt/marcelle-torch/onnx /onnx" in copies, copies
+
+
+def test_the_onnx_manifest_records_the_weights_digest():
+    # The weights image's check reads created_from.weights_sha256 (src/marcelle_torch/onnx/export.py).
+    source = (REPO / "src" / "marcelle_torch" / "onnx" / "export.py").read_text()
+    assert re.search(r'"created_from": \{[^}]*"weights_sha256": _weights_sha256\(spec\)', source, re.S)
+
+
+@pytest.mark.parametrize("name", CONSUMERS)
+def test_images_copy_the_weights_image_and_train_nothing(name):
+    path = DOCKERFILES[name]
+    default = global_args(path).get("WEIGHTS_IMAGE")
+    assert default and re.fullmatch(r"marcelle-torch/weights:[\w.-]+", default), \
+        f"{name}: declare ARG WEIGHTS_IMAGE=marcelle-torch/weights:<tag> before the first FROM"
+    assert ("${WEIGHTS_IMAGE}", "weights") in [(image, stage) for image, stage, _ in stages(path)], \
+        f"{name}: needs `FROM ${{WEIGHTS_IMAGE}} AS weights`"
+    text = path.read_text()
+    assert "marcelle-torch train" not in text, f"{name}: trains its own weights"
+    assert "export-onnx" not in text, f"{name}: exports its own ONNX bundle"
+    copies = [args for word, args in instructions(path) if word == "COPY" and "--from=weights" in args]
+    if name == "frontend":
+        assert any(args.endswith("/onnx ./public/onnx") for args in copies), copies
+    else:
+        # One path everywhere: $MARCELLE_TORCH_CACHE/weights, where resolve_weights looks.
+        assert any(args.endswith("/weights /opt/marcelle-torch/cache/weights") for args in copies), copies
+        assert "MARCELLE_TORCH_CACHE=/opt/marcelle-torch/cache" in text
+        assert "sha256sum -c SHA256SUMS" in text, f"{name}: check the copied weights against SHA256SUMS"
+
+
+def test_weights_path_is_where_the_package_looks(tmp_path, monkeypatch):
+    from marcelle_torch.models import get_spec
+    from marcelle_torch.models.weights import trained_weights_path
+
+    monkeypatch.setenv("MARCELLE_TORCH_CACHE", str(tmp_path))
+    for model in ("digits", "digits-generator"):
+        assert trained_weights_path(get_spec(model)).parent == tmp_path / "weights"
+
+
+def makefile_recipe(target: str) -> list[str]:
+    lines = (REPO / "Makefile").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"{target}:"))
+    recipe = []
+    for line in lines[start + 1:]:
+        if not line.startswith("\t"):
+            break
+        recipe.append(line.strip())
+    return [lines[start]] + recipe
+
+
+def test_the_makefile_builds_the_weights_image_first_and_passes_it_on():
+    cpu = makefile_recipe("images-cpu")
+    builds = [line for line in cpu[1:] if line.startswith("docker build")]
+    assert builds and "services/weights/Dockerfile" in builds[0] and "-t $(WEIGHTS_IMAGE)" in builds[0], builds
+    assert "images-cpu" in makefile_recipe("images")[0], "make images must build images-cpu (weights first)"
+    for line in builds[1:] + makefile_recipe("images")[1:]:
+        if any(f"services/{name}/Dockerfile" in line for name in CONSUMERS):
+            assert "--build-arg WEIGHTS_IMAGE=$(WEIGHTS_IMAGE)" in line, line
+
+
+# ---------------------------------------------------------------------------- no Ray in worker
+
+def test_worker_image_installs_no_ray():
+    assert not [d for d in PYPROJECT["project"]["dependencies"] if re.match(r"ray\b", d)], \
+        "Ray is a base dependency: the worker image (plain install) would carry it"
+    text = DOCKERFILES["worker"].read_text()
+    installs = [args for word, args in instructions(DOCKERFILES["worker"]) if word == "RUN" and "pip install" in args]
+    assert installs and not any("[serve]" in args or re.search(r"\bray\b", args.split("&&")[0]) for args in installs)
+    assert not any(image.startswith("rayproject/") for image, _, _ in stages(DOCKERFILES["worker"]))
+    assert "find_spec('ray')" in text, "the worker build should fail if Ray is installed"
+
+
+# --------------------------------------------------------------------------------------- Node
+
+def node_major(name: str, stage: str | None = None) -> int:
+    images = [image for image, st, _ in stages(DOCKERFILES[name]) if image.startswith("node:")
+              and (stage is None or st == stage)]
+    assert images, f"{name}: no node base image"
+    return int(re.match(r"node:(\d+)\.", images[0]).group(1))
+
+
+# Node release lines (node-releases 2.0.65, data/release-schedule/release-schedule.json).
+NODE_END_OF_LIFE = {18: "2025-04-30", 20: "2026-04-30", 22: "2027-04-30", 24: "2028-04-30", 26: "2029-04-30"}
+NODE_ACTIVE_LTS = 26  # "Lithium", Active LTS from 2026-10-28 to 2027-10-20
+
+
+def test_no_end_of_life_node():
+    for name in ("backend", "frontend"):
+        major = node_major(name)
+        assert major % 2 == 0 and major >= 22, f"{name}: node {major} is end-of-life or not an LTS line"
+
+
+def test_webapp_builds_on_the_active_lts():
+    major = node_major("frontend", "build")
+    assert major == NODE_ACTIVE_LTS, f"web app build on node {major}, the Active LTS is {NODE_ACTIVE_LTS}"
+    lock = json.loads((REPO / "services" / "frontend" / "package-lock.json").read_text())
+    engines = lock["packages"]["node_modules/vite"]["engines"]["node"]
+    assert engines == "^20.19.0 || >=22.12.0", f"vite's engines changed ({engines}): check node {major}"
+
+
+def test_backend_node_is_the_newest_lts_that_nedb_runs_on():
+    # nedb 1.8.0 (lib/model.js, lib/datastore.js) calls util.isDate, removed in Node 23.0.0: on
+    # Node 24 or 26 every create of @marcellejs/backend 0.6.5 (nedb storage) fails with a 500.
+    lock = json.loads((REPO / "services" / "backend" / "package-lock.json").read_text())
+    nedb = lock["packages"].get("node_modules/nedb", {}).get("version")
+    model = REPO / "services" / "backend" / "node_modules" / "nedb" / "lib" / "model.js"
+    if model.is_file():
+        assert ("util.isDate(" in model.read_text()) == (nedb == "1.8.0"), "nedb's util.isDate use changed"
+    major = node_major("backend")
+    if nedb == "1.8.0":
+        assert major == 22, f"backend on node {major}: nedb {nedb} needs util.isDate (Node <= 22)"
+    else:
+        pytest.fail(f"nedb is {nedb}: check whether the backend can move to node {NODE_ACTIVE_LTS}")
 
 
 def dockerignore_patterns():
