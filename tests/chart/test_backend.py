@@ -36,8 +36,18 @@ def test_nedb_on_a_kept_pvc():
     assert "MONGODB_URL" not in env
 
 
-def test_mongodb_url_comes_from_the_secret_and_no_pvc():
+def test_mongodb_ci_set_takes_the_url_from_an_existing_secret():
     objects = render(ci_values("mongodb"))
+    assert not by_kind(objects, "PersistentVolumeClaim")
+    container = one(objects, "Deployment", "-backend")["spec"]["template"]["spec"]["containers"][0]
+    ref = env_of(container)["MONGODB_URL"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "marcelle-torch-mongodb", "key": "mongodb-url"}
+    assert "mongodb-url" not in one(objects, "Secret")["data"]
+
+
+def test_mongodb_url_comes_from_the_secret_and_no_pvc():
+    objects = render(sets=("backend.database=mongodb",
+                           "backend.mongodb.url=mongodb://mongodb.databases.svc.cluster.local:27017/marcelle_torch"))
     assert not by_kind(objects, "PersistentVolumeClaim")
     container = one(objects, "Deployment", "-backend")["spec"]["template"]["spec"]["containers"][0]
     ref = env_of(container)["MONGODB_URL"]["valueFrom"]["secretKeyRef"]
@@ -90,7 +100,7 @@ def test_auth_settings_and_secrets_come_from_the_secret():
     for name, key in (("MARCELLE_BACKEND_SECRET", "jwt-secret"), ("MARCELLE_WORKER_EMAIL", "worker-email"),
                       ("MARCELLE_WORKER_PASSWORD", "worker-password")):
         assert env[name]["valueFrom"]["secretKeyRef"] == {"name": secret, "key": key}
-    env = backend_env(render(ci_values("default")))
+    env = backend_env(render(sets=("backend.auth.enabled=false",)))
     assert value(env, "MARCELLE_BACKEND_AUTH") == "false"
     # The JWT secret is ours even with authentication off; no worker account is made.
     assert env["MARCELLE_BACKEND_SECRET"]["valueFrom"]["secretKeyRef"]["key"] == "jwt-secret"
@@ -124,3 +134,106 @@ def test_service_targets_the_backend_port():
     assert service["spec"]["ports"] == [{"name": "http", "port": 3030, "targetPort": "http"}]
     deployment = one(objects, "Deployment", "-backend")
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+# --- Authentication on by default, the first user, the services whitelist --------------------
+# @marcellejs/backend 0.6.5 (npm): authentication is off unless configured, and with sign-up
+# off no browser user can exist unless one is created; the backend of this project creates the
+# run worker's account and the first admin from MARCELLE_WORKER_* / MARCELLE_ADMIN_* at start.
+# `whitelist.services: "*"` creates any data service on demand; the app uses `runs` only.
+
+
+def notes(*sets: str, release: str = "mt", namespace: str = "marcelle-torch") -> str:
+    from k8s_tools import CHART, helm
+
+    args = ["install", release, str(CHART), "--dry-run=client", "--namespace", namespace]
+    for s in sets:
+        args += ["--set", s]
+    out = helm(*args).stdout
+    return out.split("NOTES:", 1)[1]
+
+
+def secret_data(objects):
+    return {k: base64.b64decode(v).decode() for k, v in one(objects, "Secret")["data"].items()}
+
+
+def test_auth_is_on_by_default_with_a_first_admin_from_the_secret():
+    objects = render(ci_values("default"))
+    env = backend_env(objects)
+    assert value(env, "MARCELLE_BACKEND_AUTH") == "true"
+    assert value(env, "MARCELLE_BACKEND_ALLOW_SIGNUP") == "false"
+    secret = one(objects, "Secret")["metadata"]["name"]
+    for name, key in (("MARCELLE_ADMIN_EMAIL", "admin-email"), ("MARCELLE_ADMIN_PASSWORD", "admin-password"),
+                      ("MARCELLE_WORKER_EMAIL", "worker-email"), ("MARCELLE_WORKER_PASSWORD", "worker-password")):
+        assert env[name]["valueFrom"]["secretKeyRef"] == {"name": secret, "key": key}, name
+    data = secret_data(objects)
+    assert "@" in data["admin-email"] and len(data["admin-password"]) >= 24
+    assert data["admin-password"] != data["worker-password"]
+
+
+def test_admin_password_is_fresh_per_install_and_kept_across_upgrades():
+    import yaml
+
+    def password():
+        text = render_text().stdout
+        secret = next(d for d in yaml.safe_load_all(text) if d and d["kind"] == "Secret")
+        return base64.b64decode(secret["data"]["admin-password"]).decode()
+
+    assert password() != password()
+    from k8s_tools import CHART
+
+    source = (CHART / "templates" / "secret.yaml").read_text()
+    assert 'get $old "admin-password"' in source
+
+
+def test_admin_email_follows_values():
+    data = secret_data(render(sets=("backend.auth.adminEmail=teacher@school.example",)))
+    assert data["admin-email"] == "teacher@school.example"
+
+
+def test_notes_say_how_to_read_the_first_users_credentials():
+    text = notes()
+    for key in ("admin-email", "admin-password"):
+        command = (f"kubectl -n marcelle-torch get secret mt-marcelle-torch-secrets "
+                   f"-o jsonpath='{{.data.{key}}}' | base64 -d")
+        assert command in text, text
+    # With auth off there is nobody to sign in as.
+    assert "admin-password" not in notes("backend.auth.enabled=false")
+
+
+def test_notes_say_that_lookup_secrets_are_regenerated_by_helm_template():
+    text = notes()
+    assert "helm template" in text and "backend.existingSecret" in text
+
+
+def test_auth_off_has_no_accounts():
+    env = backend_env(render(sets=("backend.auth.enabled=false",)))
+    assert value(env, "MARCELLE_BACKEND_AUTH") == "false"
+    assert not {"MARCELLE_ADMIN_EMAIL", "MARCELLE_ADMIN_PASSWORD", "MARCELLE_WORKER_EMAIL"} & set(env)
+
+
+def test_existing_secret_pins_every_generated_value():
+    objects = render(sets=("backend.existingSecret=mt-pinned",))
+    env = backend_env(objects)
+    for name in ("MARCELLE_BACKEND_SECRET", "MARCELLE_ADMIN_EMAIL", "MARCELLE_ADMIN_PASSWORD",
+                 "MARCELLE_WORKER_EMAIL", "MARCELLE_WORKER_PASSWORD"):
+        assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "mt-pinned", name
+    # Nothing is generated, so `helm template` renders the same thing every time.
+    assert not by_kind(objects, "Secret")
+    assert render_text(sets=("backend.existingSecret=mt-pinned",)).stdout == \
+        render_text(sets=("backend.existingSecret=mt-pinned",)).stdout
+
+
+def test_backend_creates_only_the_runs_service():
+    import json
+
+    env = backend_env(render(ci_values("default")))
+    assert json.loads(value(env, "MARCELLE_BACKEND_SERVICES")) == ["runs"]
+
+
+def test_pinned_secret_and_a_mongodb_url_in_values():
+    # The only generated Secret left holds the URL; the credentials come from the pinned one.
+    objects = render(sets=("backend.existingSecret=mt-pinned", "backend.database=mongodb",
+                           "backend.mongodb.url=mongodb://db:27017/mt"))
+    assert set(one(objects, "Secret")["data"]) == {"mongodb-url"}
+    assert backend_env(objects)["MARCELLE_BACKEND_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == "mt-pinned"

@@ -22,7 +22,7 @@ def test_worker_command_line():
 
 
 def test_credentials_only_with_auth():
-    names = {e["name"] for e in worker_container(render(ci_values("default"))).get("env", [])}
+    names = {e["name"] for e in worker_container(render(sets=("backend.auth.enabled=false",))).get("env", [])}
     assert not {n for n in names if "PASSWORD" in n or "EMAIL" in n}
     objects = render(ci_values("auth"))
     env = {e["name"]: e for e in worker_container(objects)["env"]}
@@ -35,3 +35,8 @@ def test_credentials_only_with_auth():
 def test_replicas_follow_values():
     deployment = one(render(sets=("worker.replicas=3",)), "Deployment", "-worker")
     assert deployment["spec"]["replicas"] == 3
+
+
+def test_credentials_from_a_pinned_secret():
+    env = {e["name"]: e for e in worker_container(render(sets=("backend.existingSecret=mt-pinned",)))["env"]}
+    assert env["MARCELLE_WORKER_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "mt-pinned"

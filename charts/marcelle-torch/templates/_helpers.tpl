@@ -93,6 +93,11 @@ the name it puts on the head Pod, which then names an account that does not exis
 {{- printf "%s-secrets" (include "mt.fullname" .) }}
 {{- end }}
 
+{{/* The Secret with the JWT secret and the accounts: the chart's, or backend.existingSecret. */}}
+{{- define "mt.credentialsSecretName" -}}
+{{- .Values.backend.existingSecret | default (include "mt.secretName" .) }}
+{{- end }}
+
 {{- define "mt.backendHost" -}}
 {{- printf "%s-backend.%s.svc.%s" (include "mt.fullname" .) .Release.Namespace .Values.clusterDomain }}
 {{- end }}
