@@ -39,7 +39,7 @@ def test_default_deny_covers_every_pod_of_the_release():
 def test_backend_only_from_webapp_and_worker():
     (rule,) = policies()["backend"]["spec"]["ingress"]
     assert sorted(peers(rule)) == ["webapp", "worker"]
-    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert rule["ports"] == [{"port": 3030, "protocol": "TCP"}]
 
 
 def test_ray_serve_only_from_webapp_operator_and_ray_itself():
@@ -53,7 +53,7 @@ def test_ray_serve_only_from_webapp_operator_and_ray_itself():
 
 def test_worker_takes_only_metrics_scrapes():
     (rule,) = policies()["worker"]["spec"]["ingress"]
-    assert peers(rule) == ["monitoring"] and rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert peers(rule) == ["monitoring"] and rule["ports"] == [{"port": 9100, "protocol": "TCP"}]
 
 
 def test_webapp_peers_can_be_restricted():
@@ -71,13 +71,13 @@ def test_monitoring_opens_the_health_probe():
     # Prometheus scrapes the probe next to the worker's own metrics.
     (rule,) = named["worker"]["spec"]["ingress"]
     assert peers(rule) == ["monitoring"]
-    assert rule["ports"] == [{"port": "metrics", "protocol": "TCP"}, {"port": "probe", "protocol": "TCP"}]
+    assert rule["ports"] == [{"port": 9100, "protocol": "TCP"}, {"port": 9115, "protocol": "TCP"}]
     # The probe (in the worker Pods) reaches the backend, and the web app even when its peers are restricted.
     (backend,) = named["backend"]["spec"]["ingress"]
-    assert "worker" in peers(backend) and backend["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert "worker" in peers(backend) and backend["ports"] == [{"port": 3030, "protocol": "TCP"}]
     (webapp,) = named["webapp"]["spec"]["ingress"]
     assert peers(webapp) == ["ingress-nginx", "worker"]
-    assert webapp["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert webapp["ports"] == [{"port": 8080, "protocol": "TCP"}]
     # Only ingress is restricted: nothing blocks the probe's egress.
     assert all(p["spec"]["policyTypes"] == ["Ingress"] for p in named.values())
 
@@ -86,4 +86,38 @@ def test_webapp_stays_restricted_without_monitoring():
     webapp = one(render(ci_values("ingress")), "NetworkPolicy", "-webapp")
     assert peers(webapp["spec"]["ingress"][0]) == ["ingress-nginx"]
     worker = one(render(ci_values("ingress")), "NetworkPolicy", "-worker")
-    assert worker["spec"]["ingress"][0]["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert worker["spec"]["ingress"][0]["ports"] == [{"port": 9100, "protocol": "TCP"}]
+
+
+def container_ports(objects):
+    """{(pod labels, port number)} of every container port of the release's Deployments."""
+    found = []
+    for deployment in by_kind(objects, "Deployment"):
+        spec = deployment["spec"]["template"]
+        for c in spec["spec"]["containers"]:
+            for port in c.get("ports", []):
+                found.append((spec["metadata"]["labels"], port["containerPort"]))
+    return found
+
+
+def test_ports_are_numbers_that_the_selected_pods_listen_on():
+    """Numeric ports: a named port is resolved per Pod, and some network plugins do not support
+    named ports in policies at all; a number is read the same by every implementation."""
+    objects = render(ci_values("monitoring"), ci_values("ingress"))
+    listening = container_ports(objects)
+    for policy in by_kind(objects, "NetworkPolicy"):
+        selector = policy["spec"]["podSelector"]["matchLabels"]
+        for rule in policy["spec"].get("ingress", []):
+            for port in rule.get("ports", []):
+                assert isinstance(port["port"], int), f"{policy['metadata']['name']}: port {port['port']!r}"
+                if selector.get("app.kubernetes.io/component") in ("webapp", "backend", "worker"):
+                    assert any(selector.items() <= labels.items() and number == port["port"]
+                               for labels, number in listening), (policy["metadata"]["name"], port)
+
+
+def test_ports_follow_values():
+    objects = render(sets=("backend.port=4000", "webapp.port=9090", "worker.metricsPort=9200"))
+    named = {p["metadata"]["name"].removeprefix("mt-marcelle-torch-"): p for p in by_kind(objects, "NetworkPolicy")}
+    assert named["backend"]["spec"]["ingress"][0]["ports"] == [{"port": 4000, "protocol": "TCP"}]
+    assert named["webapp"]["spec"]["ingress"][0]["ports"] == [{"port": 9090, "protocol": "TCP"}]
+    assert named["worker"]["spec"]["ingress"][0]["ports"] == [{"port": 9200, "protocol": "TCP"}]
