@@ -1,0 +1,87 @@
+"""Who may do what on the backend: the expected access table, as data.
+
+test_access_matrix.py checks every cell against a real backend; the README's Security
+section prints the same table (a test compares them). Print it with
+``.venv/bin/python tests/reliability/access_table.py``.
+
+Each operation acts on a run of user A (``runs``) or on user A's account (``users``).
+A cell is the HTTP status; ``own``/``all`` say what a successful find returns.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+BEGIN = "<!-- access-table:begin (generated from tests/reliability/access_table.py) -->"
+END = "<!-- access-table:end -->"
+
+# (service, method, with an id?) in the order of the table.
+OPERATIONS = [
+    ("runs", "find", False), ("runs", "get", True), ("runs", "create", False), ("runs", "update", True),
+    ("runs", "patch", True), ("runs", "patch", False), ("runs", "remove", True), ("runs", "remove", False),
+    ("users", "find", False), ("users", "get", True), ("users", "create", False), ("users", "update", True),
+    ("users", "patch", True), ("users", "patch", False), ("users", "remove", True), ("users", "remove", False),
+]
+
+# Callers: "auth off" is anyone when authentication is off (the local default); the others
+# are with authentication on (the chart's default) and sign-up off. "bad token" stands for
+# each of: a forged token (payload changed, signature kept), an expired one, `alg: none`,
+# and one signed with another secret.
+CALLERS = ["auth off", "anonymous", "user A", "user B", "worker", "admin", "bad token"]
+BAD_TOKENS = ["forged", "expired", "alg none", "other secret"]
+
+EXPECTED: dict[tuple[str, str, bool], dict[str, str]] = {}
+
+
+def _row(op, *cells):
+    assert len(cells) == len(CALLERS), op
+    EXPECTED[op] = dict(zip(CALLERS, cells))
+
+
+#                                  auth off   anonymous  user A     user B     worker     admin      bad token
+_row(("runs", "find", False),     "200 all", "401",     "200 own", "200 own", "200 all", "200 all", "401")
+_row(("runs", "get", True),       "200",     "401",     "200",     "404",     "200",     "200",     "401")
+_row(("runs", "create", False),   "201",     "401",     "201",     "201",     "403",     "201",     "401")
+_row(("runs", "update", True),    "405",     "401",     "405",     "405",     "405",     "405",     "401")
+_row(("runs", "patch", True),     "200",     "401",     "200",     "404",     "200",     "200",     "401")
+_row(("runs", "patch", False),    "405",     "401",     "405",     "405",     "405",     "405",     "401")
+_row(("runs", "remove", True),    "200",     "401",     "200",     "404",     "403",     "200",     "401")
+_row(("runs", "remove", False),   "405",     "401",     "405",     "405",     "405",     "405",     "401")
+_row(("users", "find", False),    "404",     "401",     "200 own", "200 own", "200 own", "200 all", "401")
+_row(("users", "get", True),      "404",     "401",     "200",     "404",     "404",     "200",     "401")
+_row(("users", "create", False),  "404",     "401",     "403",     "403",     "403",     "201",     "401")
+_row(("users", "update", True),   "404",     "401",     "405",     "405",     "405",     "405",     "401")
+_row(("users", "patch", True),    "404",     "401",     "200",     "404",     "404",     "403",     "401")
+_row(("users", "patch", False),   "404",     "401",     "405",     "405",     "405",     "405",     "401")
+_row(("users", "remove", True),   "404",     "401",     "200",     "404",     "404",     "403",     "401")
+_row(("users", "remove", False),  "404",     "401",     "405",     "405",     "405",     "405",     "401")
+
+
+def op_name(op) -> str:
+    service, method, with_id = op
+    target = {"runs": "A's run", "users": "A's account"}[service]
+    if method in ("find", "create"):
+        return f"`{service}` {method}"
+    if not with_id:
+        return f"`{service}` {method}, no id (many)"
+    return f"`{service}` {method} ({target})"
+
+
+def markdown() -> str:
+    lines = [BEGIN, "| operation | " + " | ".join(CALLERS) + " |", "|---" * (len(CALLERS) + 1) + "|"]
+    for op in OPERATIONS:
+        lines.append(f"| {op_name(op)} | " + " | ".join(EXPECTED[op][c] for c in CALLERS) + " |")
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def readme_table() -> str | None:
+    text = README.read_text()
+    if BEGIN not in text or END not in text:
+        return None
+    return text[text.index(BEGIN):text.index(END) + len(END)]
+
+
+if __name__ == "__main__":
+    print(markdown())

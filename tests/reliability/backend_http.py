@@ -1,0 +1,96 @@
+"""Helpers of the backend security tests.
+
+- ``rest_call(url, method, path, body=None, token=None)``: one HTTP request sent with the path
+  exactly as given (http.client: no dot-segment removal, no re-quoting), answered as a
+  ``Reply`` (status, headers, parsed JSON or None, raw body);
+- ``make_jwt(payload, secret, alg="HS256")``: a JWT signed here (HS256) or unsigned (``none``);
+- ``login(url, email, password)``: POST /authentication (strategy local).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import http.client
+import json
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+SECRET = "a-test-secret-of-some-length-0123456789"
+WORKER = ("worker@marcelle.test", "worker-password-1")
+ADMIN = ("admin@marcelle.test", "admin-password-1")
+ADMIN_ENV = {"MARCELLE_ADMIN_EMAIL": ADMIN[0], "MARCELLE_ADMIN_PASSWORD": ADMIN[1]}
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict
+    json: object
+    raw: bytes
+
+    def is_json_error(self) -> bool:
+        """A Feathers error body: {name, message, code} with code equal to the HTTP status."""
+        body = self.json
+        return (self.headers.get("content-type", "").startswith("application/json") and isinstance(body, dict)
+                and isinstance(body.get("name"), str) and isinstance(body.get("message"), str)
+                and body.get("code") == self.status)
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.raw[:160]!r}"
+
+
+def rest_call(url: str, method: str, path: str, body=None, token: str | None = None, headers: dict | None = None,
+              timeout: float = 30.0) -> Reply:
+    where = urlsplit(url)
+    conn = http.client.HTTPConnection(where.hostname, where.port, timeout=timeout)
+    sent = {"Accept": "application/json", **(headers or {})}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        sent["Content-Type"] = "application/json"
+    if token:
+        sent["Authorization"] = f"Bearer {token}"
+    try:
+        conn.request(method, path, body=data, headers=sent)
+        answer = conn.getresponse()
+        raw = answer.read()
+        reply_headers = {k.lower(): v for k, v in answer.getheaders()}
+    finally:
+        conn.close()
+    try:
+        parsed = json.loads(raw) if raw else None
+    except ValueError:
+        parsed = None
+    return Reply(answer.status, reply_headers, parsed, raw)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def make_jwt(payload: dict, secret: str = SECRET, alg: str = "HS256", typ: str = "access") -> str:
+    head = _b64(json.dumps({"alg": alg, "typ": typ}).encode())
+    body = _b64(json.dumps(payload).encode())
+    if alg == "none":
+        return f"{head}.{body}."
+    assert alg == "HS256"
+    signature = hmac.new(secret.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{_b64(signature)}"
+
+
+def jwt_payload(token: str) -> dict:
+    part = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+
+
+def login_reply(url: str, email: str, password: str) -> Reply:
+    return rest_call(url, "POST", "/authentication", {"strategy": "local", "email": email, "password": password})
+
+
+def login(url: str, email: str, password: str) -> dict:
+    """Log in (strategy local): the answer's JSON (accessToken, user)."""
+    reply = login_reply(url, email, password)
+    assert reply.status == 201, f"login of {email}: {reply}"
+    return reply.json
