@@ -17,6 +17,18 @@ from k8s_tools import CHART, by_kind, ci_values, one, render
 from marcelle_torch.stack.processes import free_port
 
 MONITORING_KINDS = {"PodMonitor", "ServiceMonitor", "PrometheusRule"}
+NAMESPACE_MATCHER = re.compile(r'namespace=\\?"marcelle-torch\\?",?')
+
+
+def unscoped(node):
+    """The rendered rules/dashboards with the release-namespace matchers taken out again."""
+    if isinstance(node, dict):
+        return {k: unscoped(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [unscoped(v) for v in node]
+    if isinstance(node, str):
+        return NAMESPACE_MATCHER.sub("", node).replace("{}", "")
+    return node
 
 
 def test_off_by_default():
@@ -61,7 +73,8 @@ def test_prometheus_rule_embeds_every_rules_file():
     assert files, "charts/marcelle-torch/rules/ has no rule files"
     expected = [g for f in files for g in yaml.safe_load(f.read_text())["groups"]]
     rule = one(render(ci_values("monitoring")), "PrometheusRule")
-    assert rule["spec"]["groups"] == expected
+    # The same groups; only each expression is scoped to the release's namespace.
+    assert unscoped(rule["spec"]["groups"]) == expected
     # Prometheus' own templating in annotations must come through untouched.
     text = json.dumps(rule["spec"]["groups"])
     if "{{" in json.dumps(expected):
@@ -76,7 +89,7 @@ def test_dashboards_as_sidecar_configmaps():
     assert len(maps) == len(files)
     for path in files:
         (cm,) = [m for m in maps if path.name in m["data"]]
-        assert json.loads(cm["data"][path.name]) == json.loads(path.read_text())
+        assert unscoped(json.loads(cm["data"][path.name])) == json.loads(path.read_text())
         assert cm["metadata"]["annotations"]["grafana_folder"] == "marcelle-torch"
 
 
@@ -187,3 +200,67 @@ def test_rendered_probe_command_runs_and_exports_its_targets():
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+
+# --- Queries scoped to the release's namespace --------------------------------------------
+# The Prometheus Operator labels every PodMonitor target with `namespace` (its generated scrape
+# config relabels __meta_kubernetes_namespace); the chart's rules and dashboards match on it, so
+# that two releases in two namespaces do not answer for each other.
+OUR_METRIC = re.compile(r"\b((?:ray|marcelle_torch|probe)_[A-Za-z0-9_]*)(\{[^}]*\})?")
+
+
+def selectors(expr: str):
+    return [(m.group(1), m.group(2) or "") for m in OUR_METRIC.finditer(expr)]
+
+
+def test_every_rule_and_panel_query_is_scoped_to_the_namespace():
+    objects = render(ci_values("monitoring"))
+    exprs = [r["expr"] for g in one(objects, "PrometheusRule")["spec"]["groups"] for r in g["rules"]]
+    for cm in by_kind(objects, "ConfigMap"):
+        if cm["metadata"]["labels"].get("grafana_dashboard") == "1":
+            for text in cm["data"].values():
+                dashboard = json.loads(text)
+                panels = [q for p in dashboard["panels"] for q in [p, *p.get("panels", [])]]
+                exprs += [t["expr"] for p in panels for t in p.get("targets", []) if "expr" in t]
+    found = 0
+    for expr in exprs:
+        for metric, matchers in selectors(expr):
+            assert 'namespace="marcelle-torch"' in matchers, f"{metric} in {expr!r} is not scoped"
+            found += 1
+    assert found >= 30
+
+
+def promtool_test(tmp_path, groups, series: list[str], expected_alerts: list[dict], alert: str) -> subprocess.CompletedProcess:
+    import shutil
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        import pytest
+
+        pytest.skip("promtool not found (Debian package prometheus)")
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}))
+    (tmp_path / "test.yaml").write_text(yaml.safe_dump({
+        "rule_files": ["rules.yaml"],
+        "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": [{"series": s, "values": "1x20"} for s in series],
+                   "alert_rule_test": [{"eval_time": "10m", "alertname": alert, "exp_alerts": expected_alerts}]}],
+    }))
+    return subprocess.run([promtool, "test", "rules", str(tmp_path / "test.yaml")], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_another_releases_worker_does_not_silence_this_releases_absent_alert(tmp_path):
+    """Real Prometheus rule evaluation (promtool): release A's worker is gone, release B's
+    (another namespace) is up. A's MarcelleTorchWorkerAbsent must still fire."""
+    groups = one(render(ci_values("monitoring")), "PrometheusRule")["spec"]["groups"]
+    other = ['marcelle_torch_worker_up{namespace="team-b", pod="mt-marcelle-torch-worker-1"}']
+    fires = [{"exp_labels": {"severity": "critical", "component": "worker"},
+              "exp_annotations": next(r["annotations"] for g in groups for r in g["rules"]
+                                      if r.get("alert") == "MarcelleTorchWorkerAbsent")}]
+    result = promtool_test(tmp_path, groups, other, fires, "MarcelleTorchWorkerAbsent")
+    assert result.returncode == 0, result.stdout + result.stderr
+    # With its own worker up, it stays quiet.
+    own = ['marcelle_torch_worker_up{namespace="marcelle-torch", pod="mt-marcelle-torch-worker-1"}']
+    result = promtool_test(tmp_path, groups, own, [], "MarcelleTorchWorkerAbsent")
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -199,3 +199,17 @@ without GPUs, min_replicas = ray.modelMinReplicas when that is set.
 {{- toYaml $config -}}
 {{- end -}}
 {{- end }}
+
+{{/*
+A PromQL expression scoped to the release's namespace: every selector of this project's
+metrics (ray_*, marcelle_torch_*, probe_*) gets namespace="<ns>" (the Prometheus Operator labels
+every PodMonitor target with its namespace). A second release elsewhere then neither satisfies
+nor trips this release's alerts, absent() ones included. Other metrics (DCGM) stay as they are.
+Call with (dict "expr" "..." "ns" .Release.Namespace).
+*/}}
+{{- define "mt.scopedPromQL" -}}
+{{- $metric := "\\b((?:ray|marcelle_torch|probe)_[A-Za-z0-9_]*)" -}}
+{{- $matcher := printf "namespace=%q" .ns -}}
+{{- $expr := regexReplaceAll (printf "%s\\{" $metric) .expr (printf "${1}{%s," $matcher) -}}
+{{- regexReplaceAll (printf "%s([^A-Za-z0-9_{]|$)" $metric) $expr (printf "${1}{%s}${2}" $matcher) -}}
+{{- end }}
