@@ -6,6 +6,7 @@ A target is any object with these attributes (see conftest.Target):
   backend         base URL of the Marcelle backend (on kind: the web app's /backend proxy)
   socketio_path   the backend's socket.io path as seen from `backend`'s origin
   metrics         {"serve": URL, "worker": URL} of Prometheus endpoints
+  credentials     optional (email, password) of a backend user, when authentication is on
 Each scenario raises AssertionError with a message saying what was wrong.
 """
 
@@ -21,11 +22,13 @@ import urllib.request
 HTTP_TIMEOUT_S = 120  # a busy machine, a cold replica: generous, never a timing assertion
 
 
-def http(method: str, url: str, body: dict | None = None, timeout: float = HTTP_TIMEOUT_S):
+def http(method: str, url: str, body: dict | None = None, timeout: float = HTTP_TIMEOUT_S,
+         headers: dict | None = None):
     """(status, headers, bytes) without raising on HTTP errors."""
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Content-Type": "application/json"} if data else {})
+                                     headers={**({"Content-Type": "application/json"} if data else {}),
+                                              **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, dict(response.headers), response.read()
@@ -98,9 +101,25 @@ def backend_run_completes_with_progress(target, steps: int = 12, timeout_s: floa
     origin = urllib.parse.urlsplit(target.backend)
     client.connect(f"{origin.scheme}://{origin.netloc}", socketio_path=target.socketio_path,
                    transports=["websocket"])
+    auth = {}
     try:
+        credentials = getattr(target, "credentials", None)
+        if credentials:
+            # Feathers' local strategy over REST gives a JWT; the socket logs in with it so that
+            # the backend's channels send it this user's `runs patched` events.
+            email, password = credentials
+            status, _, body = http("POST", f"{target.backend}/authentication",
+                                   {"strategy": "local", "email": email, "password": password})
+            assert status in (200, 201), f"log in as {email}: HTTP {status}: {body[:300]!r}"
+            token = json.loads(body)["accessToken"]
+            auth = {"Authorization": f"Bearer {token}"}
+            answer = client.call("create", ("authentication", {"strategy": "jwt", "accessToken": token}),
+                                 timeout=HTTP_TIMEOUT_S)
+            error = answer[0] if isinstance(answer, tuple) else answer
+            assert not error, f"socket log in: {error}"
         status, _, body = http("POST", f"{target.backend}/runs",
-                               {"model": "digits-generator", "input": {"digit": 7}, "params": {"steps": steps}})
+                               {"model": "digits-generator", "input": {"digit": 7}, "params": {"steps": steps}},
+                               headers=auth)
         assert status == 201 or status == 200, f"create run: HTTP {status}: {body[:300]!r}"
         run = json.loads(body)
         assert run["status"] == "pending", run
@@ -108,14 +127,14 @@ def backend_run_completes_with_progress(target, steps: int = 12, timeout_s: floa
         deadline = time.monotonic() + timeout_s
         while not done.wait(2):
             # Events are the fast path; polling covers a run that finished before we subscribed.
-            status, _, body = http("GET", f"{target.backend}/runs/{run['_id']}")
+            status, _, body = http("GET", f"{target.backend}/runs/{run['_id']}", headers=auth)
             if status == 200 and json.loads(body).get("status") in ("succeeded", "failed", "canceled"):
                 break
             assert time.monotonic() < deadline, f"run {run['_id']} not finished after {timeout_s}s: {seen[-1:]}"
     finally:
         client.disconnect()
 
-    status, _, body = http("GET", f"{target.backend}/runs/{run_id[0]}")
+    status, _, body = http("GET", f"{target.backend}/runs/{run_id[0]}", headers=auth)
     final = json.loads(body)
     assert final["status"] == "succeeded", f"run ended {final['status']}: {final.get('error')}"
     assert final["progress"] == 1 and final.get("result"), final
@@ -145,3 +164,24 @@ def metrics_answer(target, timeout_s: float = 300) -> None:
         texts[name] = text
     up = [line for line in texts["worker"].splitlines() if line.startswith("marcelle_torch_worker_up")]
     assert up and up[0].split()[-1] in ("1", "1.0"), f"worker not connected: {up}"
+
+
+def predictions_while(target, make_digit, busy, interval_s: float = 0.2, timeout: float = 30) -> dict:
+    """Send predictions through the Serve API one after another while ``busy()`` is true (e.g.
+    during a `helm upgrade` and the Ray cluster swap it causes). Returns {"sent", "failed",
+    "failures": [first 20 failures]}; a failure is any answer but 200 with predictions, or no
+    answer within ``timeout``."""
+    instance, _ = make_digit(0)
+    sent, failures = 0, []
+    while busy():
+        sent += 1
+        try:
+            status, _, body = http("POST", f"{target.serve}/v1/models/digits:predict", {"instances": [instance]},
+                                   timeout=timeout)
+            ok = status == 200 and len(json.loads(body).get("predictions", [])) == 1
+            if not ok:
+                failures.append(f"{time.strftime('%H:%M:%S')} HTTP {status}: {body[:200]!r}")
+        except (OSError, ValueError) as exc:
+            failures.append(f"{time.strftime('%H:%M:%S')} {type(exc).__name__}: {exc}")
+        time.sleep(interval_s)
+    return {"sent": sent, "failed": len(failures), "failures": failures[:20]}
