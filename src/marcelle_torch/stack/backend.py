@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,8 +60,10 @@ class BackendHandle:
                 pass
             self.process.stop(timeout=5)
 
-    def restart(self) -> None:
+    def restart(self, down_for: float = 0.0) -> None:
+        """Stop, stay away ``down_for`` seconds (an outage), start again on the same data."""
         self.stop()
+        time.sleep(down_for)
         self._start()
 
 

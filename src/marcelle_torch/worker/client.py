@@ -77,6 +77,10 @@ class FeathersClient:
         # The reader thread warns that the socket closed once we close it ourselves; that is
         # no news, and would land after the worker's last line (e.g. its one-line error).
         logging.getLogger("engineio.client").setLevel(logging.ERROR)
+        # python-socketio 4.6 (client.py): disconnect() does not end a reconnection loop that
+        # is under way (only the library's own SIGINT handler does, by setting this event), and
+        # that loop's thread is not a daemon: with the backend down, the process could not exit.
+        self.sio._reconnect_abort.set()
         try:
             self.sio.disconnect()
         except Exception:  # already gone

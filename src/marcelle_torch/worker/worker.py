@@ -12,10 +12,15 @@ failed | canceled. The protocol, all through the backend (the worker exposes no 
   NotFound means the run was canceled or taken back, and the worker stops between steps.
   The ``runs patched`` event tells it the same sooner.
 - Lease: ``heartbeatAt`` (UTC ISO time) is renewed every ``heartbeat`` seconds while a run
-  goes on. Every worker looks, every ``heartbeat`` seconds, for running runs whose
-  heartbeat is older than ``lease_timeout`` and puts them back to pending (conditionally on
-  that same stale heartbeat), so a run held by a dead worker is done by another.
+  goes on. Every worker looks, every ``heartbeat`` seconds and in the background (also while
+  it runs a model), for running runs whose heartbeat is older than ``lease_timeout`` and puts
+  them back to pending (conditionally on that same stale heartbeat), so a run held by a dead
+  worker is done by another. A worker only judges leases once it has itself been connected
+  for ``lease_timeout``: after a backend outage every live worker gets that long to reconnect
+  and renew, so a run is taken back only from a worker that is really gone.
   Worker clocks are assumed in sync (NTP) to well within ``lease_timeout``.
+- Pending runs are claimed oldest first (by ``createdAt``), a run taken back from a dead
+  worker included.
 - On (re)connection the worker logs in (if credentials are given) and picks up pending runs.
 - SIGTERM/SIGINT: no new claims; the current run may finish within ``grace`` seconds, else
   it is released back to pending; then the worker exits.
@@ -111,12 +116,13 @@ class Worker:
         self.client = FeathersClient(self.backend_url, timeout=self.options.call_timeout)
         self.models: dict[str, tuple] = {}
         self.events: queue.Queue = queue.Queue()
-        self.candidates: dict[str, float] = {}  # pending run ids to try, oldest first
+        self.candidates: dict[str, str] = {}  # pending run id -> createdAt: claimed oldest first
         self.current: CurrentRun | None = None
         self.stopping = threading.Event()
         self.stop_deadline: float | None = None
         self._connected_once = False
         self._next_sweep = 0.0
+        self._judge_leases_from = float("inf")  # monotonic time from which stale leases are taken back
         self.fatal: str | None = None
 
     # ------------------------------------------------------------------ set-up
@@ -184,6 +190,7 @@ class Worker:
         if not self.models:
             self.load_models()
         self._connect_until_up()
+        threading.Thread(target=self._lease_loop, daemon=True, name="leases").start()
         while not self.stopping.is_set():
             self._drain_events(timeout=0.2)
             if self.stopping.is_set():
@@ -231,7 +238,7 @@ class Worker:
             log.warning("disconnected from %s; reconnecting", self.backend_url)
         elif kind == "run":
             if payload.get("status") == "pending" and payload.get("model") in self.models:
-                self.candidates.setdefault(payload["_id"], time.monotonic())
+                self.candidates.setdefault(payload["_id"], created_at(payload))
             else:
                 self.candidates.pop(payload.get("_id"), None)
 
@@ -264,25 +271,36 @@ class Worker:
         except BackendUnavailable as exc:
             log.warning("log in failed (%s); will retry on reconnection", exc.message)
             return
-        self._next_sweep = 0.0  # pick up pending and stale runs now
+        self._next_sweep = 0.0  # pick up pending runs now
+        self._judge_leases_from = time.monotonic() + self.options.lease_timeout
 
     # ------------------------------------------------------------------ finding and claiming
 
     def _sweep(self) -> None:
-        """Put back runs of dead workers, and refresh the list of pending runs."""
+        """Refresh the list of pending runs."""
         self._next_sweep = time.monotonic() + self.options.heartbeat
         try:
-            self._requeue_stale()
             pending = self._call("find", {
                 "status": "pending", "model": {"$in": list(self.models)},
-                "$sort": {"createdAt": 1}, "$limit": 100, "$select": ["_id", "model", "status"],
+                "$sort": {"createdAt": 1}, "$limit": 100, "$select": ["_id", "model", "status", "createdAt"],
             })
         except (BackendUnavailable, BackendError) as exc:
             log.warning("cannot look for runs: %s", exc.message)
             return
         self.metrics.pending.set(pending.get("total", 0))
         for run in pending.get("data", []):
-            self.candidates.setdefault(run["_id"], time.monotonic())
+            self.candidates.setdefault(run["_id"], created_at(run))
+
+    def _lease_loop(self) -> None:
+        """Background: every ``heartbeat`` seconds, take back the runs of dead workers, even
+        while this worker's own model runs (the freed run then reaches an idle worker)."""
+        while not self.stopping.wait(self.options.heartbeat):
+            if not self.client.connected or time.monotonic() < self._judge_leases_from:
+                continue
+            try:
+                self._requeue_stale()
+            except (BackendUnavailable, BackendError) as exc:
+                log.warning("cannot look for stale runs: %s", exc.message)
 
     def _requeue_stale(self) -> None:
         cutoff = iso(utc_now() - timedelta(seconds=self.options.lease_timeout))
@@ -304,7 +322,7 @@ class Worker:
     def _claim_next(self) -> dict | None:
         while self.candidates and not self.stopping.is_set() and self.client.connected:
             run_id = min(self.candidates, key=self.candidates.get)
-            del self.candidates[run_id]
+            created = self.candidates.pop(run_id)
             heartbeat_at = iso(utc_now())
             try:
                 run = self._call("patch", run_id, {
@@ -318,7 +336,7 @@ class Worker:
                 continue
             except BackendUnavailable as exc:
                 log.warning("cannot claim run %s: %s", run_id, exc.message)
-                self.candidates[run_id] = time.monotonic()
+                self.candidates[run_id] = created
                 return None
             self.current = CurrentRun(id=run_id, model=run.get("model"), heartbeat_at=heartbeat_at)
             return run
@@ -455,7 +473,9 @@ class Worker:
                 log.error("run %s: cannot write the outcome: %s", current.id, exc.message)
                 return "lost"
             except BackendUnavailable as exc:
-                if time.monotonic() > deadline:
+                # Stopping: wait no longer than the grace (the lease hands the run to another worker).
+                stopped = self.stopping.is_set() and time.monotonic() > (self.stop_deadline or 0)
+                if stopped or time.monotonic() > deadline:
                     log.error("run %s: giving up writing the outcome: %s", current.id, exc.message)
                     return "lost"
                 time.sleep(0.5)
@@ -468,6 +488,11 @@ class Worker:
             log.info("run %s: released back to pending", current.id)
         except (BackendError, BackendUnavailable) as exc:
             log.warning("run %s: cannot release (%s); its lease will expire", current.id, exc.message)
+
+
+def created_at(run: dict) -> str:
+    """A run's creation time (ISO text, sorts in time order); now when the backend gave none."""
+    return run.get("createdAt") or iso(utc_now())
 
 
 def default_name() -> str:

@@ -1,0 +1,88 @@
+"""Faults around the run worker: backend outages longer than the lease, a worker killed while
+others wait, a worker asked to stop while its backend is gone. Real backend, real workers;
+runs of a small user model (``support/steady_model.py``) that lasts as long as asked."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.backend
+
+SUPPORT = Path(__file__).with_name("support")
+ENV = {"PYTHONPATH": str(SUPPORT)}
+STEADY = ("--models", "steady_model:spec")
+
+
+def steady_run(client, seconds: float):
+    return client.create("runs", {"model": "steady", "input": [0], "params": {"seconds": seconds}})
+
+
+def get(client, run):
+    return client.get("runs", run["_id"])
+
+
+def finished(client, run):
+    current = get(client, run)
+    return current if current["status"] in ("succeeded", "failed", "canceled") else None
+
+
+def test_a_backend_outage_longer_than_the_lease_throws_no_work_away(make_backend, make_worker, connect,
+                                                                   wait_until):
+    # The lease must outlast a reconnection (the client retries at most every ~5 s).
+    lease = ("--heartbeat", "1", "--lease-timeout", "8")
+    backend = make_backend()
+    holder = make_worker(backend.url, "holder", *STEADY, *lease, env=ENV)
+    client = connect(backend.url)
+    run = steady_run(client, 25)
+    wait_until(lambda: get(client, run)["progress"] > 0, what="the holder to start the run")
+    sweeper = make_worker(backend.url, "sweeper", *STEADY, *lease, env=ENV)
+
+    client.disconnect()
+    backend.restart(down_for=12)  # longer than the lease, while the holder's run goes on
+    client = connect(backend.url)
+    done = wait_until(lambda: finished(client, run), what="the run to finish after the outage")
+
+    assert done["status"] == "succeeded" and done["worker"].startswith("holder-"), done
+    assert holder.claimed() == [run["_id"]]
+    assert sweeper.claimed() == [], "the run was computed twice"
+    assert "back to pending" not in sweeper.log()
+
+
+def test_a_killed_workers_run_is_taken_back_at_once_and_done_before_newer_runs(make_backend, make_worker,
+                                                                              connect, wait_until):
+    lease = ("--heartbeat", "0.5", "--lease-timeout", "3")
+    backend = make_backend()
+    client = connect(backend.url)
+    doomed = make_worker(backend.url, "doomed", *STEADY, *lease, env=ENV)
+    oldest = steady_run(client, 60)
+    wait_until(lambda: get(client, oldest)["progress"] > 0, what="the doomed worker to start the oldest run")
+    long_one = steady_run(client, 10)  # keeps the rescuer busy while the oldest run's lease expires
+    newest = steady_run(client, 0.2)
+    doomed.signal(signal.SIGKILL)
+    doomed.proc.wait(30)
+
+    rescuer = make_worker(backend.url, "rescuer", *STEADY, *lease, env=ENV)
+    for run in (oldest, long_one, newest):
+        assert wait_until(lambda run=run: finished(client, run), what="every run to finish")["status"] == "succeeded"
+    # Taken back while the rescuer ran another model (a background sweep), then claimed in
+    # creation order: the oldest run before the one created after it.
+    assert rescuer.claimed() == [long_one["_id"], oldest["_id"], newest["_id"]]
+    assert "stopped renewing its lease; back to pending" in rescuer.log()
+
+
+def test_a_worker_whose_backend_is_gone_exits_on_sigterm(make_backend, make_worker, connect, wait_until):
+    backend = make_backend()
+    worker = make_worker(backend.url, "orphan", *STEADY, "--grace", "1", env=ENV)
+    client = connect(backend.url)
+    run = steady_run(client, 60)
+    wait_until(lambda: get(client, run)["progress"] > 0, what="the run to start")
+    client.disconnect()
+    backend.kill()
+    time.sleep(2)  # the worker notices and starts reconnecting
+    worker.signal(signal.SIGTERM)
+    # Generous (a shared machine); before, the process outlived SIGTERM indefinitely.
+    assert worker.proc.wait(60) == 0, worker.log()[-2000:]
