@@ -42,15 +42,43 @@ first: see `operator-config/README.md` for the pinned commands.
 
 ```sh
 helm install marcelle-torch charts/marcelle-torch --namespace marcelle-torch --create-namespace
-kubectl -n marcelle-torch wait rayservice/marcelle-torch --for=condition=Ready --timeout=15m
+kubectl -n marcelle-torch wait rayservice/marcelle-torch --for=condition=Ready --timeout=15m   # 30m with GPUs
 kubectl -n marcelle-torch port-forward svc/marcelle-torch-webapp 8080:80   # http://127.0.0.1:8080
+kubectl -n marcelle-torch get secret marcelle-torch-secrets -o jsonpath='{{.data.admin-password}}' | base64 -d; echo
 ```
 
-Value sets tested in CI are in `ci/` (CPU default, GPU, MongoDB, auth, Ingress, monitoring).
-The serve config is `files/serve_config.yaml`, a copy of
+Authentication is on: sign in as `backend.auth.adminEmail` (default `admin@marcelle-torch.local`)
+with the generated password above (NOTES print both commands). The backend serves the `runs`
+data service only (`backend.services`).
+
+Value sets tested in CI are in `ci/` (CPU default, GPU, MongoDB, auth, Ingress, HTTPRoute,
+monitoring). The serve config is `files/serve_config.yaml`, a copy of
 `src/marcelle_torch/serving/serve_config.yaml` kept identical by `make chart-sync` (a test
-fails when they differ). With `gpu.enabled`, the only change is `ray_actor_options.num_gpus`
-on each model deployment.
+fails when they differ). The chart changes only the model deployments: with `gpu.enabled`,
+`ray_actor_options.num_gpus` and `autoscaling_config.min_replicas` (`gpu.modelMinReplicas`,
+0 by default, so GPU nodes scale to 0 when idle at the cost of a cold start of minutes for the
+first request after); without GPUs, `min_replicas` only if `ray.modelMinReplicas` is set.
+
+Things to know:
+
+- **Ray Pods** keep KubeRay's own labels (the RayService's `<release>-head-svc` selects on
+  them); the chart's NetworkPolicies and PodMonitors select Ray Pods by `ray.io/is-ray-node` /
+  `ray.io/node-type` and the release's `app.kubernetes.io/instance`. Only the Ray head mounts a
+  service-account token (its autoscaler sidecar scales the worker groups), with the chart's
+  ServiceAccount, Role and RoleBinding.
+- **Upgrades** (`ray.upgradeStrategy.type`): `NewCluster` (default) brings up a second Ray
+  cluster and switches traffic when it serves, so an image change loses no request but needs
+  room for two clusters for a while; `NewClusterWithIncrementalUpgrade` moves traffic step by
+  step through a Gateway API HTTPRoute (a Gateway controller and the operator's
+  `RayServiceIncrementalUpgrade` feature gate); `None` never replaces the cluster (image changes
+  wait for a reinstall).
+- **Generated secrets** (JWT secret, worker and admin accounts) are kept across `helm upgrade`
+  through `lookup`. `helm template` and GitOps tools that render with it see no cluster and
+  generate new ones on every render: create a Secret with the keys `jwt-secret`,
+  `worker-email`, `worker-password`, `admin-email`, `admin-password` and set
+  `backend.existingSecret` to pin them. For MongoDB prefer `backend.mongodb.existingSecret`.
+- **Monitoring**: alert rules and dashboard queries match the release's namespace, so several
+  releases share one Prometheus without answering for each other.
 
 ## Values
 
