@@ -2,9 +2,11 @@
 with the ServiceAccount, Role and RoleBinding the KubeRay autoscaler sidecar needs.
 
 Upstream facts encoded here:
-- ray-project/ray 2.60.0, python/ray/autoscaler/_private/kuberay/node_provider.py,
-  `load_k8s_secrets()`: the autoscaler opens /var/run/secrets/kubernetes.io/serviceaccount/token
-  when its node provider starts, with no fallback; without a mounted token the sidecar exits.
+- ray-project/ray, python/ray/autoscaler/_private/kuberay/node_provider.py (read at commit
+  5a7cb61a; the chart pins Ray 2.60.0), `load_k8s_secrets()`, called by
+  KubernetesHttpApiClient.__init__ when the KubeRayNodeProvider starts: it opens
+  /var/run/secrets/kubernetes.io/serviceaccount/token with no fallback, so without a mounted
+  token the autoscaler sidecar fails at start.
 - ray-project/kuberay v1.7.0, ray-operator/controllers/ray/common/pod.go,
   `DefaultHeadPodTemplate`: with in-tree autoscaling the head Pod's serviceAccountName becomes
   `utils.CheckName(GetHeadGroupServiceAccountName(cluster))`; KubeRay never sets
