@@ -86,3 +86,17 @@ def test_a_worker_whose_backend_is_gone_exits_on_sigterm(make_backend, make_work
     worker.signal(signal.SIGTERM)
     # Generous (a shared machine); before, the process outlived SIGTERM indefinitely.
     assert worker.proc.wait(60) == 0, worker.log()[-2000:]
+
+
+def test_a_run_no_worker_serves_fails_with_a_reason_instead_of_waiting_forever(make_backend, make_worker,
+                                                                               connect, wait_until):
+    backend = make_backend()
+    make_worker(backend.url, "w", *STEADY, "--pending-timeout", "3", env=ENV)
+    client = connect(backend.url)
+    orphan = client.create("runs", {"model": "nobody-serves-this", "input": [0]})
+    failed = wait_until(lambda: finished(client, orphan), what="the unserved run to fail")
+    assert failed["status"] == "failed"
+    assert failed["error"] == "no running worker serves model 'nobody-serves-this' (waited 3 s for one)"
+    # The worker goes on serving its own model.
+    served = steady_run(client, 0.2)
+    assert wait_until(lambda: finished(client, served), what="a served run")["status"] == "succeeded"

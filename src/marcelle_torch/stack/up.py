@@ -8,6 +8,7 @@ stops everything, in reverse order, on Ctrl-C or SIGTERM.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,11 +128,14 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
 
         say(f"[4/{total}] run worker{'s' if options.workers > 1 else ''} ({options.workers})")
         worker_ports = []
+        # Each worker's torch would otherwise use every core: N workers would fight over them.
+        threads = max(1, len(os.sched_getaffinity(0)) // options.workers)
         for i in range(options.workers):
             port = worker_metrics_port if i == 0 else port_or_free(0, host)
             worker = ManagedProcess(f"worker {i + 1}", _cli(
                 "worker", "--backend", backend.url, "--name", f"local-{i + 1}",
-                "--metrics-port", str(port)), logs / f"worker-{i + 1}.log")
+                "--metrics-port", str(port), "--metrics-host", host, "--threads", str(threads)),
+                logs / f"worker-{i + 1}.log")
             stack.add(f"worker {i + 1}", worker.stop)
             worker.wait_http(f"http://{host}:{port}/metrics", 120)
             worker_ports.append(port)
@@ -156,7 +160,7 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
                     "ray": [f"{host}:{serve_metrics_port}"],
                     "marcelle-torch-worker": [f"{host}:{p}" for p in worker_ports],
                 }
-                prom = start_prometheus(targets, workdir / "prometheus",
+                prom = start_prometheus(targets, workdir / "prometheus", host=host,
                                         port=port_or_free(options.prometheus_port, host),
                                         health={"backend": backend.url, "webapp": url})
                 stack.add("Prometheus", prom.stop)

@@ -23,12 +23,17 @@ def register(subparsers) -> None:
     p.add_argument("--password", default=os.environ.get("MARCELLE_WORKER_PASSWORD") or None,
                    help="prefer the MARCELLE_WORKER_PASSWORD variable (a command line is visible to others)")
     p.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics here (0 = off)")
-    p.add_argument("--metrics-host", default="0.0.0.0")
+    p.add_argument("--metrics-host", default="0.0.0.0",
+                   help="address the metrics listen on (default %(default)s, for a container; "
+                        "`marcelle-torch up` passes its --host)")
     p.add_argument("--heartbeat", type=float, default=5.0, help="seconds between lease renewals (default 5)")
     p.add_argument("--lease-timeout", type=float, default=30.0,
                    help="a running run whose lease is older goes back to pending (default 30)")
     p.add_argument("--grace", type=float, default=20.0,
                    help="on SIGTERM, seconds the current run may take before it is released (default 20)")
+    p.add_argument("--pending-timeout", type=float, default=600.0,
+                   help="fail a run that no worker took within this many seconds, saying why "
+                        "(default 600; 0 = never)")
     p.add_argument("--max-updates-per-second", type=float, default=5.0,
                    help="progress updates per run, at most (default 5)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
@@ -57,6 +62,8 @@ def cmd_worker(args) -> int:
             raise InvalidInput(f"--{name.replace('_', '-')} must be positive")
     if args.lease_timeout <= 2 * args.heartbeat:
         raise InvalidInput("--lease-timeout must be more than twice --heartbeat, or live runs would be taken back")
+    if args.pending_timeout < 0:
+        raise InvalidInput("--pending-timeout must be 0 (never) or positive")
 
     if args.threads:
         import torch
@@ -73,6 +80,7 @@ def cmd_worker(args) -> int:
         except OSError as exc:
             raise InvalidInput(f"cannot serve metrics on port {args.metrics_port}: {exc.strerror}") from None
     options = WorkerOptions(heartbeat=args.heartbeat, lease_timeout=args.lease_timeout, grace=args.grace,
+                            pending_timeout=args.pending_timeout,
                             max_updates_per_second=args.max_updates_per_second)
     worker = Worker(args.backend, models, name=args.name or default_name(), email=args.email,
                     password=args.password, options=options, metrics=metrics)

@@ -20,7 +20,8 @@ failed | canceled. The protocol, all through the backend (the worker exposes no 
   and renew, so a run is taken back only from a worker that is really gone.
   Worker clocks are assumed in sync (NTP) to well within ``lease_timeout``.
 - Pending runs are claimed oldest first (by ``createdAt``), a run taken back from a dead
-  worker included.
+  worker included. A run left pending longer than ``pending_timeout`` (no worker serves its
+  model, or none was free) is failed with a readable reason, so a page never waits forever.
 - On (re)connection the worker logs in (if credentials are given) and picks up pending runs.
 - SIGTERM/SIGINT: no new claims; the current run may finish within ``grace`` seconds, else
   it is released back to pending; then the worker exits.
@@ -75,6 +76,7 @@ class WorkerOptions:
     max_updates_per_second: float = 5.0  # progress patches per run, at most
     call_timeout: float = 30.0
     finish_timeout: float = 120.0  # how long a finished result is retried while the backend is away
+    pending_timeout: float = 600.0  # a run pending longer (since its last change) fails; 0: never
 
 
 @dataclass
@@ -299,6 +301,7 @@ class Worker:
                 continue
             try:
                 self._requeue_stale()
+                self._fail_overdue()
             except (BackendUnavailable, BackendError) as exc:
                 log.warning("cannot look for stale runs: %s", exc.message)
 
@@ -317,6 +320,29 @@ class Worker:
                             run["_id"], run.get("worker"))
             except BackendError as exc:
                 if not is_not_found(exc):  # NotFound: it moved on meanwhile (renewed, finished, taken)
+                    raise
+
+    def _fail_overdue(self) -> None:
+        """Fail the runs that have waited longer than ``pending_timeout`` for a worker."""
+        timeout = self.options.pending_timeout
+        if not timeout:
+            return
+        # updatedAt, not createdAt: a run just taken back from a dead worker starts waiting anew.
+        # Compared here: the backend turns only createdAt query values into dates.
+        cutoff = iso(utc_now() - timedelta(seconds=timeout))
+        waiting = self._call("find", {"status": "pending", "$sort": {"updatedAt": 1}, "$limit": 100,
+                                      "$select": ["_id", "model", "updatedAt"]})
+        for run in waiting.get("data", []):
+            if (run.get("updatedAt") or cutoff) >= cutoff:
+                break
+            model = run.get("model")
+            why = (f"no worker was free to take this run within {timeout:g} s" if model in self.models else
+                   f"no running worker serves model {model!r} (waited {timeout:g} s for one)")
+            try:
+                self._call("patch", run["_id"], {"status": "failed", "error": why}, {"status": "pending"})
+                log.warning("run %s: %s", run["_id"], why)
+            except BackendError as exc:
+                if not is_not_found(exc):  # NotFound: claimed or canceled meanwhile
                     raise
 
     def _claim_next(self) -> dict | None:
