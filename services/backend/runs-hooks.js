@@ -3,7 +3,8 @@
 //   {model, input, params, status, progress, partial, result, error, worker,
 //    heartbeatAt, revision, createdAt, updatedAt, userId (when authentication is on)}
 // Clients create runs and may cancel them; the worker account updates everything else.
-// With authentication off every caller is trusted (local demo), and only the shapes are checked.
+// Who may call which method on which run is decided before these hooks (access.js); these
+// check the shapes. With authentication off every caller is trusted (local demo).
 'use strict';
 
 const crypto = require('crypto');
@@ -72,13 +73,12 @@ function runsHooks({ authEnabled, errors }) {
       // Only a run that has not finished can be canceled (NotFound otherwise).
       context.params.query = { ...(context.params.query || {}), status: { $in: ACTIVE } };
     }
-    if (isWorker(context.params)) {
-      // The package stamps the caller's id on every write; a run keeps its owner's.
-      if (authEnabled) delete data.userId;
-      return context;
-    }
-    // An owner may only cancel.
-    const allowed = new Set(['status', 'userId', 'updatedAt']);
+    // The package stamps the caller's id on every write (lib/utils/permission-hooks.js
+    // setField); a run keeps its owner's, whoever patches it (worker, admin).
+    if (authEnabled) delete data.userId;
+    if (isWorker(context.params)) return context;
+    // An owner (or the admin) may only cancel.
+    const allowed = new Set(['status', 'updatedAt']);
     const extra = Object.keys(data).filter((k) => !allowed.has(k));
     if (extra.length > 0 || data.status !== 'canceled') {
       throw new BadRequest("a client may only cancel a run: patch it with {status: 'canceled'}");

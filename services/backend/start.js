@@ -1,12 +1,16 @@
 #!/usr/bin/env node
 // Starts the Marcelle backend (@marcellejs/backend, unchanged) with this project's
-// configuration and the few rules the `runs` service needs:
-// - refuses to start with authentication on and no (or the example) JWT secret;
-// - creates/updates the worker account (role `worker`) from MARCELLE_WORKER_EMAIL/_PASSWORD;
+// configuration and the rules it needs:
+// - refuses to start with authentication on and no (or the example) JWT secret, or with a
+//   whitelist.services that is not a list of safe names;
+// - serves only the names the app uses, answers who may do what, throttles logins
+//   (access.js: in front of every REST request and Socket.IO packet, and app hooks);
+// - creates/updates the worker account (role `worker`) from MARCELLE_WORKER_EMAIL/_PASSWORD
+//   and the app's admin account (role `admin`) from MARCELLE_ADMIN_EMAIL/_PASSWORD;
 // - adds hooks to the `runs` service (validation of new runs, what a client may patch).
 // The package's `marcelle-backend` bin only calls app.listen(); its Feathers `app` (the
 // package's `lib/app` module) is the extension point used here: services and hooks are
-// added with Feathers' own API, after the package's hooks. Config: backend/config/*.yaml.
+// added with Feathers' own API. Config: backend/config/*.yaml.
 'use strict';
 
 const path = require('path');
@@ -42,11 +46,27 @@ function checkConfig(config) {
   if (!['nedb', 'mongodb'].includes(database)) {
     fail(`database must be nedb or mongodb, got ${JSON.stringify(database)}`);
   }
-  const services = config.get('whitelist.services');
-  if (Array.isArray(services) && !services.includes('runs')) {
-    fail('whitelist.services must include "runs"');
+  const servicesProblem = checkServiceNames(config.get('whitelist.services'));
+  if (servicesProblem) fail(servicesProblem);
+  const assets = config.get('whitelist.assets');
+  if (!Array.isArray(assets) || assets.length > 0) {
+    // The package's /assets routes (lib/services/assets/assets.service.js) join URL parameters
+    // into file paths; this app uploads no files.
+    fail(`whitelist.assets must be [] (this backend serves no file uploads), got ${JSON.stringify(assets)}`);
+  }
+  const limits = config.get('marcelleTorch.loginLimits');
+  for (const key of ['perClient', 'perAccount']) {
+    const { attempts, seconds } = limits[key] || {};
+    if (!(Number.isInteger(attempts) && attempts > 0 && Number.isInteger(seconds) && seconds > 0)) {
+      fail(`marcelleTorch.loginLimits.${key} must be {attempts, seconds} (positive integers)`);
+    }
+  }
+  if (typeof config.get('marcelleTorch.trustProxy') !== 'boolean') {
+    fail('marcelleTorch.trustProxy (MARCELLE_BACKEND_TRUST_PROXY) must be true or false');
   }
 }
+
+const { checkServiceNames, servedNames, restGuard, socketGuard, accessPolicy, logDenials, loginLimits } = require('./access');
 
 let config;
 try {
@@ -56,64 +76,134 @@ try {
 }
 checkConfig(config);
 
-const { BadRequest, MethodNotAllowed } = require('@feathersjs/errors');
+const http = require('http');
+const { BadRequest, MethodNotAllowed, NotAuthenticated } = require('@feathersjs/errors');
 const app = require('@marcellejs/backend/lib/app').default;
 const logger = require('@marcellejs/backend/lib/logger').default;
+const abilities = require('@marcellejs/backend/lib/authentication/abilities');
 const { runsHooks } = require('./runs-hooks');
 
-async function ensureWorkerAccount() {
-  const { workerEmail, workerPassword } = app.get('marcelleTorch') || {};
-  if (!workerEmail && !workerPassword) {
-    logger.warn('authentication is on and no worker account is configured (MARCELLE_WORKER_EMAIL/_PASSWORD)');
-    return;
+// @marcellejs/backend 0.6.5 lib/authentication/abilities.js logs the whole permissions
+// object (`console.log('permissions', ...)`) each time it computes a caller's rules (every
+// REST call with a token, every login). It reads `exports.defineRulesFor` at call time, so
+// this replacement (same rules: the role's list from `permissions`, with "${user.…}"
+// placeholders filled in; no rules for an unknown role, or for an account not yet stored,
+// whose `_id` is unknown) is used everywhere, without the log. Refused calls are logged by
+// logDenials instead.
+const UNDEFINED = Symbol('undefined placeholder');
+function fillPlaceholders(value, user) {
+  if (Array.isArray(value)) return value.map((v) => fillPlaceholders(v, user));
+  if (value && typeof value === 'object') {
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, fillPlaceholders(v, user)]));
   }
-  if (!workerEmail || !workerPassword) {
-    fail('set both MARCELLE_WORKER_EMAIL and MARCELLE_WORKER_PASSWORD, or neither');
+  const match = typeof value === 'string' && /^\$\{user\.([A-Za-z_][A-Za-z0-9_]*)\}$/.exec(value);
+  if (!match) return value;
+  if (user[match[1]] === undefined) throw UNDEFINED;
+  return user[match[1]];
+}
+abilities.defineRulesFor = (user, theApp) => {
+  const permissions = theApp.get('permissions') || {};
+  const rules = Object.prototype.hasOwnProperty.call(permissions, user.role) ? permissions[user.role] : [];
+  try {
+    return fillPlaceholders(rules, user);
+  } catch (error) {
+    if (error === UNDEFINED) return [];
+    throw error;
   }
+};
+
+/** Creates or updates an account the deployment owns (password and role from the environment). */
+async function ensureAccount(role, email, password, names) {
+  if (!email && !password) return false;
+  if (!email || !password) fail(`set both ${names[0]} and ${names[1]}, or neither`);
   if (app.get('database') === 'mongodb') {
     await app.get('mongoClient');
   }
   const [local] = app.service('authentication').getStrategies('local');
-  const password = await local.hashPassword(workerPassword, {});
+  const hashed = await local.hashPassword(password, {});
   const users = app.service('users');
   // Underscore methods skip the service hooks, which force every account to `editor`.
-  const found = await users._find({ query: { email: workerEmail }, paginate: false });
+  const found = await users._find({ query: { email }, paginate: false });
   if (found.length > 0) {
-    await users._patch(found[0]._id, { password, role: 'worker' });
+    await users._patch(found[0]._id, { password: hashed, role });
   } else {
-    await users._create({ email: workerEmail, password, role: 'worker' });
+    await users._create({ email, password: hashed, role });
   }
-  logger.info('worker account %s is ready', workerEmail);
+  logger.info('%s account %s is ready', role, email);
+  return true;
 }
 
-// Accounts are made through the API with the role `editor`; nobody may change a role there.
-function protectRoles(context) {
-  if (context.params.provider && context.data && 'role' in context.data) {
-    throw new BadRequest('the role of an account cannot be changed through the API');
+async function ensureAccounts() {
+  const { workerEmail, workerPassword, adminEmail, adminPassword } = app.get('marcelleTorch') || {};
+  if (workerEmail && adminEmail && workerEmail.trim().toLowerCase() === adminEmail.trim().toLowerCase()) {
+    fail('MARCELLE_ADMIN_EMAIL and MARCELLE_WORKER_EMAIL must be two different accounts');
+  }
+  if (!await ensureAccount('worker', workerEmail, workerPassword, ['MARCELLE_WORKER_EMAIL', 'MARCELLE_WORKER_PASSWORD'])) {
+    logger.warn('authentication is on and no worker account is configured (MARCELLE_WORKER_EMAIL/_PASSWORD)');
+  }
+  if (!await ensureAccount('admin', adminEmail, adminPassword, ['MARCELLE_ADMIN_EMAIL', 'MARCELLE_ADMIN_PASSWORD'])) {
+    logger.warn('authentication is on and no admin account is configured (MARCELLE_ADMIN_EMAIL/_PASSWORD)');
+  }
+}
+
+// A valid token (strategy jwt) of an account that no longer exists: the JWT strategy's
+// users.get answers NotFound; the caller is not authenticated.
+function deletedAccountIsNotAuthenticated(context) {
+  if (context.error && context.error.code === 404) {
+    context.error = new NotAuthenticated('The account of this token no longer exists');
   }
   return context;
 }
 
 async function main() {
   const authEnabled = app.get('authentication').enabled;
+  const allowSignup = app.get('authentication').allowSignup === true;
   const host = app.get('host');
   const port = app.get('port');
-  const server = app.listen(port, host);
-  // listen() has run setup() synchronously: make the runs service now, before any request.
-  app.service(':serviceName').getService('runs');
+  const trustProxy = app.get('marcelleTorch').trustProxy;
+  const services = app.get('whitelist').services;
+  const served = servedNames(services, authEnabled);
+
+  // What the package's bin does with app.listen(port), but with the guard in front of the
+  // whole Express app (@feathersjs/express 4.5 lib/index.js: listen = http server + setup).
+  // setup() attaches Socket.IO, which takes its own /socket.io/ requests before this handler.
+  const guard = restGuard(served, { trustProxy });
+  const server = http.createServer((req, res) => guard(req, res, () => app(req, res)));
+  app.setup(server);
+  socketGuard(app.io, served, { trustProxy });
+
+  // setup() has run: make the data services now, before any request.
+  for (const name of services) app.service(':serviceName').getService(name);
+  const abilityFor = (user) => abilities.defineAbilitiesFor(user, app);
+  app.hooks({
+    before: { all: [accessPolicy({ authEnabled, allowSignup, abilityFor })] },
+    error: { all: [logDenials(logger)] },
+  });
   app.service('runs').hooks(runsHooks({ authEnabled, errors: { BadRequest, MethodNotAllowed } }));
   if (authEnabled) {
-    app.service('users').hooks({ before: { update: [protectRoles], patch: [protectRoles] } });
+    const limits = loginLimits(app.get('marcelleTorch').loginLimits);
+    app.service('authentication').hooks({
+      before: { create: [limits.before] },
+      after: { create: [limits.after] },
+      error: { create: [deletedAccountIsNotAuthenticated] },
+    });
+    // The package's CASL hook on users.find (adapter `feathers-mongodb`) turns a rule with
+    // conditions into an `$and` query, which the users service's adapter refuses unless
+    // whitelisted (@feathersjs/adapter-commons 4.5 reads options.whitelist on each call).
+    const users = app.service('users');
+    users.options.whitelist = [...new Set([...(users.options.whitelist || []), '$and'])];
   }
   process.on('unhandledRejection', (reason) => logger.error('Unhandled Rejection: %s', reason));
 
+  // The accounts exist before the first request is accepted.
+  if (authEnabled) {
+    await ensureAccounts().catch((err) => fail(`cannot set up the worker and admin accounts: ${err.message}`));
+  }
+  server.listen(port, host);
   await new Promise((resolve, reject) => {
     server.once('listening', resolve);
     server.once('error', reject);
   }).catch((err) => fail(`cannot listen on ${host}:${port}: ${err.message}`));
-  if (authEnabled) {
-    await ensureWorkerAccount().catch((err) => fail(`cannot set up the worker account: ${err.message}`));
-  }
   const address = server.address();
   const where = app.get('database') === 'nedb' ? `nedb files in ${app.get('nedb')}` : 'mongodb';
   // The launcher (marcelle_torch.stack.backend) waits for this line.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import uuid
 from pathlib import Path
 from urllib.parse import quote
@@ -193,3 +194,18 @@ def test_traversal_names_with_authentication_on(make_backend, connect):
         problems += socket_corpus(logged_in, NAMES + [123, None])
     problems += check_unchanged(backend, before, NAMES)
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("services, message", [
+    ('"*"', "must be a list of service names"),
+    ('["runs", "x/../users"]', "is not a service name"),
+    ('["runs", "Datasets"]', "is not a service name"),
+    ('["runs", "users"]', "one of the backend's own services"),
+    ('["datasets"]', 'must include "runs"'),
+])
+def test_the_backend_refuses_a_whitelist_that_is_not_safe_names(backend_installed, tmp_path, services, message):
+    env = {**os.environ, "MARCELLE_BACKEND_DATA": str(tmp_path), "PORT": "0", "MARCELLE_BACKEND_SERVICES": services}
+    done = subprocess.run(["node", "start.js"], cwd=backend_installed, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2, done
+    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr

@@ -1,0 +1,278 @@
+// What may reach the Marcelle backend, and who may do what (start.js wires these in).
+//
+// 1. Service names. @marcellejs/backend 0.6.5 serves any name through its on-demand factory
+//    (`app.use('/:serviceName')`, lib/services/generic/dynamic.service.js) and opens
+//    `path.join(nedb, name + '.db')` for it (lib/models/generic-nedb.model.js), with the name
+//    URL-decoded: `/x%2F..%2Fusers` reached users.db, `/..%2F..%2Fa` wrote outside the data
+//    directory, `/runs.db%2Fx` crashed the process. `restGuard` (in front of the whole Express
+//    app) and `socketGuard` (on every Socket.IO packet) let through only the names this app
+//    serves; anything else is a JSON 404 that never reaches the package.
+// 2. Access. `accessPolicy` is an application `before` hook, so it runs before every service
+//    hook of the package (Feathers 4 runs app before-hooks first). It authenticates the caller
+//    and decides, per role, what the table in README.md#security says.
+// 3. Logins. `loginLimits` counts password attempts per client and per account
+//    (rate-limiter-flexible) and answers 429 with Retry-After.
+'use strict';
+
+const { RateLimiterMemory } = require('rate-limiter-flexible');
+const errors = require('@feathersjs/errors');
+const { authenticate } = require('@feathersjs/authentication').hooks;
+
+const { BadRequest, Forbidden, MethodNotAllowed, NotAuthenticated, NotFound, TooManyRequests } = errors;
+
+const SAFE_NAME = /^[a-z0-9-]+$/;
+// Names of the package's own services (users, authentication, info, assets, model stores,
+// its debugger): never made by the on-demand factory, so never in whitelist.services.
+const RESERVED = new Set(['users', 'authentication', 'info', 'assets', 'tfjs-models', 'onnx-models',
+  'feathers-debugger']);
+// The Feathers 4 socket methods (@feathersjs/transport-commons lib/socket/index.js).
+const SOCKET_METHODS = new Set(['find', 'get', 'create', 'update', 'patch', 'remove']);
+
+/** Checks whitelist.services; returns an error message, or null when it is a list of safe names. */
+function checkServiceNames(services) {
+  if (!Array.isArray(services)) {
+    return `whitelist.services must be a list of service names (e.g. ["runs"]), got ${JSON.stringify(services)}`;
+  }
+  for (const name of services) {
+    if (typeof name !== 'string' || !SAFE_NAME.test(name)) {
+      return `whitelist.services: ${JSON.stringify(name)} is not a service name (lowercase letters, digits and -)`;
+    }
+    if (RESERVED.has(name)) {
+      return `whitelist.services: "${name}" is one of the backend's own services, not a data service`;
+    }
+  }
+  if (!services.includes('runs')) return 'whitelist.services must include "runs"';
+  return null;
+}
+
+/** The names clients may call: the data services, `info`, and `users`/`authentication` with auth on. */
+function servedNames(services, authEnabled) {
+  return new Set([...services, 'info', ...(authEnabled ? ['users', 'authentication'] : [])]);
+}
+
+function notServed(served) {
+  return new NotFound(`No such service: this backend serves ${[...served].sort().join(', ')}`);
+}
+
+/** The client's address: the socket's peer, or the last X-Forwarded-For hop when a proxy is trusted. */
+function clientAddress(remoteAddress, headers, trustProxy) {
+  const forwarded = trustProxy && headers && headers['x-forwarded-for'];
+  if (typeof forwarded === 'string' && forwarded.trim()) {
+    const hops = forwarded.split(',').map((h) => h.trim()).filter(Boolean);
+    if (hops.length > 0) return hops[hops.length - 1];
+  }
+  return remoteAddress || 'unknown';
+}
+
+function sendError(res, error) {
+  const body = JSON.stringify(error.toJSON());
+  res.writeHead(error.code, { 'Content-Type': 'application/json; charset=utf-8', 'Content-Length': Buffer.byteLength(body) });
+  res.end(body);
+}
+
+/**
+ * A request handler in front of the Express app: only `/<served name>` and
+ * `/<served name>/<id>` go on. The raw (still encoded) first segment must be a served name
+ * exactly, so no encoding, dot, slash or case variant of a name gets through.
+ */
+function restGuard(served, { trustProxy }) {
+  return (req, res, next) => {
+    const pathname = (req.url || '').split('?')[0];
+    const segments = pathname.split('/');
+    if (segments.length > 2 && segments[segments.length - 1] === '') segments.pop(); // trailing slash
+    const [root, name, ...rest] = segments;
+    if (root !== '' || !served.has(name) || rest.length > 1) {
+      sendError(res, notServed(served));
+      return;
+    }
+    // Service hooks read these through params (@feathersjs/express 4 lib/rest/index.js keeps
+    // an existing req.feathers and adds provider/headers to it).
+    req.feathers = {
+      ...(req.feathers || {}),
+      clientAddress: clientAddress(req.socket && req.socket.remoteAddress, req.headers, trustProxy),
+      setResponseHeader: (header, value) => { if (!res.headersSent) res.setHeader(header, value); },
+    };
+    next();
+  };
+}
+
+/**
+ * On each Socket.IO connection: only `find|get|create|update|patch|remove` events whose
+ * first argument is a served name are dispatched; anything else (other names, legacy
+ * `<path>::<method>` events) is answered with a NotFound through its acknowledgement, if
+ * any, and dropped. Socket.IO 2 packet middleware (`socket.use`) sees the acknowledgement as
+ * the packet's last element (socket.io 2.5 lib/socket.js onevent/dispatch).
+ */
+function socketGuard(io, served, { trustProxy }) {
+  io.use((socket, next) => {
+    // @feathersjs/socketio 4 lib/middleware.js has set socket.feathers (the call params).
+    if (socket.feathers) {
+      socket.feathers.clientAddress = clientAddress(socket.handshake && socket.handshake.address,
+        socket.handshake && socket.handshake.headers, trustProxy);
+    }
+    socket.use((packet, nextPacket) => {
+      const [event, path] = packet;
+      if (SOCKET_METHODS.has(event) && typeof path === 'string' && served.has(path)) {
+        nextPacket();
+        return;
+      }
+      const ack = packet[packet.length - 1];
+      if (packet.length > 1 && typeof ack === 'function') ack(notServed(served).toJSON());
+    });
+    next();
+  });
+}
+
+const who = (user) => (user ? `${user.role || 'no-role'} ${user._id}` : 'anonymous');
+
+/**
+ * The access policy (application before-hook). With authentication off every caller is
+ * trusted (the local demo) and only many-at-once writes are refused.
+ */
+function accessPolicy({ authEnabled, allowSignup, abilityFor }) {
+  const jwt = authenticate('jwt');
+
+  async function authenticateCaller(context) {
+    try {
+      await jwt(context);
+    } catch (error) {
+      // A valid token whose account is gone: the JWT strategy's users.get answers NotFound.
+      if (error.code === 404) throw new NotAuthenticated('The account of this token no longer exists');
+      throw error;
+    }
+    const { user } = context.params;
+    if (!user) throw new NotAuthenticated('Not authenticated');
+    // The package's CASL hooks read params.ability, which only Socket.IO connections carry
+    // (set at login); it sets it for REST calls on data services only
+    // (@marcellejs/backend 0.6.5 lib/utils/permission-hooks.js), not on `users`.
+    if (!context.params.ability) context.params.ability = abilityFor(user);
+    return user;
+  }
+
+  function oneAtATime(context, what) {
+    const { method, id } = context;
+    if (method === 'update') throw new MethodNotAllowed(`${what} are changed with patch, not update`);
+    if ((method === 'patch' || method === 'remove') && (id === null || id === undefined)) {
+      throw new MethodNotAllowed(`${what} are ${method === 'patch' ? 'patched' : 'removed'} one at a time (give an id)`);
+    }
+  }
+
+  async function runs(context) {
+    const user = authEnabled ? await authenticateCaller(context) : null;
+    oneAtATime(context, 'runs');
+    if (!authEnabled) return;
+    const { method } = context;
+    const role = user.role;
+    if (role === 'admin') return;
+    if (role === 'worker') {
+      if (!['find', 'get', 'patch'].includes(method)) {
+        throw new Forbidden('The worker account may only find, get and patch runs');
+      }
+      return;
+    }
+    if (role === 'editor') {
+      // A user's own runs only: another user's run is not found.
+      if (method !== 'create') context.params.query = { ...(context.params.query || {}), userId: user._id };
+      return;
+    }
+    throw new Forbidden(`The role ${JSON.stringify(role)} has no access to runs`);
+  }
+
+  async function users(context) {
+    const { method, id } = context;
+    if (method === 'create') {
+      // With sign-up on anyone may make an account (the package makes it an `editor`).
+      if (allowSignup) return;
+      const user = await authenticateCaller(context);
+      if (user.role !== 'admin') throw new Forbidden('Sign-up is off: only the admin account creates accounts');
+      return;
+    }
+    const user = await authenticateCaller(context);
+    oneAtATime(context, 'accounts');
+    const isAdmin = user.role === 'admin';
+    const self = String(user._id);
+    if (method === 'find') {
+      if (!isAdmin) context.params.query = { ...(context.params.query || {}), _id: user._id };
+      return;
+    }
+    const own = String(id) === self;
+    if (!own && !isAdmin) throw new NotFound(`No record found for id '${id}'`);
+    if (method === 'get') return;
+    if (!own) throw new Forbidden('The admin account reads accounts; it does not change or delete them');
+    if (user.role !== 'editor') {
+      throw new Forbidden(`The ${user.role} account is managed by the deployment (environment), not through the API`);
+    }
+    if (method === 'patch') {
+      const data = context.data && typeof context.data === 'object' ? context.data : {};
+      const keys = Object.keys(data);
+      if (keys.length === 0 || keys.some((k) => k !== 'password') || typeof data.password !== 'string') {
+        throw new BadRequest('An account may only change its password: patch it with {password}');
+      }
+    }
+  }
+
+  return async (context) => {
+    if (!context.params.provider) return context; // calls made inside the backend
+    if (context.path === 'runs') await runs(context);
+    else if (context.path === 'users') await users(context);
+    return context;
+  };
+}
+
+/** Application error-hook: one line per refused external call (the decision, not the rules). */
+function logDenials(logger) {
+  return (context) => {
+    const { error, params } = context;
+    // `:serviceName` is the package's on-demand service, which REST calls to data services
+    // pass through (its Express route comes first); the data service's own call logs.
+    if (params.provider && error && [401, 403, 405, 429].includes(error.code) && context.path !== ':serviceName') {
+      const id = context.id !== undefined && context.id !== null ? ` ${context.id}` : '';
+      logger.info('denied %s %s%s for %s: %d %s', context.method, context.path, id, who(params.user), error.code,
+        error.message);
+    }
+    return context;
+  };
+}
+
+/**
+ * Login throttling, as hooks of the `authentication` service (REST and Socket.IO alike):
+ * every password attempt (strategy `local`) costs a point per client address and per account;
+ * a successful one, or one refused here, gives them back. Past the budget: 429 with Retry-After (REST header, and
+ * `data.retryAfter` in the error for Socket.IO clients).
+ */
+function loginLimits({ perClient, perAccount }) {
+  const clients = new RateLimiterMemory({ keyPrefix: 'login-client', points: perClient.attempts, duration: perClient.seconds });
+  const accounts = new RateLimiterMemory({ keyPrefix: 'login-account', points: perAccount.attempts, duration: perAccount.seconds });
+
+  const accountOf = (data) => (data && typeof data.email === 'string' ? data.email.trim().toLowerCase() : '');
+  const isPasswordLogin = (context) => context.params.provider && context.data && context.data.strategy === 'local';
+
+  async function before(context) {
+    if (!isPasswordLogin(context)) return context;
+    const client = context.params.clientAddress || 'unknown';
+    const account = accountOf(context.data);
+    const results = await Promise.allSettled([clients.consume(client), accounts.consume(account)]);
+    const refused = results.filter((r) => r.status === 'rejected').map((r) => r.reason);
+    if (refused.length > 0) {
+      const unexpected = refused.find((r) => r instanceof Error);
+      if (unexpected) throw unexpected;
+      // A refused attempt checks no password: it costs nothing.
+      await Promise.all([clients.reward(client, 1), accounts.reward(account, 1)]);
+      const seconds = Math.max(1, Math.ceil(Math.max(...refused.map((r) => r.msBeforeNext)) / 1000));
+      if (typeof context.params.setResponseHeader === 'function') context.params.setResponseHeader('Retry-After', String(seconds));
+      throw new TooManyRequests(`Too many login attempts: try again in ${seconds} s`, { retryAfter: seconds });
+    }
+    context.params.loginCounted = { client, account };
+    return context;
+  }
+
+  async function after(context) {
+    const counted = context.params.loginCounted;
+    if (counted) await Promise.all([clients.reward(counted.client, 1), accounts.reward(counted.account, 1)]);
+    return context;
+  }
+
+  return { before, after };
+}
+
+module.exports = { checkServiceNames, servedNames, restGuard, socketGuard, accessPolicy, logDenials, loginLimits };
