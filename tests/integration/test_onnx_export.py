@@ -237,3 +237,10 @@ def test_default_out_dir_needs_the_project_root(tmp_path):
 def test_old_opset_needs_the_torchscript_exporter(tmp_path):
     proc = run_cli("digits", "--out", tmp_path / "d", "--opset", "17")
     assert_one_line_error(proc, "opset 17", "--exporter torchscript")
+
+
+def test_a_generation_model_is_refused_at_once_in_one_line(tmp_path):
+    proc = run_cli("digits-generator", "--out", tmp_path / "gen")
+    assert_one_line_error(proc, "model digits-generator is a generation model",
+                          "an ONNX export takes classification models only")
+    assert not (tmp_path / "gen").exists()

@@ -62,3 +62,16 @@ def test_a_model_slower_than_the_timeout_is_answered_504_json(tight_serve):
     assert error["code"] == "timeout" and "slow" in error["message"]
     # The server keeps serving other models.
     assert httpx.get(f"{tight_serve}/readyz", timeout=30).status_code == 200
+
+
+def test_a_generation_model_is_refused_at_once_in_one_line():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "marcelle_torch.cli", "serve", "--model", "digits-generator",
+                           "--port", "0"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "marcelle-torch serve: error: model digits-generator is a generation model: Ray Serve takes "
+        "classification models only (one forward pass per request); run it through the backend worker"]
+    assert "serving on" not in proc.stdout  # refused before any Ray process started

@@ -29,6 +29,9 @@ def make(**overrides):
     ({"labels": ()}, "needs labels"),
     ({"labels": ("a", "a")}, "labels must be unique"),
     ({"weights": Weights(path="/no/such/weights.pt")}, "weights path not found"),
+    ({"task": "generation"}, "a generation model needs run"),
+    ({"task": "generation", "run": "not callable"}, "a generation model needs run"),
+    ({"run": lambda *a: {}}, "run is for generation models"),
 ])
 def test_spec_validation_errors(overrides, message):
     with pytest.raises(InvalidSpec, match=message):
@@ -44,6 +47,17 @@ def test_spec_validation_errors(overrides, message):
 def test_weights_validation_errors(kwargs, message):
     with pytest.raises(InvalidSpec, match=message):
         Weights(**kwargs)
+
+
+@pytest.mark.parametrize("path, where", [("serve", "Ray Serve"), ("onnx", "an ONNX export")])
+def test_each_path_refuses_what_it_cannot_run_in_one_line(path, where):
+    generator = get_spec("digits-generator")
+    with pytest.raises(InvalidSpec) as refused:
+        generator.require(path)
+    assert str(refused.value) == (f"model digits-generator is a generation model: {where} takes classification "
+                                  "models only (one forward pass per request); run it through the backend worker")
+    assert generator.require("worker") is generator
+    assert get_spec("digits").require(path).name == "digits"
 
 
 def test_metadata_is_json_ready():

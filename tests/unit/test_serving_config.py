@@ -38,10 +38,15 @@ def test_overrides_are_applied_and_validated():
     assert yaml.safe_load(DEFAULT_CONFIG.read_text())["http_options"]["port"] == 8000
 
 
-def test_gpu_override_adds_settings_for_a_model_without_any():
-    config = load_serve_config(models=["digits", "marcelle_torch.models.digits:spec"], num_gpus=0.5)
+def test_gpu_override_adds_settings_for_a_model_without_any(tmp_path, monkeypatch):
+    (tmp_path / "gpu_user_model.py").write_text(
+        "from torch import nn\nfrom marcelle_torch.models import ModelSpec, TensorInput\n"
+        "def spec():\n    return ModelSpec(name='on-gpu', task='classification', build=nn.Identity,\n"
+        "                     input=TensorInput(shape=(2,)), labels=('x', 'y'))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = load_serve_config(models=["digits", "gpu_user_model:spec"], num_gpus=0.5)
     deployments = {d["name"]: d for d in config["applications"][0]["deployments"]}
-    assert deployments["model-spec"]["ray_actor_options"] == {"num_gpus": 0.5}
+    assert deployments["model-on-gpu"]["ray_actor_options"] == {"num_gpus": 0.5}
 
 
 def _write(tmp_path, text):
@@ -75,6 +80,14 @@ def test_missing_file(tmp_path):
         load_serve_config(tmp_path / "nope.yaml")
 
 
-def test_deployment_names_for_import_paths():
+def test_deployment_names_come_from_the_spec_name(tmp_path, monkeypatch):
+    # Two packages whose factories are both called `spec` must not share a deployment.
+    for pkg, name in (("pkg_a", "alpha"), ("pkg_b", "beta")):
+        (tmp_path / f"{pkg}.py").write_text(
+            "from torch import nn\nfrom marcelle_torch.models import ModelSpec, TensorInput\n"
+            f"def spec():\n    return ModelSpec(name='{name}', task='classification', build=nn.Identity,\n"
+            "                     input=TensorInput(shape=(2,)), labels=('x', 'y'))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
     assert model_deployment_name("digits") == "model-digits"
-    assert model_deployment_name("my_pkg.models:my_model") == "model-my-model"
+    assert model_deployment_name("pkg_a:spec") == "model-alpha"
+    assert model_deployment_name("pkg_b:spec") == "model-beta"

@@ -317,6 +317,7 @@ def spec() -> ModelSpec:
         version="1",
         description="Class-conditional diffusion model drawing 8x8 optdigits for a requested digit (DDIM sampling)",
         params=dict(PARAMS),
+        run=run,
     )
 
 

@@ -15,6 +15,8 @@ from typing import Any, Callable, Literal
 from ..errors import InvalidSpec
 
 Task = Literal["classification", "generation"]
+# The three ways a model runs: Ray Serve, ONNX in the browser, the backend's run worker.
+Path_ = Literal["serve", "onnx", "worker"]
 TASKS = ("classification", "generation")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -114,6 +116,9 @@ class ModelSpec:
     description: str = ""
     # Extra settings a task needs (e.g. generation steps); JSON-serialisable.
     params: dict = field(default_factory=dict)
+    # A generation model's run: run(module, input, params, report) -> result, where
+    # report(progress, partial=None) streams progress (see models.digits_generator.run).
+    run: Callable[..., Any] | None = None
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not NAME_RE.match(self.name):
@@ -128,11 +133,24 @@ class ModelSpec:
             raise InvalidSpec(f"model {self.name}: input must be ImageInput or TensorInput")
         if self.task == "classification" and not self.labels:
             raise InvalidSpec(f"model {self.name}: a classification model needs labels")
+        if self.task == "generation" and not callable(self.run):
+            raise InvalidSpec(f"model {self.name}: a generation model needs run(module, input, params, report)")
+        if self.task == "classification" and self.run is not None:
+            raise InvalidSpec(f"model {self.name}: run is for generation models; a classifier's module "
+                              "is called on a batch")
         if len(set(self.labels)) != len(self.labels):
             raise InvalidSpec(f"model {self.name}: labels must be unique")
         if self.weights.path and not Path(self.weights.path).expanduser().exists():
             # Checked at load time too; said here so a typo fails where it is written.
             raise InvalidSpec(f"model {self.name}: weights path not found: {self.weights.path}")
+
+    def require(self, path: Path_) -> "ModelSpec":
+        """This spec, if ``path`` can run it; else InvalidSpec saying why, in one line."""
+        if path in ("serve", "onnx") and self.task != "classification":
+            where = "Ray Serve" if path == "serve" else "an ONNX export"
+            raise InvalidSpec(f"model {self.name} is a {self.task} model: {where} takes classification models "
+                              "only (one forward pass per request); run it through the backend worker")
+        return self
 
     def metadata(self) -> dict:
         return {

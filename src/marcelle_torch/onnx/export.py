@@ -200,7 +200,7 @@ def export_bundle(ref: str, out_dir: Path | None = None, opset: int = DEFAULT_OP
         on_step(f"[{next(n)}/{steps}] {msg}")
 
     _check_options(opset, exporter)
-    spec = get_spec(ref)
+    spec = get_spec(ref).require("onnx")
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(spec.name)
     _check_writable(out_dir)
     step(f"load {spec.name} v{spec.version} (weights: {spec.weights.describe})")

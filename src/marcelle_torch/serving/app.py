@@ -332,10 +332,10 @@ def build_app(args: dict) -> serve.Application:
         raise ConfigError("application args: cors_origins must be a list of origins")
     handles = {}
     for ref in models:
-        spec = get_spec(ref)  # fail the deploy now on an unknown model, not in a replica
+        spec = get_spec(ref).require("serve")  # fail the deploy now, not in a replica
         if spec.name in handles:
             raise ConfigError(f"application args: model {spec.name} listed twice")
-        handles[spec.name] = ModelServer.options(name=model_deployment_name(ref)).bind(
+        handles[spec.name] = ModelServer.options(name=model_deployment_name(spec.name)).bind(
             ref, bool(args.get("train_if_missing", True)))
     return Ingress.bind(handles, origins, int(args.get("max_body_bytes", 4 * 1024 * 1024)),
                         float(args.get("request_timeout_s", 30.0)))

@@ -49,7 +49,7 @@ def cmd_serve(args) -> int:
     # Train (or download) first, with progress here, rather than silently inside a replica.
     for app in our_applications(config):
         for ref in app["args"]["models"]:
-            spec = get_spec(ref)
+            spec = get_spec(ref).require("serve")
             path = resolve_weights(spec, train_if_missing=True, progress=True)
             print(f"model {spec.name}: weights {path or 'none (built as initialised)'}", flush=True)
 

@@ -24,9 +24,14 @@ class ConfigError(MarcelleTorchError):
 
 
 def model_deployment_name(model: str) -> str:
-    """The deployment serving ``model`` (its settings sit under this name in the config)."""
-    # An import path ("pkg.mod:factory") is not a valid deployment name; its factory part is.
-    return "model-" + model.rsplit(":", 1)[-1].replace("_", "-")
+    """The deployment serving ``model``, a name or a ``pkg.mod:factory`` reference (its settings
+    sit under this name in the config): ``model-<spec name>``, so two references whose factories
+    have the same name (``a.models:spec``, ``b.models:spec``) never share a deployment."""
+    if ":" in model:
+        from ..models import get_spec
+
+        model = get_spec(model).name
+    return "model-" + model
 
 
 def load_serve_config(path: str | Path | None = None, *, host: str | None = None, port: int | None = None,

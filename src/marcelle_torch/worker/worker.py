@@ -28,13 +28,12 @@ failed | canceled. The protocol, all through the backend (the worker exposes no 
 
 Models: a classification run's ``input`` is one instance as the Serve API takes it (an
 image data URL, ``{"b64": ...}`` or a nested list); its result is ``{label, confidences}``.
-A generation model's module provides ``run(model, input, params, report) -> result``
+A generation model's spec gives ``run(model, input, params, report) -> result``
 (see ``models.digits_generator.run``).
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import queue
@@ -135,14 +134,7 @@ class Worker:
         for name in self.model_names:
             spec = get_spec(name)
             module = load_model(spec, train_if_missing=True, progress=progress)
-            runner = None
-            if spec.task == "generation":
-                source = importlib.import_module(spec.build.__module__)
-                runner = getattr(source, "run", None)
-                if not callable(runner):
-                    raise InvalidInput(f"generation model {name}: its module {source.__name__} has no "
-                                       "run(model, input, params, report) function")
-            self.models[spec.name] = (spec, module, runner)
+            self.models[spec.name] = (spec.require("worker"), module, spec.run)
             log.info("model %s ready (%s)", spec.name, spec.task)
 
     def _install_handlers(self) -> None:
