@@ -54,12 +54,16 @@ function notServed(served) {
   return new NotFound(`No such service: this backend serves ${[...served].sort().join(', ')}`);
 }
 
-/** The client's address: the socket's peer, or the last X-Forwarded-For hop when a proxy is trusted. */
-function clientAddress(remoteAddress, headers, trustProxy) {
-  const forwarded = trustProxy && headers && headers['x-forwarded-for'];
-  if (typeof forwarded === 'string' && forwarded.trim()) {
+/**
+ * The client's address: the socket's peer, or, behind `trustedProxies` proxies that each
+ * append to X-Forwarded-For (nginx: $proxy_add_x_forwarded_for), the hop the farthest
+ * trusted proxy saw. Entries before it are the client's to write, so they are never used.
+ */
+function clientAddress(remoteAddress, headers, trustedProxies) {
+  const forwarded = trustedProxies > 0 && headers && headers['x-forwarded-for'];
+  if (typeof forwarded === 'string') {
     const hops = forwarded.split(',').map((h) => h.trim()).filter(Boolean);
-    if (hops.length > 0) return hops[hops.length - 1];
+    if (hops.length > 0) return hops[Math.max(0, hops.length - trustedProxies)];
   }
   return remoteAddress || 'unknown';
 }
@@ -75,7 +79,7 @@ function sendError(res, error) {
  * `/<served name>/<id>` go on. The raw (still encoded) first segment must be a served name
  * exactly, so no encoding, dot, slash or case variant of a name gets through.
  */
-function restGuard(served, { trustProxy }) {
+function restGuard(served, { trustedProxies }) {
   return (req, res, next) => {
     const pathname = (req.url || '').split('?')[0];
     const segments = pathname.split('/');
@@ -89,7 +93,7 @@ function restGuard(served, { trustProxy }) {
     // an existing req.feathers and adds provider/headers to it).
     req.feathers = {
       ...(req.feathers || {}),
-      clientAddress: clientAddress(req.socket && req.socket.remoteAddress, req.headers, trustProxy),
+      clientAddress: clientAddress(req.socket && req.socket.remoteAddress, req.headers, trustedProxies),
       setResponseHeader: (header, value) => { if (!res.headersSent) res.setHeader(header, value); },
     };
     next();
@@ -103,12 +107,12 @@ function restGuard(served, { trustProxy }) {
  * any, and dropped. Socket.IO 2 packet middleware (`socket.use`) sees the acknowledgement as
  * the packet's last element (socket.io 2.5 lib/socket.js onevent/dispatch).
  */
-function socketGuard(io, served, { trustProxy }) {
+function socketGuard(io, served, { trustedProxies }) {
   io.use((socket, next) => {
     // @feathersjs/socketio 4 lib/middleware.js has set socket.feathers (the call params).
     if (socket.feathers) {
       socket.feathers.clientAddress = clientAddress(socket.handshake && socket.handshake.address,
-        socket.handshake && socket.handshake.headers, trustProxy);
+        socket.handshake && socket.handshake.headers, trustedProxies);
     }
     socket.use((packet, nextPacket) => {
       const [event, path] = packet;

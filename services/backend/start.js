@@ -61,8 +61,9 @@ function checkConfig(config) {
       fail(`marcelleTorch.loginLimits.${key} must be {attempts, seconds} (positive integers)`);
     }
   }
-  if (typeof config.get('marcelleTorch.trustProxy') !== 'boolean') {
-    fail('marcelleTorch.trustProxy (MARCELLE_BACKEND_TRUST_PROXY) must be true or false');
+  const proxies = config.get('marcelleTorch.trustedProxies');
+  if (!(Number.isInteger(proxies) && proxies >= 0)) {
+    fail(`marcelleTorch.trustedProxies (MARCELLE_BACKEND_TRUSTED_PROXIES) must be 0, 1, 2, ..., got ${JSON.stringify(proxies)}`);
   }
 }
 
@@ -160,17 +161,17 @@ async function main() {
   const allowSignup = app.get('authentication').allowSignup === true;
   const host = app.get('host');
   const port = app.get('port');
-  const trustProxy = app.get('marcelleTorch').trustProxy;
+  const trustedProxies = app.get('marcelleTorch').trustedProxies;
   const services = app.get('whitelist').services;
   const served = servedNames(services, authEnabled);
 
   // What the package's bin does with app.listen(port), but with the guard in front of the
   // whole Express app (@feathersjs/express 4.5 lib/index.js: listen = http server + setup).
   // setup() attaches Socket.IO, which takes its own /socket.io/ requests before this handler.
-  const guard = restGuard(served, { trustProxy });
+  const guard = restGuard(served, { trustedProxies });
   const server = http.createServer((req, res) => guard(req, res, () => app(req, res)));
   app.setup(server);
-  socketGuard(app.io, served, { trustProxy });
+  socketGuard(app.io, served, { trustedProxies });
 
   // setup() has run: make the data services now, before any request.
   for (const name of services) app.service(':serviceName').getService(name);

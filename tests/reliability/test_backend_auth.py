@@ -58,6 +58,36 @@ def test_failed_logins_are_throttled_per_account_then_per_client(auth_backend, c
     assert auth_backend.alive()
 
 
+def spend_client_budget(url, forwarded_for):
+    """PER_CLIENT failed logins (each for another account) sent with this X-Forwarded-For."""
+    for attempt in range(PER_CLIENT):
+        reply = rest_call(url, "POST", "/authentication", {"strategy": "local", "password": "wrong",
+                                                            "email": f"n{attempt}-{uuid.uuid4().hex[:6]}@x.test"},
+                          headers={"X-Forwarded-For": forwarded_for})
+        assert reply.status == 401, f"attempt {attempt + 1}: {reply}"
+
+
+def wrong_login_from(url, forwarded_for):
+    return rest_call(url, "POST", "/authentication", {"strategy": "local", "email": "x@x.test", "password": "wrong"},
+                     headers={"X-Forwarded-For": forwarded_for})
+
+
+def test_x_forwarded_for_is_ignored_unless_proxies_are_trusted(auth_backend):
+    # A client cannot get a fresh budget by writing the header itself.
+    spend_client_budget(auth_backend.url, "10.0.0.1")
+    assert_throttled(wrong_login_from(auth_backend.url, "10.0.0.2"))
+
+
+def test_behind_trusted_proxies_each_client_has_its_own_budget(make_backend):
+    backend = make_backend(auth=True, secret=SECRET, worker_email=WORKER[0], worker_password=WORKER[1],
+                           extra_env={"MARCELLE_BACKEND_TRUSTED_PROXIES": "2"})
+    # The header behind an Ingress controller and nginx: what the client wrote itself, the
+    # client's address (appended by the Ingress controller), the controller's (by nginx).
+    spend_client_budget(backend.url, "6.6.6.6, 203.0.113.7, 10.0.0.9")
+    assert_throttled(wrong_login_from(backend.url, "7.7.7.7, 203.0.113.7, 10.0.0.9"))
+    assert wrong_login_from(backend.url, "6.6.6.6, 203.0.113.8, 10.0.0.9").status == 401
+
+
 def test_successful_logins_are_not_throttled(auth_backend):
     for _ in range(PER_CLIENT + 2):
         assert login(auth_backend.url, *WORKER)["user"]["role"] == "worker"
