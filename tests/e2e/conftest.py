@@ -45,6 +45,8 @@ class Target:
     metrics: dict[str, str]
     # (email, password) of a backend user when the backend's authentication is on.
     credentials: tuple[str, str] | None = None
+    # The local stack itself (its supervised children); None on a cluster.
+    stack: object | None = None
 
 
 @pytest.fixture(scope="session", params=["local", "kind"])
@@ -72,7 +74,7 @@ def _local_target(workdir: Path):
         urls = stack.urls
         yield Target("local", webapp=urls["webapp"].rstrip("/"), serve=urls["serve"].rstrip("/"),
                      backend=urls["backend"].rstrip("/"), socketio_path="/socket.io",
-                     metrics={"serve": urls["serve_metrics"], "worker": urls["worker_metrics"]})
+                     metrics={"serve": urls["serve_metrics"], "worker": urls["worker_metrics"]}, stack=stack)
     finally:
         stack.stop(say=lambda msg: print(f"[stack] {msg}", flush=True))
 

@@ -24,3 +24,21 @@ def test_backend_run_completes_with_progress(target):
 
 def test_metrics_endpoints_answer(target):
     scenarios.metrics_answer(target)
+
+
+def test_a_killed_worker_is_restarted_and_runs_go_on(target):
+    if target.stack is None:
+        pytest.skip("local launcher only: on Kubernetes the Deployment restarts the worker Pod")
+    import signal
+    import time
+
+    supervisor = target.stack.supervisor
+    killed = supervisor.current("worker 1")
+    killed.signal(signal.SIGKILL)
+    deadline = time.monotonic() + 300
+    while supervisor.current("worker 1") in (killed, None) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert supervisor.current("worker 1") not in (killed, None), "the worker was not restarted"
+    assert supervisor.registry.get_sample_value("marcelle_torch_stack_restarts_total",
+                                                {"component": "worker 1"}) == 1
+    scenarios.backend_run_completes_with_progress(target)

@@ -71,10 +71,12 @@ class HealthProbe:
     does not.
     """
 
-    def __init__(self, targets: dict[str, str], host: str = "127.0.0.1", port: int = 0, timeout: float = 3.0):
+    def __init__(self, targets: dict[str, str], host: str = "127.0.0.1", port: int = 0, timeout: float = 3.0,
+                 registry=None):
         if not targets:
             raise ValueError("HealthProbe needs at least one target")
         self.targets = dict(targets)
+        self.registry = registry  # a prometheus_client registry exported beside the probes
         self.timeout = timeout
         probe = self
 
@@ -125,7 +127,12 @@ class HealthProbe:
             for name, result in results.items():
                 url = self.targets[name].replace("\\", "\\\\").replace('"', '\\"')
                 lines.append(f'{metric}{{target="{name}",url="{url}"}} {result[index]}')
-        return "\n".join(lines) + "\n"
+        text = "\n".join(lines) + "\n"
+        if self.registry is not None:
+            from prometheus_client import generate_latest
+
+            text += generate_latest(self.registry).decode()
+        return text
 
     def stop(self) -> None:
         self._server.shutdown()
@@ -177,7 +184,7 @@ class PrometheusHandle:
 def start_prometheus(targets: dict[str, list[str]], data_dir: str | Path, port: int = 0, *,
                      host: str = "127.0.0.1", rule_files: list[str | Path] | None = None,
                      health: dict[str, str] | None = None, scrape_interval: str = "2s",
-                     retention: str = "2d", ready_timeout: float = 120.0) -> PrometheusHandle:
+                     retention: str = "2d", ready_timeout: float = 120.0, registry=None) -> PrometheusHandle:
     """Start Prometheus scraping ``targets`` ({job: ["host:port", ...]}) with data in ``data_dir``.
 
     ``health`` ({name: url}) adds a `HealthProbe` scraped as job ``probe``. ``rule_files``
@@ -193,7 +200,7 @@ def start_prometheus(targets: dict[str, list[str]], data_dir: str | Path, port: 
             raise StartupError(f"rule file {path} does not exist")
 
     # Probe timeout below the scrape timeout, so a dead target reads 0 instead of a failed scrape.
-    probe = HealthProbe(health, host=host, timeout=1.5) if health else None
+    probe = HealthProbe(health, host=host, timeout=1.5, registry=registry) if health else None
     try:
         jobs = dict(targets)
         if probe:

@@ -3,6 +3,7 @@ file, waited for over HTTP, and stopped with their whole group (Ray spawns many)
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -42,7 +43,7 @@ class ManagedProcess:
     """One child process (and its process group) with its output in ``log_path``."""
 
     def __init__(self, name: str, argv: list[str], log_path: Path, env: dict | None = None,
-                 cwd: str | Path | None = None):
+                 cwd: str | Path | None = None, die_with_parent: bool = False):
         self.name = name
         self.argv = argv
         self.log_path = Path(log_path)
@@ -51,6 +52,7 @@ class ManagedProcess:
         self.proc = subprocess.Popen(
             argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True,
+            preexec_fn=_sigterm_when_parent_dies if die_with_parent else None,
         )
 
     @property
@@ -126,6 +128,13 @@ def session_processes(sid: int) -> list[int]:
     out = subprocess.run(["ps", "-eo", "pid=,sid=,stat="], capture_output=True, text=True).stdout
     rows = (line.split() for line in out.splitlines())
     return [int(r[0]) for r in rows if len(r) == 3 and r[1] == str(sid) and not r[2].startswith("Z")]
+
+
+def _sigterm_when_parent_dies() -> None:
+    """In the child, before exec: SIGTERM it when its parent dies, even by SIGKILL, so a
+    killed launcher leaves no orphans (each child then stops what it started itself)."""
+    PR_SET_PDEATHSIG = 1  # linux/prctl.h
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _signal_group(pgid: int, sig: int) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from .processes import ManagedProcess, StartupError, port_or_free
+from .supervise import Supervisor
 from .webapp import WebappNotBuilt, start_webapp
 
 CLASSIFIER = "digits"
@@ -44,12 +45,20 @@ class Stack:
 
     urls: dict[str, str] = field(default_factory=dict)
     logs: Path | None = None
+    supervisor: Supervisor = field(default_factory=Supervisor)
     _stops: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
 
     def add(self, name: str, stop: Callable[[], None]) -> None:
         self._stops.append((name, stop))
 
+    def supervise(self, name: str, start: Callable[[], object]):
+        """Start a child process and restart it (with backoff) whenever it dies."""
+        entry = self.supervisor.add(name, start)
+        self.add(name, lambda: entry.child is not None and entry.child.stop())
+        return entry.child
+
     def stop(self, say=lambda msg: None) -> None:
+        self.supervisor.stop()  # nothing is restarted while the stack stops
         while self._stops:
             name, stop = self._stops.pop()
             say(f"stopping {name}")
@@ -106,24 +115,31 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
     worker_metrics_port = port_or_free(options.worker_metrics_port, host)
     webapp_origin = f"http://{host}:{webapp_port}"
 
-    stack = Stack(logs=logs)
+    stack = Stack(logs=logs, supervisor=Supervisor(say))
     try:
         say(f"[2/{total}] Ray Serve on port {serve_port} (log: {logs / 'serve.log'})")
-        serve = ManagedProcess("ray serve", _cli(
-            "serve", "--host", host, "--port", str(serve_port), "--cors-origin", webapp_origin,
-            "--metrics-port", str(serve_metrics_port)), logs / "serve.log")
-        stack.add("Ray Serve", serve.stop)
         serve_url = f"http://{host}:{serve_port}"
-        serve.wait_http(f"{serve_url}/readyz", options.ready_timeout)
+
+        def start_serve() -> ManagedProcess:
+            serve = ManagedProcess("ray serve", _cli(
+                "serve", "--host", host, "--port", str(serve_port), "--cors-origin", webapp_origin,
+                "--metrics-port", str(serve_metrics_port)), logs / "serve.log", die_with_parent=True)
+            try:
+                serve.wait_http(f"{serve_url}/readyz", options.ready_timeout)
+            except BaseException:
+                serve.stop()
+                raise
+            return serve
+
+        stack.supervise("Ray Serve", start_serve)
         stack.urls["serve"] = serve_url
         stack.urls["serve_metrics"] = f"http://{host}:{serve_metrics_port}/metrics"
 
         backend_port = port_or_free(options.backend_port, host)
         say(f"[3/{total}] Marcelle backend on port {backend_port} (data: {workdir / 'backend'})")
-        backend = start_backend(workdir / "backend", port=backend_port, host=host,
-                                log_path=logs / "backend.log",
-                                **({"package_dir": options.backend_dir} if options.backend_dir else {}))
-        stack.add("Marcelle backend", backend.stop)
+        backend = stack.supervise("Marcelle backend", lambda: start_backend(
+            workdir / "backend", port=backend_port, host=host, log_path=logs / "backend.log",
+            **({"package_dir": options.backend_dir} if options.backend_dir else {})))
         stack.urls["backend"] = backend.url
 
         say(f"[4/{total}] run worker{'s' if options.workers > 1 else ''} ({options.workers})")
@@ -132,12 +148,20 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
         threads = max(1, len(os.sched_getaffinity(0)) // options.workers)
         for i in range(options.workers):
             port = worker_metrics_port if i == 0 else port_or_free(0, host)
-            worker = ManagedProcess(f"worker {i + 1}", _cli(
-                "worker", "--backend", backend.url, "--name", f"local-{i + 1}",
-                "--metrics-port", str(port), "--metrics-host", host, "--threads", str(threads)),
-                logs / f"worker-{i + 1}.log")
-            stack.add(f"worker {i + 1}", worker.stop)
-            worker.wait_http(f"http://{host}:{port}/metrics", 120)
+
+            def start_worker(i=i, port=port) -> ManagedProcess:
+                worker = ManagedProcess(f"worker {i + 1}", _cli(
+                    "worker", "--backend", backend.url, "--name", f"local-{i + 1}",
+                    "--metrics-port", str(port), "--metrics-host", host, "--threads", str(threads)),
+                    logs / f"worker-{i + 1}.log", die_with_parent=True)
+                try:
+                    worker.wait_http(f"http://{host}:{port}/metrics", 120)
+                except BaseException:
+                    worker.stop()
+                    raise
+                return worker
+
+            stack.supervise(f"worker {i + 1}", start_worker)
             worker_ports.append(port)
         stack.urls["worker_metrics"] = f"http://{host}:{worker_ports[0]}/metrics"
 
@@ -162,12 +186,14 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
                 }
                 prom = start_prometheus(targets, workdir / "prometheus", host=host,
                                         port=port_or_free(options.prometheus_port, host),
-                                        health={"backend": backend.url, "webapp": url})
+                                        health={"backend": backend.url, "webapp": url},
+                                        registry=stack.supervisor.registry)
                 stack.add("Prometheus", prom.stop)
                 stack.urls["prometheus"] = prom.url
     except BaseException:
         stack.stop(say)
         raise
+    stack.supervisor.watch()
     return stack
 
 
