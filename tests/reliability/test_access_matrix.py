@@ -1,4 +1,5 @@
-"""The access table (access_table.py), cell by cell, against the real backend over REST.
+"""The access table (access_table.py), cell by cell, against the real backend, over REST and
+over Socket.IO.
 
 Two backends: one with authentication off (the local default), one with authentication on
 and sign-up off (users A and B signed up while it was on, then the backend restarted with it
@@ -15,6 +16,7 @@ import pytest
 
 import access_table
 from backend_http import ADMIN, ADMIN_ENV, SECRET, WORKER, jwt_payload, login_reply, make_jwt, rest_call
+from marcelle_torch.worker.client import BackendError
 
 pytestmark = pytest.mark.backend
 
@@ -28,13 +30,34 @@ def new_run(url, token=None):
     return reply.json["_id"]
 
 
+def rest_sender(url, token):
+    def send(method, service, id_, body):
+        path = f"/{service}/{id_}" if id_ is not None else f"/{service}"
+        reply = rest_call(url, METHODS[method], path, None if method in ("find", "get", "remove") else body,
+                          token=token)
+        return reply.status, reply.json, reply.status < 400 or reply.is_json_error(), reply.raw[:80]
+    return send
+
+
+def socket_sender(client):
+    def send(method, service, id_, body):
+        args = {"find": ({},), "get": (id_, {}), "create": (body, {}), "update": (id_, body, {}),
+                "patch": (id_, body, {}), "remove": (id_, {})}[method]
+        try:
+            result = client.call(method, service, *args, timeout=15)
+        except BackendError as exc:
+            return exc.http_code, None, isinstance(exc.http_code, int), str(exc)[:80]
+        return (201 if method == "create" else 200), result, True, ""
+    return send
+
+
 class Cell:
     """Runs one operation as one caller and names the outcome as the table does."""
 
     def __init__(self, url, tokens, ids):
         self.url, self.tokens, self.ids = url, tokens, ids  # ids: caller -> account id
 
-    def outcome(self, op, caller, token):
+    def outcome(self, op, caller, send):
         service, method, with_id = op
         own = set()
         if service == "runs":
@@ -56,23 +79,21 @@ class Cell:
                 body = {"email": f"new-{uuid.uuid4().hex[:8]}@marcelle.test", "password": PASSWORD}
             if method == "update":
                 body = {"email": "a@marcelle.test", "password": PASSWORD}
-        path = f"/{service}/{target}" if with_id else f"/{service}"
-        reply = rest_call(self.url, METHODS[method], path, None if method in ("find", "get", "remove") else body,
-                          token=token)
-        if reply.status >= 400 and not reply.is_json_error():
-            return f"{reply.status} (not a JSON error: {reply.raw[:80]!r})"
-        if method == "find" and reply.status == 200:
-            data = reply.json["data"] if isinstance(reply.json, dict) else reply.json
+        status, payload, json_error, text = send(method, service, target if with_id else None, body)
+        if not json_error:
+            return f"{status} (not a JSON error: {text!r})"
+        if method == "find" and status == 200:
+            data = payload["data"] if isinstance(payload, dict) else payload
             visible = {item["_id"] for item in data} & seeded
             if visible == seeded:
                 return "200 all"
             if visible == own:
                 return "200 own"
             return f"200 some ({len(visible)} of {len(seeded)})"
-        return str(reply.status)
+        return str(status)
 
 
-def check_table(cells, callers, tokens, ids, url) -> list[str]:
+def check_table(callers, senders, tokens, ids, url) -> list[str]:
     cell = Cell(url, tokens, ids)
     mismatches = []
     # A deleting its own account is the last cell: every other cell needs A.
@@ -80,8 +101,7 @@ def check_table(cells, callers, tokens, ids, url) -> list[str]:
     for op in order:
         for caller, column in sorted(callers, key=lambda c: c[0] == "user A"):
             expected = access_table.EXPECTED[op][column]
-            got = cell.outcome(op, caller, tokens.get(caller))
-            cells[(op, caller)] = got
+            got = cell.outcome(op, caller, senders[caller])
             if got != expected:
                 mismatches.append(f"{access_table.op_name(op)} as {caller}: expected {expected}, got {got}")
     return mismatches
@@ -93,11 +113,27 @@ def sign_up(url, email):
     return reply.json["_id"]
 
 
-def test_the_access_table(make_backend):
-    cells = {}
+@pytest.mark.parametrize("transport", ["rest", "socketio"])
+def test_the_access_table(make_backend, connect, transport):
+    def senders_for(url, tokens, credentials):
+        if transport == "rest":
+            return {caller: rest_sender(url, token) for caller, token in tokens.items()}
+        senders = {}
+        for caller in tokens:
+            client = connect(url)
+            if caller in credentials:
+                client.authenticate(*credentials[caller])
+            elif tokens[caller]:
+                # A bad token is refused at login, and the connection stays anonymous.
+                with pytest.raises(BackendError) as refused:
+                    client.create("authentication", {"strategy": "jwt", "accessToken": tokens[caller]})
+                assert refused.value.http_code == 401, (caller, refused.value)
+            senders[caller] = socket_sender(client)
+        return senders
+
     # Authentication off: anyone may do what the local demo needs, nothing more.
     off = make_backend()
-    mismatches = check_table(cells, [("anyone", "auth off")], {}, {}, off.url)
+    mismatches = check_table([("anyone", "auth off")], senders_for(off.url, {"anyone": None}, {}), {}, {}, off.url)
 
     # Authentication on: A and B sign up while sign-up is on, then it is turned off.
     kwargs = dict(auth=True, secret=SECRET, worker_email=WORKER[0], worker_password=WORKER[1], extra_env=ADMIN_ENV)
@@ -106,9 +142,10 @@ def test_the_access_table(make_backend):
     first.stop()
     backend = make_backend(data_dir=first.data_dir, allow_signup=False, **kwargs)
 
-    tokens = {}
-    for caller, (email, password) in {"user A": ("a@marcelle.test", PASSWORD), "user B": ("b@marcelle.test", PASSWORD),
-                                      "worker": WORKER, "admin": ADMIN}.items():
+    credentials = {"user A": ("a@marcelle.test", PASSWORD), "user B": ("b@marcelle.test", PASSWORD),
+                   "worker": WORKER, "admin": ADMIN}
+    tokens = {"anonymous": None}
+    for caller, (email, password) in credentials.items():
         reply = login_reply(backend.url, email, password)
         if reply.status == 201:
             tokens[caller] = reply.json["accessToken"]
@@ -129,7 +166,7 @@ def test_the_access_table(make_backend):
     })
     callers = [("anonymous", "anonymous"), ("user A", "user A"), ("user B", "user B"), ("worker", "worker"),
                ("admin", "admin")] + [(name, "bad token") for name in access_table.BAD_TOKENS]
-    mismatches += check_table(cells, callers, tokens, ids, backend.url)
+    mismatches += check_table(callers, senders_for(backend.url, tokens, credentials), tokens, ids, backend.url)
     assert off.alive() and backend.alive()
     assert not mismatches, f"{len(mismatches)} cells differ from the access table:\n" + "\n".join(mismatches)
 
