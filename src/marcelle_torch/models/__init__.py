@@ -1,11 +1,22 @@
-"""One model definition (ModelSpec), the registry, and the built-in models."""
+"""One model definition (ModelSpec), the registry, and the built-in models.
 
-from .inputs import decode_instances, postprocess
-from .registry import builtin_names, get_spec
-from .spec import ImageInput, ModelSpec, TensorInput, Weights
-from .weights import cache_dir, load_model, resolve_weights
+Names are imported on first use (PEP 562), so that importing a submodule, e.g. the CLI's,
+does not load torch.
+"""
 
-__all__ = [
-    "ImageInput", "ModelSpec", "TensorInput", "Weights", "builtin_names", "cache_dir", "decode_instances",
-    "get_spec", "load_model", "postprocess", "resolve_weights",
-]
+from importlib import import_module
+
+_WHERE = {
+    "decode_instances": "inputs", "postprocess": "inputs",
+    "builtin_names": "registry", "get_spec": "registry",
+    "ImageInput": "spec", "ModelSpec": "spec", "TensorInput": "spec", "Weights": "spec",
+    "cache_dir": "weights", "load_model": "weights", "resolve_weights": "weights",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f".{_WHERE[name]}", __name__), name)

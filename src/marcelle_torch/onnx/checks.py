@@ -17,11 +17,11 @@ import torch
 
 from ..models.spec import ImageInput, ModelSpec
 from . import webops
+from .settings import DEFAULT_MAX_MB
 
 # Float32 through two runtimes with different kernels (fused conv, other summation order).
 DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-3
-DEFAULT_MAX_MB = 20.0
 
 
 @dataclass

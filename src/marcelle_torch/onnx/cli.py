@@ -7,8 +7,7 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    from .checks import DEFAULT_MAX_MB
-    from .export import DEFAULT_OPSET, EXPORTERS
+    from .settings import DEFAULT_MAX_MB, DEFAULT_OPSET, EXPORTERS
 
     p = subparsers.add_parser(
         "export-onnx", help="export a model to ONNX, check it runs in onnxruntime-web, write a web bundle",

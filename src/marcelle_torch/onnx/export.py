@@ -29,10 +29,9 @@ import torch
 from ..errors import InvalidInput, MarcelleTorchError
 from ..models import ModelSpec, get_spec, load_model
 from . import checks as C
+from .settings import DEFAULT_OPSET, EXPORTERS
 
 INPUT_NAME = "input"
-DEFAULT_OPSET = 18
-EXPORTERS = ("dynamo", "torchscript")
 BUNDLE_FORMAT = "marcelle-torch-onnx-bundle"
 DEFAULT_BUNDLE_ROOT = Path("services/frontend/public/onnx")
 
