@@ -237,3 +237,14 @@ def test_pinned_secret_and_a_mongodb_url_in_values():
                            "backend.mongodb.url=mongodb://db:27017/mt"))
     assert set(one(objects, "Secret")["data"]) == {"mongodb-url"}
     assert backend_env(objects)["MARCELLE_BACKEND_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == "mt-pinned"
+
+
+def test_the_login_throttle_sees_the_browser_behind_each_proxy_hop():
+    # The backend takes the client's address that many hops back in X-Forwarded-For
+    # (services/backend/start.js, MARCELLE_BACKEND_TRUSTED_PROXIES); the web app's nginx appends
+    # one hop (services/frontend/nginx.conf: proxy_add_x_forwarded_for), an Ingress/Gateway one more.
+    hops = {name: value(backend_env(render(ci_values(name))), "MARCELLE_BACKEND_TRUSTED_PROXIES")
+            for name in ("default", "ingress", "httproute")}
+    assert hops == {"default": "1", "ingress": "2", "httproute": "2"}
+    pinned = backend_env(render(ci_values("ingress"), sets=("backend.trustedProxies=0",)))
+    assert value(pinned, "MARCELLE_BACKEND_TRUSTED_PROXIES") == "0"
