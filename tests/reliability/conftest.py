@@ -18,3 +18,9 @@ _spec.loader.exec_module(_integration)
 backend_installed = _integration.backend_installed
 make_backend = _integration.make_backend
 connect = _integration.connect
+
+# The fault, flood and soak scenarios (test_worker_killed.py ... test_soak.py) also start real
+# workers; helpers they share are in ``faults.py``.
+trained_models = _integration.trained_models
+make_worker = _integration.make_worker
+wait_until = _integration.wait_until_fixture
