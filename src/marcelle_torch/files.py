@@ -15,6 +15,8 @@ def atomic_write(target: Path, write) -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
+        # mkstemp makes the file 0600; what is published is readable as any written file is.
+        os.chmod(tmp, 0o644)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):

@@ -92,3 +92,25 @@ def test_untrained_builtin_without_training_says_how():
 
     with pytest.raises(WeightsError, match="marcelle-torch train digits"):
         resolve_weights(get_spec("digits"), train_if_missing=False)
+
+
+def test_written_files_are_readable_by_others(tmp_path):
+    # mkstemp's 0600 used to reach the published file (an image's non-root user could not read it).
+    from marcelle_torch.files import atomic_write_text
+
+    path = atomic_write_text(tmp_path / "report.json", "{}")
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_corrupt_cached_checkpoint_is_one_clear_error(tmp_path, monkeypatch):
+    from marcelle_torch.models import get_spec
+    from marcelle_torch.models.weights import trained_weights_path, training_metrics
+
+    monkeypatch.setenv("MARCELLE_TORCH_CACHE", str(tmp_path))
+    spec = get_spec("digits")
+    path = trained_weights_path(spec)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsError, match=r"cannot read weights .*digits-v3\.pt .*train again with --force") as err:
+        training_metrics(spec)
+    assert "\n" not in str(err.value)

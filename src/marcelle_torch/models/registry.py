@@ -23,10 +23,6 @@ def builtin_names() -> list[str]:
     return sorted(BUILTINS)
 
 
-def register_builtin(name: str, import_path: str) -> None:
-    BUILTINS[name] = import_path
-
-
 def _load_factory(import_path: str) -> Callable[[], ModelSpec]:
     module_name, sep, attr = import_path.partition(":")
     if not sep or not module_name or not attr:

@@ -33,7 +33,6 @@ class ImageInput:
     size: int
     channels: int = 1
     value_range: tuple[float, float] = (0.0, 1.0)
-    kind: str = field(default="image", init=False)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -58,7 +57,6 @@ class TensorInput:
     shape: tuple[int, ...]
     dtype: str = "float32"
     value_range: tuple[float, float] | None = None
-    kind: str = field(default="tensor", init=False)
 
     def to_json(self) -> dict:
         return {

@@ -84,11 +84,18 @@ def resolve_weights(spec: ModelSpec, train_if_missing: bool = True, progress: bo
     return None
 
 
-def load_state_dict(path: Path) -> dict:
+def read_checkpoint(path: Path):
+    """torch.load with weights only; a corrupt or foreign file is one line naming it."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a corrupt or foreign file: say which one
-        raise WeightsError(f"cannot read weights {path}: {exc}") from exc
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch's own message runs over many lines
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(f"cannot read weights {path} ({first[:160]}): not a PyTorch checkpoint, or damaged; "
+                           "delete it, or train again with --force") from None
+
+
+def load_state_dict(path: Path) -> dict:
+    state = read_checkpoint(path)
     # Training checkpoints keep the weights under "state_dict" beside their metrics.
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
@@ -116,5 +123,5 @@ def training_metrics(spec: ModelSpec) -> dict | None:
     path = trained_weights_path(spec)
     if not path.is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_checkpoint(path)
     return state.get("metrics") if isinstance(state, dict) else None

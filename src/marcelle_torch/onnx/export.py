@@ -61,10 +61,6 @@ class BundleResult:
     metadata: dict
     checks: list[C.CheckResult] = field(default_factory=list)
 
-    @property
-    def published(self) -> bool:
-        return self.out_dir is not None
-
 
 def export_onnx(spec: ModelSpec, model: torch.nn.Module, path: Path, opset: int = DEFAULT_OPSET,
                 exporter: str = "dynamo") -> None:
@@ -87,8 +83,6 @@ def export_onnx(spec: ModelSpec, model: torch.nn.Module, path: Path, opset: int 
                     model, (example,), str(path), dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
                     output_names=[out], dynamic_axes={INPUT_NAME: {0: "batch"}, out: {0: "batch"}},
                     do_constant_folding=True)
-    except MarcelleTorchError:
-        raise
     except Exception as exc:  # the exporter's errors are many and long: one line that says which
         cause = _root_cause(exc)
         raise ExportFailed(f"model {spec.name} cannot be exported to ONNX ({exporter} exporter, opset {opset}): "

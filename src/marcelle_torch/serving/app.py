@@ -73,11 +73,8 @@ class ModelServer:
     """Serves one model: loads its weights once, batches concurrent requests."""
 
     def __init__(self, model: str, train_if_missing: bool = True):
-        import torch
-
         from ..models import get_spec, load_model
 
-        torch.set_grad_enabled(False)
         self.spec = get_spec(model)
         self.device = pick_device()
         started = time.monotonic()
@@ -247,8 +244,6 @@ class Ingress:
         except asyncio.TimeoutError:
             response.cancel()
             raise InferenceTimeout(f"model {name} did not answer within {self.request_timeout_s:g}s") from None
-        except MarcelleTorchError:
-            raise
         except Exception as exc:
             from ray.exceptions import RayActorError  # ActorDiedError, ActorUnavailableError
             from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError

@@ -22,7 +22,6 @@ that series carries ``deployment="Ingress"``.
 
 from __future__ import annotations
 
-OUTCOMES = ("ok", "bad_input", "error", "timeout")
 BATCH_SIZE_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 LATENCY_BOUNDARIES = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
 

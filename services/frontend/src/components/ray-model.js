@@ -14,7 +14,7 @@
  * dash.page('Ray Serve').sidebar(input).use(classifier, confidencePlot($predictions));
  * ```
  *
- * HTTP contract (KServe v1 style, see DESIGN.md):
+ * HTTP contract (KServe v1 style; the README's "Solution 1: Ray Serve" has the full table):
  * - `GET  {url}/v1/models/{model}` -> metadata (labels, input schema, version, device);
  *   polled until it answers, so the view says when the model is ready;
  * - `POST {url}/v1/models/{model}:predict` `{"instances": [x]}` -> `{"predictions": [{label, confidences}]}`;
