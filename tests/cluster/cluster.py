@@ -135,7 +135,8 @@ class Cluster:
         mounts = []
         volumes = {v["name"]: v for v in pod_spec.get("volumes", [])}
         bound_images: dict[str, Path] = {}
-        copied_under_workdir = [src for t, src in image.copies.items() if t.startswith(workdir.rstrip("/") + "/")]
+        copied_under_workdir = [src for t, src in image.copies.items()
+                                if workdir != "/" and t.startswith(workdir.rstrip("/") + "/")]
         if copied_under_workdir:
             # Files COPYed into WORKDIR from one repository directory (e.g. services/backend -> /app).
             common = Path(os.path.commonpath([str(src) for src in copied_under_workdir]))
@@ -151,7 +152,8 @@ class Cluster:
         # when a volume is mounted inside them, so the repository is never written).
         inner = [m["mountPath"] for m in container.get("volumeMounts", [])]
         for target, source in sorted(image.copies.items()):
-            if source.is_dir() and not target.startswith("/tmp/") and not target.startswith(workdir.rstrip("/") + "/"):
+            covered = any(target.startswith(t.rstrip("/") + "/") for t in bound_images)
+            if source.is_dir() and not target.startswith("/tmp/") and not covered:
                 if any(p.startswith(target + "/") for p in inner):
                     copy = pod_dir / "image" / target.strip("/")
                     if not copy.exists():
@@ -401,6 +403,19 @@ class Cluster:
                     assert port, f"PodMonitor {monitor['metadata']['name']}: pod {pod.name} has no port {endpoint['port']}"
                     targets.append((pod, endpoint["port"], f"http://{pod.ip}:{port}{endpoint.get('path', '/metrics')}"))
         return targets
+
+    def wait_endpoints(self, service: str, timeout: float) -> list:
+        """Until the Service's first port has a ready endpoint in the proxy's table."""
+        svc = self.services[service]
+        key = f"{svc['vip']}:{svc['ports'][0]['port']}"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            eps = getattr(self, "endpoints", {}).get(key)
+            if eps:
+                time.sleep(0.5)  # the proxy reads the table every 0.2 s
+                return eps
+            time.sleep(0.5)
+        raise AssertionError(f"Service {service} has no ready endpoint after {timeout:.0f}s")
 
     def pods_of(self, selector: dict) -> list[Pod]:
         return [p for p in self.pods if p.alive() and selector_matches(selector, p.labels)]

@@ -36,13 +36,18 @@ def _why_not() -> str | None:
 
 
 def pytest_collection_modifyitems(config, items):
-    needs = [i for i in items if HERE in Path(str(i.fspath)).resolve().parents and getattr(i.module, "NEEDS_HOSTS", True)]
-    if not needs:
+    mine = [i for i in items if HERE in Path(str(i.fspath)).resolve().parents]
+    if not mine:
+        return
+    if not find_tool("helm"):
+        for item in mine:
+            item.add_marker(pytest.mark.skip(reason="cluster tier: helm not found: run tests/chart/install-tools.sh"))
         return
     reason = _why_not()
     if reason:
-        for item in needs:
-            item.add_marker(pytest.mark.skip(reason=f"cluster tier: {reason}"))
+        for item in mine:
+            if getattr(item.module, "NEEDS_HOSTS", True):
+                item.add_marker(pytest.mark.skip(reason=f"cluster tier: {reason}"))
 
 
 @pytest.fixture(scope="session")
@@ -117,6 +122,9 @@ def cluster(objects, request):
         say(f"serve applications RUNNING after {time.monotonic() - started:.0f}s: {sorted(apps)}")
         c.create_serve_service()
         c.wait_ready(c.pods, START_TIMEOUT_S)
+        # The RayService is Ready once its Serve Service has endpoints
+        # (rayservice_controller.go calculateNumServeEndpointsFromSlices).
+        c.wait_endpoints(kuberay.serve_service_name(c.rs_name), START_TIMEOUT_S)
         say(f"every pod ready after {time.monotonic() - started:.0f}s")
         yield c
     except BaseException:
@@ -153,7 +161,25 @@ def target(cluster):
     worker_metrics = next(url for pod, port_name, url in metrics if pod is worker_pod and port_name == "metrics")
     return SimpleNamespace(name="cluster", webapp=base, serve=base + config["serveUrl"], backend=base + config["backendUrl"],
                            socketio_path=config["backendUrl"] + "/socket.io",
-                           metrics={"serve": serve_metrics, "worker": worker_metrics})
+                           metrics={"serve": serve_metrics, "worker": worker_metrics},
+                           credentials=first_user(cluster))
+
+
+def first_user(cluster):
+    """(email, password) of the first admin account the backend creates, when its authentication
+    is on: the env vars its config maps to marcelleTorch.admin*, as the backend Pod got them
+    (from the Secret `helm template` generated)."""
+    from render import backend_env_map
+
+    backend = next(p for p in cluster.pods if p.alive() and p.processes[0]["argv"][:1] == ["node"])
+    env = backend.processes[0]["env"]
+    mapping = {key[-1]: var for var, key in backend_env_map().items()}
+    auth = next((var for var, key in backend_env_map().items() if key == ("authentication", "enabled")), None)
+    if env.get(auth) != "true":
+        return None
+    email, password = env.get(mapping.get("adminEmail", "")), env.get(mapping.get("adminPassword", ""))
+    assert email and password, "backend authentication is on but no first admin account is rendered"
+    return email, password
 
 
 def cluster_config_json(base: str) -> dict:

@@ -82,7 +82,8 @@ class Network:
     def add_netns(self, name: str, addresses: list[str]) -> str:
         """A network namespace with eth0 on the bridge holding `addresses` (all from the /24)."""
         ns = f"mtc{self.n}-{name}"[:60]
-        veth = f"mtc{self.n}v{len(self.namespaces)}"
+        self._veths = getattr(self, "_veths", 0) + 1
+        veth = f"mtc{self.n}v{self._veths}"
         run("ip", "netns", "add", ns)
         self.namespaces.append(ns)
         run("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)

@@ -327,25 +327,26 @@ def backend_env_required(env: dict[str, str]) -> set[str]:
     env_map = backend_env_map()
     by_key = {key: var for var, key in env_map.items()}
 
-    def configured(key):
-        var = by_key.get(key)
-        if var in env:
-            return json.loads(env[var]) if key[-1] == "enabled" else env[var]
+    def in_files(key):
         node = defaults
         for part in key:
             node = node.get(part) if isinstance(node, dict) else None
         return node
 
+    def configured(key):
+        var = by_key.get(key)
+        if var in env:
+            return json.loads(env[var]) if key[-1] == "enabled" else env[var]
+        return in_files(key)
+
     auth_on = configured(("authentication", "enabled")) is True
     required = set()
     for var, key in env_map.items():
-        section = key[0]
-        if section in ("authentication", "marcelleTorch") and not auth_on:
+        if key[0] in ("authentication", "marcelleTorch") and not auth_on:
             continue
-        value = configured(key)
-        if value in (None, ""):
-            if var in ("MONGODB_URL",) and configured(("database",)) != "mongodb":
-                continue
+        if var == "MONGODB_URL" and configured(("database",)) != "mongodb":
+            continue
+        if in_files(key) in (None, ""):
             required.add(var)
     return required
 

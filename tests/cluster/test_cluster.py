@@ -89,12 +89,12 @@ def test_scenario_metrics(target):
 def test_every_podmonitor_target_answers(cluster):
     """Each endpoint of each PodMonitor, on each Pod it selects, answers Prometheus text. The
     head's autoscaler port is served by the autoscaler sidecar, which needs the Kubernetes API
-    and is not run here (ray's AUTOSCALER_METRIC_PORT)."""
-    from ray._private import ray_constants
+    and is not run here (ray.autoscaler._private.constants.AUTOSCALER_METRIC_PORT)."""
+    from ray.autoscaler._private.constants import AUTOSCALER_METRIC_PORT
 
     answered, skipped = [], []
     for pod, port_name, url in cluster.metrics_targets():
-        if url.rsplit(":", 1)[1].startswith(f"{ray_constants.AUTOSCALER_METRIC_PORT}/"):
+        if url.rsplit(":", 1)[1].startswith(f"{AUTOSCALER_METRIC_PORT}/"):
             skipped.append(url)
             continue
         deadline = time.monotonic() + 120
