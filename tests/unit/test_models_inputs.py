@@ -98,3 +98,33 @@ def test_image_input_value_range_is_applied():
                      input=ImageInput(size=8, value_range=(-1.0, 1.0)), labels=("a",))
     x = decode_instances(spec, [{"b64": encode(Image.new("L", (8, 8), 255))}])
     assert float(x.max()) == pytest.approx(1.0)
+
+
+def _png_with_chunk(kind: bytes, data: bytes) -> str:
+    import struct
+    import zlib
+
+    buf = io.BytesIO()
+    Image.new("L", (8, 8), 255).save(buf, format="PNG")
+    raw = buf.getvalue()
+    chunk = struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return base64.b64encode(raw[:33] + chunk + raw[33:]).decode()  # after the IHDR chunk
+
+
+def _encoded(mode: str, fmt: str) -> str:
+    buf = io.BytesIO()
+    Image.new(mode, (8, 8)).save(buf, format=fmt)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+@pytest.mark.parametrize("instance, message", [
+    # Found by the HTTP fuzzing (tests/reliability/test_fuzz_http.py): each escaped as a 500.
+    ({"b64": _png_with_chunk(b"zTXt", b"k\0\0" + __import__("zlib").compress(b"a" * (20 << 20)))},
+     "cannot be decoded .*too large"),
+    ({"b64": _encoded("LAB", "TIFF")}, "cannot be decoded .*LAB"),
+    ([[10**400] * 128] * 128, "a number is too large"),
+])
+def test_files_and_numbers_the_decoders_choke_on_are_bad_input(digits, instance, message):
+    with pytest.raises(InvalidInput, match=message) as info:
+        decode_instances(digits, [instance])
+    assert info.value.status == 400

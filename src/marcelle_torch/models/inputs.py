@@ -75,23 +75,36 @@ def decode_image(data, schema: ImageInput, where: str) -> torch.Tensor:
         raise InvalidInput(f"{where}: b64 is not valid base64") from None
     try:
         img = Image.open(io.BytesIO(raw))
-        if img.width * img.height > MAX_IMAGE_PIXELS:
-            raise InvalidInput(f"{where}: image is {img.width}x{img.height}, more than {MAX_IMAGE_PIXELS} pixels")
-        img.load()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+    except (UnidentifiedImageError, Image.DecompressionBombError):
         raise InvalidInput(f"{where}: b64 does not hold an image (PNG or JPEG expected)") from None
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        # A canvas export is transparent where nothing is drawn: put it on white, as on screen.
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, rgba)
-    img = img.convert("L" if schema.channels == 1 else "RGB")
+    except Exception as exc:  # a malformed file (e.g. a PNG text chunk too large once inflated)
+        raise _unreadable(where, exc) from None
+    if img.width * img.height > MAX_IMAGE_PIXELS:
+        raise InvalidInput(f"{where}: image is {img.width}x{img.height}, more than {MAX_IMAGE_PIXELS} pixels")
+    try:
+        # Everything Pillow does with the client's bytes, in one place: what fails here is the
+        # file's doing (truncated data, a broken chunk, a colour mode with no conversion), so it
+        # is a 400 saying so, whatever exception the format's plugin raises.
+        img.load()
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            # A canvas export is transparent where nothing is drawn: put it on white, as on screen.
+            rgba = img.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            img = Image.alpha_composite(background, rgba)
+        img = img.convert("L" if schema.channels == 1 else "RGB")
+    except Exception as exc:
+        raise _unreadable(where, exc) from None
     img = _pad_square(img)
     img = img.resize((schema.size, schema.size), Image.BILINEAR)
     arr = np.asarray(img, dtype=np.float32) / 255.0
     arr = arr[None] if schema.channels == 1 else arr.transpose(2, 0, 1)
     lo, hi = schema.value_range
     return torch.from_numpy(np.ascontiguousarray(arr * (hi - lo) + lo))
+
+
+def _unreadable(where: str, exc: Exception) -> InvalidInput:
+    detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    return InvalidInput(f"{where}: b64 holds an image that cannot be decoded ({detail}); send a PNG or JPEG")
 
 
 def _pad_square(img):
@@ -118,6 +131,8 @@ def _decode_array(item, shape, value_range, where: str, dtype: str = "float32",
     except (ValueError, TypeError):
         raise InvalidInput(f"{where}: expected numbers in a nested list of shape {list(shape)} "
                            "(ragged or not numeric)") from None
+    except OverflowError:  # an integer beyond float64 (JSON integers have no size limit)
+        raise InvalidInput(f"{where}: a number is too large (beyond a 64-bit float)") from None
     if allow_squeezed and arr.shape == tuple(shape[1:]):
         arr = arr[None]
     if arr.shape != tuple(shape):
