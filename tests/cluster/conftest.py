@@ -149,7 +149,7 @@ def target(cluster):
     reaches it, plus the metrics endpoints the PodMonitors scrape."""
     from types import SimpleNamespace
 
-    from render import by_kind, container_port
+    from render import container_port
 
     webapp = cluster.webapp_pod()
     port = container_port(webapp.spec["containers"][0], cluster.webapp_service()["ports"][0]["targetPort"])

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import re
-from pathlib import Path
 
 import kuberay
 from cluster import NGINX_ENTRYPOINT_READS, NGINX_TEMPLATE_DIR, is_nginx_image
@@ -104,10 +103,3 @@ def metrics_port_problems(objects: list[dict]) -> list[str]:
                          f"the PodMonitors scrape the port named metrics = {metrics}")
     return found
 
-
-def first_cpu_group(objects):
-    return one(objects, "RayService")["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
-
-
-def repo_path(p: Path) -> str:
-    return str(p.relative_to(REPO))

@@ -21,7 +21,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "chart"))
 
-from k8s_tools import CHART, REPO, by_kind, find_tool, render_text  # noqa: E402
+from k8s_tools import REPO, by_kind, find_tool, render_text  # noqa: E402,F401 (find_tool: for conftest)
 
 KIND_VALUES = REPO / "tests" / "e2e" / "kind-values.yaml"
 RELEASE, NAMESPACE = "mt", "marcelle-torch"

@@ -195,7 +195,6 @@ def test_node_loss_under_load(cluster, target, make_digit):
         t.join(request_timeout + 10)
     after = [r for r in results if r[1] >= killed_at]
     failed = [r for r in after if r[2] != 200]
-    first_fail = min((r[1] for r in failed), default=killed_at)
     last_fail = max((r[1] for r in failed), default=killed_at)
     statuses = {}
     for r in failed:
