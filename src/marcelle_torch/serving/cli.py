@@ -34,11 +34,12 @@ def register(subparsers) -> None:
 def cmd_serve(args) -> int:
     from ..errors import InvalidInput
     from .extra import require_ray
+    from .local import LocalServe, free_port, use_ray_host_env, wait_for_signal
 
+    use_ray_host_env(args.host)  # before anything imports Ray (finding ray.serve below does)
     require_ray("serve")
     from ..models import get_spec, resolve_weights
     from .config import load_serve_config, our_applications
-    from .local import LocalServe, free_port, wait_for_signal
 
     if not 0 <= args.port < 65536:
         raise InvalidInput(f"--port must be 0..65535, got {args.port}")

@@ -8,6 +8,7 @@ they are set before ``ray.init`` (Kubernetes: the container env of the Ray pods)
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import signal
@@ -21,6 +22,7 @@ import urllib.request
 from ..errors import MarcelleTorchError
 from ..stack.processes import free_port
 from .config import our_applications
+from .haproxy_edge import DEFAULT_REQUEST_TIMEOUT_S, REQUEST_TIMEOUT_ENV, launcher_script
 
 # Ways Serve can take HTTP in, measured by bench/serve_latency.py on a 2-core CPU machine.
 SERVE_MODES: dict[str, dict[str, str]] = {
@@ -45,11 +47,46 @@ class ServeStartError(MarcelleTorchError):
     code = "serve_start"
 
 
-def mode_env(mode: str, workdir: str) -> dict[str, str]:
-    """Environment for ``mode``; HAProxy's files and metrics port are made private to this run."""
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def ray_host_env(host: str) -> dict[str, str]:
+    """Environment that keeps Ray's own servers on loopback when Serve is asked to listen there.
+
+    ray 2.60.0 _private/ray_constants.py: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 turns multi-node
+    clustering off (ENABLE_RAY_CLUSTER), so _private/services.py get_node_ip_address() answers the
+    loopback address and Ray's processes listen there (GCS, raylet, object manager, core workers,
+    dashboard and runtime-env agents, metrics export) instead of on every interface. This cluster
+    is one private node, so nothing is lost. Ray reads it when ``ray`` is imported: set it before
+    (``use_ray_host_env``). For any other host Ray keeps its defaults (see the README).
+    """
+    return {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"} if is_loopback(host) else {}
+
+
+def use_ray_host_env(host: str) -> None:
+    """Put ``ray_host_env(host)`` into this process's environment, before Ray is imported."""
+    for key, value in ray_host_env(host).items():
+        os.environ.setdefault(key, value)
+
+
+def mode_env(mode: str, workdir: str, host: str = "127.0.0.1") -> dict[str, str]:
+    """Environment for ``mode`` serving on ``host``.
+
+    HAProxy's files and ports are made private to this run, and it runs through the project's
+    launcher (haproxy_edge.py): its stats page and Prometheus frontend bind ``host`` like Serve's
+    HTTP frontend, its admin socket is its owner's only, and a request must arrive whole within
+    MARCELLE_TORCH_HTTP_REQUEST_TIMEOUT_S seconds. On a loopback ``host``, Ray's own servers
+    listen on loopback too.
+    """
     if mode not in SERVE_MODES:
         raise ServeStartError(f"unknown serve mode {mode!r}; choose from {', '.join(SERVE_MODES)}")
-    env = dict(SERVE_MODES[mode])
+    env = dict(SERVE_MODES[mode]) | ray_host_env(host)
     if env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
         # Ray's defaults are fixed paths under /tmp and fixed ports (HAProxy metrics 9101, stats
         # 8404, fallback proxy 8500/9500): two clusters on one machine would collide.
@@ -64,6 +101,13 @@ def mode_env(mode: str, workdir: str) -> dict[str, str]:
         for key in ("RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_STATS_PORT",
                     "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT"):
             env[key] = os.environ.get(key) or str(free_port())
+        env["RAY_SERVE_HAPROXY_BINARY_PATH"] = launcher_script(hap)
+        env[REQUEST_TIMEOUT_ENV] = os.environ.get(REQUEST_TIMEOUT_ENV) or str(DEFAULT_REQUEST_TIMEOUT_S)
+        # Ray's default log target is UDP syslog at 127.0.0.1:514 (ray 2.60.0 constants.py
+        # RAY_SERVE_HAPROXY_LOG_TARGET): sending there leaves HAProxy an unconnected UDP socket bound
+        # to 0.0.0.0. HAProxy's stdout is a file in this run's private HAProxy directory (ray 2.60.0
+        # haproxy.py _start_and_wait_for_haproxy), so its access log lands there, off the network.
+        env["RAY_SERVE_HAPROXY_LOG_TARGET"] = os.environ.get("RAY_SERVE_HAPROXY_LOG_TARGET") or "stdout"
     return env
 
 
@@ -111,7 +155,7 @@ class LocalServe:
         self._check_port_free()
         # Short: Ray's unix socket paths under it must stay below ~107 characters.
         self.workdir = tempfile.mkdtemp(prefix="mt-ray-")
-        env = mode_env(self.mode, self.workdir)
+        env = mode_env(self.mode, self.workdir, self.host)
         for key, value in env.items():
             self._saved_env[key] = os.environ.get(key)
             os.environ[key] = value
@@ -126,6 +170,10 @@ class LocalServe:
             init_kwargs["_metrics_export_port"] = self.metrics_port
         ray.init(**init_kwargs)
         self._ray_started = True
+        node_ip = ray.util.get_node_ip_address()
+        if is_loopback(self.host) and not is_loopback(node_ip):
+            self.log(f"warning: Ray's own servers listen on {node_ip} and all interfaces, not only "
+                     f"{self.host}: set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before Ray is imported")
 
         schema = ServeDeploySchema.model_validate(self.config)
         serve_start(http_options=schema.http_options.model_dump(),

@@ -29,6 +29,6 @@ class WorkerMetrics:
         self.reconnects = Counter(f"{PREFIX}_reconnects", "Reconnections to the backend", registry=r)
         self.up = Gauge(f"{PREFIX}_up", "1 while connected (and logged in) to the backend", registry=r)
 
-    def serve(self, port: int, host: str = "0.0.0.0"):
-        """Expose /metrics on ``port`` (a daemon thread)."""
+    def serve(self, port: int, host: str):
+        """Expose /metrics on ``host:port`` (a daemon thread); the caller says where to listen."""
         return start_http_server(port, addr=host, registry=self.registry)
