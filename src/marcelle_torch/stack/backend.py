@@ -69,6 +69,7 @@ class BackendHandle:
 
 def start_backend(data_dir: str | Path, port: int = 0, host: str = "127.0.0.1", auth: bool = False,
                   secret: str | None = None, worker_email: str | None = None, worker_password: str | None = None,
+                  admin_email: str | None = None, admin_password: str | None = None,
                   allow_signup: bool = False, mongodb_url: str | None = None, log_path: str | Path | None = None,
                   package_dir: str | Path | None = None, ready_timeout: float = 90.0,
                   extra_env: dict | None = None) -> BackendHandle:
@@ -76,8 +77,9 @@ def start_backend(data_dir: str | Path, port: int = 0, host: str = "127.0.0.1", 
 
     ``data_dir`` holds the NeDB files (unless ``mongodb_url`` is given); ``port`` 0 picks a
     free one. With ``auth`` a ``secret`` (16+ characters) is required, as in a deployment;
-    ``worker_email``/``worker_password`` create the worker account; ``allow_signup`` lets
-    clients create their own (role ``editor``) accounts.
+    ``worker_email``/``worker_password`` create the worker account, ``admin_email``/
+    ``admin_password`` the app's admin account (start.js creates or resets both at each start);
+    ``allow_signup`` lets clients create their own (role ``editor``) accounts.
     """
     node = shutil.which("node")
     if node is None:
@@ -103,6 +105,8 @@ def start_backend(data_dir: str | Path, port: int = 0, host: str = "127.0.0.1", 
         **({"MARCELLE_BACKEND_SECRET": secret} if secret else {}),
         **({"MARCELLE_WORKER_EMAIL": worker_email, "MARCELLE_WORKER_PASSWORD": worker_password}
            if worker_email else {}),
+        **({"MARCELLE_ADMIN_EMAIL": admin_email, "MARCELLE_ADMIN_PASSWORD": admin_password}
+           if admin_email else {}),
         **(extra_env or {}),
     }
     handle = BackendHandle(

@@ -15,12 +15,22 @@
  * await client.cancel(run.id);
  * ```
  *
- * Streams: `$status` 'idle' | 'connecting' | 'login' | 'ready' | 'error'; `$error` (message or
- * null); `$runs` (the recent runs this user can see, newest first, each with `id`).
+ * Streams: `$status` 'idle' | 'connecting' | 'login' | 'logged-out' | 'ready' | 'error';
+ * `$error` (message or null); `$runs` (the recent runs this user can see, newest first, each
+ * with `id`); `$user` (the logged-in account's `{email, ...}`, or null when the backend has no
+ * authentication or nobody is logged in).
  * The connection opens on `start()` (the page calls it when first shown), not on import, so
  * an app without a backend shows no error until the runs page is used.
+ *
+ * Authentication: the page asks nothing of its configuration. Marcelle's dataStore learns
+ * from the backend itself whether it requires authentication (@marcellejs/backend 0.6.5
+ * lib/app.js emits `init` with `{auth}` on each Socket.IO connection; @marcellejs/core 0.6.5
+ * sets `dataStore.requiresAuth` from it). Then a session kept from an earlier login (the JWT
+ * in localStorage) is reused, or Marcelle's own login dialog opens ('login'). The backend
+ * decides which runs an account sees (its own; all for the worker and admin accounts).
  */
 import { Stream, dataStore } from '@marcellejs/core';
+import './login-dialog.css';
 
 export const ACTIVE = ['pending', 'running'];
 
@@ -40,6 +50,7 @@ export class RunClient {
     this.$status = new Stream('idle', true);
     this.$error = new Stream(null, true);
     this.$runs = new Stream([], true);
+    this.$user = new Stream(null, true);
     this.ready = null;
   }
 
@@ -47,9 +58,14 @@ export class RunClient {
   start() {
     if (!this.ready) {
       this.ready = this.connect().catch((error) => {
-        this.$status.set('error');
-        this.$error.set(`cannot use the Marcelle backend at ${this.url}: ${error?.message ?? 'not reachable'}`);
         this.ready = null; // a later start() tries again
+        if (error instanceof LoginDismissed) {
+          this.$status.set('logged-out');
+          this.$error.set(null);
+        } else {
+          this.$status.set('error');
+          this.$error.set(`cannot use the Marcelle backend at ${this.url}: ${error?.message ?? 'not reachable'}`);
+        }
         throw error;
       });
       this.ready.catch(() => {});
@@ -67,14 +83,24 @@ export class RunClient {
       this.runs.on('removed', (run) => this.drop(run));
       this.listening = true;
     }
+    let user;
     try {
-      await this.store.connect();
+      user = await this.store.connect();
     } catch (error) {
       if (!this.store.requiresAuth) throw error ?? new Error('connection failed');
-      // Authentication is on and there is no valid session: Marcelle's own login dialog.
+      // Authentication is on and there is no valid session: Marcelle's own login dialog. It
+      // stays open until a login succeeds (a wrong password shows its error and lets the user
+      // try again). It closes without a session only when its "Register" form fails, e.g.
+      // with the backend's sign-up off (the admin account creates accounts).
+      // @marcellejs/core 0.6.5: loginWithUI() resolves with the dialog's Svelte event in both
+      // cases (DataStore.signup even answers `{email: null}` on failure); the store's own
+      // `user`, set by DataStore.login, says whether someone logged in.
       this.$status.set('login');
-      await this.store.loginWithUI();
+      await this.store.loginWithUI().catch(() => {});
+      user = this.store.user;
+      if (!user?.email) throw new LoginDismissed();
     }
+    this.$user.set(this.store.requiresAuth ? user : null);
     const page = await this.runs.find({ query: { $sort: { createdAt: -1 }, $limit: this.historySize } });
     this.$runs.set((page.data ?? page).map(normalizeRun));
     this.$status.set('ready');
@@ -112,6 +138,19 @@ export class RunClient {
   async cancel(id) {
     await this.start();
     return normalizeRun(await this.runs.patch(id, { status: 'canceled' }));
+  }
+
+  /** Log out: Marcelle's dataStore.logout() forgets the session (JWT) and reloads the page. */
+  async logout() {
+    await this.store?.logout();
+  }
+}
+
+/** Marcelle's login dialog closed without a logged-in user. */
+export class LoginDismissed extends Error {
+  constructor() {
+    super('not logged in');
+    this.name = 'LoginDismissed';
   }
 }
 

@@ -12,7 +12,12 @@
  * the intermediate image, the status, a Cancel button and the final digit.
  * Streams: `$run` (the followed run, or null), `$progress` ({type, message, progress} for progressBar).
  *
- * Stable hooks for tests (`data-testid`): runs-connection, runs-digit, runs-steps,
+ * With the backend's authentication on, the client opens Marcelle's login dialog; the panel
+ * then says who is logged in, with a Log out button, or offers a Log in button when the
+ * dialog was closed without logging in. With authentication off none of this is shown.
+ *
+ * Stable hooks for tests (`data-testid`): runs-connection, runs-account, runs-login,
+ * runs-logout, runs-digit, runs-steps,
  * runs-generate, runs-classify, runs-cancel, runs-progress (data-progress), runs-status
  * (data-status), runs-partial, runs-result (data-label), runs-result-image, runs-error,
  * runs-history, runs-history-item (data-status, data-id).
@@ -72,6 +77,7 @@ export class RunPanel extends Component {
     this.$run.subscribe((run) => this.render(run));
     client.$status.subscribe(() => this.renderConnection());
     client.$error.subscribe(() => this.renderConnection());
+    client.$user.subscribe(() => this.renderConnection());
     this.start();
   }
 
@@ -125,13 +131,20 @@ export class RunPanel extends Component {
     const error = this.client.$error.get();
     const text = {
       idle: '', connecting: `connecting to the Marcelle backend at ${this.client.url}…`,
-      login: 'log in to use the backend', ready: `connected to ${this.client.url}`,
+      login: 'log in to use the backend', 'logged-out': 'log in to use the backend',
+      ready: `connected to ${this.client.url}`,
     }[status] ?? error ?? status;
     this.nodes.connection.textContent = status === 'error' ? error : text;
     this.nodes.connection.dataset.status = status;
     const usable = status === 'ready';
     this.nodes.generate.disabled = !usable;
     this.nodes.classify.disabled = !usable;
+    const user = this.client.$user.get();
+    const loggedOut = status === 'logged-out';
+    this.nodes.account.style.display = user || loggedOut ? 'flex' : 'none';
+    this.nodes.accountText.textContent = user ? `Logged in as ${user.email}` : '';
+    this.nodes.logout.style.display = user ? '' : 'none';
+    this.nodes.login.style.display = loggedOut ? '' : 'none';
   }
 
   render(run) {
@@ -177,6 +190,13 @@ export class RunPanel extends Component {
     const classify = el('button', { className: 'btn', 'data-testid': 'runs-classify', disabled: true },
       `Classify the drawing (${this.classifierModel})`);
     const cancel = el('button', { className: 'btn danger', 'data-testid': 'runs-cancel', disabled: true }, 'Cancel');
+    const login = el('button', { className: 'btn', 'data-testid': 'runs-login' }, 'Log in');
+    const logout = el('button', { className: 'btn danger', 'data-testid': 'runs-logout' }, 'Log out');
+    login.addEventListener('click', () => this.client.start());
+    logout.addEventListener('click', () => this.client.logout());
+    const accountText = el('span');
+    const account = el('div', { 'data-testid': 'runs-account',
+      style: 'display:none;gap:0.75rem;align-items:center;margin-bottom:0.5rem' }, accountText, login, logout);
     generate.addEventListener('click', () => this.generate());
     classify.addEventListener('click', () => this.classify());
     cancel.addEventListener('click', () => this.cancel());
@@ -193,13 +213,13 @@ export class RunPanel extends Component {
 
     this.nodes = {
       connection: el('p', { 'data-testid': 'runs-connection', style: 'color:#6b7280' }),
-      digit, steps, generate, classify, cancel, progressBox, partial, result, resultLabel, resultImage,
+      account, accountText, login, logout, digit, steps, generate, classify, cancel, progressBox, partial, result, resultLabel, resultImage,
       status: el('p', { 'data-testid': 'runs-status' }),
       error: el('p', { 'data-testid': 'runs-error', style: 'color:#b91c1c;display:none' }),
     };
     const controls = el('div', { style: 'display:flex;gap:0.75rem;align-items:center;flex-wrap:wrap' },
       el('label', {}, 'Digit ', digit), el('label', {}, 'Denoising steps ', steps), generate, classify, cancel);
-    t.append(this.nodes.connection, controls, progressBox, this.nodes.status,
+    t.append(this.nodes.connection, account, controls, progressBox, this.nodes.status,
       el('div', { style: 'display:flex;gap:1rem;align-items:flex-start' }, partial, result), this.nodes.error);
     this.progress.mount(progressTarget);
     this.renderConnection();
