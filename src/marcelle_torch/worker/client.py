@@ -57,8 +57,14 @@ class FeathersClient:
         self.sio = socketio.Client(reconnection=True, reconnection_attempts=0, reconnection_delay=0.5,
                                    reconnection_delay_max=reconnection_delay_max, logger=False,
                                    engineio_logger=False)
-        # Calls from several threads go one at a time (the client's ack ids are not locked).
+        # Packets go out one at a time (the client's ack ids are not locked); the answers are
+        # awaited outside the lock, so a slow call does not hold up the others.
         self._lock = threading.Lock()
+        # Calls waiting for their answer: a dropped connection answers them at once
+        # (python-socketio 4.6 forgets their callbacks and would let each wait its whole timeout).
+        self._waiting: dict[int, tuple[threading.Event, dict]] = {}
+        self._on_disconnect = None
+        self.sio.on("disconnect", self._dropped)
 
     # -- connection
 
@@ -87,26 +93,48 @@ class FeathersClient:
             pass
 
     def on(self, event: str, handler) -> None:
-        self.sio.on(event, handler)
+        if event == "disconnect":
+            self._on_disconnect = handler
+        else:
+            self.sio.on(event, handler)
+
+    def _dropped(self) -> None:
+        for done, box in list(self._waiting.values()):
+            box["dropped"] = True
+            done.set()
+        if self._on_disconnect is not None:
+            self._on_disconnect()
 
     # -- service methods
 
     def call(self, method: str, service: str, *args, timeout: float | None = None):
         if not self.sio.connected:
             raise BackendUnavailable("not connected to the Marcelle backend")
-        with self._lock:
-            try:
-                answer = self.sio.call(method, (service, *args), timeout=timeout or self.timeout)
-            except socketio.exceptions.TimeoutError:
-                raise BackendUnavailable(f"no answer to {method} {service} within {timeout or self.timeout:.0f}s") \
-                    from None
-            except (socketio.exceptions.SocketIOError, OSError) as exc:
-                raise BackendUnavailable(f"{method} {service}: {exc}") from None
+        done, box = threading.Event(), {"answer": None, "dropped": False}
+
+        def acknowledged(*answer):
+            box["answer"] = answer
+            done.set()
+
+        key = id(box)
+        self._waiting[key] = (done, box)
+        try:
+            with self._lock:
+                if not self.sio.connected:  # dropped before this call was registered
+                    raise BackendUnavailable("not connected to the Marcelle backend")
+                try:
+                    self.sio.emit(method, (service, *args), callback=acknowledged)
+                except (socketio.exceptions.SocketIOError, OSError) as exc:
+                    raise BackendUnavailable(f"{method} {service}: {exc}") from None
+            if not done.wait(timeout or self.timeout):
+                raise BackendUnavailable(f"no answer to {method} {service} within {timeout or self.timeout:.0f}s")
+        finally:
+            self._waiting.pop(key, None)
+        answer = box["answer"]
+        if answer is None:  # the connection dropped first: the call may or may not have applied
+            raise BackendUnavailable(f"connection to the Marcelle backend lost during {method} {service}")
         # Feathers acknowledges with (error) or (null, result).
-        if isinstance(answer, tuple):
-            error, result = answer[0], answer[1] if len(answer) > 1 else None
-        else:
-            error, result = answer, None
+        error, result = (answer[0] if answer else None), (answer[1] if len(answer) > 1 else None)
         if error:
             if isinstance(error, dict):
                 raise BackendError(error.get("name", "Error"), error.get("message", str(error)), error.get("code"))
