@@ -6,7 +6,8 @@
 - ``claims(workers)`` / ``completions(workers)``: per run id, how often the workers' logs say
   they claimed it / wrote its outcome as succeeded (a computation finished);
 - ``rss_kib(pid)``, ``session_rss(pid)``: resident memory from /proc;
-- ``replica_pids(deployment)``: the PIDs of a Serve deployment's replica actors (``ps``);
+- ``replica_pids(session, deployment)``: the PIDs of a Serve deployment's replica actors (``ps``)
+  in one Serve's session;
 - ``record(name, figures)``: a scenario's measured figures into bench/out/reliability/,
   where bench/soak.py gathers them into the README's table.
 """
@@ -96,14 +97,16 @@ def process_name(pid: int) -> str:
     return " ".join(part.decode(errors="replace") for part in cmd[:4] if part)[:100]
 
 
-def replica_pids(deployment: str = "model-digits") -> list[int]:
+def replica_pids(session: int, deployment: str = "model-digits") -> list[int]:
     """PIDs of the live replica actors of ``deployment`` (Ray names the process
-    ``ray::ServeReplica:<app>:<deployment>``)."""
-    out = subprocess.run(["ps", "-eo", "pid=,stat=,args="], capture_output=True, text=True).stdout
+    ``ray::ServeReplica:<app>:<deployment>``) in session ``session``: the ``marcelle-torch
+    serve`` under test (started in a session of its own), never another Serve on the machine."""
+    out = subprocess.run(["ps", "-eo", "pid=,sid=,stat=,args="], capture_output=True, text=True).stdout
     pids = []
     for line in out.splitlines():
-        pid, stat, args = line.strip().split(None, 2)
-        if not stat.startswith("Z") and re.match(rf"ray::ServeReplica:[^:\s]+:{re.escape(deployment)}\b", args):
+        pid, sid, stat, args = line.strip().split(None, 3)
+        if (sid == str(session) and not stat.startswith("Z")
+                and re.match(rf"ray::ServeReplica:[^:\s]+:{re.escape(deployment)}\b", args)):
             pids.append(int(pid))
     return pids
 
