@@ -159,3 +159,13 @@ def test_stop_frees_the_port_and_is_idempotent(dist):
 def test_content_type_fallback():
     assert content_type("x.WASM") == "application/wasm"
     assert content_type("x.unknown-ext") == "application/octet-stream"
+
+
+@pytest.mark.parametrize("path", ["/", "/some/route", "/assets/index-abc123.js", "/assets/ort.bundle.min.mjs",
+                                  "/config.json", "/onnx/digits/model.onnx", "/missing.js"])
+def test_every_response_is_cross_origin_isolated(server, path):
+    # The page and the scripts its workers start: onnxruntime-web gets threads only in a
+    # cross-origin isolated page (the browser test checks `crossOriginIsolated` itself).
+    _, headers, _ = get(f"{server}{path}")
+    assert headers["Cross-Origin-Opener-Policy"] == "same-origin"
+    assert headers["Cross-Origin-Embedder-Policy"] == "require-corp"

@@ -62,6 +62,15 @@ IMMUTABLE_PREFIX = "/assets/"
 IMMUTABLE_CACHE = "public, max-age=31536000, immutable"
 REVALIDATE_CACHE = "no-cache"
 
+# Cross-origin isolation, on every response (documents and the worker scripts they start): it
+# gives the page SharedArrayBuffer, which onnxruntime-web's WASM backend needs to run with
+# threads (onnxruntime-web 1.30.0, lib/wasm/wasm-factory.ts: isMultiThreadSupported, else one
+# thread). What the app loads from other origins keeps working: the Serve and backend calls are
+# CORS fetches, socket.io's websocket is not subject to COEP; an <img>/<script> from another
+# origin would now need a Cross-Origin-Resource-Policy header (or CORS) from that origin.
+# The chart's nginx (services/frontend/nginx.conf) sends the same two headers.
+ISOLATION_HEADERS = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp"}
+
 
 class WebappNotBuilt(MarcelleTorchError):
     status = 500
@@ -236,7 +245,7 @@ class _Handler(BaseHTTPRequestHandler):
                        "Last-Modified": email.utils.formatdate(stat.st_mtime, usegmt=True)}
             if etag in [t.strip() for t in self.headers.get("If-None-Match", "").split(",")]:
                 self.send_response(HTTPStatus.NOT_MODIFIED)
-                for name, value in headers.items():
+                for name, value in {**headers, **ISOLATION_HEADERS}.items():
                     self.send_header(name, value)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -245,7 +254,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", content_type(target))
             self.send_header("Content-Length", str(stat.st_size))
             self.send_header("X-Content-Type-Options", "nosniff")
-            for name, value in headers.items():
+            for name, value in {**headers, **ISOLATION_HEADERS}.items():
                 self.send_header(name, value)
             self.end_headers()
             if send_body:
@@ -261,7 +270,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", cache)
         self.send_header("X-Content-Type-Options", "nosniff")
-        for name, value in (extra or {}).items():
+        for name, value in {**ISOLATION_HEADERS, **(extra or {})}.items():
             self.send_header(name, value)
         self.end_headers()
         if send_body:
