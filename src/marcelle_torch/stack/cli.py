@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from pathlib import Path
@@ -17,6 +18,10 @@ def register(subparsers) -> None:
     p.add_argument("--serve-port", type=int, default=8000, help="Ray Serve HTTP port (default: %(default)s)")
     p.add_argument("--backend-port", type=int, default=3030, help="Marcelle backend port (default: %(default)s)")
     p.add_argument("--workers", type=int, default=1, help="number of run workers (default: %(default)s)")
+    p.add_argument("--auth", action="store_true",
+                   help="turn the backend's authentication on: the app asks to log in; the first user (admin) is "
+                        "MARCELLE_ADMIN_EMAIL / MARCELLE_ADMIN_PASSWORD, else admin@marcelle-torch.local with a "
+                        "generated password printed once")
     p.add_argument("--monitoring", action="store_true",
                    help="also start a local Prometheus (Debian's prometheus) scraping the stack")
     p.add_argument("--prometheus-port", type=int, default=9090, help="Prometheus port (default: %(default)s)")
@@ -38,7 +43,9 @@ def cmd_up(args) -> int:
     options = StackOptions(
         workdir=args.workdir.resolve(), host=args.host, webapp_port=args.port, serve_port=args.serve_port,
         backend_port=args.backend_port, prometheus_port=args.prometheus_port, monitoring=args.monitoring,
-        workers=args.workers, dist_dir=args.dist,
+        workers=args.workers, dist_dir=args.dist, auth=args.auth,
+        admin_email=os.environ.get("MARCELLE_ADMIN_EMAIL") or None,
+        admin_password=os.environ.get("MARCELLE_ADMIN_PASSWORD") or None,
     )
     stop = threading.Event()
     # SIGTERM stops as cleanly as Ctrl-C (e.g. from a process manager).
@@ -50,6 +57,11 @@ def cmd_up(args) -> int:
         for name, url in stack.urls.items():
             print(f"  {name:{width}s}  {url}")
         print(f"  {'logs':{width}s}  {stack.logs}")
+        if stack.login:
+            password = (stack.login["password"] + "   (generated at this start; shown only here)"
+                        if stack.login["generated"] else "(MARCELLE_ADMIN_PASSWORD)")
+            print(f"\nAuthentication is on. Log in to the web app as {stack.login['email']}", flush=True)
+            print(f"  password: {password}", flush=True)
         print(f"\nOpen {stack.urls['webapp']} ; Ctrl-C to stop.", flush=True)
         while not stop.wait(0.5):
             pass

@@ -4,11 +4,17 @@
 project's serve config, the Marcelle backend (NeDB files on disk), a run worker, the built
 web app, and optionally a local Prometheus; waits until each answers; prints the URL; and
 stops everything, in reverse order, on Ctrl-C or SIGTERM.
+
+The backend is open by default (a laptop demo). With ``auth`` it runs with authentication on,
+as the chart does: a JWT secret and a worker account generated at each start, and a first
+user, the app's admin, from ``admin_email``/``admin_password`` (or admin@marcelle-torch.local
+with a generated password, which only ``Stack.login`` holds: ``up`` prints it once).
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +26,8 @@ from .webapp import WebappNotBuilt, start_webapp
 
 CLASSIFIER = "digits"
 GENERATOR = "digits-generator"
+ADMIN_EMAIL = "admin@marcelle-torch.local"  # the chart's default backend.auth.adminEmail too
+WORKER_EMAIL = "worker@marcelle-torch.local"
 
 
 @dataclass
@@ -37,6 +45,9 @@ class StackOptions:
     dist_dir: Path | None = None
     backend_dir: Path | None = None
     ready_timeout: float = 600.0
+    auth: bool = False
+    admin_email: str | None = None
+    admin_password: str | None = None
 
 
 @dataclass
@@ -45,6 +56,9 @@ class Stack:
 
     urls: dict[str, str] = field(default_factory=dict)
     logs: Path | None = None
+    # With authentication on: the admin's {"email", "password", "generated"} ("generated": the
+    # password was made here, so it is nowhere else to be read).
+    login: dict | None = None
     supervisor: Supervisor = field(default_factory=Supervisor)
     _stops: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
 
@@ -85,6 +99,19 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "marcelle_torch.cli", *args]
 
 
+def _auth_settings(options: StackOptions) -> tuple[dict, dict] | None:
+    """(start_backend's auth arguments, the admin's login) when ``options.auth``, else None."""
+    if not options.auth:
+        return None
+    password = options.admin_password or secrets.token_urlsafe(12)
+    login = {"email": options.admin_email or ADMIN_EMAIL, "password": password,
+             "generated": not options.admin_password}
+    backend = {"auth": True, "secret": secrets.token_urlsafe(32),
+               "worker_email": WORKER_EMAIL, "worker_password": secrets.token_urlsafe(24),
+               "admin_email": login["email"], "admin_password": password}
+    return backend, login
+
+
 def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: None) -> Stack:
     from ..models import get_spec, resolve_weights
     from .backend import start_backend
@@ -116,6 +143,11 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
     webapp_origin = f"http://{host}:{webapp_port}"
 
     stack = Stack(logs=logs, supervisor=Supervisor(say))
+    auth = _auth_settings(options)
+    backend_auth, stack.login = auth if auth else ({}, None)
+    # The worker logs in with its account; the password goes by environment, not argv.
+    worker_env = ({"MARCELLE_WORKER_EMAIL": backend_auth["worker_email"],
+                   "MARCELLE_WORKER_PASSWORD": backend_auth["worker_password"]} if auth else None)
     try:
         say(f"[2/{total}] Ray Serve on port {serve_port} (log: {logs / 'serve.log'})")
         serve_url = f"http://{host}:{serve_port}"
@@ -136,9 +168,10 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
         stack.urls["serve_metrics"] = f"http://{host}:{serve_metrics_port}/metrics"
 
         backend_port = port_or_free(options.backend_port, host)
-        say(f"[3/{total}] Marcelle backend on port {backend_port} (data: {workdir / 'backend'})")
+        say(f"[3/{total}] Marcelle backend on port {backend_port} (data: {workdir / 'backend'}, "
+            f"authentication {'on' if auth else 'off'})")
         backend = stack.supervise("Marcelle backend", lambda: start_backend(
-            workdir / "backend", port=backend_port, host=host, log_path=logs / "backend.log",
+            workdir / "backend", port=backend_port, host=host, log_path=logs / "backend.log", **backend_auth,
             **({"package_dir": options.backend_dir} if options.backend_dir else {})))
         stack.urls["backend"] = backend.url
 
@@ -153,7 +186,7 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
                 worker = ManagedProcess(f"worker {i + 1}", _cli(
                     "worker", "--backend", backend.url, "--name", f"local-{i + 1}",
                     "--metrics-port", str(port), "--metrics-host", host, "--threads", str(threads)),
-                    logs / f"worker-{i + 1}.log", die_with_parent=True)
+                    logs / f"worker-{i + 1}.log", env=worker_env, die_with_parent=True)
                 try:
                     worker.wait_http(f"http://{host}:{port}/metrics", 120)
                 except BaseException:
