@@ -432,12 +432,18 @@ class Cluster:
         self.dns.stop()
         self.network.teardown()
         # Mount points this tier had to create on the machine: removed when empty (never rmtree).
+        # Empty files are the mount points of single files (subPath mounts), made by touch.
         for top in sorted(self.created_dirs, key=lambda p: len(str(p)), reverse=True):
+            if top.is_file():
+                top.unlink() if top.stat().st_size == 0 else problems.append(f"{top}: not empty")
+                continue
             for root, dirs, files in os.walk(top, topdown=False):
+                for name in files:
+                    path = Path(root) / name
+                    if path.stat().st_size == 0:
+                        path.unlink()
                 try:
                     os.rmdir(root)
                 except OSError as exc:
                     problems.append(f"{root}: {exc}")
-            if top.is_file():
-                problems.append(f"{top}: a file")
         return problems

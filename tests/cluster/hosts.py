@@ -186,8 +186,14 @@ class Pod:
             if target.startswith(bound.rstrip("/") + "/"):
                 path = Path(source) / target[len(bound):].lstrip("/")
                 if not path.exists():
+                    missing = path
+                    while not missing.parent.exists():
+                        missing = missing.parent
                     path.parent.mkdir(parents=True, exist_ok=True)
                     path.touch() if is_file else path.mkdir(parents=True, exist_ok=True)
+                    # Made inside a bound source (maybe the checkout): removed at teardown too.
+                    if missing not in self.created_dirs:
+                        self.created_dirs.append(missing)
                 return
         path = Path(target)
         if path.exists():
