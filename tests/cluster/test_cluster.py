@@ -82,8 +82,8 @@ def test_scenario_backend_run_with_live_progress(target):
     scenarios.backend_run_completes_with_progress(target)
 
 
-def test_scenario_metrics(target):
-    scenarios.metrics_answer(target)
+def test_scenario_metrics(target, make_digit):
+    scenarios.metrics_answer(target, make_digit)
 
 
 def test_every_podmonitor_target_answers(cluster):

@@ -60,10 +60,7 @@ def target(request, tmp_path_factory):
 # ---------------------------------------------------------------------------------- local
 
 def _local_target(workdir: Path):
-    try:
-        from marcelle_torch.stack.up import StackOptions, WebappNotBuilt, start_stack
-    except ImportError as exc:
-        pytest.skip(f"local target: marcelle_torch.stack.up is not available ({exc})")
+    from marcelle_torch.stack.up import StackOptions, WebappNotBuilt, start_stack
     options = StackOptions(workdir=workdir, webapp_port=0, serve_port=0, backend_port=0,
                            serve_metrics_port=0, worker_metrics_port=0, prometheus_port=0)
     try:

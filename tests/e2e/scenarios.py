@@ -144,8 +144,11 @@ def backend_run_completes_with_progress(target, steps: int = 12, timeout_s: floa
     return final
 
 
-def metrics_answer(target, timeout_s: float = 300) -> None:
-    """Serve and the worker export Prometheus metrics, including this project's own."""
+def metrics_answer(target, make_digit, timeout_s: float = 300) -> None:
+    """Serve and the worker export Prometheus metrics, including this project's own (after a
+    prediction and a run made here, so the check stands on its own)."""
+    predict_through_serve(target, make_digit)
+    backend_run_completes_with_progress(target)
     wanted = {"serve": ("ray_serve_", "ray_marcelle_torch_predictions"),
               "worker": ("marcelle_torch_worker_up", "marcelle_torch_worker_runs_total")}
     texts = {}

@@ -28,7 +28,7 @@ def predict(spec, model, instances):
 
 def test_same_digit_drawn_differently_gives_the_same_prediction(trained_digits, model, make_digit):
     """Size of the canvas, position and scale of the digit, and ink polarity do not matter."""
-    agree, total = 0, 0
+    agree, consistent, total = 0, 0, 0
     for index in range(20):
         variants = [make_digit(index, size=size, seed=seed, light_background=light)
                     for size, seed, light in [(128, 0, False), (64, 1, False), (300, 2, True), (128, 3, True),
@@ -37,8 +37,12 @@ def test_same_digit_drawn_differently_gives_the_same_prediction(trained_digits, 
         labels = predict(trained_digits, model, [inst for inst, _ in variants])
         total += len(labels)
         agree += sum(label == truth for label in labels)
-        # The prediction must not depend on the drawing: all variants agree with each other.
-        assert len(set(labels)) <= 2, (index, truth, labels)
+        # The prediction barely depends on the drawing: at most one of a digit's five variants
+        # may read differently from the others (a sloppy, tiny or thin rendering can).
+        majority = max(labels.count(label) for label in labels)
+        assert majority >= len(labels) - 1, (index, truth, labels)
+        consistent += majority
+    assert consistent / total >= 0.95, f"only {consistent}/{total} variants read as their digit's majority"
     assert agree / total >= 0.9, f"{agree}/{total} correct"
 
 
