@@ -83,9 +83,9 @@ def page(browser, console_errors):
 
 @pytest.fixture(scope="session")
 def webapp_dist() -> Path:
-    """The built app (``services/frontend/dist``, or $MARCELLE_TORCH_WEBAPP_DIST); skips when not built."""
+    """The built app (``services/frontend/dist``, or $MARCELLE_TORCH_WEBAPP_DIST); `make test` builds it."""
     if not (DIST / "index.html").is_file():
-        pytest.skip(f"web app not built ({DIST}): run `make webapp` (cd services/frontend && npm ci && npm run build)")
+        pytest.fail(f"web app not built ({DIST}): run `make webapp` (cd services/frontend && npm ci && npm run build)")
     return DIST
 
 

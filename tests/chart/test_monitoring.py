@@ -238,7 +238,7 @@ def promtool_test(tmp_path, groups, series: list[str], expected_alerts: list[dic
     if promtool is None:
         import pytest
 
-        pytest.skip("promtool not found (Debian package prometheus)")
+        pytest.fail("promtool not found: sudo make system-deps (apt-get install prometheus)")
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}))
     (tmp_path / "test.yaml").write_text(yaml.safe_dump({
         "rule_files": ["rules.yaml"],

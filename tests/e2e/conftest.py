@@ -66,7 +66,7 @@ def _local_target(workdir: Path):
     try:
         stack = start_stack(options, say=lambda msg: print(f"[stack] {msg}", flush=True))
     except WebappNotBuilt as exc:
-        pytest.skip(f"local target: {exc.message}")
+        pytest.fail(f"local target: {exc.message}")
     try:
         urls = stack.urls
         yield Target("local", webapp=urls["webapp"].rstrip("/"), serve=urls["serve"].rstrip("/"),

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 
-kubernetes = pytest.importorskip("kubernetes", reason="the kubernetes client is in the [test] extra")
 from kubernetes.client import (V1Container, V1ContainerState, V1ContainerStateRunning,  # noqa: E402
                                V1ContainerStateTerminated, V1ContainerStatus, V1ObjectMeta, V1Pod, V1PodSpec,
                                V1PodStatus)

@@ -65,7 +65,7 @@ def _pip(venv: Path, *args: str, timeout: float = INSTALL_TIMEOUT_S) -> None:
 
 def _venv(tmp_path_factory, extras: str) -> Path:
     if not shutil.which(PYTHON):
-        pytest.skip(f"install test needs {PYTHON} on PATH")
+        pytest.fail(f"the install test needs {PYTHON} on PATH (apt-get install python3.11, or set PYTHON)")
     key = hashlib.sha256(PYPROJECT.read_bytes()).hexdigest()[:16]
     venv = REPO / ".cache" / "install-venv" / f"{extras or 'plain'}-{key}"
     src = _copy_sources(tmp_path_factory.mktemp("src") / "marcelle-torch")
