@@ -4,8 +4,6 @@ head pod) is a problem, a healthy pod is not."""
 
 from __future__ import annotations
 
-import pytest
-
 from kubernetes.client import (V1Container, V1ContainerState, V1ContainerStateRunning,  # noqa: E402
                                V1ContainerStateTerminated, V1ContainerStatus, V1ObjectMeta, V1Pod, V1PodSpec,
                                V1PodStatus)
