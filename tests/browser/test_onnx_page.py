@@ -68,8 +68,12 @@ def test_drawn_digits_are_predicted_in_the_browser_and_stay_there(webapp_factory
     page.goto(url)
     page.get_by_text(PAGE_TITLE, exact=True).first.click()
     page.wait_for_selector(f"{STATUS}[data-status=ready]")
-    backend = page.locator("[data-testid=onnx-model-backend]").get_attribute("data-backend")
-    assert backend.startswith("wasm")
+    hook = page.locator("[data-testid=onnx-model-backend]")
+    assert hook.get_attribute("data-backend").startswith("wasm")
+    # Served cross-origin isolated; one WASM thread by default (bench/out/parity.md: faster here).
+    assert page.evaluate("globalThis.crossOriginIsolated") is True
+    assert (hook.get_attribute("data-ep"), hook.get_attribute("data-isolated")) == ("wasm", "true")
+    assert hook.get_attribute("data-threads") == "1" and hook.get_attribute("data-simd") == "true"
     info = page.locator("[data-testid=onnx-model-info]").inner_text()
     assert f"digits v{bundle['version']}" in info and " ".join(bundle["labels"]) in info
 
@@ -121,3 +125,29 @@ def test_missing_bundle_is_reported_on_the_page(webapp_factory, page):
     message = page.locator(ERROR).inner_text()
     assert "onnx/no-such-model/model.json" in message and "HTTP 404" in message
     assert "export-onnx" in message
+
+
+def test_wasm_threads_when_asked_run_in_workers_of_the_app_itself(webapp_factory, page, console_errors,
+                                                                 drawing_input, digits_model, wait_label):
+    url = webapp_factory({**CONFIG, "onnxThreads": 2})
+    workers = []
+    page.on("worker", lambda worker: workers.append(worker.url))
+    page.goto(url)
+    page.get_by_text(PAGE_TITLE, exact=True).first.click()
+    page.wait_for_selector(f"{STATUS}[data-status=ready]")
+    hook = page.locator("[data-testid=onnx-model-backend]")
+    # ORT really runs two threads: it set numThreads back to 1 had the page not been isolated,
+    # and its second thread is a web worker started from the app's own copy of ORT's glue.
+    assert hook.get_attribute("data-threads") == "2", hook.get_attribute("data-backend")
+    assert hook.get_attribute("data-backend") == "wasm (SIMD, 2 threads)"
+    assert workers and all(urlparse(w).netloc == urlparse(url).netloc for w in workers), workers
+    assert any("ort-wasm-simd-threaded" in w for w in workers), workers
+
+    drawing_input.draw_digit("7")
+    sent = drawing_input.model_input_png()
+    shown, confidence = wait_label(page, LABEL)
+    expected = digits_model.predict(sent)
+    assert shown == expected["label"] == "7"
+    assert confidence == pytest.approx(expected["confidences"][shown], abs=1e-4)
+    assert page.locator(ERROR).count() == 0
+    assert console_errors == []

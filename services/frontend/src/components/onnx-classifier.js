@@ -30,14 +30,37 @@
  */
 import { Stream, text } from '@marcellejs/core';
 import * as ort from 'onnxruntime-web/wasm';
-// Emitted by Vite into the build (dist/assets): ORT loads its runtime from the app itself.
+// Emitted by Vite into the build (dist/assets): ORT loads its runtime from the app itself. The
+// Emscripten glue (.mjs) is its own file too: with threads, ORT starts its worker threads from
+// that script, not from the app's bundle (onnxruntime-web 1.30.0,
+// lib/wasm/wasm-utils-import.ts: importWasmModule uses the embedded module unless
+// wasmPaths.mjs is given, and Emscripten's pthread workers load the module's own URL).
 import ortWasmUrl from 'onnxruntime-web/ort-wasm-simd-threaded.wasm?url';
+import ortMjsUrl from 'onnxruntime-web/ort-wasm-simd-threaded.mjs?url';
 import { toTensor } from './drawing-input.js';
 import { ServedModel, escapeHtml } from './served-model.js';
 
-ort.env.wasm.wasmPaths = { wasm: ortWasmUrl };
-// Multi-threading needs a cross-origin isolated page (COOP/COEP); ORT uses one thread otherwise.
-ort.env.wasm.numThreads = globalThis.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
+ort.env.wasm.wasmPaths = { wasm: ortWasmUrl, mjs: ortMjsUrl };
+
+// Runs after the session is created, so that the timed runs do not pay for first-run
+// allocations, JIT tiers and cold caches: at least WARMUP_RUNS, and on until WARMUP_MS.
+const WARMUP_RUNS = 10;
+const WARMUP_MS = 150;
+
+/**
+ * WASM threads for `threads` ('auto' or a number): threads need a cross-origin isolated page
+ * (COOP/COEP, sent by the app's servers); without it ORT runs one thread. 'auto' is
+ * DEFAULT_THREADS capped by the cores: the digits model is ~160 small nodes, where
+ * thread hand-offs cost about what they save (bench/out/parity.md has both figures).
+ */
+export const DEFAULT_THREADS = 1;
+let runtimeStarted = false; // ORT reads env.wasm once, when its first session starts the runtime
+export function wasmThreads(threads = 'auto') {
+  if (!globalThis.crossOriginIsolated) return 1;
+  const cores = navigator.hardwareConcurrency || 1;
+  const wanted = threads === 'auto' || threads == null ? DEFAULT_THREADS : Number(threads);
+  return Math.max(1, Math.min(Number.isFinite(wanted) ? Math.floor(wanted) : 1, cores, 16));
+}
 
 async function sha256Hex(bytes) {
   if (!globalThis.crypto?.subtle) return null; // not a secure context (plain http on a remote host)
@@ -46,7 +69,7 @@ async function sha256Hex(bytes) {
 }
 
 export class OnnxClassifier extends ServedModel {
-  constructor({ bundle = 'onnx/digits/', title } = {}) {
+  constructor({ bundle = 'onnx/digits/', title, threads = 'auto' } = {}) {
     super('onnxClassifier', 'the model is a static ONNX bundle served by the app');
     // Relative to the page, so the app works under any base path.
     this.bundleUrl = new URL(bundle.endsWith('/') ? bundle : `${bundle}/`, window.location.href).href;
@@ -60,6 +83,10 @@ export class OnnxClassifier extends ServedModel {
     this.$error = new Stream(null, true);
     this.$metadata = new Stream(null, true);
     this.$backend = new Stream(null, true);
+    // What the runtime really uses, read back from ORT once the session exists:
+    // {ep, threads, simd, isolated} (also the view's data- attributes).
+    this.$runtime = new Stream(null, true);
+    this.threads = threads;
     this.$latency = new Stream(null, true);
     this.$loadTime = new Stream(null, true);
     this.$predictions = new Stream(Stream.never(), false);
@@ -90,11 +117,14 @@ export class OnnxClassifier extends ServedModel {
         throw new Error(`${onnx.file} does not match model.json (sha256 ${digest.slice(0, 12)}…, ` +
           `expected ${onnx.sha256.slice(0, 12)}…): re-export the bundle`);
       }
+      if (!runtimeStarted) ort.env.wasm.numThreads = wasmThreads(this.threads);
+      runtimeStarted = true;
       this.session = await ort.InferenceSession.create(bytes, { executionProviders: ['wasm'], graphOptimizationLevel: 'all' });
-      const simd = ort.env.wasm.simd === false ? 'no SIMD' : 'SIMD';
-      const threads = ort.env.wasm.numThreads;
-      this.$backend.set(`wasm (${simd}, ${threads} thread${threads === 1 ? '' : 's'})`);
-      await this.run(new Float32Array(this.inputLength)); // warm-up: the first run allocates
+      const simd = ort.env.wasm.simd !== false;
+      const threads = ort.env.wasm.numThreads; // ORT sets it back to 1 when threads are not possible
+      this.$runtime.set({ ep: 'wasm', threads, simd, isolated: Boolean(globalThis.crossOriginIsolated) });
+      this.$backend.set(`wasm (${simd ? 'SIMD' : 'no SIMD'}, ${threads} thread${threads === 1 ? '' : 's'})`);
+      await this.warmUp();
       this.$loadTime.set(performance.now() - started);
       this.$training.set({ status: 'loaded', data: { source: 'url', url: this.bundleUrl } });
       this.$error.set(null);
@@ -107,6 +137,15 @@ export class OnnxClassifier extends ServedModel {
       this.$status.set('error');
       this.$training.set({ status: 'error', data: { message } });
       throw error;
+    }
+  }
+
+  /** Runs on a blank input until both WARMUP_RUNS and WARMUP_MS are reached. */
+  async warmUp() {
+    const input = new Float32Array(this.inputLength);
+    const started = performance.now();
+    for (let i = 0; i < WARMUP_RUNS || performance.now() - started < WARMUP_MS; i += 1) {
+      await this.run(input); // eslint-disable-line no-await-in-loop
     }
   }
 
@@ -214,7 +253,16 @@ export class OnnxClassifier extends ServedModel {
   }
 
   viewStreams() {
-    return [this.$status, this.$error, this.$metadata, this.$progress, this.$backend, this.$loadTime];
+    return [this.$status, this.$error, this.$metadata, this.$progress, this.$backend, this.$runtime, this.$loadTime];
+  }
+
+  /** The runtime hook: `data-backend` (text), `data-ep`, `data-threads`, `data-simd`, `data-isolated`. */
+  runtimeHook() {
+    const rt = this.$runtime.get();
+    const attrs = rt
+      ? ` data-ep="${escapeHtml(rt.ep)}" data-threads="${rt.threads}" data-simd="${rt.simd}" data-isolated="${rt.isolated}"`
+      : '';
+    return ` <span data-testid="onnx-model-backend" data-backend="${escapeHtml(this.$backend.get() ?? '')}"${attrs}></span>`;
   }
 
   /** The small view: status, download progress, runtime backend, what the model is. */
@@ -241,7 +289,7 @@ export class OnnxClassifier extends ServedModel {
       status,
       error,
       rows,
-      besideStatus: ` <span data-testid="onnx-model-backend" data-backend="${escapeHtml(this.$backend.get() ?? '')}"></span>`,
+      besideStatus: this.runtimeHook(),
       belowStatus: bar,
     });
   }

@@ -27,9 +27,13 @@ function formatLabel({ label, confidences }, latency, count) {
 
 export default function onnxPage(dash, config) {
   const input = drawingInput();
-  const classifier = onnxClassifier({ bundle: config.onnxBundle ?? 'onnx/digits/' });
+  // config.onnxThreads: 'auto' (default) or a WASM thread count (threads need cross-origin isolation).
+  const classifier = onnxClassifier({ bundle: config.onnxBundle ?? 'onnx/digits/', threads: config.onnxThreads ?? 'auto' });
 
   const $predictions = predictionsOf(input.$images, classifier);
+  // config.benchHooks: the classifier as window.marcelleTorchOnnx, for bench/parity.py to time
+  // the page's runtime back to back on the same inputs as native onnxruntime (off by default).
+  if (config.benchHooks) window.marcelleTorchOnnx = classifier;
 
   const label = text('Draw a digit on the left: the model runs in this page.');
   label.title = 'prediction';
