@@ -1,16 +1,28 @@
-"""Latency and throughput of the Serve application, per Serve ingress mode, against a plain server.
+"""Ray Serve against the strongest single-process server for the same contract, driven by wrk.
 
-For each target, started fresh: a fixed duration per concurrency level (1, 8, 32 clients,
-each sending one drawn digit per request, back to back). Targets:
+Load comes from ``wrk`` (Debian package ``wrk``; ``make system-deps``), one connection per
+client, each sending one request after the other; a Python client saturates a core at these
+rates and would measure itself. Its ceiling is shown in the same run: the same wrk against a
+no-op Serve deployment (``/noop``) deployed beside the models.
 
-- ``serve-<mode>``: ``marcelle-torch serve --serve-mode <mode>`` (see SERVE_MODES);
-- ``starlette``: one uvicorn process with the same JSON contract and an in-process forward pass.
+Targets, each started fresh, the same PNG body, the same weights (the repo's cache, as `make`):
 
-Before the load, each target is checked for correctness (same labels as the in-process model,
-a bad instance answered 400 with JSON); a mode that fails is reported and not chosen.
+- ``serve``: ``marcelle-torch serve`` with the packaged (default) serve config;
+- ``starlette``: uvicorn (uvloop, httptools) + Starlette, the same JSON contract, torch 1 thread,
+  the forward pass on the event loop (no thread hop);
+- ``starlette-batched``: the same with the project's adaptive batcher in-process (forward in a
+  worker thread, concurrent requests batched).
+The baseline of each ratio is the better of the two at that level.
+
+Goal 1: at c=32, Serve >= 1.5x the baseline's req/s; at c=1, Serve's p50 <= 2x the baseline's.
+
+Compute-bound section (goal 2): the ResNet-18-shaped benchmark model
+(``marcelle_torch.models.resnet_bench:spec``, 3x224x224, random weights) through Serve with the
+default config, against the best in-process batched samples/s (batch size x torch threads swept
+in one process).
 
 Writes bench/out/serve_latency.{json,md,png}.
-    .venv/bin/python bench/serve_latency.py [--duration 8] [--modes proxy haproxy ...]
+    .venv/bin/python bench/serve_latency.py [--duration 8] [--skip-compute]
 """
 
 from __future__ import annotations
@@ -19,16 +31,38 @@ import argparse
 import asyncio
 import json
 import os
+import platform
+import re
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
-from marcelle_torch.files import atomic_write, atomic_write_text
-from marcelle_torch.stack.processes import ManagedProcess, free_port
-
 REPO = Path(__file__).resolve().parents[1]
+# The weights cache `make` uses (tests/conftest.py and the Makefile set the same), before any
+# marcelle_torch import reads it.
+os.environ.setdefault("MARCELLE_TORCH_CACHE", str(REPO / ".cache" / "models"))
+
+from marcelle_torch.files import atomic_write, atomic_write_text  # noqa: E402
+from marcelle_torch.stack.processes import ManagedProcess, free_port  # noqa: E402
+
 OUT = REPO / "bench" / "out"
 LEVELS = (1, 8, 32)
+RESNET = "marcelle_torch.models.resnet_bench:spec"
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local f = io.open(os.getenv("BODY_FILE"), "rb"); wrk.body = f:read("*a"); f:close()
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('RESULT {"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, '
+    .. '"errors": %d, "non2xx": %d}\\n', summary.requests, summary.duration, latency:percentile(50),
+    latency:percentile(99), e.connect + e.read + e.write + e.timeout, e.status))
+end
+"""
 
 
 def digit_instances(n: int = 10):
@@ -52,64 +86,82 @@ def digit_instances(n: int = 10):
     return out
 
 
-# ----------------------------------------------------------------------------- the plain baseline
+def rgb_instance(size: int = 224) -> dict:
+    import base64
+    import io
 
-def baseline_app(model_name: str = "digits"):
-    """Starlette app with the same contract as the Serve ingress, forward pass in-process."""
+    import numpy as np
+    from PIL import Image
+
+    arr = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr, "RGB").save(buf, format="PNG")
+    return {"b64": base64.b64encode(buf.getvalue()).decode()}
+
+
+# ----------------------------------------------------------------------------- the single-process baseline
+
+def baseline_app(model_ref: str, batched: bool):
+    """Starlette app with the serve contract for one model; forward in-process, torch 1 thread."""
     import torch
     from starlette.applications import Starlette
-    from starlette.responses import JSONResponse
+    from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
-    from marcelle_torch.errors import MarcelleTorchError, ModelNotFound
+    from marcelle_torch.errors import MarcelleTorchError
     from marcelle_torch.models import decode_instances, get_spec, load_model, postprocess
     from marcelle_torch.models.inputs import parse_predict_body
+    from marcelle_torch.serving.api import unknown_model
+    from marcelle_torch.serving.batching import AdaptiveBatcher
 
-    spec = get_spec(model_name)
-    model = load_model(spec, train_if_missing=True)
     torch.set_num_threads(1)
+    spec = get_spec(model_ref)
+    model = load_model(spec, train_if_missing=True)
 
-    def predict(request_body: bytes, name: str):
-        if name != spec.name:
-            raise ModelNotFound(f"unknown model {name!r}; served models: {spec.name}")
-        batch = decode_instances(spec, parse_predict_body(request_body))
+    def run_batch(batches):
+        sizes = [len(b) for b in batches]
         with torch.inference_mode():
-            return postprocess(spec, model(batch))
+            outputs = model(torch.cat(batches) if len(batches) > 1 else batches[0])
+        return [postprocess(spec, part) for part in outputs.split(sizes)]
 
-    async def endpoint(request):
-        name = request.path_params["target"].removesuffix(":predict")
-        body = await request.body()
+    batcher = AdaptiveBatcher(run_batch, max_batch_size=16)
+
+    async def predict(request):
         try:
-            # Off the event loop, as a sync endpoint would be: the loop keeps accepting.
-            predictions = await asyncio.to_thread(predict, body, name)
+            if request.path_params["name"] != spec.name:
+                raise unknown_model(request.path_params["name"], [spec.name])
+            batch = decode_instances(spec, parse_predict_body(await request.body()))
+            if batched:
+                predictions = await batcher.submit(batch, len(batch))
+            else:
+                predictions = run_batch([batch])[0]
         except MarcelleTorchError as exc:
             return JSONResponse(exc.to_json(), status_code=exc.status)
-        return JSONResponse({"predictions": predictions})
+        return Response(json.dumps({"predictions": predictions}), media_type="application/json")
 
     async def readyz(_):
         return JSONResponse({"status": "ready"})
 
-    return Starlette(routes=[Route("/v1/models/{target}", endpoint, methods=["POST"]),
+    return Starlette(routes=[Route("/v1/models/{name}:predict", predict, methods=["POST"]),
                              Route("/readyz", readyz)])
 
 
-def run_baseline(port: int) -> None:
+def run_baseline(port: int, model_ref: str, batched: bool) -> None:
     import uvicorn
 
-    uvicorn.run(baseline_app(), host="127.0.0.1", port=port, log_level="warning")
+    uvicorn.run(baseline_app(model_ref, batched), host="127.0.0.1", port=port, log_level="warning",
+                loop="uvloop", http="httptools", access_log=False)
 
 
-# ----------------------------------------------------------------------------- targets
+# ----------------------------------------------------------------------------- targets and load
 
 class Target(ManagedProcess):
-    """A server under test, started on a free port (``{port}`` in its command line)."""
-
-    def __init__(self, name: str, args: list[str], log: Path):
+    def __init__(self, name: str, args: list[str], log: Path, env: dict | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        super().__init__(name, [a.replace("{port}", str(self.port)) for a in args], log)
+        super().__init__(name, [a.replace("{port}", str(self.port)) for a in args], log, env=env)
 
-    def wait_ready(self, timeout_s: float = 600) -> float:
+    def wait_ready(self, timeout_s: float = 900) -> float:
         started = time.monotonic()
         self.wait_http(self.url + "/readyz", timeout_s)
         return time.monotonic() - started
@@ -118,8 +170,63 @@ class Target(ManagedProcess):
         super().stop(timeout=180)
 
 
+def serve_config_with_noop(models: list[str], tmp: Path) -> Path:
+    """The packaged config for ``models`` plus a no-op application at /noop (wrk's ceiling)."""
+    import yaml
+
+    from marcelle_torch.serving.config import DEFAULT_CONFIG, apply_overrides
+
+    config = apply_overrides(yaml.safe_load(DEFAULT_CONFIG.read_text()), models=models)
+    config["applications"].append({"name": "noop", "route_prefix": "/noop", "import_path": "noop_app:app",
+                                   "deployments": [{"name": "Noop", "ray_actor_options": {"num_cpus": 0}}]})
+    (tmp / "noop_app.py").write_text(
+        "from ray import serve\nfrom starlette.responses import Response\n\n"
+        "@serve.deployment\nclass Noop:\n"
+        "    async def __call__(self, request):\n"
+        "        await request.body()\n"
+        "        return Response(b'{\"predictions\": []}', media_type='application/json')\n\n"
+        "app = Noop.bind()\n")
+    path = tmp / "serve_config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def wrk(url: str, body: bytes, concurrency: int, duration: float, script: Path) -> dict:
+    body_file = script.with_suffix(".body")
+    body_file.write_bytes(body)
+    cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "--timeout", "30s", "-s", str(script),
+           url]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, BODY_FILE=str(body_file)),
+                         timeout=duration + 60)
+    match = re.search(r"^RESULT (\{.*\})$", out.stdout, re.M)
+    if not match:
+        raise RuntimeError(f"wrk gave no result: {out.stdout[-300:]} {out.stderr[-300:]}")
+    r = json.loads(match.group(1))
+    ok = r["requests"] - r["non2xx"]
+    return {"concurrency": concurrency, "requests": r["requests"], "errors": r["errors"] + r["non2xx"],
+            "rps": ok / (r["duration_us"] / 1e6), "p50_ms": r["p50_us"] / 1000, "p99_ms": r["p99_us"] / 1000}
+
+
+def replicas(url: str, model: str) -> int | None:
+    import httpx
+
+    try:
+        return httpx.get(f"{url}/v1/models/{model}", timeout=30).json().get("replicas")
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+def warm_to_full(url: str, model: str, body: bytes, script: Path, want: int, limit_s: float = 90) -> dict:
+    """Load at c=32 until the autoscaler has ``want`` replicas (the default config's max here)."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit_s:
+        wrk(f"{url}/v1/models/{model}:predict", body, 32, 5, script)
+        if (replicas(url, model) or 0) >= want:
+            break
+    return {"replicas": replicas(url, model), "warm_s": round(time.monotonic() - started, 1)}
+
+
 def check_correct(url: str, samples, expected_labels) -> str | None:
-    """None if the target answers like the in-process model; else what is wrong."""
     import httpx
 
     r = httpx.post(f"{url}/v1/models/digits:predict", json={"instances": [s for s, _ in samples]}, timeout=120)
@@ -134,66 +241,133 @@ def check_correct(url: str, samples, expected_labels) -> str | None:
     return None
 
 
-async def load(url: str, instance: dict, concurrency: int, duration: float) -> dict:
-    import httpx
+def run_target(name: str, cmd: list[str], env: dict | None, body: bytes, model: str, levels, duration: float,
+               script: Path, check=None, noop: bool = False, full_replicas: int = 0) -> dict:
+    print(f"== {name}: starting", flush=True)
+    target = Target(name, cmd, OUT / f"serve_latency.{name}.log", env=env)
+    entry: dict = {"name": name, "levels": []}
+    try:
+        entry["ready_s"] = round(target.wait_ready(), 1)
+        entry["problem"] = check(target.url) if check else None
+        if entry["problem"]:
+            print(f"   NOT CORRECT: {entry['problem']}", flush=True)
+            return entry
+        url = f"{target.url}/v1/models/{model}:predict"
+        wrk(url, body, 1, 2, script)  # warm-up, not counted
+        for level in levels:
+            if level > 1 and full_replicas and "scaled" not in entry:
+                entry["scaled"] = warm_to_full(target.url, model, body, script, full_replicas)
+                print(f"   scaled: {entry['scaled']}", flush=True)
+            r = wrk(url, body, level, duration, script)
+            entry["levels"].append(r)
+            print(f"   c={level:3d}  {r['rps']:8.1f} req/s  p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  "
+                  f"errors {r['errors']}", flush=True)
+        if noop:
+            entry["noop"] = [wrk(f"{target.url}/noop", body, c, duration, script) for c in (1, 32)]
+            for r in entry["noop"]:
+                print(f"   no-op c={r['concurrency']:3d}  {r['rps']:8.1f} req/s  p50 {r['p50_ms']:.2f} ms", flush=True)
+        if full_replicas:
+            entry["replicas_end"] = replicas(target.url, model)
+    except RuntimeError as exc:
+        entry["problem"] = str(exc).splitlines()[0]
+        print(f"   FAILED: {entry['problem']}", flush=True)
+    finally:
+        target.stop()
+    return entry
 
-    body = json.dumps({"instances": [instance]}).encode()
-    latencies: list[float] = []
-    errors = 0
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-        end = 0.0  # read by the workers at each step: the warm-up and the measured run set it
 
-        async def worker():
-            nonlocal errors
-            while time.perf_counter() < end:
-                t0 = time.perf_counter()
-                try:
-                    r = await client.post(f"{url}/v1/models/digits:predict", content=body,
-                                          headers={"content-type": "application/json"})
-                    ok = r.status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                if ok:
-                    latencies.append(time.perf_counter() - t0)
-                else:
-                    errors += 1
+# ----------------------------------------------------------------------------- compute-bound, in process
 
-        # A short warm-up at this level, not counted.
-        end = time.perf_counter() + min(1.0, duration / 5)
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        latencies.clear()
-        errors = 0
-        started = time.perf_counter()
-        end = started + duration
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    import numpy as np
+def in_process_best(duration: float) -> dict:
+    """Best batched samples/s of the ResNet-shaped model in this process: batch x threads swept."""
+    import torch
 
-    lat = np.array(latencies) * 1000 if latencies else np.array([float("nan")])
-    return {"concurrency": concurrency, "requests": len(latencies), "errors": errors,
-            "rps": len(latencies) / elapsed, "p50_ms": float(np.percentile(lat, 50)),
-            "p99_ms": float(np.percentile(lat, 99))}
+    from marcelle_torch.models import get_spec, load_model
+
+    model = load_model(get_spec(RESNET))
+    runs = []
+    for threads in sorted({1, os.cpu_count() or 1}):
+        torch.set_num_threads(threads)
+        for batch in (1, 4, 8, 16):
+            x = torch.rand(batch, 3, 224, 224)
+            with torch.inference_mode():
+                model(x)
+                n, started = 0, time.perf_counter()
+                while time.perf_counter() - started < duration:
+                    model(x)
+                    n += batch
+            rate = n / (time.perf_counter() - started)
+            runs.append({"threads": threads, "batch": batch, "samples_per_s": rate})
+            print(f"   in-process threads={threads} batch={batch:2d}: {rate:6.1f} samples/s", flush=True)
+    return {"runs": runs, "best": max(runs, key=lambda r: r["samples_per_s"])}
 
 
 # ----------------------------------------------------------------------------- report
 
-def write_report(results: dict, args) -> None:
+def ratios(results: dict) -> dict:
+    serve = next((t for t in results["targets"] if t["name"] == "serve" and not t.get("problem")), None)
+    bases = [t for t in results["targets"] if t["name"].startswith("starlette") and not t.get("problem")]
+    if not serve or not bases:
+        return {}
+    out = {}
+    for lvl in serve["levels"]:
+        c = lvl["concurrency"]
+        at = [(t["name"], next(x for x in t["levels"] if x["concurrency"] == c)) for t in bases]
+        best_rps = max(at, key=lambda a: a[1]["rps"])
+        best_p50 = min(at, key=lambda a: a[1]["p50_ms"])
+        out[str(c)] = {"serve_rps": lvl["rps"], "baseline_rps": best_rps[1]["rps"], "baseline_rps_by": best_rps[0],
+                       "rps_ratio": lvl["rps"] / best_rps[1]["rps"], "serve_p50_ms": lvl["p50_ms"],
+                       "baseline_p50_ms": best_p50[1]["p50_ms"], "baseline_p50_by": best_p50[0],
+                       "p50_ratio": lvl["p50_ms"] / best_p50[1]["p50_ms"]}
+    return out
+
+
+def write_report(results: dict) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     atomic_write_text(OUT / "serve_latency.json", json.dumps(results, indent=2))
-    lines = [f"# Serve latency ({results['machine']})", "",
-             f"{args.duration:g} s per level, one 128x128 PNG digit per request.", "",
-             "| target | concurrency | req/s | p50 ms | p99 ms | errors |", "|---|---:|---:|---:|---:|---:|"]
+    r = results["ratios"]
+    lines = [f"# Serve latency and throughput ({results['machine']})", "",
+             f"{results['date']}, `{results['command']}`, load average at start {results['load_start']}, "
+             f"at end {results['load_end']}. wrk {results['wrk']}, {results['duration_s']:g} s per level, one "
+             "128x128 PNG digit per request.", "",
+             "| target | c | req/s | p50 ms | p99 ms | errors |", "|---|---:|---:|---:|---:|---:|"]
     for t in results["targets"]:
         if t.get("problem"):
             lines.append(f"| {t['name']} | - | - | - | - | not correct: {t['problem']} |")
             continue
-        for lvl in t["levels"]:
-            lines.append(f"| {t['name']} | {lvl['concurrency']} | {lvl['rps']:.1f} | {lvl['p50_ms']:.1f} | "
-                         f"{lvl['p99_ms']:.1f} | {lvl['errors']} |")
-    if results.get("fastest_correct_serve_mode"):
-        lines += ["", "Fastest correct Serve mode (mean req/s over the levels): "
-                      f"**{results['fastest_correct_serve_mode']}**"]
+        for lvl in t["levels"] + t.get("noop", []):
+            name = t["name"] + (" (no-op, wrk ceiling)" if lvl in t.get("noop", []) else "")
+            lines.append(f"| {name} | {lvl['concurrency']} | {lvl['rps']:.0f} | {lvl['p50_ms']:.2f} | "
+                         f"{lvl['p99_ms']:.2f} | {lvl['errors']} |")
+    if r:
+        lines += ["", "Goal 1 (baseline: the better single-process server at each level):", "",
+                  f"- c=1 p50: Serve {r['1']['serve_p50_ms']:.2f} ms vs {r['1']['baseline_p50_ms']:.2f} ms "
+                  f"({r['1']['baseline_p50_by']}): **{r['1']['p50_ratio']:.2f}x** (goal <= 2x)"]
+        for c in ("8", "32"):
+            if c in r:
+                lines.append(f"- c={c} throughput: Serve {r[c]['serve_rps']:.0f} req/s vs {r[c]['baseline_rps']:.0f} "
+                             f"({r[c]['baseline_rps_by']}): **{r[c]['rps_ratio']:.2f}x**"
+                             + (" (goal >= 1.5x)" if c == "32" else ""))
+        serve = next(t for t in results["targets"] if t["name"] == "serve")
+        if serve.get("scaled"):
+            lines.append(f"- Serve replicas during c>1: {serve['scaled']['replicas']} (autoscaled from 1 under load "
+                         f"in {serve['scaled']['warm_s']} s; default config)")
+    comp = results.get("compute")
+    if comp:
+        best = comp["in_process"]["best"]
+        lines += ["", "## Compute-bound model (goal 2)", "",
+                  f"ResNet-18-shaped, 3x224x224 PNG per request, random weights. In-process best: "
+                  f"{best['samples_per_s']:.1f} samples/s (batch {best['batch']}, {best['threads']} torch threads).", "",
+                  "| in process: threads | batch | samples/s |", "|---:|---:|---:|"]
+        lines += [f"| {x['threads']} | {x['batch']} | {x['samples_per_s']:.1f} |" for x in comp["in_process"]["runs"]]
+        s = comp.get("serve", {})
+        if s.get("levels"):
+            lvl = s["levels"][-1]
+            lines += ["", f"Serve, default config ({s.get('replicas_end')} replicas x 1 CPU, 1 torch thread each, "
+                          f"adaptive batches up to 16), wrk c={lvl['concurrency']}: {lvl['rps']:.1f} samples/s, "
+                          f"p50 {lvl['p50_ms']:.0f} ms: **{comp['ratio']:.0%}** of the in-process best (goal >= 90%)."]
+        elif s.get("problem"):
+            lines += ["", f"Serve: {s['problem']}"]
     atomic_write_text(OUT / "serve_latency.md", "\n".join(lines) + "\n")
 
     import matplotlib
@@ -203,84 +377,91 @@ def write_report(results: dict, args) -> None:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     for t in results["targets"]:
-        if t.get("problem"):
+        if t.get("problem") or not t["levels"]:
             continue
         c = [lvl["concurrency"] for lvl in t["levels"]]
         ax1.plot(c, [lvl["rps"] for lvl in t["levels"]], marker="o", label=t["name"])
         line, = ax2.plot(c, [lvl["p50_ms"] for lvl in t["levels"]], marker="o", label=f"{t['name']} p50")
         ax2.plot(c, [lvl["p99_ms"] for lvl in t["levels"]], marker="x", linestyle="--", color=line.get_color(),
                  label=f"{t['name']} p99")
-    ax1.set(xlabel="concurrent clients", ylabel="requests/s", title="Throughput", xscale="log", xticks=LEVELS)
-    ax1.set_xticklabels([str(x) for x in LEVELS])
-    ax2.set(xlabel="concurrent clients", ylabel="latency (ms)", title="Latency p50 / p99", xscale="log",
-            yscale="log", xticks=LEVELS)
-    ax2.set_xticklabels([str(x) for x in LEVELS])
+        if t.get("noop"):
+            ax1.plot([x["concurrency"] for x in t["noop"]], [x["rps"] for x in t["noop"]], marker="s", linestyle=":",
+                     color="grey", label="Serve no-op (wrk ceiling)")
+    for ax, title, ylabel in ((ax1, "Throughput", "requests/s"), (ax2, "Latency p50 / p99", "latency (ms)")):
+        ax.set(xlabel="concurrent clients (wrk)", ylabel=ylabel, title=title, xscale="log", xticks=LEVELS)
+        ax.set_xticklabels([str(x) for x in LEVELS])
+    ax2.set_yscale("log")
     ax1.legend(fontsize=8)
     ax2.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     atomic_write(OUT / "serve_latency.png", lambda tmp: fig.savefig(tmp, format="png", dpi=110))
 
 
-def main(argv=None) -> int:
-    from marcelle_torch.serving.local import SERVE_MODES
+def load_avg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
+
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per concurrency level")
     parser.add_argument("--levels", type=int, nargs="+", default=list(LEVELS))
-    parser.add_argument("--modes", nargs="+", default=list(SERVE_MODES), choices=list(SERVE_MODES))
-    parser.add_argument("--no-baseline", action="store_true")
-    parser.add_argument("--baseline-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--skip-compute", action="store_true", help="leave out the compute-bound section")
+    parser.add_argument("--baseline-server", nargs=3, metavar=("PORT", "MODEL", "BATCHED"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.baseline_server:
-        run_baseline(args.baseline_server)
+        port, model, batched = args.baseline_server
+        run_baseline(int(port), model, batched == "1")
         return 0
+    if not shutil.which("wrk"):
+        print("wrk is not installed: `make system-deps` (Debian package wrk)", file=sys.stderr)
+        return 2
 
     import torch
 
     from marcelle_torch.models import decode_instances, get_spec, load_model, postprocess, resolve_weights
 
     spec = get_spec("digits")
-    resolve_weights(spec, train_if_missing=True, progress=True)  # train once, before any target starts
+    resolve_weights(spec, train_if_missing=True, progress=True)  # train once, into make's cache
     samples = digit_instances()
     with torch.no_grad():
-        model = load_model(spec)
-        expected = [p["label"] for p in postprocess(spec, model(decode_instances(spec, [s for s, _ in samples])))]
+        expected = [p["label"] for p in postprocess(spec, load_model(spec)(decode_instances(spec, [s for s, _ in samples])))]
+    body = json.dumps({"instances": [samples[0][0]]}).encode()
 
     OUT.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="mt-bench-"))
+    script = tmp / "post.lua"
+    script.write_text(WRK_SCRIPT)
     cli = str(Path(sys.executable).with_name("marcelle-torch"))
-    plans = [(f"serve-{m}", [cli, "serve", "--port", "{port}", "--serve-mode", m]) for m in args.modes]
-    if not args.no_baseline:
-        plans.append(("starlette", [sys.executable, __file__, "--baseline-server", "{port}"]))
+    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0].strip()
+    results = {"machine": f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, {sys.platform}",
+               "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+               "command": "make bench (" + " ".join(["python", "bench/serve_latency.py", *(argv or sys.argv[1:])]) + ")",
+               "wrk": wrk_version, "duration_s": args.duration, "load_start": load_avg(), "targets": []}
+    full = int(os.cpu_count() or 1)
+    serve_cmd = [cli, "serve", "--port", "{port}", "--config", str(serve_config_with_noop(["digits"], tmp))]
+    env = {"PYTHONPATH": str(tmp)}
+    check = lambda url: check_correct(url, samples, expected)  # noqa: E731
+    results["targets"].append(run_target("serve", serve_cmd, env, body, "digits", args.levels, args.duration, script,
+                                         check, noop=True, full_replicas=min(full, 2)))
+    for name, batched in (("starlette", "0"), ("starlette-batched", "1")):
+        cmd = [sys.executable, __file__, "--baseline-server", "{port}", "digits", batched]
+        results["targets"].append(run_target(name, cmd, None, body, "digits", args.levels, args.duration, script,
+                                             check))
+    results["ratios"] = ratios(results)
 
-    results = {"machine": f"{os.cpu_count()} CPU cores, {sys.platform}", "duration_s": args.duration,
-               "targets": []}
-    for name, cmd in plans:
-        print(f"== {name}: starting", flush=True)
-        target = Target(name, cmd, OUT / f"serve_latency.{name}.log")
-        entry = {"name": name, "levels": []}
-        try:
-            entry["ready_s"] = round(target.wait_ready(), 1)
-            entry["problem"] = check_correct(target.url, samples, expected)
-            if entry["problem"]:
-                print(f"   NOT CORRECT: {entry['problem']}", flush=True)
-            else:
-                for level in args.levels:
-                    r = asyncio.run(load(target.url, samples[0][0], level, args.duration))
-                    entry["levels"].append(r)
-                    print(f"   c={level:3d}  {r['rps']:7.1f} req/s  p50 {r['p50_ms']:7.1f} ms  "
-                          f"p99 {r['p99_ms']:7.1f} ms  errors {r['errors']}", flush=True)
-        except RuntimeError as exc:
-            entry["problem"] = str(exc).splitlines()[0]
-            print(f"   FAILED: {entry['problem']}", flush=True)
-        finally:
-            target.stop()
-        results["targets"].append(entry)
-
-    serve_ok = [t for t in results["targets"] if t["name"].startswith("serve-") and not t.get("problem")]
-    if serve_ok:
-        best = max(serve_ok, key=lambda t: sum(lvl["rps"] for lvl in t["levels"]) / len(t["levels"]))
-        results["fastest_correct_serve_mode"] = best["name"].removeprefix("serve-")
-    write_report(results, args)
+    if not args.skip_compute:
+        print("== compute-bound: in process", flush=True)
+        comp = {"in_process": in_process_best(max(3.0, args.duration / 2))}
+        rbody = json.dumps({"instances": [rgb_instance()]}).encode()
+        cmd = [cli, "serve", "--port", "{port}", "--model", RESNET]
+        comp["serve"] = run_target("serve-resnet", cmd, None, rbody, "resnet-bench", [32], args.duration * 2, script,
+                                   full_replicas=min(full, 2))
+        if comp["serve"].get("levels"):
+            comp["ratio"] = comp["serve"]["levels"][-1]["rps"] / comp["in_process"]["best"]["samples_per_s"]
+        results["compute"] = comp
+    results["load_end"] = load_avg()
+    shutil.rmtree(tmp, ignore_errors=True)
+    write_report(results)
     print((OUT / "serve_latency.md").read_text())
     return 0
 

@@ -46,9 +46,9 @@ def serve_config(objects):
 
 
 def model_deployments(objects):
-    (app,) = [a for a in serve_config(objects)["applications"]
-              if a["import_path"] == "marcelle_torch.serving.app:build_app"]
-    return {d["name"]: d for d in app["deployments"] if d["name"].startswith("model-")}
+    apps = [a for a in serve_config(objects)["applications"]
+            if a["import_path"] == "marcelle_torch.serving.app:build_model_app"]
+    return {d["name"]: d for app in apps for d in app["deployments"] if d["name"].startswith("model-")}
 
 
 @pytest.mark.parametrize("values", CI_VALUES, ids=ids)

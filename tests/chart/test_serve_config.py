@@ -38,7 +38,7 @@ def test_gpu_render_changes_only_num_gpus_and_min_replicas_on_model_deployments(
     # deployments' floor from gpu.modelMinReplicas (0: the GPU group can scale to 0).
     expected = apply_overrides(original, num_gpus=num_gpus)
     min_replicas = yaml.safe_load((CHART / "values.yaml").read_text())["gpu"]["modelMinReplicas"]
-    for dep in expected["applications"][0]["deployments"]:
+    for dep in (d for a in expected["applications"] for d in a["deployments"]):
         if dep["name"].startswith("model-"):
             dep["autoscaling_config"]["min_replicas"] = min_replicas
     assert rendered == expected
@@ -76,5 +76,5 @@ def test_num_gpus_override_follows_values(tmp_path):
     values = tmp_path / "half-gpu.yaml"
     values.write_text("gpu: {enabled: true, numGpusPerReplica: 0.5}\n")
     config = yaml.safe_load(serve_config_of(render(values)))
-    model = next(d for d in config["applications"][0]["deployments"] if d["name"].startswith("model-"))
+    model = next(d for a in config["applications"] for d in a["deployments"] if d["name"].startswith("model-"))
     assert model["ray_actor_options"]["num_gpus"] == 0.5

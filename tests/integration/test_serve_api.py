@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from marcelle_torch.serving.config import load_serve_config, model_applications
+
 pytestmark = pytest.mark.ray
 
 TIMEOUT = httpx.Timeout(180.0)
@@ -119,7 +121,9 @@ def test_health_readiness_and_metadata(serve_url, trained_digits):
     assert meta["input"]["shape"] == [1, 128, 128]
     assert meta["version"] == trained_digits.version
     assert meta["device"] == "cpu"
-    assert meta["batching"] == {"max_batch_size": 16, "batch_wait_timeout_s": 0.005}
+    configured = model_applications(load_serve_config())[0]["deployments"][0]["user_config"]
+    assert meta["batching"] == configured  # the deployment's user_config, as the replica applied it
+    assert meta["replicas"] >= 1
 
     listing = httpx.get(f"{serve_url}/v1/models", timeout=TIMEOUT).json()
     assert [m["name"] for m in listing["models"]] == ["digits"]
@@ -174,7 +178,10 @@ def test_concurrent_requests_are_batched_and_metrics_exported(serve_process, mak
     assert {r.json()["predictions"][0]["label"] for r in responses} == {label}
     post(url, json={"instances": [[[0.0]]]})  # one bad_input for the counter
 
-    stats = httpx.get(f"{serve_process.url}/v1/models/digits", timeout=TIMEOUT).json()["stats"]
+    after = httpx.get(f"{serve_process.url}/v1/models/digits", timeout=TIMEOUT).json()
+    # Stats are the answering replica's: the burst is too short for the autoscaler to add one.
+    assert after["replicas"] == 1, after
+    stats = after["stats"]
     assert stats["instances"] - before["instances"] >= 64
     # Fewer forward passes than requests, and at least one pass that took several requests.
     assert stats["batches"] - before["batches"] < 64, stats
@@ -195,3 +202,43 @@ def test_concurrent_requests_are_batched_and_metrics_exported(serve_process, mak
     size_sum = _metric(text, "ray_marcelle_torch_batch_size_sum", model="digits")
     assert size_sum > count > 0, (size_sum, count)  # mean batch size above one
     assert _metric(text, "ray_marcelle_torch_model_latency_seconds_count", model="digits", device="cpu") == count
+
+
+def test_openapi_document_describes_every_route_and_error(serve_url):
+    """The published OpenAPI document names every route of the contract, its method, its body and
+    response schemas, and the JSON error schema of each error status the route can answer."""
+    response = httpx.get(f"{serve_url}/openapi.json", timeout=TIMEOUT)
+    assert response.status_code == 200, response.text
+    doc = response.json()
+    paths = doc["paths"]
+    expected = {
+        "/v1/models/{name}:predict": ("post", {400, 404, 405, 413, 500, 503, 504}),
+        "/v1/models/{name}": ("get", {404, 405, 500, 503, 504}),
+        "/v1/models": ("get", {405, 500, 503, 504}),
+        "/healthz": ("get", {405}),
+        "/readyz": ("get", {405, 503}),
+    }
+    assert set(expected) <= set(paths), sorted(paths)
+    schemas = doc["components"]["schemas"]
+    assert set(schemas["ErrorResponse"]["properties"]) == {"error"}
+    assert set(schemas["ErrorDetail"]["properties"]) == {"code", "message"}
+    for path, (method, errors) in expected.items():
+        op = paths[path][method]
+        statuses = {int(s) for s in op["responses"]}
+        assert errors | {200} <= statuses, (path, statuses)
+        for status in errors:
+            ref = op["responses"][str(status)]["content"]["application/json"]["schema"]["$ref"]
+            assert ref.endswith("/ErrorResponse"), (path, status, ref)
+        ok = op["responses"]["200"]["content"]["application/json"]["schema"]
+        assert ok.get("$ref") or ok.get("properties"), (path, ok)
+    predict = paths["/v1/models/{name}:predict"]["post"]
+    body = predict["requestBody"]["content"]["application/json"]["schema"]
+    assert "instances" in body["properties"] and body["required"] == ["instances"]
+    assert predict["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/PredictResponse")
+    assert "Retry-After" in predict["responses"]["503"]["headers"]
+    # Every error the document lists is one the server answers in that shape: a live check of three.
+    for method, path, status in (("GET", "/v1/models/digits:predict", 405), ("GET", "/v1/models/nope", 404),
+                                 ("POST", "/v1/models/digits:predict", 400)):
+        r = httpx.request(method, serve_url + path, content=b"{}", timeout=TIMEOUT)
+        assert r.status_code == status and set(r.json()) == {"error"}, (path, r.status_code, r.text)
+    assert httpx.get(f"{serve_url}/docs", timeout=TIMEOUT).status_code == 200

@@ -20,12 +20,15 @@ SLOW = "slow_model:spec"
 @pytest.fixture(scope="module")
 def tight_serve(tmp_path_factory, trained_digits, start_serve):
     config = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    app = config["applications"][0]
+    # The model applications answer 504 and 503 themselves; `--model slow_model:spec` below
+    # gets a copy of the digits application's settings.
+    app = next(a for a in config["applications"] if a["name"] == "model-digits")
     app["args"]["request_timeout_s"] = 1.0
-    digits = next(d for d in app["deployments"] if d["name"] == "model-digits")
+    (digits,) = app["deployments"]
     digits.pop("autoscaling_config", None)
-    digits.update(num_replicas=1, max_ongoing_requests=1, max_queued_requests=1,
-                  user_config={"max_batch_size": 1, "batch_wait_timeout_s": 0.0})
+    # One replica, one instance per forward pass, a queue of one request.
+    digits.update(num_replicas=1,
+                  user_config={"max_batch_size": 1, "batch_wait_timeout_s": 0.0, "max_queued_requests": 1})
     tmp = tmp_path_factory.mktemp("tight")
     path = tmp / "serve_config.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -6,14 +6,28 @@ import pytest
 from ray import serve
 
 from marcelle_torch.errors import ModelNotFound
-from marcelle_torch.serving.app import Ingress, build_app
-from marcelle_torch.serving.config import ConfigError, load_serve_config
+from marcelle_torch.serving.api import origin_allowed
+from marcelle_torch.serving.app import build_app, build_model_app
+from marcelle_torch.serving.config import ConfigError, load_serve_config, model_applications, our_applications
 
 
-def test_build_app_from_the_packaged_config_args():
-    args = load_serve_config()["applications"][0]["args"]
-    app = build_app(args)
-    assert isinstance(app, serve.Application)
+def test_build_apps_from_the_packaged_config_args():
+    config = load_serve_config()
+    (router,) = our_applications(config)
+    assert isinstance(build_app(router["args"]), serve.Application)
+    (model,) = model_applications(config)
+    assert isinstance(build_model_app(model["args"]), serve.Application)
+
+
+@pytest.mark.parametrize("args, error, message", [
+    ({"model": "digits", "colour": "red"}, ConfigError, "unknown keys ['colour']"),
+    ({"model": "digits", "max_body_bytes": 0}, ConfigError, "max_body_bytes"),
+    ({"model": "digits-generator"}, Exception, "generation model"),
+])
+def test_build_model_app_refuses_bad_args(args, error, message):
+    with pytest.raises(error) as info:
+        build_model_app(args)
+    assert message in str(info.value)
 
 
 @pytest.mark.parametrize("args, error, message", [
@@ -40,6 +54,4 @@ def test_build_app_refuses_bad_args(args, error, message):
     (["http://127.0.0.1:*"], "http://127.0.0.1", False),
 ])
 def test_cors_origin_matching(allowed, origin, ok):
-    ingress = Ingress.func_or_class.__new__(Ingress.func_or_class)
-    ingress.cors_origins = set(allowed)
-    assert ingress._allowed_origin(origin) is ok
+    assert origin_allowed(allowed, origin) is ok

@@ -7,32 +7,63 @@ import importlib.resources
 import pytest
 import yaml
 
-from marcelle_torch.serving.config import (APP_IMPORT_PATH, DEFAULT_CONFIG, ConfigError, load_serve_config,
-                                           model_deployment_name)
+from marcelle_torch.serving.config import (APP_IMPORT_PATH, DEFAULT_CONFIG, MODEL_APP_IMPORT_PATH, ConfigError,
+                                           load_serve_config, model_applications, model_deployment_name)
 
 
 def test_packaged_config_is_package_data_and_valid():
     packaged = importlib.resources.files("marcelle_torch.serving") / "serve_config.yaml"
     assert packaged.is_file()
     config = load_serve_config()
-    (app,) = config["applications"]
+    app, model_app = config["applications"]
     assert app["import_path"] == APP_IMPORT_PATH
     assert app["args"]["models"] == ["digits"]
-    names = {d["name"] for d in app["deployments"]}
-    assert names == {"Ingress", model_deployment_name("digits")}
-    model = next(d for d in app["deployments"] if d["name"] == "model-digits")
+    assert {d["name"] for d in app["deployments"]} == {"Router"}
+    # One application per model, named after it, routed exactly at its predict path.
+    assert model_app["import_path"] == MODEL_APP_IMPORT_PATH
+    assert model_app["name"] == model_deployment_name("digits")
+    assert model_app["route_prefix"] == "/v1/models/digits:predict"
+    (model,) = model_app["deployments"]
+    assert model["name"] == "model-digits"
     # Batches can only fill when a replica takes at least max_batch_size requests at once.
     assert model["max_ongoing_requests"] >= model["user_config"]["max_batch_size"]
     assert model["ray_actor_options"]["num_gpus"] == 0
+
+
+def test_packaged_config_repeats_the_typed_defaults():
+    from marcelle_torch.serving.options import ModelAppArgs, ModelUserConfig, RouterArgs
+
+    config = load_serve_config()
+    router, model_app = config["applications"]
+    assert router["args"]["cors_origins"] == RouterArgs().cors_origins
+    defaults = ModelAppArgs(model="digits").model_dump()
+    assert {k: model_app["args"][k] for k in defaults} == defaults
+    assert model_app["deployments"][0]["user_config"] == ModelUserConfig().model_dump()
+
+
+def test_model_override_adds_and_drops_model_applications(tmp_path, monkeypatch):
+    (tmp_path / "extra_model.py").write_text(
+        "from torch import nn\nfrom marcelle_torch.models import ModelSpec, TensorInput\n"
+        "def spec():\n    return ModelSpec(name='extra', task='classification', build=nn.Identity,\n"
+        "                     input=TensorInput(shape=(2,)), labels=('x', 'y'))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = load_serve_config(models=["extra_model:spec"], cors_origins=["http://a.test"])
+    router, extra = config["applications"]
+    assert router["args"]["models"] == ["extra_model:spec"]
+    assert (extra["name"], extra["route_prefix"]) == ("model-extra", "/v1/models/extra:predict")
+    assert extra["args"]["model"] == "extra_model:spec" and extra["args"]["cors_origins"] == ["http://a.test"]
+    # Settings copied from the packaged model application.
+    digits = model_applications(load_serve_config())[0]
+    assert extra["deployments"][0]["user_config"] == digits["deployments"][0]["user_config"]
 
 
 def test_overrides_are_applied_and_validated():
     config = load_serve_config(host="127.0.0.1", port=18000, cors_origins=["http://a.test"], num_gpus=1)
     assert config["http_options"]["host"] == "127.0.0.1"
     assert config["http_options"]["port"] == 18000
-    app = config["applications"][0]
-    assert app["args"]["cors_origins"] == ["http://a.test"]
-    model = next(d for d in app["deployments"] if d["name"] == "model-digits")
+    for app in config["applications"]:
+        assert app["args"]["cors_origins"] == ["http://a.test"]
+    model = model_applications(config)[0]["deployments"][0]
     assert model["ray_actor_options"]["num_gpus"] == 1
     # The file itself is untouched.
     assert yaml.safe_load(DEFAULT_CONFIG.read_text())["http_options"]["port"] == 8000
@@ -45,8 +76,8 @@ def test_gpu_override_adds_settings_for_a_model_without_any(tmp_path, monkeypatc
         "                     input=TensorInput(shape=(2,)), labels=('x', 'y'))\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     config = load_serve_config(models=["digits", "gpu_user_model:spec"], num_gpus=0.5)
-    deployments = {d["name"]: d for d in config["applications"][0]["deployments"]}
-    assert deployments["model-on-gpu"]["ray_actor_options"] == {"num_gpus": 0.5}
+    deployments = {d["name"]: d for a in model_applications(config) for d in a["deployments"]}
+    assert deployments["model-on-gpu"]["ray_actor_options"]["num_gpus"] == 0.5
 
 
 def _write(tmp_path, text):

@@ -145,8 +145,8 @@ imagePullSecrets:
 {{/*
 The packaged Serve config (files/serve_config.yaml, a copy of
 src/marcelle_torch/serving/serve_config.yaml kept in sync by `make chart-sync`).
-Verbatim unless values override it; then every model deployment of this project's
-applications gets, with GPUs, ray_actor_options.num_gpus (the same override as
+Verbatim unless values override it; then the deployment of every model application
+(import_path marcelle_torch.serving.app:build_model_app, one per model) gets, with GPUs, ray_actor_options.num_gpus (the same override as
 `marcelle-torch serve --num-gpus`) and autoscaling_config.min_replicas = gpu.modelMinReplicas;
 without GPUs, min_replicas = ray.modelMinReplicas when that is set.
 */}}
@@ -161,20 +161,10 @@ without GPUs, min_replicas = ray.modelMinReplicas when that is set.
 {{- $config := fromYaml $raw -}}
 {{- if hasKey $config "Error" }}{{ fail (printf "files/serve_config.yaml: %s" $config.Error) }}{{ end -}}
 {{- range $app := $config.applications -}}
-{{- if eq (get $app "import_path") "marcelle_torch.serving.app:build_app" -}}
-{{- $args := get $app "args" | default dict -}}
-{{- $names := list -}}
-{{- range $model := (get $args "models" | default list) -}}
-{{- $names = append $names (printf "model-%s" (last (splitList ":" $model) | replace "_" "-")) -}}
-{{- end -}}
+{{- if eq (get $app "import_path") "marcelle_torch.serving.app:build_model_app" -}}
 {{- $deployments := get $app "deployments" | default list -}}
-{{- $present := list -}}
-{{- range $d := $deployments }}{{ $present = append $present (get $d "name") }}{{ end -}}
-{{- range $n := $names -}}
-{{- if not (has $n $present) }}{{ $deployments = append $deployments (dict "name" $n) }}{{ end -}}
-{{- end -}}
+{{- if not $deployments }}{{ $deployments = list (dict "name" (get $app "name")) }}{{ end -}}
 {{- range $d := $deployments -}}
-{{- if has (get $d "name") $names -}}
 {{- if $.Values.gpu.enabled -}}
 {{- $opts := get $d "ray_actor_options" | default dict -}}
 {{- $_ := set $opts "num_gpus" $.Values.gpu.numGpusPerReplica -}}
@@ -190,7 +180,6 @@ without GPUs, min_replicas = ray.modelMinReplicas when that is set.
 {{- $_ := set $auto "max_replicas" (max 1 (int $minReplicas) | int) -}}
 {{- end -}}
 {{- $_ := set $d "autoscaling_config" $auto -}}
-{{- end -}}
 {{- end -}}
 {{- end -}}
 {{- $_ := set $app "deployments" $deployments -}}

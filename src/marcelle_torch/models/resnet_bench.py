@@ -50,3 +50,20 @@ def build(seed: int = 0) -> ResNet18Shaped:
     """The module with seeded random weights, in eval mode."""
     torch.manual_seed(seed)
     return ResNet18Shaped().eval()
+
+
+def spec():
+    """A ModelSpec for Serve benchmarks (``marcelle_torch.models.resnet_bench:spec``).
+
+    A classification spec only so that Ray Serve takes it (``spec.require("serve")``): its 1000
+    labels are synthetic and its weights random, so it is not in the registry and
+    ``marcelle-torch list`` does not offer it. Input: a 224x224 RGB image (a base64 PNG/JPEG per
+    instance, decoded in the replica like any image model), so a request is small and the work is
+    the forward pass.
+    """
+    from .spec import ImageInput, ModelSpec
+
+    return ModelSpec(name="resnet-bench", task="classification", build=build,
+                     input=ImageInput(size=INPUT_SHAPE[1], channels=INPUT_SHAPE[0]),
+                     labels=tuple(f"class-{i}" for i in range(1000)),
+                     description="benchmark only: ResNet-18-shaped, random weights, classifies nothing")

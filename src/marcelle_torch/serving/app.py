@@ -1,59 +1,63 @@
-"""The Ray Serve application: one ingress deployment and one deployment per model.
+"""The Ray Serve applications: one per model, each its own HTTP ingress, and a small router.
 
-HTTP contract (after the KServe / TF-Serving v1 protocol):
+HTTP contract (after the KServe / TF-Serving v1 protocol; the router's ``/openapi.json`` and
+``/docs`` describe every route, body and error):
 
 - ``POST /v1/models/{name}:predict`` ``{"instances": [...]}`` ->
   ``{"predictions": [{"label", "confidences"}]}``
-- ``GET /v1/models/{name}``: metadata (labels, input schema, version, device, batching)
+- ``GET /v1/models/{name}``: metadata (labels, input schema, version, device, batching, replicas)
 - ``GET /v1/models``: every model's metadata
-- ``GET /healthz``: liveness; ``GET /readyz``: 200 only once every model's weights are loaded
+- ``GET /healthz``: liveness; ``GET /readyz``: 200 only once every model's deployment is healthy
 - errors: ``{"error": {"code", "message"}}`` with the status of ``marcelle_torch.errors``
 
-``Ingress`` parses HTTP (size limit, JSON, CORS allow-list) and routes by model name;
-``ModelServer`` loads one ModelSpec, decodes instances and runs batched forward passes.
+One hop from HTTP to the batch: the application ``model-<name>`` has the route prefix
+``/v1/models/<name>:predict`` (exactly its predict path), so Serve's proxy (or its HAProxy)
+hands each prediction straight to a replica of ``ModelServer``, which reads the body, decodes the
+instances, queues them for the replica's adaptive batcher (batching.py) and answers. No routing
+deployment sits between the socket and the batch. Everything else (health, readiness, the model
+list, metadata, unknown models and routes, the OpenAPI document) is the ``Router`` application at
+``/``: off the predictions' path.
 
-Instances are decoded in the model replica, not in the ingress: a base64 PNG is ~30 times
-smaller than the float tensor it becomes, so the request crosses between actors small; the
-decoding work scales with the model's replicas (autoscaled) instead of piling up in the
-single ingress; and the ingress stays free of model code. Each request is decoded before it
-joins a batch, so one bad request never fails the others.
+Why applications and not Ray Serve's model multiplexing: multiplexing picks a model by the
+``serve_multiplexed_model_id`` header and loads models into shared replicas on demand, for many
+models of one architecture; here each model has its own weights, input schema, batching, replica
+count and resources (GPU or not), and the contract names the model in the path. A deployment
+per model is needed anyway; an application per model gives it a route of its own.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: Ray reads the builders' parameter annotations
+# as classes (ray 2.60.0 serve/_private/api.py call_user_app_builder_with_args_if_necessary).
 
 import asyncio
+import json
 import logging
 import time
 
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
 from ray import serve
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 
-from ..errors import (InferenceTimeout, InvalidInput, MarcelleTorchError, ModelNotFound, ModelNotReady,
-                      Overloaded, PayloadTooLarge)
+from ..errors import InferenceTimeout, InvalidInput, MarcelleTorchError, ModelNotReady, Overloaded
 from ..models.inputs import parse_predict_body
-from .config import ConfigError, model_deployment_name
+from .api import (Health, ModelList, ModelMetadata, PredictRequest, PredictResponse, Readiness, errors_doc,
+                  make_api, read_body, unknown_model)
+from .batching import AdaptiveBatcher
+from .config import ConfigError
 from .metrics import ServeMetrics
+from .options import ModelAppArgs, ModelUserConfig, RouterArgs, model_app_name, parse_args, torch_threads
 
 logger = logging.getLogger("ray.serve")
 
-DEFAULT_BATCHING = {"max_batch_size": 16, "batch_wait_timeout_s": 0.005}
-READY_PROBE_S = 2.0
-
-
-class NotFound(MarcelleTorchError):
-    status = 404
-    code = "not_found"
-
-
-class MethodNotAllowed(MarcelleTorchError):
-    status = 405
-    code = "method_not_allowed"
-
-
-class OriginNotAllowed(MarcelleTorchError):
-    status = 403
-    code = "origin_not_allowed"
+STATUS_CACHE_S = 0.5
+METADATA_TIMEOUT_S = 10.0
+PREDICT_DOC = {
+    "summary": "Predict",
+    "description": "Classify each instance. Answered by the model's own application (one hop to its batch).",
+    "responses": {200: {"model": PredictResponse}} | errors_doc(400, 404, 405, 413, 500, 503, 504),
+    "openapi_extra": {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": PredictRequest.model_json_schema()}}}},
+    "response_model": None,
+}
 
 
 def pick_device() -> str:
@@ -64,273 +68,266 @@ def pick_device() -> str:
     return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
 
 
-@serve.deployment(
-    max_ongoing_requests=64,  # must stay >= max_batch_size, or batches never fill
-    user_config=DEFAULT_BATCHING,
-    ray_actor_options={"num_cpus": 1, "num_gpus": 0},
-)
-class ModelServer:
-    """Serves one model: loads its weights once, batches concurrent requests."""
+class DecodeFailed(MarcelleTorchError):
+    """A decoder that breaks on some input is the server's fault (500), said plainly."""
 
-    def __init__(self, model: str, train_if_missing: bool = True):
+
+class ModelFailed(MarcelleTorchError):
+    pass
+
+
+# ----------------------------------------------------------------------------- one model
+
+@serve.deployment(
+    # Ray's own queue limits answer in plain text; this replica's queue limit (user_config
+    # max_queued_requests) answers JSON 503 itself, so Ray's stay wide open.
+    max_ongoing_requests=512,
+    user_config=ModelUserConfig().model_dump(),
+    ray_actor_options={"num_cpus": 1, "num_gpus": 0},
+    health_check_period_s=5,
+)
+@serve.ingress()
+class ModelServer:
+    """Serves one model over HTTP: reads and decodes requests, batches them adaptively, answers."""
+
+    def __init__(self, args: ModelAppArgs):
+        import ray
+        import torch
+
         from ..models import get_spec, load_model
 
-        self.spec = get_spec(model)
+        self.args = parse_args(ModelAppArgs, args)
+        self.spec = get_spec(self.args.model).require("serve")
         self.device = pick_device()
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+        self.threads = torch_threads(cpus)
+        torch.set_num_threads(self.threads)
         started = time.monotonic()
-        self.model = load_model(self.spec, device=self.device, train_if_missing=train_if_missing, logger=logger)
-        logger.info("model %s loaded on %s in %.1fs", self.spec.name, self.device, time.monotonic() - started)
+        self.model = load_model(self.spec, device=self.device, train_if_missing=self.args.train_if_missing,
+                                logger=logger)
+        logger.info("model %s loaded on %s in %.1fs (%d torch threads)", self.spec.name, self.device,
+                    time.monotonic() - started, self.threads)
         self.metrics = ServeMetrics()
-        self.batching = dict(DEFAULT_BATCHING)
+        self.config = ModelUserConfig()
+        self.batcher = AdaptiveBatcher(self._run_batch, self.config.max_batch_size,
+                                       self.config.batch_wait_timeout_s)
         # What this replica has really batched: the observable that batching happens.
         self.stats = {"batches": 0, "instances": 0, "largest_batch_requests": 0, "largest_batch_instances": 0}
+        self._tags = {"model": self.spec.name}
+        self._latency_tags = {"model": self.spec.name, "device": self.device}
+
+    def __serve_build_asgi_app__(self):
+        """The replica's HTTP app (ray 2.60.0 serve/api.py ``ingress``: a class given no app builds
+        its own at replica start, so the CORS allow-list comes from this application's args)."""
+        api = make_api(f"marcelle-torch model {self.spec.name}", self.args.cors_origins, publish_docs=False,
+                       on_error=self._count_error)
+        api.add_api_route("/v1/models/{name}:predict", self.predict, methods=["POST"], **PREDICT_DOC)
+        return api
 
     def reconfigure(self, config: dict) -> None:
-        """Batching comes from the deployment's user_config (changed without a redeploy)."""
-        unknown = set(config or {}) - set(DEFAULT_BATCHING)
-        if unknown:
-            raise ValueError(f"user_config: unknown keys {sorted(unknown)}; known: {sorted(DEFAULT_BATCHING)}")
-        batching = DEFAULT_BATCHING | dict(config or {})
-        size, wait = int(batching["max_batch_size"]), float(batching["batch_wait_timeout_s"])
-        if size < 1 or wait < 0:
-            raise ValueError("user_config: max_batch_size must be >= 1 and batch_wait_timeout_s >= 0")
-        self._infer.set_max_batch_size(size)
-        self._infer.set_batch_wait_timeout_s(wait)
-        self.batching = {"max_batch_size": size, "batch_wait_timeout_s": wait}
+        """Batching and queueing come from the deployment's user_config (changed without a redeploy)."""
+        self.config = parse_args(ModelUserConfig, config)
+        self.batcher.configure(self.config.max_batch_size, self.config.batch_wait_timeout_s)
 
-    def ready(self) -> bool:
-        # Reachable only once __init__ has loaded the weights.
-        return True
+    def check_health(self) -> None:
+        """Ray's periodic health check (not a request: it never waits behind predictions)."""
+        if not self.batcher.alive():
+            raise RuntimeError(f"model {self.spec.name}: the batching loop has stopped")
 
-    def metadata(self) -> dict:
-        return self.spec.metadata() | {"device": self.device, "batching": self.batching, "stats": dict(self.stats)}
+    async def metadata(self) -> dict:
+        return self.spec.metadata() | {"device": self.device, "batching": self.config.model_dump(),
+                                       "stats": dict(self.stats), "torch_threads": self.threads}
 
-    async def predict(self, instances) -> dict:
-        """JSON instances -> ``{"predictions": [...]}``, or ``{"error": ..., "status": ...}``."""
-        from ..models import decode_instances, postprocess
+    def _count_error(self, request: Request, err: MarcelleTorchError) -> None:
+        outcome = {400: "bad_input", 500: "error", 504: "timeout"}.get(err.status)
+        if outcome and request.url.path.endswith(":predict"):
+            self.metrics.outcome(self.spec.name, outcome)
 
-        name = self.spec.name
+    async def predict(self, name: str, request: Request) -> Response:
+        if name != self.spec.name:  # the route prefix is this model's predict path: only by a misroute
+            raise unknown_model(name, [self.spec.name])
+        from ..models import decode_instances
+
+        instances = parse_predict_body(await read_body(request, self.args.max_body_bytes))
         try:
             batch = decode_instances(self.spec, instances)
-        except InvalidInput as exc:
-            self.metrics.outcome(name, "bad_input")
-            return exc.to_json() | {"status": exc.status}
-        except Exception as exc:  # a decoder that breaks on some input is the server's fault
+        except InvalidInput:
+            raise
+        except Exception as exc:
             logger.exception("model %s: decoding failed", name)
-            self.metrics.outcome(name, "error")
-            return {"error": {"code": "internal", "message": f"model {name} could not decode the input: "
-                              f"{type(exc).__name__}"}, "status": 500}
+            raise DecodeFailed(f"model {name} could not decode the input: {type(exc).__name__}") from None
+        if self.batcher.queued >= self.config.max_queued_requests:
+            raise Overloaded(f"model {name} is overloaded ({self.batcher.queued} requests queued in this "
+                             "replica); retry later")
         try:
-            outputs = await self._infer(batch)
+            predictions = await asyncio.wait_for(self.batcher.submit(batch, len(batch)), self.args.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise InferenceTimeout(f"model {name} did not answer within {self.args.request_timeout_s:g}s") from None
+        except MarcelleTorchError:
+            raise
         except Exception as exc:  # a model that fails is the server's fault: 500, said plainly
-            logger.exception("model %s failed", name)
-            self.metrics.outcome(name, "error")
-            return {"error": {"code": "internal", "message": f"model {name} failed: {type(exc).__name__}"},
-                    "status": 500}
+            logger.error("model %s failed", name, exc_info=exc)
+            raise ModelFailed(f"model {name} failed: {type(exc).__name__}") from None
         self.metrics.outcome(name, "ok")
-        return {"predictions": postprocess(self.spec, outputs)}
+        return Response(json.dumps({"predictions": predictions}), media_type="application/json")
 
-    @serve.batch(**DEFAULT_BATCHING)
-    async def _infer(self, requests: list) -> list:
-        """Several requests' instances in one forward pass, split back per request."""
+    def _run_batch(self, batches: list) -> list:
+        """Several requests' instances in one forward pass (in the batcher's thread), split back."""
         import torch
 
-        sizes = [len(r) for r in requests]
-        joined = torch.cat(requests).to(self.device)
+        from ..models import postprocess
+
+        sizes = [len(b) for b in batches]
+        joined = torch.cat(batches) if len(batches) > 1 else batches[0]
         started = time.perf_counter()
-        # In a thread, so the replica's loop keeps accepting requests into the next batch.
-        outputs = await asyncio.to_thread(self._forward, joined)
-        self.metrics.latency.observe(time.perf_counter() - started,
-                                     tags={"model": self.spec.name, "device": self.device})
-        self.metrics.batch_size.observe(len(joined), tags={"model": self.spec.name})
+        with torch.inference_mode():
+            outputs = self.model(joined.to(self.device)).cpu()
+        self.metrics.latency.observe(time.perf_counter() - started, tags=self._latency_tags)
+        self.metrics.batch_size.observe(len(joined), tags=self._tags)
         self.stats["batches"] += 1
         self.stats["instances"] += len(joined)
-        self.stats["largest_batch_requests"] = max(self.stats["largest_batch_requests"], len(requests))
+        self.stats["largest_batch_requests"] = max(self.stats["largest_batch_requests"], len(batches))
         self.stats["largest_batch_instances"] = max(self.stats["largest_batch_instances"], len(joined))
-        return list(outputs.cpu().split(sizes))
-
-    def _forward(self, batch):
-        import torch
-
-        with torch.inference_mode():
-            return self.model(batch)
+        return [postprocess(self.spec, part) for part in outputs.split(sizes)]
 
 
-@serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
-class Ingress:
-    """HTTP in and out: size limit, JSON, CORS allow-list, routing by model name, error mapping."""
+# ----------------------------------------------------------------------------- the router
 
-    def __init__(self, models: dict, cors_origins: list[str], max_body_bytes: int, request_timeout_s: float):
-        self.models = models  # model name -> DeploymentHandle of its ModelServer
-        self.cors_origins = set(cors_origins)
-        self.max_body_bytes = max_body_bytes
-        self.request_timeout_s = request_timeout_s
+@serve.deployment(num_replicas=1, max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
+@serve.ingress()
+class Router:
+    """Health, readiness, the model list and metadata, the OpenAPI document; never a prediction's hop."""
+
+    def __init__(self, args: RouterArgs):
+        from ..models import get_spec
+
+        self.args = parse_args(RouterArgs, args)
+        self.models = [get_spec(ref).name for ref in self.args.models]
         self.metrics = ServeMetrics()
+        self._handles: dict = {}
+        self._status: tuple[float, dict] = (0.0, {})
 
-    async def __call__(self, request: Request) -> Response:
-        origin = request.headers.get("origin")
-        try:
-            if request.method == "OPTIONS":
-                return self._preflight(request, origin)
-            status, body = await self._route(request)
-        except MarcelleTorchError as exc:
-            status, body = exc.status, exc.to_json()
-        except Exception as exc:  # a fault of the server, never of the client: a JSON 500, logged
-            logger.exception("ingress failed on %s %s", request.method, request.url.path)
-            self.metrics.outcome(self._model_of(request), "error")
-            status, body = 500, {"error": {"code": "internal", "message": f"internal error: {type(exc).__name__}"}}
-        headers = self._cors_headers(origin)
-        if status == 503:
-            headers["Retry-After"] = "1"
-        return JSONResponse(body, status_code=status, headers=headers)
+    def __serve_build_asgi_app__(self):
+        api = make_api("marcelle-torch", self.args.cors_origins, publish_docs=True, on_error=self._count_error)
+        api.add_api_route("/healthz", self.healthz, methods=["GET"], response_model=Health, summary="Liveness",
+                          responses=errors_doc(405))
+        api.add_api_route("/readyz", self.readyz, methods=["GET"], response_model=Readiness, summary="Readiness",
+                          description="200 once every model's deployment is healthy (weights loaded).",
+                          responses=errors_doc(405, 503))
+        api.add_api_route("/v1/models", self.list_models, methods=["GET"], response_model=ModelList,
+                          summary="List models", responses=errors_doc(405, 500, 503, 504))
+        api.add_api_route("/v1/models/{name}:predict", self.predict_fallback, methods=["POST"], **PREDICT_DOC)
+        api.add_api_route("/v1/models/{name}", self.model_metadata, methods=["GET"], response_model=ModelMetadata,
+                          summary="Model metadata", responses=errors_doc(404, 405, 500, 503, 504))
+        return api
 
-    async def _route(self, request: Request) -> tuple[int, dict]:
-        path = request.url.path
-        root = request.scope.get("root_path", "")
-        if root and path.startswith(root):
-            path = path[len(root):] or "/"
-        path = path.rstrip("/") or "/"
-        method = request.method
+    def _count_error(self, request: Request, err: MarcelleTorchError) -> None:
+        if err.status == 500:
+            self.metrics.outcome("", "error")
 
-        if path in ("/healthz", "/readyz", "/v1/models"):
-            self._allow(method, "GET")
-            if path == "/healthz":
-                return 200, {"status": "ok"}
-            if path == "/readyz":
-                return await self._readiness()
-            return 200, {"models": await asyncio.gather(*(self._metadata(n) for n in self.models))}
-        if path.startswith("/v1/models/"):
-            rest = path[len("/v1/models/"):]
-            if rest.endswith(":predict"):
-                self._allow(method, "POST")
-                name = self._model(rest[: -len(":predict")])
-                return await self._predict(name, await self._read_instances(request))
-            self._allow(method, "GET")
-            return 200, await self._metadata(self._model(rest))
-        raise NotFound(f"no route {request.method} {path}; see GET /v1/models, "
-                       "POST /v1/models/{name}:predict, /healthz, /readyz")
+    # -- the controller's view, shared by readiness and the metadata calls
 
-    def _model_of(self, request: Request) -> str:
-        """The model a request is for, as the metrics label it ('' when none)."""
-        rest = request.url.path.partition("/v1/models/")[2]
-        name = rest.removesuffix(":predict").rstrip("/")
-        return name if name in self.models else ""
+    async def _deployments(self) -> dict:
+        """model name -> (status, running replicas) of its deployment, from Serve's controller."""
+        at, states = self._status
+        if time.monotonic() - at < STATUS_CACHE_S:
+            return states
+        status = await asyncio.to_thread(serve.status)
+        states = {}
+        for name in self.models:
+            app = status.applications.get(model_app_name(name))
+            dep = app.deployments.get(model_app_name(name)) if app else None
+            if dep is None:
+                states[name] = ("NOT_DEPLOYED", 0)
+            else:
+                running = sum(n for s, n in dep.replica_states.items() if str(getattr(s, "value", s)) == "RUNNING")
+                states[name] = (str(dep.status.value), running)
+        self._status = (time.monotonic(), states)
+        return states
 
-    def _model(self, name: str) -> str:
-        if name not in self.models:
-            raise ModelNotFound(f"unknown model {name!r}; served models: {', '.join(sorted(self.models))}")
-        return name
+    async def _check_reachable(self, name: str) -> int:
+        """Running replicas of ``name``; ModelNotReady (503) when none can take a request."""
+        status, running = (await self._deployments())[name]
+        if status not in ("HEALTHY", "UPSCALING", "DOWNSCALING") or running == 0:
+            raise ModelNotReady(f"model {name} has no live replica now ({status.lower()}); retry later")
+        return running
 
-    @staticmethod
-    def _allow(method: str, allowed: str) -> None:
-        if method != allowed and not (allowed == "GET" and method == "HEAD"):
-            raise MethodNotAllowed(f"method {method} not allowed here; use {allowed}")
-
-    async def _read_instances(self, request: Request) -> list:
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > self.max_body_bytes:
-            raise PayloadTooLarge(f"request body is {int(length)} bytes; the limit is {self.max_body_bytes}")
-        body = bytearray()
-        async for chunk in request.stream():  # counted as it comes: a chunked body has no length
-            body += chunk
-            if len(body) > self.max_body_bytes:
-                raise PayloadTooLarge(f"request body is over the limit of {self.max_body_bytes} bytes")
-        return parse_predict_body(bytes(body))
-
-    async def _call(self, name: str, method: str, *args):
-        response = getattr(self.models[name], method).remote(*args)
-        try:
-            return await asyncio.wait_for(response, self.request_timeout_s)
-        except asyncio.TimeoutError:
-            response.cancel()
-            raise InferenceTimeout(f"model {name} did not answer within {self.request_timeout_s:g}s") from None
-        except Exception as exc:
-            from ray.exceptions import RayActorError  # ActorDiedError, ActorUnavailableError
-            from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
-
-            if isinstance(exc, BackPressureError):
-                raise Overloaded(f"model {name} is overloaded (its request queue is full); retry later") from None
-            # A replica that is gone or restarting comes back: 503, retry. Anything else that
-            # escapes the replica is a fault of the server (500), raised to __call__.
-            if isinstance(exc, (RayActorError, DeploymentUnavailableError)):
-                logger.warning("model %s unavailable: %r", name, exc)
-                raise ModelNotReady(f"model {name} is not available: {type(exc).__name__}") from None
-            raise
-
-    async def _predict(self, name: str, instances: list) -> tuple[int, dict]:
-        try:
-            result = await self._call(name, "predict", instances)
-        except InferenceTimeout:
-            self.metrics.outcome(name, "timeout")
-            raise
-        status = result.pop("status", 200)
-        return status, result
+    def _handle(self, name: str):
+        if name not in self._handles:
+            self._handles[name] = serve.get_deployment_handle(model_app_name(name), app_name=model_app_name(name))
+        return self._handles[name]
 
     async def _metadata(self, name: str) -> dict:
-        return await self._call(name, "metadata")
+        from ray.exceptions import RayActorError
+        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
-    async def _readiness(self) -> tuple[int, dict]:
-        async def probe(name):
-            try:
-                await asyncio.wait_for(self.models[name].ready.remote(), READY_PROBE_S)
-                return "ready"
-            except Exception:
-                return "loading"
+        replicas = await self._check_reachable(name)
+        response = self._handle(name).metadata.remote()
+        try:
+            meta = await asyncio.wait_for(response, METADATA_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            response.cancel()
+            self._status = (0.0, {})
+            await self._check_reachable(name)  # a replica lost meanwhile is a 503, not a 504
+            raise InferenceTimeout(f"model {name} did not answer within {METADATA_TIMEOUT_S:g}s") from None
+        except BackPressureError:
+            raise Overloaded(f"model {name} is overloaded; retry later") from None
+        except (RayActorError, DeploymentUnavailableError) as exc:
+            logger.warning("model %s unavailable: %r", name, exc)
+            raise ModelNotReady(f"model {name} is not available: {type(exc).__name__}") from None
+        return meta | {"replicas": replicas}
 
-        states = dict(zip(self.models, await asyncio.gather(*(probe(n) for n in self.models))))
-        waiting = sorted(n for n, s in states.items() if s != "ready")
+    def _known(self, name: str) -> str:
+        if name not in self.models:
+            raise unknown_model(name, self.models)
+        return name
+
+    # -- routes
+
+    async def healthz(self) -> dict:
+        return {"status": "ok"}
+
+    async def readyz(self) -> Response:
+        states = await self._deployments()
+        models = {n: "ready" if s == "HEALTHY" and r > 0 else "loading" for n, (s, r) in states.items()}
+        waiting = sorted(n for n, s in models.items() if s != "ready")
         if waiting:
-            return 503, ModelNotReady(f"models not ready yet: {', '.join(waiting)}").to_json() | {"models": states}
-        return 200, {"status": "ready", "models": states}
+            err = ModelNotReady(f"models not ready yet: {', '.join(waiting)}")
+            return JSONResponse(err.to_json() | {"models": models}, status_code=503, headers={"Retry-After": "1"})
+        return JSONResponse({"status": "ready", "models": models})
 
-    def _allowed_origin(self, origin: str | None) -> bool:
-        if origin is None:
-            return False
-        if "*" in self.cors_origins or origin in self.cors_origins:
-            return True
-        # "http://127.0.0.1:*" allows that scheme and host on any port (dev servers bind port 0).
-        base, sep, port = origin.rpartition(":")
-        return bool(sep) and port.isdigit() and f"{base}:*" in self.cors_origins
+    async def list_models(self) -> dict:
+        return {"models": list(await asyncio.gather(*(self._metadata(n) for n in self.models)))}
 
-    def _cors_headers(self, origin: str | None) -> dict:
-        # Only an allowed origin gets the header; a browser then refuses the response to others.
-        if not self._allowed_origin(origin):
-            return {"Vary": "Origin"}
-        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+    async def model_metadata(self, name: str) -> dict:
+        return await self._metadata(self._known(name))
 
-    def _preflight(self, request: Request, origin: str | None) -> Response:
-        if not self._allowed_origin(origin):
-            err = OriginNotAllowed(f"origin {origin!r} is not allowed; set cors_origins in the serve config")
-            return JSONResponse(err.to_json(), status_code=err.status, headers={"Vary": "Origin"})
-        headers = self._cors_headers(origin) | {
-            "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
-            "Access-Control-Allow-Headers": request.headers.get("access-control-request-headers", "Content-Type"),
-            "Access-Control-Max-Age": "600",
-        }
-        return Response(status_code=204, headers=headers)
+    async def predict_fallback(self, name: str) -> Response:
+        """Reached only when no model application has this route: an unknown model, or one whose
+        application is not (or no longer) deployed."""
+        self._known(name)
+        raise ModelNotReady(f"model {name} is not deployed now; retry later")
 
 
-def build_app(args: dict) -> serve.Application:
-    """The application builder named in the serve config (``import_path``); ``args`` from there."""
+# ----------------------------------------------------------------------------- builders (serve config import paths)
+
+def build_app(args: RouterArgs) -> serve.Application:
+    """The ``marcelle-torch`` application (route ``/``): ``import_path: marcelle_torch.serving.app:build_app``."""
     from ..models import get_spec
 
-    args = dict(args or {})
-    known = {"models", "cors_origins", "max_body_bytes", "request_timeout_s", "train_if_missing"}
-    unknown = set(args) - known
-    if unknown:
-        raise ConfigError(f"application args: unknown keys {sorted(unknown)}; known: {sorted(known)}")
-    models = args.get("models") or ["digits"]
-    if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
-        raise ConfigError("application args: models must be a list of model names")
-    origins = args.get("cors_origins", [])
-    if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
-        raise ConfigError("application args: cors_origins must be a list of origins")
-    handles = {}
-    for ref in models:
-        spec = get_spec(ref).require("serve")  # fail the deploy now, not in a replica
-        if spec.name in handles:
-            raise ConfigError(f"application args: model {spec.name} listed twice")
-        handles[spec.name] = ModelServer.options(name=model_deployment_name(spec.name)).bind(
-            ref, bool(args.get("train_if_missing", True)))
-    return Ingress.bind(handles, origins, int(args.get("max_body_bytes", 4 * 1024 * 1024)),
-                        float(args.get("request_timeout_s", 30.0)))
+    args = parse_args(RouterArgs, args)
+    names = [get_spec(ref).require("serve").name for ref in args.models]  # fail the deploy now, not in a replica
+    if len(set(names)) != len(names):
+        raise ConfigError("application args: a model is listed twice (two references with one spec name)")
+    return Router.options(name="Router").bind(args.model_dump())
+
+
+def build_model_app(args: ModelAppArgs) -> serve.Application:
+    """One model's application (route ``/v1/models/<name>:predict``):
+    ``import_path: marcelle_torch.serving.app:build_model_app``."""
+    from ..models import get_spec
+
+    args = parse_args(ModelAppArgs, args)
+    spec = get_spec(args.model).require("serve")
+    return ModelServer.options(name=model_app_name(spec.name)).bind(args.model_dump())
+

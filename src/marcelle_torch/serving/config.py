@@ -2,7 +2,10 @@
 
 One file, ``serve_config.yaml`` beside this module, is read by ``marcelle-torch serve``
 and embedded by the Helm chart into the RayService, so local and Kubernetes runs deploy
-the same application with the same settings.
+the same applications with the same settings: the router (``build_app``, route ``/``) and one
+application per model (``build_model_app``, route ``/v1/models/<name>:predict``, one deployment
+``model-<name>``). ``--model`` overrides add model applications copied from the first one in
+the file (its deployment settings and user_config) and drop the others.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from ..errors import MarcelleTorchError
 
 DEFAULT_CONFIG = Path(__file__).with_name("serve_config.yaml")
 APP_IMPORT_PATH = "marcelle_torch.serving.app:build_app"
+MODEL_APP_IMPORT_PATH = "marcelle_torch.serving.app:build_model_app"
 
 
 class ConfigError(MarcelleTorchError):
@@ -65,28 +69,57 @@ def apply_overrides(config: dict, *, host=None, port=None, cors_origins=None, nu
         http["host"] = host
     if port is not None:
         http["port"] = int(port)
-    for app in our_applications(config):
+    if models is not None:
+        config = _set_models(config, list(models))
+    for app in our_applications(config) + model_applications(config):
         args = app.setdefault("args", {}) or {}
         app["args"] = args
         if cors_origins is not None:
             args["cors_origins"] = list(cors_origins)
-        if models is not None:
-            args["models"] = list(models)
-        if num_gpus is not None:
-            names = {model_deployment_name(m) for m in args.get("models", [])}
-            deployments = app.setdefault("deployments", [])
-            for name in names - {d.get("name") for d in deployments}:
-                deployments.append({"name": name})
-            for d in deployments:
-                if d.get("name") in names:
-                    d.setdefault("ray_actor_options", {})["num_gpus"] = num_gpus
+    if num_gpus is not None:
+        for app in model_applications(config):
+            for d in app.setdefault("deployments", []) or [{"name": app["name"]}]:
+                d.setdefault("ray_actor_options", {})["num_gpus"] = num_gpus
+    return config
+
+
+def _model_app(ref: str, template: dict | None) -> dict:
+    """The application serving ``ref``, with ``template``'s settings (another model's application)."""
+    from .options import predict_route
+
+    name = model_deployment_name(ref)
+    app = copy.deepcopy(template) if template else {"import_path": MODEL_APP_IMPORT_PATH, "args": {}}
+    app["name"] = name
+    app["route_prefix"] = predict_route(name.removeprefix("model-"))
+    app["args"] = dict(app.get("args") or {}, model=ref)
+    deployments = app.get("deployments") or [{}]
+    app["deployments"] = [dict(deployments[0], name=name)]
+    return app
+
+
+def _set_models(config: dict, models: list[str]) -> dict:
+    """``config`` serving exactly ``models``: the router's list, and one application each."""
+    existing = model_applications(config)
+    by_ref = {(a.get("args") or {}).get("model"): a for a in existing}
+    template = existing[0] if existing else None
+    apps = [a for a in config.get("applications") or [] if a not in existing]
+    for app in our_applications(config):
+        app.setdefault("args", {})["models"] = models
+    apps += [by_ref.get(ref) or _model_app(ref, template) for ref in models]
+    config["applications"] = apps
     return config
 
 
 def our_applications(config: dict) -> list[dict]:
-    """The applications in ``config`` that run this project's app builder."""
+    """The router applications in ``config`` (this project's ``build_app``)."""
     apps = config.get("applications") or []
     return [a for a in apps if isinstance(a, dict) and a.get("import_path") == APP_IMPORT_PATH]
+
+
+def model_applications(config: dict) -> list[dict]:
+    """The model applications in ``config`` (this project's ``build_model_app``)."""
+    apps = config.get("applications") or []
+    return [a for a in apps if isinstance(a, dict) and a.get("import_path") == MODEL_APP_IMPORT_PATH]
 
 
 def validate_serve_config(config: dict, source: str = "serve config") -> dict:
@@ -107,9 +140,26 @@ def validate_serve_config(config: dict, source: str = "serve config") -> dict:
     apps = our_applications(config)
     if not apps:
         raise ConfigError(f"{source}: no application has import_path {APP_IMPORT_PATH}")
-    for app in apps:
-        models = (app.get("args") or {}).get("models")
-        if not isinstance(models, list) or not models or not all(isinstance(m, str) and m for m in models):
-            raise ConfigError(f"{source}: application {app.get('name')!r}: args.models must be a non-empty "
-                              "list of model names")
+    if len(apps) > 1:
+        raise ConfigError(f"{source}: {len(apps)} applications have import_path {APP_IMPORT_PATH}; one routes all")
+    (app,) = apps
+    models = (app.get("args") or {}).get("models")
+    if not isinstance(models, list) or not models or not all(isinstance(m, str) and m for m in models):
+        raise ConfigError(f"{source}: application {app.get('name')!r}: args.models must be a non-empty "
+                          "list of model names")
+    served = [(a.get("args") or {}).get("model") for a in model_applications(config)]
+    if sorted(map(str, served)) != sorted(models):
+        raise ConfigError(f"{source}: application {app.get('name')!r} lists models {models} but the model "
+                          f"applications ({MODEL_APP_IMPORT_PATH}) serve {served}: one application per model")
+    from .options import predict_route
+
+    for a in model_applications(config):
+        name = model_deployment_name(a["args"]["model"])
+        expected = predict_route(name.removeprefix("model-"))
+        if a.get("name") != name or a.get("route_prefix") != expected:
+            raise ConfigError(f"{source}: the application serving {a['args']['model']!r} must be named {name!r} "
+                              f"with route_prefix {expected!r} (its predict path)")
+        names = [d.get("name") for d in a.get("deployments") or []]
+        if any(n != name for n in names):
+            raise ConfigError(f"{source}: application {name!r}: its one deployment is named {name!r}, not {names}")
     return config

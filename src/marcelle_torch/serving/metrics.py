@@ -16,8 +16,9 @@ Exported name                              Type       Tags              Meaning
 (``_bucket``, ``_sum``, ``_count``)                                     forward pass
 =========================================  =========  ================  ==========================
 
-``timeout`` is counted by the ingress (the replica does not know the caller gave up), so
-that series carries ``deployment="Ingress"``.
+Every outcome is counted by the model's own deployment (``deployment="model-<name>"``), which
+is its HTTP ingress: it answers the 400s, 500s and 504s itself. A fault of the router (route
+``/``) is counted as ``outcome="error"`` with ``model=""``.
 """
 
 from __future__ import annotations
