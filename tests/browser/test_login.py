@@ -5,8 +5,8 @@ it: the admin account comes from MARCELLE_ADMIN_EMAIL/_PASSWORD, the admin creat
 (Alice, Bob) through the backend's `users` service, and the real worker logs in with the
 worker account. Alice logs in through Marcelle's own login dialog (DataStore.loginWithUI),
 generates a digit and follows it; she never sees Bob's runs, neither those made before she
-logged in nor the live events of one made while she is there. A wrong password shows
-Marcelle's login error and no runs.
+logged in nor the live events of one made while she is there; she logs out. A wrong password
+shows Marcelle's login error and no runs; so does a registration while sign-up is off.
 """
 
 from __future__ import annotations
@@ -191,6 +191,13 @@ def test_a_user_logs_in_with_marcelles_dialog_generates_and_sees_only_their_runs
     page.wait_for_selector(HISTORY_ITEM)
     assert history_ids(page) == [mine[0]["_id"]]
 
+    # Log out (Marcelle's dataStore.logout: the JWT is forgotten, the page reloads): the dialog again.
+    # The reload keeps the URL (#backend-runs), so the runs page, and its dialog, open at once.
+    page.locator("[data-testid=runs-logout]").click()
+    page.locator(DIALOG).wait_for()
+    assert page.locator(CONNECTION).get_attribute("data-status") == "login"
+    assert history_ids(page) == []
+
 
 def test_a_wrong_password_shows_marcelles_error_and_no_runs(page, webapp_factory, auth_stack):
     backend, bob_first = auth_stack["backend"], auth_stack["bob_first"]
@@ -205,8 +212,19 @@ def test_a_wrong_password_shows_marcelles_error_and_no_runs(page, webapp_factory
     assert page.locator(GENERATE).is_disabled()
     assert history_ids(page) == []
 
-    # The same dialog then takes the right password: Bob's run appears (the check above was
-    # not empty for want of runs).
+    # The dialog's "Register" form cannot make an account (sign-up is off): the dialog closes
+    # without a session, the page offers to log in again and still shows no runs.
+    page.locator(DIALOG).locator("xpath=..").get_by_text("Register Here").click()
+    log_in(page, "mallory@marcelle.test", "mallory-password-0123")
+    page.wait_for_selector(f"{CONNECTION}[data-status=logged-out]")
+    assert page.locator(DIALOG).count() == 0
+    assert page.locator(GENERATE).is_disabled()
+    assert history_ids(page) == []
+    page.locator("[data-testid=runs-login]").click()
+    page.locator(DIALOG).wait_for()
+
+    # The dialog takes the right password: Bob's run appears (the checks above were not empty
+    # for want of runs).
     log_in(page, *BOB)
     page.wait_for_selector(f"{CONNECTION}[data-status=ready]")
     page.wait_for_selector(HISTORY_ITEM)
