@@ -34,8 +34,9 @@ def register(subparsers) -> None:
     p.add_argument("--pending-timeout", type=float, default=600.0,
                    help="fail a run that no worker took within this many seconds, saying why "
                         "(default 600; 0 = never)")
-    p.add_argument("--max-updates-per-second", type=float, default=5.0,
-                   help="progress updates per run, at most (default 5)")
+    p.add_argument("--max-updates-per-second", type=float, default=20.0,
+                   help="progress updates per run, at most; sent from a background thread, the newest only "
+                        "(default 20)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=cmd_worker)

@@ -72,7 +72,7 @@ class WorkerOptions:
     heartbeat: float = 5.0  # seconds between lease renewals (and stale-run sweeps)
     lease_timeout: float = 30.0  # a running run whose heartbeat is older goes back to pending
     grace: float = 20.0  # on SIGTERM, how long the current run may take before it is released
-    max_updates_per_second: float = 5.0  # progress patches per run, at most
+    max_updates_per_second: float = 20.0  # progress patches per run, at most
     call_timeout: float = 30.0
     finish_timeout: float = 120.0  # how long a finished result is retried while the backend is away
     pending_timeout: float = 600.0  # a run pending longer (since its last change) fails; 0: never
@@ -84,8 +84,8 @@ class CurrentRun:
     model: str
     stop: threading.Event = field(default_factory=threading.Event)
     reason: str = ""
-    last_patch: float = 0.0
     heartbeat_at: str = ""
+    sender: "ProgressSender | None" = None
 
     def request_stop(self, reason: str) -> None:
         if not self.stop.is_set():
@@ -371,9 +371,11 @@ class Worker:
         beat = threading.Thread(target=self._heartbeat_loop, args=(current,), daemon=True,
                                 name=f"heartbeat-{current.id}")
         beat.start()
+        current.sender = ProgressSender(self, current)
         outcome = "failed"
         try:
             result = self._infer(run, current)
+            current.sender.close()  # what is still unsent is older than the result
             self._check(current)
             outcome = self._finish(current, {"status": "succeeded", "progress": 1, "result": result})
         except Stop as stop:
@@ -388,6 +390,7 @@ class Worker:
             outcome = self._finish(current, {"status": "failed",
                                              "error": f"the model failed: {type(exc).__name__}: {exc}"}, ok="failed")
         finally:
+            current.sender.close()
             current.stop.set()  # ends the heartbeat thread
             beat.join(timeout=self.options.call_timeout)
             self.current = None
@@ -427,15 +430,8 @@ class Worker:
         return runner(module, run.get("input"), run.get("params") or {}, report)
 
     def _progress(self, current: CurrentRun, progress: float, partial) -> None:
-        now = time.monotonic()
-        if now - current.last_patch < 1.0 / self.options.max_updates_per_second:
-            return
-        current.last_patch = now
-        data = {"progress": round(float(progress), 4)}
-        if partial is not None:
-            data["partial"] = partial() if callable(partial) else partial
-        self._patch_own(current, data)
-        self.metrics.progress_updates.inc()
+        """Never waits on the backend: the newest progress is handed to the run's sender."""
+        current.sender.offer(progress, partial)
 
     def _patch_own(self, current: CurrentRun, data: dict) -> dict | None:
         """Write to the run this worker holds; Stop if it no longer does. A lost connection
@@ -506,6 +502,84 @@ class Worker:
             log.info("run %s: released back to pending", current.id)
         except (BackendError, BackendUnavailable) as exc:
             log.warning("run %s: cannot release (%s); its lease will expire", current.id, exc.message)
+
+
+class ProgressSender:
+    """Sends a run's progress from its own thread, so the model loop never waits on the backend.
+
+    ``offer()`` (the model's thread) only replaces the newest (progress, partial) and returns;
+    the sender patches the newest at most ``max_updates_per_second`` times a second and drops
+    the ones it had no time for. A partial given as a function (e.g. one that encodes a PNG)
+    is called only for the values that are sent. A NotFound on the run stops it (canceled or
+    taken back): the model's next ``report`` raises Stop.
+    """
+
+    def __init__(self, worker: "Worker", current: CurrentRun):
+        self.worker, self.current = worker, current
+        self.interval = 1.0 / worker.options.max_updates_per_second
+        self._cond = threading.Condition()
+        self._newest: tuple[float, object] | None = None
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def offer(self, progress: float, partial=None) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            self._newest = (progress, partial)
+            if self._thread is None:  # started on the first report (classification runs have none)
+                self._thread = threading.Thread(target=self._loop, daemon=True, name=f"progress-{self.current.id}")
+                self._thread.start()
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Drops what is unsent and ends the thread; an update already on its way completes by
+        itself (the run's conditional writes keep it from landing after the outcome)."""
+        with self._cond:
+            self._closed = True
+            self._newest = None
+            self._cond.notify()
+
+    def _loop(self) -> None:
+        next_at = 0.0
+        while True:
+            with self._cond:
+                while self._newest is None and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+            wait = next_at - time.monotonic()
+            if wait > 0:  # at the rate limit: the newest value may still be replaced meanwhile
+                with self._cond:
+                    self._cond.wait_for(lambda: self._closed, timeout=wait)
+            with self._cond:
+                if self._closed or self._newest is None:
+                    if self._closed:
+                        return
+                    continue
+                progress, partial = self._newest
+                self._newest = None
+            next_at = time.monotonic() + self.interval
+            self._send(progress, partial)
+
+    def _send(self, progress: float, partial) -> None:
+        worker, current = self.worker, self.current
+        data = {"progress": round(float(progress), 4)}
+        try:
+            if partial is not None:
+                data["partial"] = partial() if callable(partial) else partial
+        except Exception as exc:  # a partial that cannot be made: the run goes on without it
+            log.warning("run %s: partial result failed: %s: %s", current.id, type(exc).__name__, exc)
+        if self._closed:
+            return
+        try:
+            worker._patch_own(current, data)
+        except Stop:
+            return  # request_stop() is set: the model's next report raises
+        except (BackendError, BackendUnavailable) as exc:
+            log.warning("run %s: progress not sent: %s", current.id, exc.message)
+            return
+        worker.metrics.progress_updates.inc()
 
 
 def created_at(run: dict) -> str:
