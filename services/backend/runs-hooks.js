@@ -125,4 +125,4 @@ function runsHooks({ authEnabled, errors }) {
   };
 }
 
-module.exports = { runsHooks, STATUSES };
+module.exports = { runsHooks, STATUSES, MAX_INPUT_BYTES };

@@ -78,11 +78,52 @@ try {
 checkConfig(config);
 
 const http = require('http');
-const { BadRequest, MethodNotAllowed, NotAuthenticated } = require('@feathersjs/errors');
+const { BadRequest, FeathersError, MethodNotAllowed, NotAuthenticated } = require('@feathersjs/errors');
 const app = require('@marcellejs/backend/lib/app').default;
 const logger = require('@marcellejs/backend/lib/logger').default;
 const abilities = require('@marcellejs/backend/lib/authentication/abilities');
-const { runsHooks } = require('./runs-hooks');
+const { runsHooks, MAX_INPUT_BYTES } = require('./runs-hooks');
+const feathersExpress = require('@feathersjs/express');
+
+// A request or socket message may carry a run input up to the runs hook's limit, plus the
+// rest of the run: the transports accept that much, so the hook is what refuses (with a
+// message that says why) and no transport answers 500 or drops the connection first.
+const MAX_MESSAGE_BYTES = MAX_INPUT_BYTES + 1024 * 1024;
+
+// The package's body parsers (@marcellejs/backend 0.6.5 lib/app.js: express.json() and
+// express.urlencoded(), 100 kB default) hand their errors (bad JSON, too large) to Feathers'
+// error handler, which answers GeneralError 500. Replaced in place with parsers of the
+// transports' limit whose errors are the client's: BadRequest 400 or PayloadTooLarge 413.
+function clientErrorsFromBodyParsers(expressApp) {
+  const parsers = {
+    jsonParser: feathersExpress.json({ limit: MAX_MESSAGE_BYTES }),
+    urlencodedParser: feathersExpress.urlencoded({ extended: true, limit: MAX_MESSAGE_BYTES }),
+  };
+  const replaced = expressApp._router.stack.filter((layer) => layer.name in parsers);
+  if (replaced.length !== 2) fail('the backend package no longer has its json and urlencoded body parsers');
+  for (const layer of replaced) {
+    const parse = parsers[layer.name];
+    layer.handle = (req, res, next) => parse(req, res, (err) => {
+      if (!err) return next();
+      const tooLarge = err.type === 'entity.too.large';
+      const error = tooLarge
+        // @feathersjs/errors 4 has no class for 413: its base class, as its own classes use it.
+        ? new FeathersError(`the request body is over ${MAX_MESSAGE_BYTES} bytes`, 'PayloadTooLarge', 413, 'payload-too-large')
+        : new BadRequest(`the request body is not valid ${layer.name === 'jsonParser' ? 'JSON' : 'form data'}: ${err.message}`);
+      const answer = () => res.status(error.code).json(error.toJSON());
+      if (!tooLarge || req.complete) return answer();
+      // Refused on its Content-Length, unread: read the rest (up to a bound) before answering,
+      // or the client, still sending, sees the connection reset instead of the 413.
+      let unread = 4 * MAX_MESSAGE_BYTES;
+      req.on('data', (chunk) => {
+        unread -= chunk.length;
+        if (unread < 0) req.destroy();
+      });
+      req.on('end', answer);
+      req.resume();
+    });
+  }
+}
 
 // @marcellejs/backend 0.6.5 lib/authentication/abilities.js logs the whole permissions
 // object (`console.log('permissions', ...)`) each time it computes a caller's rules (every
@@ -169,9 +210,14 @@ async function main() {
   // whole Express app (@feathersjs/express 4.5 lib/index.js: listen = http server + setup).
   // setup() attaches Socket.IO, which takes its own /socket.io/ requests before this handler.
   const guard = restGuard(served, { trustedProxies });
+  clientErrorsFromBodyParsers(app);
   const server = http.createServer((req, res) => guard(req, res, () => app(req, res)));
   app.setup(server);
   socketGuard(app.io, served, { trustedProxies });
+  // engine.io 3.6 (lib/server.js) reads maxHttpBufferSize (1 MB by default) into its websocket
+  // server when it is made: set it, then make that server again.
+  app.io.eio.maxHttpBufferSize = MAX_MESSAGE_BYTES;
+  app.io.eio.init();
 
   // setup() has run: make the data services now, before any request.
   for (const name of services) app.service(':serviceName').getService(name);
