@@ -90,9 +90,15 @@ class Traffic:
         with httpx.Client(timeout=60) as client:
             while not stop.wait(15.0):
                 try:
-                    client.post(f"{self.backend}/runs", json={
-                        "model": self.generator, "input": {"digit": rng.randrange(10)},
-                        "params": {"steps": 25, "seed": rng.randrange(1000)}, "status": "pending"})
+                    client.post(
+                        f"{self.backend}/runs",
+                        json={
+                            "model": self.generator,
+                            "input": {"digit": rng.randrange(10)},
+                            "params": {"steps": 25, "seed": rng.randrange(1000)},
+                            "status": "pending",
+                        },
+                    )
                     self._count("runs")
                 except httpx.HTTPError as exc:
                     print(f"  run not created: {exc}", file=sys.stderr)
@@ -107,8 +113,9 @@ class Traffic:
         per_phase = self.duration / len(phases)
         with httpx.Client(timeout=60, limits=httpx.Limits(max_connections=16)) as client:
             for phase, concurrency in enumerate(phases):
-                print(f"  phase {phase + 1}/{len(phases)}: {concurrency} concurrent clients, {per_phase:.0f}s",
-                      flush=True)
+                print(
+                    f"  phase {phase + 1}/{len(phases)}: {concurrency} concurrent clients, {per_phase:.0f}s", flush=True
+                )
                 end = time.monotonic() + per_phase
 
                 def loop(seed: int) -> None:
@@ -166,7 +173,7 @@ def plot(panels: dict[str, list[dict]], start: float, path: Path, subtitle: str)
             ax.legend(fontsize=7, loc="upper left")
         else:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="grey")
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.suptitle(f"marcelle-torch / Overview (Prometheus query_range)\n{subtitle}", fontsize=12)
     fig.tight_layout()
@@ -198,9 +205,12 @@ def main(argv: list[str] | None = None) -> int:
 
             workdir = Path(tempfile.mkdtemp(prefix="dashboard-render-"))
             print(f"starting the local stack with monitoring (logs: {workdir / 'logs'})", flush=True)
-            stack = start_stack(StackOptions(workdir=workdir, webapp_port=0, serve_port=0, backend_port=0,
-                                             prometheus_port=0, monitoring=True),
-                                say=lambda m: print(f"  {m}", flush=True))
+            stack = start_stack(
+                StackOptions(
+                    workdir=workdir, webapp_port=0, serve_port=0, backend_port=0, prometheus_port=0, monitoring=True
+                ),
+                say=lambda m: print(f"  {m}", flush=True),
+            )
             prometheus, serve, backend = stack.urls["prometheus"], stack.urls["serve"], stack.urls["backend"]
 
         print(f"traffic for {args.duration:.0f}s against {serve}", flush=True)
@@ -216,21 +226,39 @@ def main(argv: list[str] | None = None) -> int:
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    subtitle = (f"{args.duration:.0f}s of traffic, 1-8 concurrent clients; predictions ok {traffic.counts['predict_ok']}, "
-                f"4xx {traffic.counts['predict_4xx']}, runs {traffic.counts['runs']}")
+    subtitle = (
+        f"{args.duration:.0f}s of traffic, 1-8 concurrent clients; predictions ok {traffic.counts['predict_ok']}, "
+        f"4xx {traffic.counts['predict_4xx']}, runs {traffic.counts['runs']}"
+    )
     png = OUT / "dashboard.png"
     plot(panels, start, png, subtitle)
     summary = {
-        "start": start, "end": end, "counts": traffic.counts,
-        "panels": {title: [{"label": s["label"], "expr": s["expr"],
-                            "max": max((v for _, v in s["points"] if v == v), default=None),
-                            "last": next((v for _, v in reversed(s["points"]) if v == v), None),
-                            "points": s["points"]} for s in series]
-                   for title, series in panels.items()},
+        "start": start,
+        "end": end,
+        "counts": traffic.counts,
+        "panels": {
+            title: [
+                {
+                    "label": s["label"],
+                    "expr": s["expr"],
+                    "max": max((v for _, v in s["points"] if v == v), default=None),
+                    "last": next((v for _, v in reversed(s["points"]) if v == v), None),
+                    "points": s["points"],
+                }
+                for s in series
+            ]
+            for title, series in panels.items()
+        },
     }
     atomic_write_text(OUT / "dashboard.json", json.dumps(summary, indent=1) + "\n")
-    lines = ["# Overview dashboard, rendered from Prometheus", "", subtitle, "",
-             "| Panel | Series | Max | Last |", "|---|---|---|---|"]
+    lines = [
+        "# Overview dashboard, rendered from Prometheus",
+        "",
+        subtitle,
+        "",
+        "| Panel | Series | Max | Last |",
+        "|---|---|---|---|",
+    ]
     for title, series in summary["panels"].items():
         if not series:
             lines.append(f"| {title} | (no data) | | |")
@@ -241,8 +269,10 @@ def main(argv: list[str] | None = None) -> int:
     empty = [title for title, series in panels.items() if not series]
     if not args.no_docs_copy:
         shutil.copyfile(png, ROOT / "docs" / "dashboard.png")
-    print(f"wrote {png}, {OUT / 'dashboard.json'}, {OUT / 'dashboard.md'}"
-          + ("" if args.no_docs_copy else f" and {ROOT / 'docs' / 'dashboard.png'}"))
+    print(
+        f"wrote {png}, {OUT / 'dashboard.json'}, {OUT / 'dashboard.md'}"
+        + ("" if args.no_docs_copy else f" and {ROOT / 'docs' / 'dashboard.png'}")
+    )
     if empty:
         print(f"panels without data: {', '.join(empty)}", file=sys.stderr)
         return 1

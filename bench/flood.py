@@ -43,9 +43,26 @@ def start_workers(backend_url: str, count: int, logs: Path, models: str = "digit
     threads = max(1, len(os.sched_getaffinity(0)) // count)
     workers = []
     for i in range(count):
-        workers.append(ManagedProcess(f"worker {i + 1}", [
-            sys.executable, "-m", "marcelle_torch.cli", "worker", "--backend", backend_url, "--models", models,
-            "--name", f"flood-{i + 1}", "--threads", str(threads)], logs / f"worker-{i + 1}.log"))
+        workers.append(
+            ManagedProcess(
+                f"worker {i + 1}",
+                [
+                    sys.executable,
+                    "-m",
+                    "marcelle_torch.cli",
+                    "worker",
+                    "--backend",
+                    backend_url,
+                    "--models",
+                    models,
+                    "--name",
+                    f"flood-{i + 1}",
+                    "--threads",
+                    str(threads),
+                ],
+                logs / f"worker-{i + 1}.log",
+            )
+        )
     deadline = time.monotonic() + 300
     for worker in workers:
         while "connected to" not in worker.log_text():
@@ -55,16 +72,21 @@ def start_workers(backend_url: str, count: int, logs: Path, models: str = "digit
     return workers
 
 
-def flood(backend_url: str, workers: list, runs: int, clients: int, bad_every: int = 20,
-          timeout: float = 900.0) -> dict:
+def flood(
+    backend_url: str, workers: list, runs: int, clients: int, bad_every: int = 20, timeout: float = 900.0
+) -> dict:
     """Create ``runs`` runs from ``clients`` clients at once; wait for all; check; figures."""
     from marcelle_torch.worker.client import FeathersClient
 
     inputs = digit_inputs()
     observer = FeathersClient(backend_url)
     succeeded_writes: Counter = Counter()
-    observer.on("runs patched", lambda doc: isinstance(doc, dict) and doc.get("status") == "succeeded"
-                and succeeded_writes.update([doc["_id"]]))
+    observer.on(
+        "runs patched",
+        lambda doc: (
+            isinstance(doc, dict) and doc.get("status") == "succeeded" and succeeded_writes.update([doc["_id"]])
+        ),
+    )
     observer.connect()
     conns = []
     for _ in range(clients):
@@ -125,18 +147,29 @@ def flood(backend_url: str, workers: list, runs: int, clients: int, bad_every: i
     ids = [i for i, _ in created]
     bad_ids = {i for i, bad in created if bad}
     statuses = Counter(docs[i]["status"] if i in docs else "missing" for i in ids)
-    unreadable = [docs[i] for i in bad_ids if i in docs and not (docs[i]["status"] == "failed"
-                                                                  and "wrong shape" in (docs[i]["error"] or ""))]
+    unreadable = [
+        docs[i]
+        for i in bad_ids
+        if i in docs and not (docs[i]["status"] == "failed" and "wrong shape" in (docs[i]["error"] or ""))
+    ]
     return {
-        "runs": runs, "clients": clients, "workers": len(workers), "create_errors": errors[:5],
-        "created": len(ids), "total_in_backend": len(docs), "statuses": dict(statuses),
+        "runs": runs,
+        "clients": clients,
+        "workers": len(workers),
+        "create_errors": errors[:5],
+        "created": len(ids),
+        "total_in_backend": len(docs),
+        "statuses": dict(statuses),
         "lost": sum(1 for i in ids if i not in docs or docs[i]["status"] not in FINAL),
-        "claimed_twice": sum(1 for i in ids if claims[i] > 1), "never_claimed": sum(1 for i in ids if claims[i] == 0),
+        "claimed_twice": sum(1 for i in ids if claims[i] > 1),
+        "never_claimed": sum(1 for i in ids if claims[i] == 0),
         "finished_twice": sum(1 for i in ids if outcomes[i] > 1),
         "succeeded_written_twice": sum(1 for n in succeeded_writes.values() if n > 1),
-        "bad_inputs": len(bad_ids), "bad_without_readable_failure": len(unreadable),
+        "bad_inputs": len(bad_ids),
+        "bad_without_readable_failure": len(unreadable),
         "good_not_succeeded": sum(1 for i in ids if i not in bad_ids and docs.get(i, {}).get("status") != "succeeded"),
-        "created_s": round(created_s, 2), "drained_s": round(drained_s, 2),
+        "created_s": round(created_s, 2),
+        "drained_s": round(drained_s, 2),
         "runs_per_s": round(len(ids) / drained_s, 2),
     }
 
@@ -148,8 +181,15 @@ def problems(figures: dict) -> list[str]:
         out.append(f"create errors: {figures['create_errors']}")
     if figures["created"] != figures["runs"] or figures["total_in_backend"] != figures["runs"]:
         out.append(f"created {figures['created']} of {figures['runs']}, {figures['total_in_backend']} in the backend")
-    for key in ("lost", "claimed_twice", "never_claimed", "finished_twice", "succeeded_written_twice",
-                "bad_without_readable_failure", "good_not_succeeded"):
+    for key in (
+        "lost",
+        "claimed_twice",
+        "never_claimed",
+        "finished_twice",
+        "succeeded_written_twice",
+        "bad_without_readable_failure",
+        "good_not_succeeded",
+    ):
         if figures[key]:
             out.append(f"{key}: {figures[key]}")
     return out
@@ -187,22 +227,34 @@ def main(argv: list[str] | None = None) -> int:
         figures = run_one(n, args.runs, args.clients, args.workdir / f"workers-{n}")
         bad = problems(figures)
         failed |= bool(bad)
-        print(f"  {figures['runs_per_s']} runs/s (drained in {figures['drained_s']}s), statuses {figures['statuses']}"
-              + (f"; PROBLEMS: {bad}" if bad else "; none lost, none twice"), flush=True)
+        print(
+            f"  {figures['runs_per_s']} runs/s (drained in {figures['drained_s']}s), statuses {figures['statuses']}"
+            + (f"; PROBLEMS: {bad}" if bad else "; none lost, none twice"),
+            flush=True,
+        )
         results.append(figures)
-    report = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "cores": len(os.sched_getaffinity(0)),
-              "command": "python bench/flood.py " + " ".join(sys.argv[1:] if argv is None else argv),
-              "results": results}
+    report = {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "cores": len(os.sched_getaffinity(0)),
+        "command": "python bench/flood.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "results": results,
+    }
     OUT.mkdir(parents=True, exist_ok=True)
     atomic_write_text(OUT / "flood.json", json.dumps(report, indent=2) + "\n")
-    rows = ["| workers | runs | clients | runs/s | drained in | lost | claimed twice | finished twice | statuses |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| workers | runs | clients | runs/s | drained in | lost | claimed twice | finished twice | statuses |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
-        rows.append(f"| {r['workers']} | {r['runs']} | {r['clients']} | {r['runs_per_s']} | {r['drained_s']} s | "
-                    f"{r['lost']} | {r['claimed_twice']} | {r['finished_twice']} | "
-                    f"{', '.join(f'{k} {v}' for k, v in sorted(r['statuses'].items()))} |")
-    atomic_write_text(OUT / "flood.md", f"Flood ({report['date']}, {report['cores']} cores): `{report['command']}`\n\n"
-                      + "\n".join(rows) + "\n")
+        rows.append(
+            f"| {r['workers']} | {r['runs']} | {r['clients']} | {r['runs_per_s']} | {r['drained_s']} s | "
+            f"{r['lost']} | {r['claimed_twice']} | {r['finished_twice']} | "
+            f"{', '.join(f'{k} {v}' for k, v in sorted(r['statuses'].items()))} |"
+        )
+    atomic_write_text(
+        OUT / "flood.md",
+        f"Flood ({report['date']}, {report['cores']} cores): `{report['command']}`\n\n" + "\n".join(rows) + "\n",
+    )
     print(f"wrote {OUT / 'flood.json'} and {OUT / 'flood.md'}")
     return 1 if failed else 0
 

@@ -28,8 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from marcelle_torch.files import atomic_write_text  # noqa: E402
-from marcelle_torch.models import get_spec, load_model  # noqa: E402
-from marcelle_torch.models import digits_generator, resnet_bench  # noqa: E402
+from marcelle_torch.models import digits_generator, get_spec, load_model, resnet_bench  # noqa: E402  # noqa: E402
 from marcelle_torch.models.digits import CANVAS  # noqa: E402
 from marcelle_torch.models.optdigits import load_split, render_canvas  # noqa: E402
 
@@ -107,11 +106,23 @@ def resnet_throughput(batches: list[int], seconds: float) -> list[dict]:
         if bf16:
             model = model.to(memory_format=torch.channels_last)
         for batch in batches:
-            rows.append({"device": device, "dtype": "bf16 autocast, channels-last" if bf16 else "float32 (TF32)",
-                         "batch": batch, "samples_per_s": round(throughput(model, batch, device, bf16, seconds), 1)})
+            rows.append(
+                {
+                    "device": device,
+                    "dtype": "bf16 autocast, channels-last" if bf16 else "float32 (TF32)",
+                    "batch": batch,
+                    "samples_per_s": round(throughput(model, batch, device, bf16, seconds), 1),
+                }
+            )
     for batch in (1, 32):
-        rows.append({"device": f"cpu ({torch.get_num_threads()} threads)", "dtype": "float32", "batch": batch,
-                     "samples_per_s": round(throughput(base, batch, "cpu", False, seconds), 1)})
+        rows.append(
+            {
+                "device": f"cpu ({torch.get_num_threads()} threads)",
+                "dtype": "float32",
+                "batch": batch,
+                "samples_per_s": round(throughput(base, batch, "cpu", False, seconds), 1),
+            }
+        )
     return rows
 
 

@@ -41,6 +41,7 @@ FINAL = ("succeeded", "failed", "canceled")
 
 # ----------------------------------------------------------------------------- processes
 
+
 def rss_kib(pid: int) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -63,7 +64,7 @@ def describe(pid: int) -> str:
     if parts[0].endswith("node"):
         return "node " + Path(parts[1]).name if len(parts) > 1 else "node"
     if "-m" in parts:
-        return "python -m " + " ".join(parts[parts.index("-m") + 1:parts.index("-m") + 3])
+        return "python -m " + " ".join(parts[parts.index("-m") + 1 : parts.index("-m") + 3])
     return " ".join(Path(p).name if i == 0 else p for i, p in enumerate(parts[:3]))[:80]
 
 
@@ -82,6 +83,7 @@ def processes(groups: dict[str, int]) -> dict[str, dict]:
 
 
 # ----------------------------------------------------------------------------- traffic
+
 
 class Recorder:
     def __init__(self):
@@ -184,7 +186,11 @@ def run_traffic(backend: str, every: float, until: float, rec: Recorder, example
                     doc = {"model": "digits", "input": f"data:image/png;base64,{instance['b64']}", "params": {}}
                 else:
                     label = str(i % 10)
-                    doc = {"model": "digits-generator", "input": {"digit": int(label)}, "params": {"steps": 10, "seed": i}}
+                    doc = {
+                        "model": "digits-generator",
+                        "input": {"digit": int(label)},
+                        "params": {"steps": 10, "seed": i},
+                    }
                 try:
                     run = client.create("runs", doc)
                     open_runs[run["_id"]] = (started, label if i % 2 == 0 else "")
@@ -199,8 +205,13 @@ def run_traffic(backend: str, every: float, until: float, rec: Recorder, example
                     continue
                 if run["status"] in FINAL:
                     ok = run["status"] == "succeeded" and (not label or run["result"]["label"] == label)
-                    rec.add("runs", started, time.monotonic() - started, ok,
-                            "" if ok else f"{run['status']}: {run.get('error') or run.get('result')}")
+                    rec.add(
+                        "runs",
+                        started,
+                        time.monotonic() - started,
+                        ok,
+                        "" if ok else f"{run['status']}: {run.get('error') or run.get('result')}",
+                    )
                     del open_runs[run_id]
             time.sleep(0.1)
         for run_id, (started, _) in open_runs.items():
@@ -211,14 +222,21 @@ def run_traffic(backend: str, every: float, until: float, rec: Recorder, example
 
 # ----------------------------------------------------------------------------- report
 
+
 def window_stats(samples, start: float, end: float, windows: int) -> list[dict]:
     width = (end - start) / windows
     out = []
     for k in range(windows):
         lo, hi = start + k * width, start + (k + 1) * width
         lat = [s[1] for s in samples if lo <= s[0] < hi and s[2]]
-        out.append({"from_s": round(k * width), "n": len(lat), "p50_ms": round(percentile(lat, 50) * 1000, 1),
-                    "p99_ms": round(percentile(lat, 99) * 1000, 1)})
+        out.append(
+            {
+                "from_s": round(k * width),
+                "n": len(lat),
+                "p50_ms": round(percentile(lat, 50) * 1000, 1),
+                "p99_ms": round(percentile(lat, 99) * 1000, 1),
+            }
+        )
     return out
 
 
@@ -229,65 +247,116 @@ def reliability_rows() -> list[tuple[str, str, str, str]]:
         figs[path.stem] = json.loads(path.read_text())
     rows = []
     if w := figs.get("worker_killed"):
-        rows.append(("Worker killed mid-run", w["fault"], "the run restarted once on the other worker",
-                     f"done {w['recovery_s']} s after the kill; lost {w['runs_lost']}, doubled {w['runs_doubled']} "
-                     f"({w['succeeded_transitions']} succeeded transition, {w['result_writes']} result write); "
-                     f"absent-worker alert fired {w['absent_alert_s_after_last_worker']} s after the last worker"))
+        rows.append(
+            (
+                "Worker killed mid-run",
+                w["fault"],
+                "the run restarted once on the other worker",
+                f"done {w['recovery_s']} s after the kill; lost {w['runs_lost']}, doubled {w['runs_doubled']} "
+                f"({w['succeeded_transitions']} succeeded transition, {w['result_writes']} result write); "
+                f"absent-worker alert fired {w['absent_alert_s_after_last_worker']} s after the last worker",
+            )
+        )
     if b := figs.get("backend_restart"):
-        rows.append(("Backend restarted mid-run", b["fault"], "none",
-                     f"{b['runs']} runs: lost {b['runs_lost']}, doubled {b['runs_doubled']}, computed twice "
-                     f"{b['computed_twice']}; workers back {b['workers_reconnected_s']} s after the restart"))
+        rows.append(
+            (
+                "Backend restarted mid-run",
+                b["fault"],
+                "none",
+                f"{b['runs']} runs: lost {b['runs_lost']}, doubled {b['runs_doubled']}, computed twice "
+                f"{b['computed_twice']}; workers back {b['workers_reconnected_s']} s after the restart",
+            )
+        )
     if r := figs.get("replica_killed"):
-        rows.append(("Replica killed under load", r["fault"],
-                     f"{r['failed_503_json_retry_after']} of {r['requests_after_kill']} requests after the kill: "
-                     f"JSON 503 + Retry-After; 0 other errors, 0 resets",
-                     f"no success for {r['gap_s']} s; slowest request {r['slowest_request_s']} s (limit 30 s)"))
+        rows.append(
+            (
+                "Replica killed under load",
+                r["fault"],
+                f"{r['failed_503_json_retry_after']} of {r['requests_after_kill']} requests after the kill: "
+                f"JSON 503 + Retry-After; 0 other errors, 0 resets",
+                f"no success for {r['gap_s']} s; slowest request {r['slowest_request_s']} s (limit 30 s)",
+            )
+        )
     if flood := (json.loads((OUT / "flood.json").read_text()) if (OUT / "flood.json").is_file() else None):
-        per = ", ".join(f"{x['runs_per_s']} runs/s with {x['workers']} worker{'s' if x['workers'] > 1 else ''}"
-                        for x in flood["results"])
+        per = ", ".join(
+            f"{x['runs_per_s']} runs/s with {x['workers']} worker{'s' if x['workers'] > 1 else ''}"
+            for x in flood["results"]
+        )
         first = flood["results"][0]
-        rows.append(("Flood", f"{first['runs']} runs created at once by {first['clients']} clients",
-                     f"the {first['bad_inputs']} bad inputs failed readably",
-                     f"{per}; lost {sum(x['lost'] for x in flood['results'])}, doubled "
-                     f"{sum(x['claimed_twice'] + x['finished_twice'] for x in flood['results'])}"))
+        rows.append(
+            (
+                "Flood",
+                f"{first['runs']} runs created at once by {first['clients']} clients",
+                f"the {first['bad_inputs']} bad inputs failed readably",
+                f"{per}; lost {sum(x['lost'] for x in flood['results'])}, doubled "
+                f"{sum(x['claimed_twice'] + x['finished_twice'] for x in flood['results'])}",
+            )
+        )
     if f := figs.get("fuzz_http"):
-        rows.append(("Fuzzing the Serve API", f"{f['cases']} malformed or generated requests",
-                     "all refused as JSON 4xx naming the problem", f"5xx: {f['responses_5xx']}"))
+        rows.append(
+            (
+                "Fuzzing the Serve API",
+                f"{f['cases']} malformed or generated requests",
+                "all refused as JSON 4xx naming the problem",
+                f"5xx: {f['responses_5xx']}",
+            )
+        )
     if b := figs.get("bad_runs"):
-        rows.append(("Bad run requests", f"{b['refused_at_create'] + b['failed_readably']} bad documents",
-                     f"{b['refused_at_create']} refused at create, {b['failed_readably']} failed with a readable error",
-                     f"the worker served the {b['good_runs_after']} good runs after them"))
+        rows.append(
+            (
+                "Bad run requests",
+                f"{b['refused_at_create'] + b['failed_readably']} bad documents",
+                f"{b['refused_at_create']} refused at create, {b['failed_readably']} failed with a readable error",
+                f"the worker served the {b['good_runs_after']} good runs after them",
+            )
+        )
     return rows
 
 
 def markdown(report: dict) -> str:
     s = report
-    lines = [f"# Soak ({s['date']}, {s['cores']} cores)", "", f"`{s['command']}`: {s['minutes']} min, warm-up "
-             f"{s['warmup_s']} s; rates: {s['rates']}", "",
-             "| path | requests | errors | p99 first window | p99 last window | p99 drift |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"# Soak ({s['date']}, {s['cores']} cores)",
+        "",
+        f"`{s['command']}`: {s['minutes']} min, warm-up {s['warmup_s']} s; rates: {s['rates']}",
+        "",
+        "| path | requests | errors | p99 first window | p99 last window | p99 drift |",
+        "|---|---|---|---|---|---|",
+    ]
     for path, p in s["paths"].items():
-        lines.append(f"| {path} | {p['requests']} | {p['errors']} | {p['windows'][0]['p99_ms']} ms | "
-                     f"{p['windows'][-1]['p99_ms']} ms | {p['p99_drift_pct']:+.0f}% |")
+        lines.append(
+            f"| {path} | {p['requests']} | {p['errors']} | {p['windows'][0]['p99_ms']} ms | "
+            f"{p['windows'][-1]['p99_ms']} ms | {p['p99_drift_pct']:+.0f}% |"
+        )
     lines += ["", "| process | RSS after warm-up | RSS at the end | growth |", "|---|---|---|---|"]
     for p in s["rss"]:
-        lines.append(f"| {p['group']}: {p['name']} | {p['start_mib']} MiB | {p['end_mib']} MiB | {p['growth_pct']:+.1f}% |")
+        lines.append(
+            f"| {p['group']}: {p['name']} | {p['start_mib']} MiB | {p['end_mib']} MiB | {p['growth_pct']:+.1f}% |"
+        )
     if s["error_samples"]:
         lines += ["", "Errors (first few): " + "; ".join(s["error_samples"])]
     rows = reliability_rows()
     if rows:
-        lines += ["", "## Reliability (faults, floods, fuzzing, soak)", "",
-                  "| scenario | fault injected | requests failed, and how | recovery, runs lost / doubled |",
-                  "|---|---|---|---|"]
+        lines += [
+            "",
+            "## Reliability (faults, floods, fuzzing, soak)",
+            "",
+            "| scenario | fault injected | requests failed, and how | recovery, runs lost / doubled |",
+            "|---|---|---|---|",
+        ]
         lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
         worst = max((p["growth_pct"] for p in s["rss"]), default=0.0)
         drifts = ", ".join(f"{k} {v['p99_drift_pct']:+.0f}%" for k, v in s["paths"].items())
         errors = sum(p["errors"] for p in s["paths"].values())
-        lines.append(f"| Soak | {s['minutes']} min of mixed traffic ({s['rates']}) | {errors} errors | "
-                     f"p99 drift {drifts}; largest RSS growth {worst:+.1f}% |")
+        lines.append(
+            f"| Soak | {s['minutes']} min of mixed traffic ({s['rates']}) | {errors} errors | "
+            f"p99 drift {drifts}; largest RSS growth {worst:+.1f}% |"
+        )
     return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------- main
+
 
 def main(argv: list[str] | None = None) -> int:
     from marcelle_torch.files import atomic_write_text
@@ -323,38 +392,69 @@ def main(argv: list[str] | None = None) -> int:
             serve_url, serve_pid = args.serve_url.rstrip("/"), args.serve_pid
         else:
             port = free_port()
-            serve = ManagedProcess("serve", [sys.executable, "-m", "marcelle_torch.cli", "serve", "--port", str(port)],
-                                   workdir / "serve.log")
+            serve = ManagedProcess(
+                "serve",
+                [sys.executable, "-m", "marcelle_torch.cli", "serve", "--port", str(port)],
+                workdir / "serve.log",
+            )
             started_here.append(serve)
             serve_url, serve_pid = f"http://127.0.0.1:{port}", serve.pid
             print("starting Ray Serve...", flush=True)
             serve.wait_http(f"{serve_url}/readyz", 900)
         backend = start_backend(workdir / f"backend-{os.getpid()}", log_path=workdir / "backend.log")
         started_here.append(backend)
-        worker = ManagedProcess("worker", [sys.executable, "-m", "marcelle_torch.cli", "worker", "--backend",
-                                           backend.url, "--name", "soak", "--threads",
-                                           str(len(os.sched_getaffinity(0)))], workdir / "worker.log")
+        worker = ManagedProcess(
+            "worker",
+            [
+                sys.executable,
+                "-m",
+                "marcelle_torch.cli",
+                "worker",
+                "--backend",
+                backend.url,
+                "--name",
+                "soak",
+                "--threads",
+                str(len(os.sched_getaffinity(0))),
+            ],
+            workdir / "worker.log",
+        )
         started_here.append(worker)
         deadline = time.monotonic() + 300
         while "connected to" not in worker.log_text():
             if not worker.alive() or time.monotonic() > deadline:
                 raise RuntimeError(f"the worker did not connect:\n{worker.log_tail(20)}")
             time.sleep(0.2)
-        webapp, stop_webapp = start_webapp(DIST, {"serveUrl": serve_url, "backendUrl": backend.url, "model": "digits",
-                                                  "generatorModel": "digits-generator", "onnxBundle": "onnx/digits/"})
-        groups = {"serve": serve_pid, "backend": backend.process.pid, "worker": worker.pid,
-                  "soak": os.getpid()} if serve_pid else {"backend": backend.process.pid, "worker": worker.pid,
-                                                           "soak": os.getpid()}
+        webapp, stop_webapp = start_webapp(
+            DIST,
+            {
+                "serveUrl": serve_url,
+                "backendUrl": backend.url,
+                "model": "digits",
+                "generatorModel": "digits-generator",
+                "onnxBundle": "onnx/digits/",
+            },
+        )
+        groups = (
+            {"serve": serve_pid, "backend": backend.process.pid, "worker": worker.pid, "soak": os.getpid()}
+            if serve_pid
+            else {"backend": backend.process.pid, "worker": worker.pid, "soak": os.getpid()}
+        )
 
         examples = digits()
         rec = Recorder()
         t0 = time.monotonic()
         until = t0 + duration
-        print(f"soak: {args.minutes:g} min (warm-up {warmup:.0f} s) at {args.predict_rate:g} predictions/s, "
-              f"an ONNX load every {args.onnx_every:g} s, a run every {args.run_every:g} s", flush=True)
-        threads = [threading.Thread(target=serve_traffic, args=(serve_url, args.predict_rate, until, rec, examples)),
-                   threading.Thread(target=onnx_traffic, args=(webapp, args.onnx_every, until, rec, examples)),
-                   threading.Thread(target=run_traffic, args=(backend.url, args.run_every, until, rec, examples, 120))]
+        print(
+            f"soak: {args.minutes:g} min (warm-up {warmup:.0f} s) at {args.predict_rate:g} predictions/s, "
+            f"an ONNX load every {args.onnx_every:g} s, a run every {args.run_every:g} s",
+            flush=True,
+        )
+        threads = [
+            threading.Thread(target=serve_traffic, args=(serve_url, args.predict_rate, until, rec, examples)),
+            threading.Thread(target=onnx_traffic, args=(webapp, args.onnx_every, until, rec, examples)),
+            threading.Thread(target=run_traffic, args=(backend.url, args.run_every, until, rec, examples, 120)),
+        ]
         for t in threads:
             t.start()
         time.sleep(warmup)
@@ -379,22 +479,37 @@ def main(argv: list[str] | None = None) -> int:
     for path, samples in rec.samples.items():
         windows = window_stats(samples, t0 + warmup, until, args.windows)
         first, last = windows[0]["p99_ms"], windows[-1]["p99_ms"]
-        paths[path] = {"requests": len(samples), "errors": sum(1 for s in samples if not s[2]), "windows": windows,
-                       "p99_drift_pct": round((last - first) / first * 100, 1) if first == first and first > 0 else 0.0}
+        paths[path] = {
+            "requests": len(samples),
+            "errors": sum(1 for s in samples if not s[2]),
+            "windows": windows,
+            "p99_drift_pct": round((last - first) / first * 100, 1) if first == first and first > 0 else 0.0,
+        }
     rss = []
     for pid, p in rss_start.items():
         if pid in rss_end:
             end = rss_end[pid]["rss_kib"]
-            rss.append({"pid": int(pid), "group": p["group"], "name": p["name"], "start_mib": round(p["rss_kib"] / 1024, 1),
-                        "end_mib": round(end / 1024, 1), "growth_pct": round((end - p["rss_kib"]) / p["rss_kib"] * 100, 1)})
+            rss.append(
+                {
+                    "pid": int(pid),
+                    "group": p["group"],
+                    "name": p["name"],
+                    "start_mib": round(p["rss_kib"] / 1024, 1),
+                    "end_mib": round(end / 1024, 1),
+                    "growth_pct": round((end - p["rss_kib"]) / p["rss_kib"] * 100, 1),
+                }
+            )
     rss.sort(key=lambda p: (p["group"], -p["start_mib"]))
     report = {
-        "date": time.strftime("%Y-%m-%d %H:%M %Z"), "cores": len(os.sched_getaffinity(0)),
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "cores": len(os.sched_getaffinity(0)),
         "command": "python bench/soak.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "minutes": args.minutes, "warmup_s": warmup,
+        "minutes": args.minutes,
+        "warmup_s": warmup,
         "rates": f"{args.predict_rate:g} predictions/s, an ONNX load every {args.onnx_every:g} s, "
-                 f"a run every {args.run_every:g} s",
-        "paths": paths, "rss": rss,
+        f"a run every {args.run_every:g} s",
+        "paths": paths,
+        "rss": rss,
         "error_samples": [f"{path}: {s[3]}" for path, v in rec.samples.items() for s in v if not s[2]][:10],
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -405,8 +520,11 @@ def main(argv: list[str] | None = None) -> int:
     errors = sum(p["errors"] for p in paths.values())
     grown = [p for p in rss if p["growth_pct"] > args.max_rss_growth]
     if errors or grown:
-        print(f"FAILED: {errors} errors; grew more than {args.max_rss_growth:g}%: "
-              f"{[(p['name'], p['growth_pct']) for p in grown]}", file=sys.stderr)
+        print(
+            f"FAILED: {errors} errors; grew more than {args.max_rss_growth:g}%: "
+            f"{[(p['name'], p['growth_pct']) for p in grown]}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -36,8 +36,13 @@ def trained_digits():
     return spec
 
 
-def digit_canvas(index: int = 0, size: int = 128, seed: int = 0, light_background: bool = False,
-                 scale: tuple[float, float] = (0.5, 0.9)):
+def digit_canvas(
+    index: int = 0,
+    size: int = 128,
+    seed: int = 0,
+    light_background: bool = False,
+    scale: tuple[float, float] = (0.5, 0.9),
+):
     """(canvas in [0,1] of shape (size, size), true label) for the held-out digit ``index``."""
     import numpy as np
 
@@ -77,8 +82,18 @@ class ServeProcess(ManagedProcess):
         self.metrics_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        args = [sys.executable, "-m", "marcelle_torch.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                "--metrics-port", str(self.metrics_port)]
+        args = [
+            sys.executable,
+            "-m",
+            "marcelle_torch.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--metrics-port",
+            str(self.metrics_port),
+        ]
         for origin in SERVE_TEST_ORIGINS:
             args += ["--cors-origin", origin]
         super().__init__("marcelle-torch serve", args + list(extra_args), log_path, env=env)
@@ -114,6 +129,7 @@ def serve_url(serve_process) -> str:
 @pytest.fixture(scope="session")
 def start_serve():
     """Start another ``marcelle-torch serve`` (e.g. with a config of its own): returns a ServeProcess."""
+
     def start(log_path: Path, extra_args: list[str] = (), env: dict | None = None) -> ServeProcess:
         server = ServeProcess(log_path, extra_args, env)
         try:
@@ -122,4 +138,5 @@ def start_serve():
             server.stop()
             raise
         return server
+
     return start

@@ -126,8 +126,9 @@ def leaves(value, prefix: str = ""):
 
 
 def type_name(value) -> str:
-    return {bool: "bool", int: "int", float: "float", str: "string", list: "list", dict: "object",
-            type(None): "null"}[type(value)]
+    return {bool: "bool", int: "int", float: "float", str: "string", list: "list", dict: "object", type(None): "null"}[
+        type(value)
+    ]
 
 
 def lookup(values: dict, path: str):
@@ -141,16 +142,20 @@ def render() -> str:
     text = (CHART / "values.yaml").read_text()
     values = yaml.safe_load(text)
     docs = documented(text)
-    missing = [leaf for leaf in leaves(values)
-               if not any(leaf == p or leaf.startswith(p + ".") for p in docs)]
+    missing = [leaf for leaf in leaves(values) if not any(leaf == p or leaf.startswith(p + ".") for p in docs)]
     if missing:
         raise SystemExit("values.yaml: no `# --` comment for: " + ", ".join(missing))
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     notes = chart.get("annotations", {})
-    out = [HEADER.format(
-        description=" ".join(chart["description"].split()), version=chart["version"],
-        app_version=chart["appVersion"], ray=notes.get("marcelle-torch/ray-version", "?"),
-        kuberay=notes.get("marcelle-torch/kuberay-operator-version", "?"))]
+    out = [
+        HEADER.format(
+            description=" ".join(chart["description"].split()),
+            version=chart["version"],
+            app_version=chart["appVersion"],
+            ray=notes.get("marcelle-torch/ray-version", "?"),
+            kuberay=notes.get("marcelle-torch/kuberay-operator-version", "?"),
+        )
+    ]
     for path, description in docs.items():
         value = lookup(values, path)
         default = json.dumps(value, separators=(", ", ": ")).replace("|", "\\|")

@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="marcelle-torch",
         description="PyTorch models in Marcelle web apps: Ray Serve, ONNX in the browser, "
-                    "and runs through the Marcelle backend.",
+        "and runs through the Marcelle backend.",
     )
     parser.add_argument("--version", action="version", version=f"marcelle-torch {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -29,8 +29,14 @@ ROOT = Path(__file__).resolve().parents[2]
 DIST = Path(os.environ.get("MARCELLE_TORCH_WEBAPP_DIST", ROOT / "services" / "frontend" / "dist"))
 CHROMIUM = os.environ.get("MARCELLE_TORCH_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 # The machine is shared and slow: generous, never part of an assertion.
 TIMEOUT_MS = 120_000
@@ -108,6 +114,7 @@ def webapp_factory(webapp_dist):
 
 # --- drawing and uploading -------------------------------------------------------------
 
+
 def _ellipse(cx, cy, rx, ry, n=28):
     return [(cx + rx * math.sin(2 * math.pi * i / n), cy - ry * math.cos(2 * math.pi * i / n)) for i in range(n + 1)]
 
@@ -158,7 +165,8 @@ class DrawingInput:
     def upload(self, png: bytes, name: str = "digit.png") -> None:
         """Give the Marcelle image upload a file, as a file chooser would."""
         self.page.locator(f"{self.upload_root} input[type=file]").set_input_files(
-            files=[{"name": name, "mimeType": "image/png", "buffer": png}])
+            files=[{"name": name, "mimeType": "image/png", "buffer": png}]
+        )
 
     def sketchpad_png(self) -> bytes:
         """The sketchpad canvas as the browser has it, exported as PNG."""
@@ -172,8 +180,9 @@ class DrawingInput:
         self.page.locator(self.preview).wait_for(state="attached")
         if changed_from is not None:
             previous = "data:image/png;base64," + base64.b64encode(changed_from).decode()
-            self.page.wait_for_function("([sel, prev]) => document.querySelector(sel).src !== prev",
-                                        arg=[self.preview, previous])
+            self.page.wait_for_function(
+                "([sel, prev]) => document.querySelector(sel).src !== prev", arg=[self.preview, previous]
+            )
         return _data_url_bytes(self.page.locator(self.preview).get_attribute("src"))
 
 
@@ -236,8 +245,9 @@ def wait_for_label(page, selector: str, previous: str | None = None) -> tuple[st
     label = page.locator(selector)
     label.wait_for()
     if previous is not None:
-        page.wait_for_function("([sel, prev]) => document.querySelector(sel).dataset.label !== prev",
-                               arg=[selector, previous])
+        page.wait_for_function(
+            "([sel, prev]) => document.querySelector(sel).dataset.label !== prev", arg=[selector, previous]
+        )
     return label.get_attribute("data-label"), float(label.get_attribute("data-confidence"))
 
 

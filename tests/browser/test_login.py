@@ -73,9 +73,17 @@ def auth_stack(tmp_path):
         resolve_weights(get_spec(name), train_if_missing=True)
     if not (ROOT / "services" / "backend" / "node_modules" / "@marcellejs" / "backend").is_dir():
         pytest.fail("the Marcelle backend is not installed: run `npm ci` in services/backend (make setup)")
-    backend = start_backend(tmp_path / "backend", log_path=tmp_path / "backend.log", auth=True, secret=SECRET,
-                            worker_email=WORKER[0], worker_password=WORKER[1],
-                            admin_email=ADMIN[0], admin_password=ADMIN[1], allow_signup=False)
+    backend = start_backend(
+        tmp_path / "backend",
+        log_path=tmp_path / "backend.log",
+        auth=True,
+        secret=SECRET,
+        worker_email=WORKER[0],
+        worker_password=WORKER[1],
+        admin_email=ADMIN[0],
+        admin_password=ADMIN[1],
+        allow_signup=False,
+    )
     apis, worker = [], None
     try:
         admin = Api(backend.url, *ADMIN)
@@ -84,12 +92,16 @@ def auth_stack(tmp_path):
             admin.call("POST", "/users", json={"email": email, "password": password})
         bob = Api(backend.url, *BOB)
         apis.append(bob)
-        bob_first = bob.call("POST", "/runs", json={"model": "digits-generator", "input": {"digit": 7},
-                                                    "params": {"steps": 10}})
+        bob_first = bob.call(
+            "POST", "/runs", json={"model": "digits-generator", "input": {"digit": 7}, "params": {"steps": 10}}
+        )
         cli = str(Path(sys.executable).with_name("marcelle-torch"))
-        worker = ManagedProcess("worker", [cli, "worker", "--backend", backend.url, "--name", "browser-test",
-                                           "--max-updates-per-second", "4"], tmp_path / "worker.log",
-                                env={"MARCELLE_WORKER_EMAIL": WORKER[0], "MARCELLE_WORKER_PASSWORD": WORKER[1]})
+        worker = ManagedProcess(
+            "worker",
+            [cli, "worker", "--backend", backend.url, "--name", "browser-test", "--max-updates-per-second", "4"],
+            tmp_path / "worker.log",
+            env={"MARCELLE_WORKER_EMAIL": WORKER[0], "MARCELLE_WORKER_PASSWORD": WORKER[1]},
+        )
         yield {"backend": backend, "admin": admin, "bob": bob, "bob_first": bob_first}
     finally:
         if worker is not None:
@@ -103,8 +115,9 @@ def open_runs_page(page, webapp_factory, backend_url: str) -> None:
     from marcelle_torch.stack.processes import free_port
 
     nobody = f"http://127.0.0.1:{free_port()}"  # the other pages poll their servers: nothing answers here
-    url = webapp_factory({"backendUrl": backend_url, "generatorModel": "digits-generator", "model": "digits",
-                          "serveUrl": nobody})
+    url = webapp_factory(
+        {"backendUrl": backend_url, "generatorModel": "digits-generator", "model": "digits", "serveUrl": nobody}
+    )
     page.goto(url)
     page.get_by_text(PAGE_TITLE, exact=True).first.click()
 
@@ -129,8 +142,7 @@ def wait_run(api: Api, run_id: str, status: str, timeout: float = 300) -> dict:
         time.sleep(0.5)
 
 
-def test_a_user_logs_in_with_marcelles_dialog_generates_and_sees_only_their_runs(
-        page, webapp_factory, auth_stack):
+def test_a_user_logs_in_with_marcelles_dialog_generates_and_sees_only_their_runs(page, webapp_factory, auth_stack):
     backend, admin, bob = auth_stack["backend"], auth_stack["admin"], auth_stack["bob"]
     open_runs_page(page, webapp_factory, backend.url)
 
@@ -145,7 +157,8 @@ def test_a_user_logs_in_with_marcelles_dialog_generates_and_sees_only_their_runs
     assert history_ids(page) == []  # Bob's first run exists, and is not hers
 
     # Every run id the history ever shows from now on, and every progress value.
-    page.evaluate("""([historySel, progressSel]) => {
+    page.evaluate(
+        """([historySel, progressSel]) => {
         window.__seen = new Set();
         window.__progress = [];
         const record = () => document.querySelectorAll(historySel + ' [data-id]')
@@ -155,11 +168,14 @@ def test_a_user_logs_in_with_marcelles_dialog_generates_and_sees_only_their_runs
         const box = document.querySelector(progressSel);
         new MutationObserver(() => window.__progress.push(Number(box.dataset.progress)))
             .observe(box, { attributes: true, attributeFilter: ['data-progress'] });
-    }""", ["[data-testid=runs-history]", PROGRESS])
+    }""",
+        ["[data-testid=runs-history]", PROGRESS],
+    )
     # Bob makes a run while Alice is connected: the worker takes it first (creation order), so
     # its created and patched events go out while she waits for hers.
-    bob_live = bob.call("POST", "/runs", json={"model": "digits-generator", "input": {"digit": 1},
-                                               "params": {"steps": 10}})
+    bob_live = bob.call(
+        "POST", "/runs", json={"model": "digits-generator", "input": {"digit": 1}, "params": {"steps": 10}}
+    )
 
     page.locator("[data-testid=runs-digit]").select_option("4")
     page.locator("[data-testid=runs-steps]").fill("300")

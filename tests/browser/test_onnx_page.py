@@ -33,8 +33,10 @@ def served_bundle(url: str) -> dict:
         with urllib.request.urlopen(urljoin(url, "onnx/digits/model.json"), timeout=30) as resp:
             return json.loads(resp.read())
     except urllib.error.HTTPError as exc:
-        pytest.fail(f"the built app has no ONNX bundle (HTTP {exc.code}): run `marcelle-torch export-onnx digits` "
-                    "before `npm run build`")
+        pytest.fail(
+            f"the built app has no ONNX bundle (HTTP {exc.code}): run `marcelle-torch export-onnx digits` "
+            "before `npm run build`"
+        )
 
 
 def assert_bundle_matches(bundle: dict, spec) -> None:
@@ -45,13 +47,16 @@ def assert_bundle_matches(bundle: dict, spec) -> None:
     here = sha256_of(resolve_weights(spec))
     made_from = bundle["created_from"].get("weights_sha256")
     if (bundle["version"], made_from) != (spec.version, here):
-        pytest.fail(f"the built app's ONNX bundle (digits v{bundle['version']}, weights {str(made_from)[:12]}) is not "
-                    f"the model under test (v{spec.version}, weights {here[:12]}): run `marcelle-torch export-onnx "
-                    "digits` with the same MARCELLE_TORCH_CACHE, then `npm run build`")
+        pytest.fail(
+            f"the built app's ONNX bundle (digits v{bundle['version']}, weights {str(made_from)[:12]}) is not "
+            f"the model under test (v{spec.version}, weights {here[:12]}): run `marcelle-torch export-onnx "
+            "digits` with the same MARCELLE_TORCH_CACHE, then `npm run build`"
+        )
 
 
-def test_drawn_digits_are_predicted_in_the_browser_and_stay_there(webapp_factory, page, console_errors,
-                                                                   drawing_input, digits_model, wait_label):
+def test_drawn_digits_are_predicted_in_the_browser_and_stay_there(
+    webapp_factory, page, console_errors, drawing_input, digits_model, wait_label
+):
     url = webapp_factory(CONFIG)
     bundle = served_bundle(url)
     assert_bundle_matches(bundle, digits_model.spec)
@@ -127,8 +132,9 @@ def test_missing_bundle_is_reported_on_the_page(webapp_factory, page):
     assert "export-onnx" in message
 
 
-def test_wasm_threads_when_asked_run_in_workers_of_the_app_itself(webapp_factory, page, console_errors,
-                                                                 drawing_input, digits_model, wait_label):
+def test_wasm_threads_when_asked_run_in_workers_of_the_app_itself(
+    webapp_factory, page, console_errors, drawing_input, digits_model, wait_label
+):
     url = webapp_factory({**CONFIG, "onnxThreads": 2})
     workers = []
     page.on("worker", lambda worker: workers.append(worker.url))

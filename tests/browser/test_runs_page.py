@@ -36,8 +36,11 @@ def backend_and_worker(tmp_path):
     backend = start_backend(tmp_path / "backend", log_path=tmp_path / "backend.log")
     cli = str(Path(sys.executable).with_name("marcelle-torch"))
     # Few progress updates a second, as in production, so the page sees the run advance.
-    worker = ManagedProcess("worker", [cli, "worker", "--backend", backend.url, "--name", "browser-test",
-                                       "--max-updates-per-second", "4"], tmp_path / "worker.log")
+    worker = ManagedProcess(
+        "worker",
+        [cli, "worker", "--backend", backend.url, "--name", "browser-test", "--max-updates-per-second", "4"],
+        tmp_path / "worker.log",
+    )
     try:
         yield backend, worker
     finally:
@@ -46,13 +49,15 @@ def backend_and_worker(tmp_path):
 
 
 def test_a_generation_run_created_from_the_page_shows_progress_and_the_digit(
-        page, webapp_factory, backend_and_worker, console_errors):
+    page, webapp_factory, backend_and_worker, console_errors
+):
     from marcelle_torch.stack.processes import free_port
 
     backend, worker = backend_and_worker
     nobody = f"http://127.0.0.1:{free_port()}"  # the other pages poll their servers: nothing answers here
-    url = webapp_factory({"backendUrl": backend.url, "generatorModel": "digits-generator", "model": "digits",
-                          "serveUrl": nobody})
+    url = webapp_factory(
+        {"backendUrl": backend.url, "generatorModel": "digits-generator", "model": "digits", "serveUrl": nobody}
+    )
     page.goto(url)
     page.get_by_text(PAGE_TITLE, exact=True).first.click()
     page.wait_for_selector(f"{CONNECTION}[data-status=ready]")
@@ -62,12 +67,15 @@ def test_a_generation_run_created_from_the_page_shows_progress_and_the_digit(
     page.locator("[data-testid=runs-generate]").click()
 
     # The progress goes up in several steps while the run goes (recorded by the page itself).
-    page.evaluate("""(sel) => {
+    page.evaluate(
+        """(sel) => {
         window.__progress = [];
         const box = document.querySelector(sel);
         new MutationObserver(() => window.__progress.push(Number(box.dataset.progress)))
             .observe(box, { attributes: true, attributeFilter: ['data-progress'] });
-    }""", PROGRESS)
+    }""",
+        PROGRESS,
+    )
     page.wait_for_selector(f"{STATUS}[data-status=running]")
     page.wait_for_selector("[data-testid=runs-partial][src^='data:image/png;base64,']", state="attached")
     page.wait_for_selector(f"{RESULT}[data-label]")

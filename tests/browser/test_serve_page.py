@@ -23,8 +23,9 @@ def open_serve_page(page, url: str) -> None:
     page.locator(STATUS).wait_for()
 
 
-def test_drawn_digits_are_predicted_by_serve(serve_url, webapp_factory, page, drawing_input, console_errors,
-                                             digits_model, wait_label):
+def test_drawn_digits_are_predicted_by_serve(
+    serve_url, webapp_factory, page, drawing_input, console_errors, digits_model, wait_label
+):
     url = webapp_factory({"serveUrl": serve_url, "model": "digits"})
     open_serve_page(page, url)
     page.wait_for_selector(f"{STATUS}[data-status=ready]")
@@ -51,8 +52,9 @@ def test_drawn_digits_are_predicted_by_serve(serve_url, webapp_factory, page, dr
     assert console_errors == []
 
 
-def test_uploaded_image_light_on_dark_is_predicted(serve_url, webapp_factory, page, drawing_input, digit_png,
-                                                   console_errors, digits_model, wait_label):
+def test_uploaded_image_light_on_dark_is_predicted(
+    serve_url, webapp_factory, page, drawing_input, digit_png, console_errors, digits_model, wait_label
+):
     url = webapp_factory({"serveUrl": serve_url, "model": "digits"})
     open_serve_page(page, url)
     drawing_input.upload(digit_png("7", ink=255, ground=0))

@@ -49,8 +49,13 @@ def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return result
 
 
-def render_text(*values_files: Path | str, sets: tuple[str, ...] = (), release: str = "mt",
-                namespace: str = "marcelle-torch", check: bool = True) -> subprocess.CompletedProcess:
+def render_text(
+    *values_files: Path | str,
+    sets: tuple[str, ...] = (),
+    release: str = "mt",
+    namespace: str = "marcelle-torch",
+    check: bool = True,
+) -> subprocess.CompletedProcess:
     args = ["template", release, str(CHART), "--namespace", namespace]
     for f in values_files:
         args += ["-f", str(f)]

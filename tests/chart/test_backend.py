@@ -46,8 +46,12 @@ def test_mongodb_ci_set_takes_the_url_from_an_existing_secret():
 
 
 def test_mongodb_url_comes_from_the_secret_and_no_pvc():
-    objects = render(sets=("backend.database=mongodb",
-                           "backend.mongodb.url=mongodb://mongodb.databases.svc.cluster.local:27017/marcelle_torch"))
+    objects = render(
+        sets=(
+            "backend.database=mongodb",
+            "backend.mongodb.url=mongodb://mongodb.databases.svc.cluster.local:27017/marcelle_torch",
+        )
+    )
     assert not by_kind(objects, "PersistentVolumeClaim")
     container = one(objects, "Deployment", "-backend")["spec"]["template"]["spec"]["containers"][0]
     ref = env_of(container)["MONGODB_URL"]["valueFrom"]["secretKeyRef"]
@@ -97,8 +101,11 @@ def test_auth_settings_and_secrets_come_from_the_secret():
     secret = one(objects, "Secret")["metadata"]["name"]
     assert value(env, "MARCELLE_BACKEND_AUTH") == "true"
     assert value(env, "MARCELLE_BACKEND_ALLOW_SIGNUP") == "false"
-    for name, key in (("MARCELLE_BACKEND_SECRET", "jwt-secret"), ("MARCELLE_WORKER_EMAIL", "worker-email"),
-                      ("MARCELLE_WORKER_PASSWORD", "worker-password")):
+    for name, key in (
+        ("MARCELLE_BACKEND_SECRET", "jwt-secret"),
+        ("MARCELLE_WORKER_EMAIL", "worker-email"),
+        ("MARCELLE_WORKER_PASSWORD", "worker-password"),
+    ):
         assert env[name]["valueFrom"]["secretKeyRef"] == {"name": secret, "key": key}
     env = backend_env(render(sets=("backend.auth.enabled=false",)))
     assert value(env, "MARCELLE_BACKEND_AUTH") == "false"
@@ -159,8 +166,12 @@ def test_auth_is_on_by_default_with_a_first_admin_from_the_secret():
     assert value(env, "MARCELLE_BACKEND_AUTH") == "true"
     assert value(env, "MARCELLE_BACKEND_ALLOW_SIGNUP") == "false"
     secret = one(objects, "Secret")["metadata"]["name"]
-    for name, key in (("MARCELLE_ADMIN_EMAIL", "admin-email"), ("MARCELLE_ADMIN_PASSWORD", "admin-password"),
-                      ("MARCELLE_WORKER_EMAIL", "worker-email"), ("MARCELLE_WORKER_PASSWORD", "worker-password")):
+    for name, key in (
+        ("MARCELLE_ADMIN_EMAIL", "admin-email"),
+        ("MARCELLE_ADMIN_PASSWORD", "admin-password"),
+        ("MARCELLE_WORKER_EMAIL", "worker-email"),
+        ("MARCELLE_WORKER_PASSWORD", "worker-password"),
+    ):
         assert env[name]["valueFrom"]["secretKeyRef"] == {"name": secret, "key": key}, name
     data = secret_data(objects)
     assert "@" in data["admin-email"] and len(data["admin-password"]) >= 24
@@ -190,8 +201,9 @@ def test_admin_email_follows_values():
 def test_notes_say_how_to_read_the_first_users_credentials():
     text = notes()
     for key in ("admin-email", "admin-password"):
-        command = (f"kubectl -n marcelle-torch get secret mt-marcelle-torch-secrets "
-                   f"-o jsonpath='{{.data.{key}}}' | base64 -d")
+        command = (
+            f"kubectl -n marcelle-torch get secret mt-marcelle-torch-secrets -o jsonpath='{{.data.{key}}}' | base64 -d"
+        )
         assert command in text, text
     # With auth off there is nobody to sign in as.
     assert "admin-password" not in notes("backend.auth.enabled=false")
@@ -211,13 +223,20 @@ def test_auth_off_has_no_accounts():
 def test_existing_secret_pins_every_generated_value():
     objects = render(sets=("backend.existingSecret=mt-pinned",))
     env = backend_env(objects)
-    for name in ("MARCELLE_BACKEND_SECRET", "MARCELLE_ADMIN_EMAIL", "MARCELLE_ADMIN_PASSWORD",
-                 "MARCELLE_WORKER_EMAIL", "MARCELLE_WORKER_PASSWORD"):
+    for name in (
+        "MARCELLE_BACKEND_SECRET",
+        "MARCELLE_ADMIN_EMAIL",
+        "MARCELLE_ADMIN_PASSWORD",
+        "MARCELLE_WORKER_EMAIL",
+        "MARCELLE_WORKER_PASSWORD",
+    ):
         assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "mt-pinned", name
     # Nothing is generated, so `helm template` renders the same thing every time.
     assert not by_kind(objects, "Secret")
-    assert render_text(sets=("backend.existingSecret=mt-pinned",)).stdout == \
+    assert (
         render_text(sets=("backend.existingSecret=mt-pinned",)).stdout
+        == render_text(sets=("backend.existingSecret=mt-pinned",)).stdout
+    )
 
 
 def test_backend_creates_only_the_runs_service():
@@ -229,8 +248,13 @@ def test_backend_creates_only_the_runs_service():
 
 def test_pinned_secret_and_a_mongodb_url_in_values():
     # The only generated Secret left holds the URL; the credentials come from the pinned one.
-    objects = render(sets=("backend.existingSecret=mt-pinned", "backend.database=mongodb",
-                           "backend.mongodb.url=mongodb://db:27017/mt"))
+    objects = render(
+        sets=(
+            "backend.existingSecret=mt-pinned",
+            "backend.database=mongodb",
+            "backend.mongodb.url=mongodb://db:27017/mt",
+        )
+    )
     assert set(one(objects, "Secret")["data"]) == {"mongodb-url"}
     assert backend_env(objects)["MARCELLE_BACKEND_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == "mt-pinned"
 
@@ -239,8 +263,10 @@ def test_the_login_throttle_sees_the_browser_behind_each_proxy_hop():
     # The backend takes the client's address that many hops back in X-Forwarded-For
     # (services/backend/start.js, MARCELLE_BACKEND_TRUSTED_PROXIES); the web app's nginx appends
     # one hop (services/frontend/nginx.conf: proxy_add_x_forwarded_for), an Ingress/Gateway one more.
-    hops = {name: value(backend_env(render(ci_values(name))), "MARCELLE_BACKEND_TRUSTED_PROXIES")
-            for name in ("default", "ingress", "httproute")}
+    hops = {
+        name: value(backend_env(render(ci_values(name))), "MARCELLE_BACKEND_TRUSTED_PROXIES")
+        for name in ("default", "ingress", "httproute")
+    }
     assert hops == {"default": "1", "ingress": "2", "httproute": "2"}
     pinned = backend_env(render(ci_values("ingress"), sets=("backend.trustedProxies=0",)))
     assert value(pinned, "MARCELLE_BACKEND_TRUSTED_PROXIES") == "0"

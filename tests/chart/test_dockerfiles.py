@@ -12,12 +12,12 @@ import re
 import tomllib
 
 import pytest
-
 from k8s_tools import REPO
 
 NEEDS_HELM = False
-DOCKERFILES = {name: REPO / "services" / name / "Dockerfile"
-               for name in ("weights", "ray", "worker", "backend", "frontend")}
+DOCKERFILES = {
+    name: REPO / "services" / name / "Dockerfile" for name in ("weights", "ray", "worker", "backend", "frontend")
+}
 # The images that copy the weights image's files.
 CONSUMERS = ("ray", "worker", "frontend")
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -119,8 +119,9 @@ def test_torch_pinned_from_the_pytorch_index():
     for name in ("weights", "ray", "worker"):
         text = DOCKERFILES[name].read_text()
         assert f"TORCH_VERSION={version}" in text, f"{name}: torch must be pinned to {version}"
-        assert re.search(r"pip install --no-cache-dir --index-url \S*(download\.pytorch\.org/whl/cpu|TORCH_INDEX_URL)",
-                         text), f"{name}: torch must come from the PyTorch index"
+        assert re.search(
+            r"pip install --no-cache-dir --index-url \S*(download\.pytorch\.org/whl/cpu|TORCH_INDEX_URL)", text
+        ), f"{name}: torch must come from the PyTorch index"
     ray = DOCKERFILES["ray"].read_text()
     assert "https://download.pytorch.org/whl/cpu" in ray and re.search(r"download\.pytorch\.org/whl/cu12\d", ray)
 
@@ -149,6 +150,7 @@ def test_ray_image_has_arm64_bases_chosen_by_target_arch():
 
 
 # ------------------------------------------------------------------ weights trained once
+
 
 def global_args(path) -> dict[str, str]:
     out = {}
@@ -187,10 +189,12 @@ def test_the_onnx_manifest_records_the_weights_digest():
 def test_images_copy_the_weights_image_and_train_nothing(name):
     path = DOCKERFILES[name]
     default = global_args(path).get("WEIGHTS_IMAGE")
-    assert default and re.fullmatch(r"marcelle-torch/weights:[\w.-]+", default), \
+    assert default and re.fullmatch(r"marcelle-torch/weights:[\w.-]+", default), (
         f"{name}: declare ARG WEIGHTS_IMAGE=marcelle-torch/weights:<tag> before the first FROM"
-    assert ("${WEIGHTS_IMAGE}", "weights") in [(image, stage) for image, stage, _ in stages(path)], \
+    )
+    assert ("${WEIGHTS_IMAGE}", "weights") in [(image, stage) for image, stage, _ in stages(path)], (
         f"{name}: needs `FROM ${{WEIGHTS_IMAGE}} AS weights`"
+    )
     text = path.read_text()
     assert "marcelle-torch train" not in text, f"{name}: trains its own weights"
     assert "export-onnx" not in text, f"{name}: exports its own ONNX bundle"
@@ -217,7 +221,7 @@ def makefile_recipe(target: str) -> list[str]:
     lines = (REPO / "Makefile").read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(f"{target}:"))
     recipe = []
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if not line.startswith("\t"):
             break
         recipe.append(line.strip())
@@ -236,9 +240,11 @@ def test_the_makefile_builds_the_weights_image_first_and_passes_it_on():
 
 # ---------------------------------------------------------------------------- no Ray in worker
 
+
 def test_worker_image_installs_no_ray():
-    assert not [d for d in PYPROJECT["project"]["dependencies"] if re.match(r"ray\b", d)], \
+    assert not [d for d in PYPROJECT["project"]["dependencies"] if re.match(r"ray\b", d)], (
         "Ray is a base dependency: the worker image (plain install) would carry it"
+    )
     text = DOCKERFILES["worker"].read_text()
     installs = [args for word, args in instructions(DOCKERFILES["worker"]) if word == "RUN" and "pip install" in args]
     assert installs and not any("[serve]" in args or re.search(r"\bray\b", args.split("&&")[0]) for args in installs)
@@ -248,9 +254,13 @@ def test_worker_image_installs_no_ray():
 
 # --------------------------------------------------------------------------------------- Node
 
+
 def node_major(name: str, stage: str | None = None) -> int:
-    images = [image for image, st, _ in stages(DOCKERFILES[name]) if image.startswith("node:")
-              and (stage is None or st == stage)]
+    images = [
+        image
+        for image, st, _ in stages(DOCKERFILES[name])
+        if image.startswith("node:") and (stage is None or st == stage)
+    ]
     assert images, f"{name}: no node base image"
     return int(re.match(r"node:(\d+)\.", images[0]).group(1))
 
@@ -290,8 +300,11 @@ def test_backend_node_is_the_newest_lts_that_nedb_runs_on():
 
 
 def dockerignore_patterns():
-    return [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
-            if line.strip() and not line.startswith("#")]
+    return [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
 
 
 def ignored(rel: str) -> bool:
@@ -323,6 +336,7 @@ def test_dockerignore_keeps_heavy_local_state_out():
 
 def test_nginx_template_proxies_and_every_variable_is_set():
     conf = (REPO / "services" / "frontend" / "nginx.conf").read_text()
+
     def block(location):
         match = re.search(rf"location {location} \{{(.*?)\n    \}}", conf, re.S)
         assert match, f"nginx.conf has no `location {location}` block"

@@ -45,7 +45,9 @@ def test_httproute_routes_everything_to_the_webapp_service():
     objects = render(ci_values("httproute"))
     route = one(objects, "HTTPRoute")
     assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
-    assert route["spec"]["parentRefs"] == [{"name": "shared-gateway", "namespace": "gateway-system", "sectionName": "https"}]
+    assert route["spec"]["parentRefs"] == [
+        {"name": "shared-gateway", "namespace": "gateway-system", "sectionName": "https"}
+    ]
     assert all(HOSTNAME.match(h) for h in route["spec"]["hostnames"])
     (rule,) = route["spec"]["rules"]
     assert rule["matches"] == [{"path": {"type": "PathPrefix", "value": "/"}}]

@@ -12,8 +12,8 @@ import time
 
 import httpx
 import yaml
-
 from k8s_tools import CHART, by_kind, ci_values, one, render
+
 from marcelle_torch.stack.processes import free_port
 
 MONITORING_KINDS = {"PodMonitor", "ServiceMonitor", "PrometheusRule"}
@@ -84,8 +84,11 @@ def test_prometheus_rule_embeds_every_rules_file():
 def test_dashboards_as_sidecar_configmaps():
     files = sorted((CHART / "dashboards").glob("*.json"))
     assert files, "charts/marcelle-torch/dashboards/ has no dashboards"
-    maps = [o for o in by_kind(render(ci_values("monitoring")), "ConfigMap")
-            if o["metadata"]["labels"].get("grafana_dashboard") == "1"]
+    maps = [
+        o
+        for o in by_kind(render(ci_values("monitoring")), "ConfigMap")
+        if o["metadata"]["labels"].get("grafana_dashboard") == "1"
+    ]
     assert len(maps) == len(files)
     for path in files:
         (cm,) = [m for m in maps if path.name in m["data"]]
@@ -136,7 +139,8 @@ def test_probe_sidecar_probes_backend_and_webapp_services():
         service = one(objects, "Service", f"-{component}")
         port = service["spec"]["ports"][0]["port"]
         assert url == f"http://{service['metadata']['name']}.marcelle-torch.svc.cluster.local" + (
-            "/" if port == 80 else f":{port}/")
+            "/" if port == 80 else f":{port}/"
+        )
     assert probe["ports"] == [{"name": "probe", "containerPort": 9115}]
     for kind in ("livenessProbe", "readinessProbe"):
         check = probe[kind]
@@ -148,7 +152,9 @@ def test_probe_sidecar_probes_backend_and_webapp_services():
 
 
 def test_probe_values_are_followed():
-    objects = render(ci_values("monitoring"), sets=("monitoring.probe.port=9200", "monitoring.probe.resources.limits.memory=99Mi"))
+    objects = render(
+        ci_values("monitoring"), sets=("monitoring.probe.port=9200", "monitoring.probe.resources.limits.memory=99Mi")
+    )
     probe = containers(objects)["probe"]
     assert probe["args"][probe["args"].index("--port") + 1] == "9200"
     assert probe["ports"] == [{"name": "probe", "containerPort": 9200}]
@@ -202,7 +208,6 @@ def test_rendered_probe_command_runs_and_exports_its_targets():
             process.wait()
 
 
-
 # --- Queries scoped to the release's namespace --------------------------------------------
 # The Prometheus Operator labels every PodMonitor target with `namespace` (its generated scrape
 # config relabels __meta_kubernetes_namespace); the chart's rules and dashboards match on it, so
@@ -231,7 +236,9 @@ def test_every_rule_and_panel_query_is_scoped_to_the_namespace():
     assert found >= 30
 
 
-def promtool_test(tmp_path, groups, series: list[str], expected_alerts: list[dict], alert: str) -> subprocess.CompletedProcess:
+def promtool_test(
+    tmp_path, groups, series: list[str], expected_alerts: list[dict], alert: str
+) -> subprocess.CompletedProcess:
     import shutil
 
     promtool = shutil.which("promtool")
@@ -240,14 +247,24 @@ def promtool_test(tmp_path, groups, series: list[str], expected_alerts: list[dic
 
         pytest.fail("promtool not found: sudo make system-deps (apt-get install prometheus)")
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}))
-    (tmp_path / "test.yaml").write_text(yaml.safe_dump({
-        "rule_files": ["rules.yaml"],
-        "evaluation_interval": "1m",
-        "tests": [{"interval": "1m", "input_series": [{"series": s, "values": "1x20"} for s in series],
-                   "alert_rule_test": [{"eval_time": "10m", "alertname": alert, "exp_alerts": expected_alerts}]}],
-    }))
-    return subprocess.run([promtool, "test", "rules", str(tmp_path / "test.yaml")], capture_output=True, text=True,
-                          timeout=120)
+    (tmp_path / "test.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "rule_files": ["rules.yaml"],
+                "evaluation_interval": "1m",
+                "tests": [
+                    {
+                        "interval": "1m",
+                        "input_series": [{"series": s, "values": "1x20"} for s in series],
+                        "alert_rule_test": [{"eval_time": "10m", "alertname": alert, "exp_alerts": expected_alerts}],
+                    }
+                ],
+            }
+        )
+    )
+    return subprocess.run(
+        [promtool, "test", "rules", str(tmp_path / "test.yaml")], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_another_releases_worker_does_not_silence_this_releases_absent_alert(tmp_path):
@@ -255,9 +272,14 @@ def test_another_releases_worker_does_not_silence_this_releases_absent_alert(tmp
     (another namespace) is up. A's MarcelleTorchWorkerAbsent must still fire."""
     groups = one(render(ci_values("monitoring")), "PrometheusRule")["spec"]["groups"]
     other = ['marcelle_torch_worker_up{namespace="team-b", pod="mt-marcelle-torch-worker-1"}']
-    fires = [{"exp_labels": {"severity": "critical", "component": "worker"},
-              "exp_annotations": next(r["annotations"] for g in groups for r in g["rules"]
-                                      if r.get("alert") == "MarcelleTorchWorkerAbsent")}]
+    fires = [
+        {
+            "exp_labels": {"severity": "critical", "component": "worker"},
+            "exp_annotations": next(
+                r["annotations"] for g in groups for r in g["rules"] if r.get("alert") == "MarcelleTorchWorkerAbsent"
+            ),
+        }
+    ]
     result = promtool_test(tmp_path, groups, other, fires, "MarcelleTorchWorkerAbsent")
     assert result.returncode == 0, result.stdout + result.stderr
     # With its own worker up, it stays quiet.

@@ -6,17 +6,23 @@ from k8s_tools import by_kind, ci_values, one, render
 
 
 def policies():
-    return {p["metadata"]["name"].removeprefix("mt-marcelle-torch-"): p for p in by_kind(render(ci_values("default")), "NetworkPolicy")}
+    return {
+        p["metadata"]["name"].removeprefix("mt-marcelle-torch-"): p
+        for p in by_kind(render(ci_values("default")), "NetworkPolicy")
+    }
 
 
 def peers(rule):
     """Peer names: a component, `ray` for KubeRay's Ray Pods (test_ray_labels.py), or a namespace."""
+
     def name(peer):
         labels = peer.get("podSelector", {}).get("matchLabels", {})
         if labels.get("ray.io/is-ray-node") == "yes":
             return "ray"
-        return labels.get("app.kubernetes.io/component") or \
-            peer.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
+        return labels.get("app.kubernetes.io/component") or peer.get("namespaceSelector", {}).get(
+            "matchLabels", {}
+        ).get("kubernetes.io/metadata.name")
+
     return [name(p) for p in rule.get("from", [])]
 
 
@@ -24,8 +30,10 @@ def test_default_deny_covers_every_pod_of_the_release():
     deny = policies()["default-deny"]
     assert deny["spec"]["policyTypes"] == ["Ingress"] and "ingress" not in deny["spec"]
     # Not app.kubernetes.io/name: Ray Pods keep KubeRay's value of it (test_ray_labels.py).
-    assert deny["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/part-of": "marcelle-torch",
-                                                          "app.kubernetes.io/instance": "mt"}
+    assert deny["spec"]["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/part-of": "marcelle-torch",
+        "app.kubernetes.io/instance": "mt",
+    }
     # Every pod carries the release's selector labels, so the deny applies to all of them.
     from k8s_tools import pod_specs
 
@@ -111,8 +119,9 @@ def test_ports_are_numbers_that_the_selected_pods_listen_on():
             for port in rule.get("ports", []):
                 assert isinstance(port["port"], int), f"{policy['metadata']['name']}: port {port['port']!r}"
                 if selector.get("app.kubernetes.io/component") in ("webapp", "backend", "worker"):
-                    assert any(selector.items() <= labels.items() and number == port["port"]
-                               for labels, number in listening), (policy["metadata"]["name"], port)
+                    assert any(
+                        selector.items() <= labels.items() and number == port["port"] for labels, number in listening
+                    ), (policy["metadata"]["name"], port)
 
 
 def test_ports_follow_values():

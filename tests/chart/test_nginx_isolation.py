@@ -45,8 +45,12 @@ def nginx(tmp_path):
     (html / "onnx" / "digits" / "model.onnx").write_bytes(b"onnx")
     (html / "config.json").write_text("{}")
     port = _free_port()
-    env = {"NGINX_PORT": str(port), "SERVE_UPSTREAM": f"127.0.0.1:{_closed_port()}",
-           "BACKEND_UPSTREAM": f"127.0.0.1:{_closed_port()}", "NGINX_LOCAL_RESOLVERS": "127.0.0.1"}
+    env = {
+        "NGINX_PORT": str(port),
+        "SERVE_UPSTREAM": f"127.0.0.1:{_closed_port()}",
+        "BACKEND_UPSTREAM": f"127.0.0.1:{_closed_port()}",
+        "NGINX_LOCAL_RESOLVERS": "127.0.0.1",
+    }
     template = (REPO / "services" / "frontend" / "nginx.conf").read_text()
     # envsubst of the defined variables only, as the image's 20-envsubst-on-templates.sh does.
     server = re.sub(r"\$\{(\w+)\}", lambda m: env.get(m.group(1), m.group(0)), template)
@@ -58,9 +62,13 @@ def nginx(tmp_path):
         f"events {{ worker_connections 64; }}\nhttp {{\n  access_log off;\n"
         f"  include /etc/nginx/mime.types;\n  client_body_temp_path {tmp_path}/body;\n"
         f"  proxy_temp_path {tmp_path}/proxy;\n  fastcgi_temp_path {tmp_path}/fcgi;\n"
-        f"  uwsgi_temp_path {tmp_path}/uwsgi;\n  scgi_temp_path {tmp_path}/scgi;\n{server}\n}}\n")
-    proc = subprocess.Popen([NGINX, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-g", "daemon off;"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        f"  uwsgi_temp_path {tmp_path}/uwsgi;\n  scgi_temp_path {tmp_path}/scgi;\n{server}\n}}\n"
+    )
+    proc = subprocess.Popen(
+        [NGINX, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-g", "daemon off;"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 20
@@ -88,8 +96,9 @@ def get(url):
         return exc.code, exc.headers, exc.read()
 
 
-@pytest.mark.parametrize("path", ["/", "/a/client/route", "/assets/index-abc.js", "/onnx/digits/model.onnx",
-                                  "/config.json"])
+@pytest.mark.parametrize(
+    "path", ["/", "/a/client/route", "/assets/index-abc.js", "/onnx/digits/model.onnx", "/config.json"]
+)
 def test_app_files_are_cross_origin_isolated(nginx, path):
     status, headers, _ = get(nginx + path)
     assert status == 200

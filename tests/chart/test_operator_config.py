@@ -7,7 +7,6 @@ import os
 import subprocess
 
 import yaml
-
 from k8s_tools import CHART, REPO, find_tool
 
 NEEDS_HELM = False
@@ -105,11 +104,29 @@ def test_demo_script_parses_and_fails_clearly_without_a_cluster(tmp_path):
 # `nodeSelector`) requires one of these node labels. NFD would set the first two, but the chart
 # installs NFD only with `nfd.enabled` or `gfd.enabled` (Chart.yaml dependency condition), both
 # false by default.
-DEVICE_PLUGIN_DEFAULT_AFFINITY = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-    {"matchExpressions": [{"key": "feature.node.kubernetes.io/pci-10de.present", "operator": "In", "values": ["true"]}]},
-    {"matchExpressions": [{"key": "feature.node.kubernetes.io/cpu-model.vendor_id", "operator": "In", "values": ["NVIDIA"]}]},
-    {"matchExpressions": [{"key": "nvidia.com/gpu.present", "operator": "In", "values": ["true"]}]},
-]}}}
+DEVICE_PLUGIN_DEFAULT_AFFINITY = {
+    "nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [
+                {
+                    "matchExpressions": [
+                        {"key": "feature.node.kubernetes.io/pci-10de.present", "operator": "In", "values": ["true"]}
+                    ]
+                },
+                {
+                    "matchExpressions": [
+                        {
+                            "key": "feature.node.kubernetes.io/cpu-model.vendor_id",
+                            "operator": "In",
+                            "values": ["NVIDIA"],
+                        }
+                    ]
+                },
+                {"matchExpressions": [{"key": "nvidia.com/gpu.present", "operator": "In", "values": ["true"]}]},
+            ]
+        }
+    }
+}
 
 
 def helm_merge(default, override):
@@ -128,8 +145,12 @@ def helm_merge(default, override):
 def node_matches(labels: dict, node_selector: dict, affinity: dict | None) -> bool:
     if not node_selector.items() <= labels.items():
         return False
-    terms = ((affinity or {}).get("nodeAffinity", {}).get("requiredDuringSchedulingIgnoredDuringExecution", {})
-             .get("nodeSelectorTerms"))
+    terms = (
+        (affinity or {})
+        .get("nodeAffinity", {})
+        .get("requiredDuringSchedulingIgnoredDuringExecution", {})
+        .get("nodeSelectorTerms")
+    )
     if not terms:
         return True
 
@@ -144,8 +165,10 @@ def gpu_pool_node_labels() -> list[dict]:
     """The labels a GPU node gets from each example in k8s/gpu-nodepool-examples.yaml."""
     text = (REPO / "k8s" / "gpu-nodepool-examples.yaml").read_text()
     docs = [d for d in yaml.safe_load_all(text) if d]
-    pools = [next(d for d in docs if d["kind"] == "ClusterConfig")["managedNodeGroups"][0]["labels"],
-             next(d for d in docs if d["kind"] == "NodePool")["spec"]["template"]["metadata"]["labels"]]
+    pools = [
+        next(d for d in docs if d["kind"] == "ClusterConfig")["managedNodeGroups"][0]["labels"],
+        next(d for d in docs if d["kind"] == "NodePool")["spec"]["template"]["metadata"]["labels"],
+    ]
     import re
 
     for flags in re.findall(r"--(?:node-)?labels ([^\s\\]+)", text):
@@ -160,7 +183,8 @@ def test_device_plugin_runs_on_the_gpu_pool_nodes():
     node_selector = values.get("nodeSelector") or {}
     for labels in gpu_pool_node_labels():
         assert node_matches(labels, node_selector, affinity), (
-            f"a GPU pool node labelled {labels} gets no device plugin Pod (0.18.0's default affinity)")
+            f"a GPU pool node labelled {labels} gets no device plugin Pod (0.18.0's default affinity)"
+        )
     # ... and not on CPU nodes.
     assert not node_matches({"kubernetes.io/os": "linux"}, node_selector, affinity)
 

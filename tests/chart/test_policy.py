@@ -8,7 +8,6 @@ import re
 
 import pytest
 import yaml
-
 from k8s_tools import CHART, CI_VALUES, by_kind, ci_values, pod_specs, render
 
 ids = [p.name.removesuffix("-values.yaml") for p in CI_VALUES]

@@ -19,7 +19,6 @@ Upstream facts encoded here (ray-project/kuberay v1.7.0):
 from __future__ import annotations
 
 import pytest
-
 from k8s_tools import CI_VALUES, by_kind, ci_values, one, render
 
 ids = [p.name.removesuffix("-values.yaml") for p in CI_VALUES]
@@ -27,7 +26,7 @@ ids = [p.name.removesuffix("-values.yaml") for p in CI_VALUES]
 
 def check_label(value: str) -> str:
     """utils.CheckLabel (v1.7.0): clipped from the front to 63 characters."""
-    return value[len(value) - 63:] if len(value) > 63 else value
+    return value[len(value) - 63 :] if len(value) > 63 else value
 
 
 def kuberay_default_labels(node_type: str, cluster: str, group: str) -> dict[str, str]:
@@ -71,8 +70,9 @@ def ray_pods(objects, cluster_suffix="x7k2p"):
     spec = ray["spec"]["rayClusterConfig"]
     pods = {"head": label_pod("head", cluster, "headgroup", spec["headGroupSpec"]["template"]["metadata"]["labels"])}
     for group in spec.get("workerGroupSpecs", []):
-        pods[group["groupName"]] = label_pod("worker", cluster, group["groupName"],
-                                             group["template"]["metadata"]["labels"])
+        pods[group["groupName"]] = label_pod(
+            "worker", cluster, group["groupName"], group["template"]["metadata"]["labels"]
+        )
     return cluster, pods
 
 
@@ -85,7 +85,8 @@ def selects(selector: dict, labels: dict) -> bool:
 def test_head_service_of_the_rayservice_selects_the_head_pod(values):
     cluster, pods = ray_pods(render(values))
     assert head_service_selector(cluster).items() <= pods["head"].items(), (
-        "a Ray Pod template overrides a label of KubeRay's head Service selector: <release>-head-svc gets no endpoints")
+        "a Ray Pod template overrides a label of KubeRay's head Service selector: <release>-head-svc gets no endpoints"
+    )
 
 
 @pytest.mark.parametrize("values", CI_VALUES, ids=ids)
@@ -117,7 +118,6 @@ def test_network_policies_select_the_ray_pods(values):
 
 def test_a_second_release_is_not_selected():
     import yaml
-
     from k8s_tools import render_text
 
     objects = render(ci_values("monitoring"))

@@ -24,7 +24,6 @@ Upstream facts encoded here:
 from __future__ import annotations
 
 import pytest
-
 from k8s_tools import CI_VALUES, by_kind, ci_values, one, pod_specs, render
 
 ids = [p.name.removesuffix("-values.yaml") for p in CI_VALUES]
@@ -40,7 +39,7 @@ KUBERAY_AUTOSCALER_RULES = [
 def kuberay_check_name(name: str) -> str:
     """utils.CheckName of KubeRay v1.7.0 (util.go)."""
     if len(name) > 50:
-        name = name[len(name) - 50:]
+        name = name[len(name) - 50 :]
     if name[0].isdigit():
         name = "r" + name[1:]
     if not name[0].isalnum():
@@ -58,7 +57,8 @@ def test_only_the_ray_head_mounts_a_token(values):
     for owner, spec in pod_specs(objects):
         if owner.endswith(" head"):
             assert spec.get("automountServiceAccountToken") is True, (
-                f"{owner}: the autoscaler sidecar reads the service-account token (node_provider.py load_k8s_secrets)")
+                f"{owner}: the autoscaler sidecar reads the service-account token (node_provider.py load_k8s_secrets)"
+            )
         else:
             assert spec.get("automountServiceAccountToken") is False, f"{owner}: must not mount a token"
             assert "serviceAccountName" not in spec, f"{owner}: only the head uses the autoscaler's account"
@@ -87,10 +87,14 @@ def test_role_grants_what_kuberays_autoscaler_role_grants(values):
     role = one(objects, "Role", "-ray-autoscaler")
     assert role["rules"] == KUBERAY_AUTOSCALER_RULES
     binding = one(objects, "RoleBinding", "-ray-autoscaler")
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                                  "name": role["metadata"]["name"]}
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": head_spec(objects)["serviceAccountName"],
-                                    "namespace": "marcelle-torch"}]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": head_spec(objects)["serviceAccountName"], "namespace": "marcelle-torch"}
+    ]
 
 
 def test_no_cluster_wide_rbac():

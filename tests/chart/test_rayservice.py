@@ -5,7 +5,6 @@ from __future__ import annotations
 import tomllib
 
 import pytest
-
 from k8s_tools import REPO, ci_values, one, ray_worker_groups, render
 
 
@@ -27,8 +26,15 @@ def test_autoscaling_in_tree_with_head_and_cpu_group():
     head = cluster["headGroupSpec"]
     assert head["rayStartParams"]["num-cpus"] == "0", "Serve replicas belong on workers"
     ports = {p["name"]: p["containerPort"] for p in head["template"]["spec"]["containers"][0]["ports"]}
-    assert ports == {"gcs-server": 6379, "dashboard": 8265, "client": 10001, "serve": 8000,
-                     "metrics": 8080, "as-metrics": 44217, "dash-metrics": 44227}
+    assert ports == {
+        "gcs-server": 6379,
+        "dashboard": 8265,
+        "client": 10001,
+        "serve": 8000,
+        "metrics": 8080,
+        "as-metrics": 44217,
+        "dash-metrics": 44227,
+    }
     groups = ray_worker_groups(render(ci_values("default")))
     assert list(groups) == ["cpu"]
     cpu = groups["cpu"]

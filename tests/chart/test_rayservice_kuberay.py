@@ -27,7 +27,6 @@ import re
 
 import pytest
 import yaml
-
 from k8s_tools import CI_VALUES, ci_values, one, ray_worker_groups, render, render_text
 
 ids = [p.name.removesuffix("-values.yaml") for p in CI_VALUES]
@@ -46,8 +45,11 @@ def serve_config(objects):
 
 
 def model_deployments(objects):
-    apps = [a for a in serve_config(objects)["applications"]
-            if a["import_path"] == "marcelle_torch.serving.app:build_model_app"]
+    apps = [
+        a
+        for a in serve_config(objects)["applications"]
+        if a["import_path"] == "marcelle_torch.serving.app:build_model_app"
+    ]
     return {d["name"]: d for app in apps for d in app["deployments"] if d["name"].startswith("model-")}
 
 
@@ -72,10 +74,14 @@ def test_default_strategy_is_a_new_cluster_that_switches_when_ready():
 
 
 def test_incremental_upgrade_renders_its_options():
-    objects = render(sets=("ray.upgradeStrategy.type=NewClusterWithIncrementalUpgrade",
-                           "ray.upgradeStrategy.clusterUpgradeOptions.gatewayClassName=istio",
-                           "ray.upgradeStrategy.clusterUpgradeOptions.stepSizePercent=25",
-                           "ray.upgradeStrategy.clusterUpgradeOptions.intervalSeconds=30"))
+    objects = render(
+        sets=(
+            "ray.upgradeStrategy.type=NewClusterWithIncrementalUpgrade",
+            "ray.upgradeStrategy.clusterUpgradeOptions.gatewayClassName=istio",
+            "ray.upgradeStrategy.clusterUpgradeOptions.stepSizePercent=25",
+            "ray.upgradeStrategy.clusterUpgradeOptions.intervalSeconds=30",
+        )
+    )
     spec = rayservice(objects)["spec"]
     assert spec["rayClusterConfig"]["enableInTreeAutoscaling"] is True
     options = spec["upgradeStrategy"]["clusterUpgradeOptions"]
@@ -84,21 +90,34 @@ def test_incremental_upgrade_renders_its_options():
     assert options["intervalSeconds"] > 0
 
 
-@pytest.mark.parametrize("sets,message", [
-    (("ray.upgradeStrategy.type=Recreate",), "at '/ray/upgradeStrategy/type'"),
-    (("ray.upgradeStrategy.type=NewClusterWithIncrementalUpgrade",),
-     "NewClusterWithIncrementalUpgrade needs ray.upgradeStrategy.clusterUpgradeOptions.gatewayClassName"),
-    (("ray.upgradeStrategy.type=NewClusterWithIncrementalUpgrade",
-      "ray.upgradeStrategy.clusterUpgradeOptions.gatewayClassName=istio"),
-     "NewClusterWithIncrementalUpgrade needs ray.upgradeStrategy.clusterUpgradeOptions.stepSizePercent"),
-    (("ray.upgradeStrategy.type=NewClusterWithIncrementalUpgrade",
-      "ray.upgradeStrategy.clusterUpgradeOptions.gatewayClassName=istio",
-      "ray.upgradeStrategy.clusterUpgradeOptions.stepSizePercent=50",
-      "ray.upgradeStrategy.clusterUpgradeOptions.maxSurgePercent=20",
-      "ray.upgradeStrategy.clusterUpgradeOptions.intervalSeconds=30"),
-     "stepSizePercent (50) must not exceed maxSurgePercent (20)"),
-    (("ray.initializingTimeout=soon",), "at '/ray/initializingTimeout'"),
-])
+@pytest.mark.parametrize(
+    "sets,message",
+    [
+        (("ray.upgradeStrategy.type=Recreate",), "at '/ray/upgradeStrategy/type'"),
+        (
+            ("ray.upgradeStrategy.type=NewClusterWithIncrementalUpgrade",),
+            "NewClusterWithIncrementalUpgrade needs ray.upgradeStrategy.clusterUpgradeOptions.gatewayClassName",
+        ),
+        (
+            (
+                "ray.upgradeStrategy.type=NewClusterWithIncrementalUpgrade",
+                "ray.upgradeStrategy.clusterUpgradeOptions.gatewayClassName=istio",
+            ),
+            "NewClusterWithIncrementalUpgrade needs ray.upgradeStrategy.clusterUpgradeOptions.stepSizePercent",
+        ),
+        (
+            (
+                "ray.upgradeStrategy.type=NewClusterWithIncrementalUpgrade",
+                "ray.upgradeStrategy.clusterUpgradeOptions.gatewayClassName=istio",
+                "ray.upgradeStrategy.clusterUpgradeOptions.stepSizePercent=50",
+                "ray.upgradeStrategy.clusterUpgradeOptions.maxSurgePercent=20",
+                "ray.upgradeStrategy.clusterUpgradeOptions.intervalSeconds=30",
+            ),
+            "stepSizePercent (50) must not exceed maxSurgePercent (20)",
+        ),
+        (("ray.initializingTimeout=soon",), "at '/ray/initializingTimeout'"),
+    ],
+)
 def test_what_kuberay_would_refuse_is_refused_at_render(sets, message):
     result = render_text(sets=sets, check=False)
     assert result.returncode != 0, f"{sets} was accepted"
@@ -106,7 +125,9 @@ def test_what_kuberay_would_refuse_is_refused_at_render(sets, message):
 
 
 def test_initializing_timeout_is_the_annotation_kuberay_reads():
-    assert "ray.io/initializing-timeout" not in (rayservice(render(ci_values("default")))["metadata"].get("annotations") or {})
+    assert "ray.io/initializing-timeout" not in (
+        rayservice(render(ci_values("default")))["metadata"].get("annotations") or {}
+    )
     for value in ("45m", "2700"):
         annotations = rayservice(render(sets=(f"ray.initializingTimeout={value}",)))["metadata"]["annotations"]
         timeout = annotations["ray.io/initializing-timeout"]
@@ -143,4 +164,3 @@ def test_cpu_mode_keeps_the_serve_configs_floor_unless_told():
     objects = render(sets=("ray.modelMinReplicas=0", "ray.cpuWorkers.minReplicas=0", "ray.cpuWorkers.replicas=0"))
     for deployment in model_deployments(objects).values():
         assert deployment["autoscaling_config"]["min_replicas"] == 0
-

@@ -9,8 +9,7 @@ import functools
 import jsonschema
 import pytest
 import yaml
-
-from k8s_tools import CI_VALUES, CRD_DIR, CHART, helm, render
+from k8s_tools import CHART, CI_VALUES, CRD_DIR, helm, render
 
 K8S_VERSION = "1.35.0"
 # Kinds whose schemas come from CRDs; Prometheus Operator CRDs are not here (checked in test_monitoring).
@@ -36,6 +35,7 @@ def test_lint_strict(values):
 @pytest.mark.parametrize("values", CI_VALUES, ids=ids)
 def test_objects_valid_for_kubernetes(values):
     import kubernetes_validate  # the [test] extra
+
     objects = render(values)
     assert objects, "nothing rendered"
     checked = 0
@@ -55,8 +55,10 @@ def test_objects_valid_for_kubernetes(values):
 def crd_schema(kind: str) -> dict:
     path = CRD_DIR / CRD_FILES[kind]
     if not path.is_file():
-        pytest.fail(f"KubeRay CRDs not found at {CRD_DIR}: they are the shared reference data beside the "
-                    "checkout (../shared/kuberay/crds); point KUBERAY_CRDS at a copy")
+        pytest.fail(
+            f"KubeRay CRDs not found at {CRD_DIR}: they are the shared reference data beside the "
+            "checkout (../shared/kuberay/crds); point KUBERAY_CRDS at a copy"
+        )
     crd = yaml.safe_load(path.read_text())
     version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
     return strict(version["schema"]["openAPIV3Schema"])
@@ -66,8 +68,11 @@ def strict(schema):
     """The API server drops unknown fields silently; refuse them here so a typo cannot pass."""
     if isinstance(schema, dict):
         schema = {k: strict(v) for k, v in schema.items()}
-        if ("properties" in schema and "additionalProperties" not in schema
-                and not schema.get("x-kubernetes-preserve-unknown-fields")):
+        if (
+            "properties" in schema
+            and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")
+        ):
             schema["additionalProperties"] = False
         return schema
     if isinstance(schema, list):
@@ -94,6 +99,7 @@ def test_crd_check_catches_a_misspelt_field():
 
 def test_kubernetes_check_catches_a_misspelt_field():
     import kubernetes_validate  # the [test] extra
+
     deployment = copy.deepcopy(next(o for o in render(CI_VALUES[0]) if o["kind"] == "Deployment"))
     deployment["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
     with pytest.raises(kubernetes_validate.ValidationError):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 
 import yaml
-
 from k8s_tools import CHART, REPO, ci_values, one, render
 
 PACKAGE_FILE = REPO / "src" / "marcelle_torch" / "serving" / "serve_config.yaml"
@@ -20,7 +19,8 @@ def serve_config_of(objects) -> str:
 def test_chart_copy_is_the_package_file():
     assert PACKAGE_FILE.is_file(), f"{PACKAGE_FILE} is missing"
     assert CHART_FILE.read_bytes() == PACKAGE_FILE.read_bytes(), (
-        "charts/marcelle-torch/files/serve_config.yaml differs from the package's serve config: run `make chart-sync`")
+        "charts/marcelle-torch/files/serve_config.yaml differs from the package's serve config: run `make chart-sync`"
+    )
 
 
 def test_cpu_render_embeds_the_file_verbatim():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from k8s_tools import render_text
 
 BAD = [
@@ -33,7 +32,15 @@ def test_bad_values_are_refused_clearly(sets, message):
 
 
 def test_good_overrides_pass():
-    result = render_text(sets=("gpu.enabled=true", "ray.cpuWorkers.replicas=0", "ray.cpuWorkers.minReplicas=0",
-                               "worker.image.tag=0.1.0-rc.1", "backend.database=mongodb",
-                               "backend.mongodb.url=mongodb+srv://cluster0.example.net/db"), check=False)
+    result = render_text(
+        sets=(
+            "gpu.enabled=true",
+            "ray.cpuWorkers.replicas=0",
+            "ray.cpuWorkers.minReplicas=0",
+            "worker.image.tag=0.1.0-rc.1",
+            "backend.database=mongodb",
+            "backend.mongodb.url=mongodb+srv://cluster0.example.net/db",
+        ),
+        check=False,
+    )
     assert result.returncode == 0, result.stderr

@@ -10,8 +10,13 @@ from k8s_tools import by_kind, ci_values, one, render
 def test_config_json_points_at_the_same_origin_proxies():
     objects = render(ci_values("default"))
     config = json.loads(one(objects, "ConfigMap", "-webapp-config")["data"]["config.json"])
-    assert config == {"serveUrl": "/serve", "backendUrl": "/backend", "model": "digits",
-                      "generatorModel": "digits-generator", "onnxBundle": "onnx/digits/"}
+    assert config == {
+        "serveUrl": "/serve",
+        "backendUrl": "/backend",
+        "model": "digits",
+        "generatorModel": "digits-generator",
+        "onnxBundle": "onnx/digits/",
+    }
     pod = one(objects, "Deployment", "-webapp")["spec"]["template"]["spec"]
     mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "config")
     assert mount["mountPath"].endswith("/config.json") and mount["subPath"] == "config.json"

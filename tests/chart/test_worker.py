@@ -27,8 +27,7 @@ def test_credentials_only_with_auth():
     objects = render(ci_values("auth"))
     env = {e["name"]: e for e in worker_container(objects)["env"]}
     secret = one(objects, "Secret")["metadata"]["name"]
-    for name, key in (("MARCELLE_WORKER_EMAIL", "worker-email"),
-                      ("MARCELLE_WORKER_PASSWORD", "worker-password")):
+    for name, key in (("MARCELLE_WORKER_EMAIL", "worker-email"), ("MARCELLE_WORKER_PASSWORD", "worker-password")):
         assert env[name]["valueFrom"]["secretKeyRef"] == {"name": secret, "key": key}
 
 

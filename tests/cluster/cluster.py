@@ -15,8 +15,8 @@ from pathlib import Path
 
 import kuberay
 from hosts import DNS, Network, Pod, selector_matches, start_proxy, write_json_atomic
-from render import (REPO, container_port, deep, expand, image_of, one, resolve_env, volume_files)
 from k8s_tools import by_kind
+from render import REPO, container_port, deep, expand, image_of, one, resolve_env, volume_files
 
 VENV_BIN = REPO / ".venv" / "bin"
 WEIGHTS = Path(os.environ.get("MARCELLE_TORCH_CACHE") or REPO / ".cache" / "models")
@@ -47,15 +47,24 @@ http {{
 # NGINX_LOCAL_RESOLVERS was set from /etc/resolv.conf's nameservers when
 # NGINX_ENTRYPOINT_LOCAL_RESOLVERS is set. The image's CMD is `nginx -g 'daemon off;'`.
 NGINX_TEMPLATE_DIR, NGINX_CONF_D = "/etc/nginx/templates", "/etc/nginx/conf.d"
-NGINX_ENTRYPOINT_READS = {"NGINX_ENTRYPOINT_LOCAL_RESOLVERS", "NGINX_ENVSUBST_TEMPLATE_DIR",
-                          "NGINX_ENVSUBST_TEMPLATE_SUFFIX", "NGINX_ENVSUBST_OUTPUT_DIR", "NGINX_ENVSUBST_FILTER",
-                          "NGINX_ENTRYPOINT_QUIET_LOGS", "NGINX_ENTRYPOINT_WORKER_PROCESSES_AUTOTUNE"}
+NGINX_ENTRYPOINT_READS = {
+    "NGINX_ENTRYPOINT_LOCAL_RESOLVERS",
+    "NGINX_ENVSUBST_TEMPLATE_DIR",
+    "NGINX_ENVSUBST_TEMPLATE_SUFFIX",
+    "NGINX_ENVSUBST_OUTPUT_DIR",
+    "NGINX_ENVSUBST_FILTER",
+    "NGINX_ENTRYPOINT_QUIET_LOGS",
+    "NGINX_ENTRYPOINT_WORKER_PROCESSES_AUTOTUNE",
+}
 
 
 def nginx_envsubst(template: str, env: dict[str, str]) -> str:
     """envsubst limited to defined variables (20-envsubst-on-templates.sh's $defined_envs)."""
-    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)",
-                  lambda m: env.get(m.group(1) or m.group(2), m.group(0)), template)
+    return re.sub(
+        r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)",
+        lambda m: env.get(m.group(1) or m.group(2), m.group(0)),
+        template,
+    )
 
 
 def is_nginx_image(image) -> bool:
@@ -70,7 +79,7 @@ class Cluster:
         self.created_dirs: list[Path] = []
         self.pods: list[Pod] = []
         self.dns = DNS(self.network, workdir, self.domain)
-        self.services: dict[str, dict] = {}   # name -> {vip, ports, selector, headless}
+        self.services: dict[str, dict] = {}  # name -> {vip, ports, selector, headless}
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.probe_state: dict[tuple[str, str], dict] = {}
@@ -82,11 +91,17 @@ class Cluster:
         self.events: list[tuple[float, str]] = []
         # The Services of the render, plus the three KubeRay creates for a RayService.
         for svc in by_kind(objects, "Service"):
-            self._add_service(svc["metadata"]["name"], svc["spec"].get("selector", {}), svc["spec"]["ports"],
-                              headless=svc["spec"].get("clusterIP") == "None")
+            self._add_service(
+                svc["metadata"]["name"],
+                svc["spec"].get("selector", {}),
+                svc["spec"]["ports"],
+                headless=svc["spec"].get("clusterIP") == "None",
+            )
         self.proxy, self.proxy_ns, self.endpoints_file = start_proxy(
-            self.network, workdir, [s["vip"] for s in self.services.values() if s["vip"]] + [self.network.virtual_ip()
-                                                                                          for _ in range(3)])
+            self.network,
+            workdir,
+            [s["vip"] for s in self.services.values() if s["vip"]] + [self.network.virtual_ip() for _ in range(3)],
+        )
         self._spare_vips = [ip for ip in self._proxy_vips()]
         self.controller = threading.Thread(target=self._control_loop, name="endpoints", daemon=True)
 
@@ -97,7 +112,9 @@ class Cluster:
         for deployment in by_kind(self.objects, "Deployment"):
             for c in deployment["spec"]["template"]["spec"]["containers"]:
                 for var in c.get("env", []):
-                    m = re.search(rf"\.{re.escape(self.namespace)}\.svc\.([a-z0-9.-]+?)(?::\d+|/|$)", str(var.get("value", "")))
+                    m = re.search(
+                        rf"\.{re.escape(self.namespace)}\.svc\.([a-z0-9.-]+?)(?::\d+|/|$)", str(var.get("value", ""))
+                    )
                     if m:
                         return m.group(1)
         return "cluster.local"
@@ -135,8 +152,9 @@ class Cluster:
         mounts = []
         volumes = {v["name"]: v for v in pod_spec.get("volumes", [])}
         bound_images: dict[str, Path] = {}
-        copied_under_workdir = [src for t, src in image.copies.items()
-                                if workdir != "/" and t.startswith(workdir.rstrip("/") + "/")]
+        copied_under_workdir = [
+            src for t, src in image.copies.items() if workdir != "/" and t.startswith(workdir.rstrip("/") + "/")
+        ]
         if copied_under_workdir:
             # Files COPYed into WORKDIR from one repository directory (e.g. services/backend -> /app).
             common = Path(os.path.commonpath([str(src) for src in copied_under_workdir]))
@@ -194,8 +212,14 @@ class Cluster:
                 raise AssertionError(f"volume {vm['name']}: unsupported kind {sorted(volume)}")
         if is_nginx_image(image):
             argv = self._nginx_entrypoint(image, env, mounts, pod_dir, container["name"])
-        return {"name": container["name"], "argv": argv, "env": env, "workdir": workdir, "mounts": mounts,
-                "spec": container}
+        return {
+            "name": container["name"],
+            "argv": argv,
+            "env": env,
+            "workdir": workdir,
+            "mounts": mounts,
+            "spec": container,
+        }
 
     def _nginx_entrypoint(self, image, env, mounts, pod_dir: Path, name: str) -> list[str]:
         """The nginx image's entrypoint steps, done here into the container's conf.d volume."""
@@ -207,7 +231,8 @@ class Cluster:
         if env.get("NGINX_ENTRYPOINT_LOCAL_RESOLVERS"):
             resolv = (pod_dir / "resolv.conf").read_text()
             env["NGINX_LOCAL_RESOLVERS"] = " ".join(
-                f"[{ip}]" if ":" in ip else ip for ip in re.findall(r"^nameserver\s+(\S+)", resolv, re.M))
+                f"[{ip}]" if ":" in ip else ip for ip in re.findall(r"^nameserver\s+(\S+)", resolv, re.M)
+            )
         for target, source in image.copies.items():
             if target.startswith(NGINX_TEMPLATE_DIR + "/") and target.endswith(".template"):
                 out = conf_d / Path(target).name[: -len(".template")]
@@ -221,14 +246,26 @@ class Cluster:
     # ------------------------------------------------------------------ pods
 
     def _new_pod(self, name: str, labels: dict, spec: dict) -> Pod:
-        pod = Pod(self.network, self.network.gateway, self.workdir / "pods", name, self.namespace, self.domain,
-                  labels, spec, self.created_dirs)
+        pod = Pod(
+            self.network,
+            self.network.gateway,
+            self.workdir / "pods",
+            name,
+            self.namespace,
+            self.domain,
+            labels,
+            spec,
+            self.created_dirs,
+        )
         self.pods.append(pod)
         return pod
 
     def _meta(self, pod: Pod) -> dict:
-        return {"metadata": {"name": pod.name, "namespace": self.namespace, "labels": pod.labels},
-                "status": {"podIP": pod.ip}, "spec": pod.spec}
+        return {
+            "metadata": {"name": pod.name, "namespace": self.namespace, "labels": pod.labels},
+            "status": {"podIP": pod.ip},
+            "spec": pod.spec,
+        }
 
     def start_deployment(self, deployment: dict, index: int = 0) -> Pod:
         template = deployment["spec"]["template"]
@@ -248,7 +285,11 @@ class Cluster:
         spec = rs["spec"]["rayClusterConfig"]["headGroupSpec"] if node_type == "head" else group
         group_name = "headgroup" if node_type == "head" else group["groupName"]
         suffix = f"{len(self.pods):02d}x{os.getpid() % 1000:03d}"[-5:]
-        name = f"{self.ray_cluster}-head-{suffix}" if node_type == "head" else f"{self.ray_cluster}-{group_name}-worker-{suffix}"
+        name = (
+            f"{self.ray_cluster}-head-{suffix}"
+            if node_type == "head"
+            else f"{self.ray_cluster}-{group_name}-worker-{suffix}"
+        )
         fqdn = kuberay.fqdn_service_name(self.ray_cluster, self.namespace, self.domain)
         pod = self._new_pod(name, {}, {})
         built = kuberay.build_pod(spec, node_type, self.ray_cluster, group_name, self.namespace, rs, name, pod.ip, fqdn)
@@ -277,13 +318,21 @@ class Cluster:
     def create_serve_service(self) -> None:
         """BuildServeService (common/service.go): <rayservice>-serve-svc, selecting the
         cluster's Pods labelled ray.io/serve=true, on the head's ports named serve*."""
-        head_container = self.rayservice["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
-        ports = [{"name": p["name"], "port": p["containerPort"], "targetPort": p["containerPort"]}
-                 for p in head_container.get("ports", []) if p["name"] == "serve" or p["name"].startswith("serve-")]
+        head_container = self.rayservice["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][
+            0
+        ]
+        ports = [
+            {"name": p["name"], "port": p["containerPort"], "targetPort": p["containerPort"]}
+            for p in head_container.get("ports", [])
+            if p["name"] == "serve" or p["name"].startswith("serve-")
+        ]
         assert ports, "the head container has no port named serve (KubeRay refuses the RayService)"
-        self._add_service(kuberay.serve_service_name(self.rs_name),
-                          {"ray.io/cluster": self.ray_cluster, "ray.io/serve": "true"}, ports,
-                          vip=self._spare_vips.pop(0))
+        self._add_service(
+            kuberay.serve_service_name(self.rs_name),
+            {"ray.io/cluster": self.ray_cluster, "ray.io/serve": "true"},
+            ports,
+            vip=self._spare_vips.pop(0),
+        )
 
     # ------------------------------------------------------------------ probes and endpoints
 
@@ -328,7 +377,9 @@ class Cluster:
                     probe = spec.get("readinessProbe")
                     key = (pod.name, c["name"])
                     state = self.probe_state.setdefault(key, {"ok": probe is None, "next": 0})
-                    if probe is not None and now >= max(state["next"], pod.started_at + probe.get("initialDelaySeconds", 0)):
+                    if probe is not None and now >= max(
+                        state["next"], pod.started_at + probe.get("initialDelaySeconds", 0)
+                    ):
                         ok, _ = self.probe(pod, spec, probe)
                         state["ok"], state["next"] = ok, time.monotonic() + probe.get("periodSeconds", 10)
                     states.append(state["ok"])
@@ -344,10 +395,21 @@ class Cluster:
                 for port in svc["ports"]:
                     eps = []
                     for pod in self.pods:
-                        if pod.ready and pod.alive() and svc["selector"] and selector_matches(svc["selector"], pod.labels):
+                        if (
+                            pod.ready
+                            and pod.alive()
+                            and svc["selector"]
+                            and selector_matches(svc["selector"], pod.labels)
+                        ):
                             target = port.get("targetPort", port["port"])
-                            eps.append([pod.ip, container_port(pod.spec["containers"][0], target)
-                                        if not str(target).isdigit() else int(target)])
+                            eps.append(
+                                [
+                                    pod.ip,
+                                    container_port(pod.spec["containers"][0], target)
+                                    if not str(target).isdigit()
+                                    else int(target),
+                                ]
+                            )
                     endpoints[f"{svc['vip']}:{port['port']}"] = eps
             if endpoints != last_written:
                 write_json_atomic(self.endpoints_file, endpoints)
@@ -361,11 +423,15 @@ class Cluster:
             if all(p.ready for p in pods):
                 return
             dead = [p for p in pods if not p.alive()]
-            assert not dead, f"pod {dead[0].name} exited:\n" + "\n".join(dead[0].log(c["name"]) for c in dead[0].processes)
+            assert not dead, f"pod {dead[0].name} exited:\n" + "\n".join(
+                dead[0].log(c["name"]) for c in dead[0].processes
+            )
             time.sleep(1)
         slow = [p for p in pods if not p.ready]
-        raise AssertionError(f"pods not ready after {timeout:.0f}s: {[p.name for p in slow]}\n" +
-                             "\n".join(f"--- {p.name}/{c['name']}\n{p.log(c['name'])}" for p in slow for c in p.processes))
+        raise AssertionError(
+            f"pods not ready after {timeout:.0f}s: {[p.name for p in slow]}\n"
+            + "\n".join(f"--- {p.name}/{c['name']}\n{p.log(c['name'])}" for p in slow for c in p.processes)
+        )
 
     def webapp_service(self) -> dict:
         """The Service in front of the nginx (web app) Pods: the one to port-forward."""
@@ -400,7 +466,9 @@ class Cluster:
                             break
                         except AssertionError:
                             continue
-                    assert port, f"PodMonitor {monitor['metadata']['name']}: pod {pod.name} has no port {endpoint['port']}"
+                    assert port, (
+                        f"PodMonitor {monitor['metadata']['name']}: pod {pod.name} has no port {endpoint['port']}"
+                    )
                     targets.append((pod, endpoint["port"], f"http://{pod.ip}:{port}{endpoint.get('path', '/metrics')}"))
         return targets
 

@@ -66,15 +66,24 @@ def cluster(objects, request):
     from render import by_kind, container_port
 
     # The weights the Ray and worker images bake in at build time (their `marcelle-torch train` RUNs).
-    images = {image_of(c).dockerfile: image_of(c) for d in by_kind(objects, "Deployment")
-              for c in d["spec"]["template"]["spec"]["containers"]}
+    images = {
+        image_of(c).dockerfile: image_of(c)
+        for d in by_kind(objects, "Deployment")
+        for c in d["spec"]["template"]["spec"]["containers"]
+    }
     rs = one(objects, "RayService")
-    images[image_of(rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]).dockerfile] = \
-        image_of(rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0])
+    images[
+        image_of(rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]).dockerfile
+    ] = image_of(rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0])
     for model in sorted({m for image in images.values() for m in image.trains}):
         say(f"weights of {model} (as the images train them at build time)")
-        subprocess.run([str(REPO / ".venv" / "bin" / "marcelle-torch"), "train", model], check=True,
-                       env={**os.environ, "MARCELLE_TORCH_CACHE": str(WEIGHTS)}, capture_output=True, timeout=1200)
+        subprocess.run(
+            [str(REPO / ".venv" / "bin" / "marcelle-torch"), "train", model],
+            check=True,
+            env={**os.environ, "MARCELLE_TORCH_CACHE": str(WEIGHTS)},
+            capture_output=True,
+            timeout=1200,
+        )
 
     import tempfile
 
@@ -87,7 +96,9 @@ def cluster(objects, request):
         c.controller.start()
         say(f"network {c.network.subnet} on bridge {c.network.bridge}; Ray cluster {c.ray_cluster}")
         head = c.start_ray_pod("head", None)
-        groups = [g for g in rs["spec"]["rayClusterConfig"].get("workerGroupSpecs", []) if int(g.get("replicas", 0)) > 0]
+        groups = [
+            g for g in rs["spec"]["rayClusterConfig"].get("workerGroupSpecs", []) if int(g.get("replicas", 0)) > 0
+        ]
         for group in groups:
             c.start_ray_pod("worker", group)
         for deployment in by_kind(objects, "Deployment"):
@@ -156,13 +167,20 @@ def target(cluster):
     base = f"http://{webapp.ip}:{port}"
     config = cluster_config_json(base)
     metrics = cluster.metrics_targets()
-    serve_metrics = next(url for pod, port_name, url in metrics if pod in cluster.ray_workers and port_name == "metrics")
+    serve_metrics = next(
+        url for pod, port_name, url in metrics if pod in cluster.ray_workers and port_name == "metrics"
+    )
     worker_pod = cluster.run_worker_pod()
     worker_metrics = next(url for pod, port_name, url in metrics if pod is worker_pod and port_name == "metrics")
-    return SimpleNamespace(name="cluster", webapp=base, serve=base + config["serveUrl"], backend=base + config["backendUrl"],
-                           socketio_path=config["backendUrl"] + "/socket.io",
-                           metrics={"serve": serve_metrics, "worker": worker_metrics},
-                           credentials=first_user(cluster))
+    return SimpleNamespace(
+        name="cluster",
+        webapp=base,
+        serve=base + config["serveUrl"],
+        backend=base + config["backendUrl"],
+        socketio_path=config["backendUrl"] + "/socket.io",
+        metrics={"serve": serve_metrics, "worker": worker_metrics},
+        credentials=first_user(cluster),
+    )
 
 
 def first_user(cluster):

@@ -10,8 +10,19 @@ import re
 
 import kuberay
 from cluster import NGINX_ENTRYPOINT_READS, NGINX_TEMPLATE_DIR, is_nginx_image
-from render import (REPO, argparse_options, backend_env_reads, backend_env_required, by_kind, image_of,
-                    library_reads, one, python_env_reads, python_env_required, resolve_env)
+from render import (
+    REPO,
+    argparse_options,
+    backend_env_reads,
+    backend_env_required,
+    by_kind,
+    image_of,
+    library_reads,
+    one,
+    python_env_reads,
+    python_env_required,
+    resolve_env,
+)
 
 RAY_PACKAGE = next((REPO / ".venv" / "lib").glob("python*/site-packages/ray"), None)
 # Read by every process through the C library or Python itself (Path.home(), exec lookup).
@@ -26,17 +37,28 @@ def _ray_reads(name: str) -> bool:
 def containers(objects: list[dict]):
     """(owner, container, pod meta) for every Deployment container and each Ray group's Ray container."""
     for deployment in by_kind(objects, "Deployment"):
-        meta = {"metadata": {"name": deployment["metadata"]["name"] + "-pod", "namespace": "ns",
-                             "labels": deployment["spec"]["template"]["metadata"].get("labels", {})},
-                "status": {"podIP": "198.18.0.2"}, "spec": {}}
+        meta = {
+            "metadata": {
+                "name": deployment["metadata"]["name"] + "-pod",
+                "namespace": "ns",
+                "labels": deployment["spec"]["template"]["metadata"].get("labels", {}),
+            },
+            "status": {"podIP": "198.18.0.2"},
+            "spec": {},
+        }
         for c in deployment["spec"]["template"]["spec"]["containers"]:
             yield f"Deployment/{deployment['metadata']['name']}/{c['name']}", c, meta, False
     ray = one(objects, "RayService")
     spec = ray["spec"]["rayClusterConfig"]
-    for node_type, group in [("head", spec["headGroupSpec"])] + [("worker", g) for g in spec.get("workerGroupSpecs", [])]:
+    for node_type, group in [("head", spec["headGroupSpec"])] + [
+        ("worker", g) for g in spec.get("workerGroupSpecs", [])
+    ]:
         for c in group["template"]["spec"]["containers"]:
-            meta = {"metadata": {"name": "ray-pod", "namespace": "ns", "labels": {}}, "status": {"podIP": "198.18.0.2"},
-                    "spec": {}}
+            meta = {
+                "metadata": {"name": "ray-pod", "namespace": "ns", "labels": {}},
+                "status": {"podIP": "198.18.0.2"},
+                "spec": {},
+            }
             yield f"RayService/{group.get('groupName', 'head')}/{c['name']}", c, meta, True
 
 
@@ -48,7 +70,9 @@ def problems(objects: list[dict]) -> list[str]:
         rendered = [v["name"] for v in c.get("env", [])]
         env = dict(image.env)
         env.update(resolve_env(c, meta, objects))
-        argv = list(c.get("command") or image.entrypoint) + list(c.get("args") or ([] if c.get("command") else image.cmd))
+        argv = list(c.get("command") or image.entrypoint) + list(
+            c.get("args") or ([] if c.get("command") else image.cmd)
+        )
         referenced = set(re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", " ".join(argv)))
         if is_nginx_image(image):
             templates = [s.read_text() for t, s in image.copies.items() if t.startswith(NGINX_TEMPLATE_DIR + "/")]
@@ -60,8 +84,9 @@ def problems(objects: list[dict]) -> list[str]:
             unread = [n for n in rendered if n not in readers and n not in referenced]
             required = sorted(n for n in backend_env_required(env) if n not in env)
         else:
-            unread = [n for n in rendered if n not in py_reads | referenced | PROCESS_ENV
-                      and not (is_ray and _ray_reads(n))]
+            unread = [
+                n for n in rendered if n not in py_reads | referenced | PROCESS_ENV and not (is_ray and _ray_reads(n))
+            ]
             required = sorted(n for n in py_required if n not in env)
             if not is_ray:
                 spec = argparse_options(argv)
@@ -89,17 +114,21 @@ def metrics_port_problems(objects: list[dict]) -> list[str]:
     ray = one(objects, "RayService")
     spec = ray["spec"]["rayClusterConfig"]
     monitored = {ep["port"] for pm in by_kind(objects, "PodMonitor") for ep in pm["spec"]["podMetricsEndpoints"]}
-    for node_type, group in [("head", spec["headGroupSpec"])] + [("worker", g) for g in spec.get("workerGroupSpecs", [])]:
+    for node_type, group in [("head", spec["headGroupSpec"])] + [
+        ("worker", g) for g in spec.get("workerGroupSpecs", [])
+    ]:
         container = group["template"]["spec"]["containers"][0]
         params = kuberay.set_missing_ray_start_params(
-            {k: str(v) for k, v in (group.get("rayStartParams") or {}).items()}, node_type, "6379", "head")
+            {k: str(v) for k, v in (group.get("rayStartParams") or {}).items()}, node_type, "6379", "head"
+        )
         _, params = kuberay.generate_ray_start_command(node_type, params, container.get("resources") or {})
         exported = int(params["metrics-export-port"])
         ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
         scraped = {ports[name] for name in monitored if name in ports}
         metrics = ports.get("metrics", kuberay.DEFAULT_METRICS_PORT)
         if exported != metrics or (scraped and metrics not in scraped):
-            found.append(f"{group.get('groupName', 'head')}: ray start exports metrics on {exported}, "
-                         f"the PodMonitors scrape the port named metrics = {metrics}")
+            found.append(
+                f"{group.get('groupName', 'head')}: ray start exports metrics on {exported}, "
+                f"the PodMonitors scrape the port named metrics = {metrics}"
+            )
     return found
-

@@ -119,14 +119,29 @@ class DNS:
         self.records: dict[str, list[str]] = {}
         self.log = open(workdir / "dnsmasq.log", "ab")
         self.proc = subprocess.Popen(
-            ["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
-             "--no-poll", "--bind-interfaces", f"--listen-address={network.gateway}", "--except-interface=lo",
-             "--port=53", f"--addn-hosts={self.hosts}", "--local-ttl=1", "--log-facility=-",
-             "--pid-file=", "--user=root",
-             # Authoritative for the cluster domain, as CoreDNS is: an unknown name is NXDOMAIN, so
-             # resolvers walking the search path (ndots:5) go on to the next candidate.
-             f"--local=/{domain}/"],
-            stdout=self.log, stderr=subprocess.STDOUT)
+            [
+                "dnsmasq",
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--no-poll",
+                "--bind-interfaces",
+                f"--listen-address={network.gateway}",
+                "--except-interface=lo",
+                "--port=53",
+                f"--addn-hosts={self.hosts}",
+                "--local-ttl=1",
+                "--log-facility=-",
+                "--pid-file=",
+                "--user=root",
+                # Authoritative for the cluster domain, as CoreDNS is: an unknown name is NXDOMAIN, so
+                # resolvers walking the search path (ndots:5) go on to the next candidate.
+                f"--local=/{domain}/",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         time.sleep(0.3)
         if self.proc.poll() is not None:
             raise RuntimeError(f"dnsmasq exited: {(workdir / 'dnsmasq.log').read_text()[-500:]}")
@@ -159,8 +174,18 @@ class Pod:
     """One Pod as a host. `containers` are dicts with the resolved `argv`, `env`, `workdir` and
     `mounts` ([(source, target, kind)] with kind bind|tmpfs|file)."""
 
-    def __init__(self, network: Network, dns_ip: str, workdir: Path, name: str, namespace: str, domain: str,
-                 labels: dict, spec: dict, created_dirs: list[Path]):
+    def __init__(
+        self,
+        network: Network,
+        dns_ip: str,
+        workdir: Path,
+        name: str,
+        namespace: str,
+        domain: str,
+        labels: dict,
+        spec: dict,
+        created_dirs: list[Path],
+    ):
         self.network, self.name, self.namespace, self.labels, self.spec = network, name, namespace, labels, spec
         self.ip = network.address()
         self.dir = workdir / name
@@ -175,16 +200,18 @@ class Pod:
         # /etc/resolv.conf with the cluster DNS and the namespace's search path.
         (self.dir / "hosts").write_text(
             "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-            f"{self.ip}\t{name}\n")
+            f"{self.ip}\t{name}\n"
+        )
         (self.dir / "resolv.conf").write_text(
-            f"search {namespace}.svc.{domain} svc.{domain} {domain}\nnameserver {dns_ip}\noptions ndots:5\n")
+            f"search {namespace}.svc.{domain} svc.{domain} {domain}\nnameserver {dns_ip}\noptions ndots:5\n"
+        )
 
     def _ensure(self, target: str, is_file: bool, binds: list[tuple[str, str]]) -> None:
         """Create a missing mount point: inside an earlier bind's source when the target lies
         under it (so it exists in the mount namespace), else on this machine (removed at teardown)."""
         for source, bound in sorted(binds, key=lambda b: len(b[1]), reverse=True):
             if target.startswith(bound.rstrip("/") + "/"):
-                path = Path(source) / target[len(bound):].lstrip("/")
+                path = Path(source) / target[len(bound) :].lstrip("/")
                 if not path.exists():
                     missing = path
                     while not missing.parent.exists():
@@ -227,26 +254,49 @@ class Pod:
         return path
 
     def start(self, init_containers: list[dict], containers: list[dict]) -> None:
-        lines = ["hostname " + shlex.quote(self.name),
-                 _q(["mount", "--bind", self.dir / "hosts", "/etc/hosts"]),
-                 _q(["mount", "--bind", self.dir / "resolv.conf", "/etc/resolv.conf"])]
+        lines = [
+            "hostname " + shlex.quote(self.name),
+            _q(["mount", "--bind", self.dir / "hosts", "/etc/hosts"]),
+            _q(["mount", "--bind", self.dir / "resolv.conf", "/etc/resolv.conf"]),
+        ]
         for c in init_containers:
             script = self._container_script(c)
             log = self.dir / f"{c['name']}.log"
-            lines.append(f"unshare --mount --propagation private bash {shlex.quote(str(script))} "
-                         f">>{shlex.quote(str(log))} 2>&1 || exit 1")
+            lines.append(
+                f"unshare --mount --propagation private bash {shlex.quote(str(script))} "
+                f">>{shlex.quote(str(log))} 2>&1 || exit 1"
+            )
         for c in containers:
             script = self._container_script(c)
             log = self.dir / f"{c['name']}.log"
-            lines.append(f"unshare --mount --propagation private bash {shlex.quote(str(script))} "
-                         f">>{shlex.quote(str(log))} 2>&1 &")
+            lines.append(
+                f"unshare --mount --propagation private bash {shlex.quote(str(script))} "
+                f">>{shlex.quote(str(log))} 2>&1 &"
+            )
         lines.append("wait")
         (self.dir / "pod.sh").write_text("\n".join(lines) + "\n")
         self.containers = [c["name"] for c in containers]
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns, "unshare", "--mount", "--uts", "--pid", "--fork", "--mount-proc",
-             "--propagation", "private", "bash", str(self.dir / "pod.sh")],
-            stdout=open(self.dir / "pod.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.ns,
+                "unshare",
+                "--mount",
+                "--uts",
+                "--pid",
+                "--fork",
+                "--mount-proc",
+                "--propagation",
+                "private",
+                "bash",
+                str(self.dir / "pod.sh"),
+            ],
+            stdout=open(self.dir / "pod.log", "ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.started_at = time.monotonic()
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and self.init_pid is None and self.proc.poll() is None:
@@ -264,9 +314,25 @@ class Pod:
 
     def exec(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess:
         """Like `kubectl exec`: in the Pod's network, UTS, PID and mount namespaces."""
-        return subprocess.run(["nsenter", "-t", str(self.init_pid), "-n", "-m", "-u", "-p", "--",
-                               "env", "-i", f"PATH={PATH_DEFAULT}", *argv],
-                              capture_output=True, text=True, timeout=timeout + 5)
+        return subprocess.run(
+            [
+                "nsenter",
+                "-t",
+                str(self.init_pid),
+                "-n",
+                "-m",
+                "-u",
+                "-p",
+                "--",
+                "env",
+                "-i",
+                f"PATH={PATH_DEFAULT}",
+                *argv,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout + 5,
+        )
 
     def kill(self) -> None:
         """Every process of the Pod, at once (SIGKILL to the PID namespace's init)."""
@@ -302,8 +368,12 @@ def start_proxy(network: Network, workdir: Path, vips: list[str]) -> tuple[subpr
     endpoints = workdir / "endpoints.json"
     endpoints.write_text("{}")
     log = open(workdir / "svcproxy.log", "ab")
-    proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, str(Path(__file__).with_name("svcproxy.py")),
-                             str(endpoints)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", ns, sys.executable, str(Path(__file__).with_name("svcproxy.py")), str(endpoints)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     return proc, ns, endpoints
 
 

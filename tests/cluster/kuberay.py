@@ -9,21 +9,21 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import re
 import string
-import random
 import urllib.error
 import urllib.request
 
 # utils/constant.go (v1.7.0)
-DEFAULT_HEAD_PORT = "6379"               # GetHeadPort() default (common/pod.go)
-DEFAULT_METRICS_PORT = 8080              # DefaultMetricsPort
-DEFAULT_DASHBOARD_PORT = 8265            # DefaultDashboardPort
+DEFAULT_HEAD_PORT = "6379"  # GetHeadPort() default (common/pod.go)
+DEFAULT_METRICS_PORT = 8080  # DefaultMetricsPort
+DEFAULT_DASHBOARD_PORT = 8265  # DefaultDashboardPort
 DEFAULT_DASHBOARD_AGENT_LISTEN_PORT = 52365  # DefaultDashboardAgentListenPort
-DEFAULT_SERVING_PORT = 8000              # DefaultServingPort
+DEFAULT_SERVING_PORT = 8000  # DefaultServingPort
 RAY_SERVE_PROXY_HEALTH_PATH = "-/healthz"  # RayServeProxyHealthPath
 # utils/dashboardclient/dashboard_httpclient.go (v1.7.0)
-DEPLOY_PATH_V2 = "/api/serve/applications/"   # DeployPathV2, PUT
+DEPLOY_PATH_V2 = "/api/serve/applications/"  # DeployPathV2, PUT
 SERVE_DETAILS_PATH = "/api/serve/applications/"  # ServeDetailsPath, GET ?api_type=declarative
 API_TYPE_PARAM = "declarative"
 
@@ -64,9 +64,15 @@ def fqdn_service_name(cluster: str, namespace: str, domain: str = "cluster.local
 
 def label_pod(node_type: str, cluster: str, group: str, template_labels: dict) -> dict:
     """common/pod.go labelPod: KubeRay's labels, then the template's (not the three fixed ones)."""
-    labels = {"ray.io/is-ray-node": "yes", "ray.io/cluster": cluster, "ray.io/node-type": node_type,
-              "ray.io/group": group, "ray.io/identifier": f"{cluster}-{node_type}",
-              "app.kubernetes.io/name": "kuberay", "app.kubernetes.io/created-by": "kuberay-operator"}
+    labels = {
+        "ray.io/is-ray-node": "yes",
+        "ray.io/cluster": cluster,
+        "ray.io/node-type": node_type,
+        "ray.io/group": group,
+        "ray.io/identifier": f"{cluster}-{node_type}",
+        "app.kubernetes.io/name": "kuberay",
+        "app.kubernetes.io/created-by": "kuberay-operator",
+    }
     for key, value in (template_labels or {}).items():
         if key not in ("ray.io/node-type", "ray.io/group", "ray.io/cluster"):
             labels[key] = value
@@ -125,8 +131,17 @@ def generate_ray_start_command(node_type: str, params: dict, resources: dict) ->
     return f"ray start {head}{convert_param_map(params)}", params
 
 
-def build_pod(spec: dict, node_type: str, cluster: str, group: str, namespace: str, rayservice: dict,
-              pod_name: str, pod_ip: str, fqdn_ray_ip: str) -> dict:
+def build_pod(
+    spec: dict,
+    node_type: str,
+    cluster: str,
+    group: str,
+    namespace: str,
+    rayservice: dict,
+    pod_name: str,
+    pod_ip: str,
+    fqdn_ray_ip: str,
+) -> dict:
     """DefaultHeadPodTemplate / DefaultWorkerPodTemplate + BuildPod (common/pod.go): the Pod
     KubeRay creates from a group spec. Returns the Pod (container 0 is the Ray container, its
     args the generated command) with `initContainers` where KubeRay injects them."""
@@ -150,12 +165,20 @@ def build_pod(spec: dict, node_type: str, cluster: str, group: str, namespace: s
         ray.setdefault("ports", []).append({"name": "metrics", "containerPort": DEFAULT_METRICS_PORT})
     if node_type == "worker":
         # DefaultWorkerPodTemplate: the wait-gcs-ready init container (ENABLE_INIT_CONTAINER_INJECTION default).
-        pod_spec["initContainers"] = pod_spec.get("initContainers", []) + [{
-            "name": "wait-gcs-ready", "image": ray["image"], "command": ["/bin/bash", "-c", "--"],
-            "args": [f"SECONDS=0; while true; do if ray health-check --address {fqdn_ray_ip}:{head_port} "
-                     f"> /dev/null 2>&1; then echo 'GCS is ready.'; break; fi; "
-                     f"echo \"$SECONDS seconds elapsed: Waiting for GCS to be ready.\"; sleep 5; done"],
-            "env": list(env), "volumeMounts": list(ray.get("volumeMounts", []))}]
+        pod_spec["initContainers"] = pod_spec.get("initContainers", []) + [
+            {
+                "name": "wait-gcs-ready",
+                "image": ray["image"],
+                "command": ["/bin/bash", "-c", "--"],
+                "args": [
+                    f"SECONDS=0; while true; do if ray health-check --address {fqdn_ray_ip}:{head_port} "
+                    f"> /dev/null 2>&1; then echo 'GCS is ready.'; break; fi; "
+                    f'echo "$SECONDS seconds elapsed: Waiting for GCS to be ready."; sleep 5; done'
+                ],
+                "env": list(env),
+                "volumeMounts": list(ray.get("volumeMounts", [])),
+            }
+        ]
     # BuildPod: /dev/shm as a memory emptyDir for the object store (addEmptyDir).
     if "plasma-directory" not in params:
         ray.setdefault("volumeMounts", []).append({"name": "shared-mem", "mountPath": "/dev/shm"})
@@ -175,17 +198,25 @@ def build_pod(spec: dict, node_type: str, cluster: str, group: str, namespace: s
         if name in names:
             return
         names.add(name)
-        env.append({"name": name, "value": value} if field is None
-                   else {"name": name, "valueFrom": {"fieldRef": {"fieldPath": field}}})
+        env.append(
+            {"name": name, "value": value}
+            if field is None
+            else {"name": name, "valueFrom": {"fieldRef": {"fieldPath": field}}}
+        )
+
     ip = "127.0.0.1" if node_type == "head" else fqdn_ray_ip  # utils.LOCAL_HOST for the head
     if node_type == "worker":
         env.append({"name": "FQ_RAY_IP", "value": ip})
         env.append({"name": "RAY_IP", "value": ip.split(".")[0]})  # ExtractRayIPFromFQDN
         names.update({"FQ_RAY_IP", "RAY_IP"})
-    env.append({"name": "RAY_CLUSTER_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['ray.io/cluster']"}}})
+    env.append(
+        {"name": "RAY_CLUSTER_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['ray.io/cluster']"}}}
+    )
     env.append({"name": "RAY_CLUSTER_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}})
     env.append({"name": "RAY_CLOUD_INSTANCE_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
-    env.append({"name": "RAY_NODE_TYPE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['ray.io/group']"}}})
+    env.append(
+        {"name": "RAY_NODE_TYPE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['ray.io/group']"}}}
+    )
     env.append({"name": "KUBERAY_GEN_RAY_START_CMD", "value": ray_start})
     add("RAY_PORT", head_port)
     # Only for a RayService's cluster (utils.RayServiceCRD).
@@ -197,13 +228,23 @@ def build_pod(spec: dict, node_type: str, cluster: str, group: str, namespace: s
     if node_type == "head":
         env.append({"name": "RAY_USAGE_STATS_EXTRA_TAGS", "value": "kuberay_version=v1.7.0;kuberay_crd=RayService"})
     add("RAY_DASHBOARD_ENABLE_K8S_DISK_USAGE", "1")
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": pod_name, "namespace": namespace, "labels": labels,
-                         "annotations": template["metadata"].get("annotations", {})},
-            "spec": pod_spec, "status": {"podIP": pod_ip}, "rayStartParams": params}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod_name,
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": template["metadata"].get("annotations", {}),
+        },
+        "spec": pod_spec,
+        "status": {"podIP": pod_ip},
+        "rayStartParams": params,
+    }
 
 
 # ----------------------------------------------------------------- RayService controller
+
 
 def update_serve_deployment(dashboard_url: str, serve_config_v2: str, timeout: float = 60) -> None:
     """rayservice_controller.go updateServeDeployment + dashboardclient UpdateDeployments:
@@ -211,8 +252,9 @@ def update_serve_deployment(dashboard_url: str, serve_config_v2: str, timeout: f
     import yaml
 
     body = json.dumps(yaml.safe_load(serve_config_v2)).encode()
-    request = urllib.request.Request(dashboard_url + DEPLOY_PATH_V2, data=body, method="PUT",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        dashboard_url + DEPLOY_PATH_V2, data=body, method="PUT", headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             status, text = response.status, response.read().decode(errors="replace")
@@ -231,8 +273,10 @@ def get_and_check_serve_status(dashboard_url: str, timeout: float = 30) -> tuple
     apps = {}
     for name, app in (details.get("applications") or {}).items():
         apps[name or "default"] = {  # utils.DefaultServeAppName
-            "status": app.get("status"), "message": app.get("message", ""),
-            "deployments": {d: v.get("status") for d, v in (app.get("deployments") or {}).items()}}
+            "status": app.get("status"),
+            "message": app.get("message", ""),
+            "deployments": {d: v.get("status") for d, v in (app.get("deployments") or {}).items()},
+        }
     ready = bool(apps) and all(a["status"] == "RUNNING" for a in apps.values())
     return ready, apps
 
@@ -241,8 +285,9 @@ def check_proxy_actor_health(pod_ip: str, serving_port: int, timeout: float = 2)
     """rayservice_controller.go updateHeadPodServeLabel -> httpproxy CheckProxyActorHealth:
     GET http://<head pod IP>:<serve port>/-/healthz; the head is in the Serve Service only if 200."""
     try:
-        with urllib.request.urlopen(f"http://{pod_ip}:{serving_port}/{RAY_SERVE_PROXY_HEALTH_PATH}",
-                                    timeout=timeout) as response:
+        with urllib.request.urlopen(
+            f"http://{pod_ip}:{serving_port}/{RAY_SERVE_PROXY_HEALTH_PATH}", timeout=timeout
+        ) as response:
             return response.status == 200
     except (OSError, urllib.error.URLError):
         return False

@@ -36,9 +36,11 @@ def render_objects(release: str = RELEASE, namespace: str = NAMESPACE) -> list[d
 
 # ------------------------------------------------------------------------------ images
 
+
 @dataclass
 class Image:
     """What a container gets from its image (services/<x>/Dockerfile, final stage)."""
+
     dockerfile: Path
     env: dict[str, str] = field(default_factory=dict)
     workdir: str = "/"
@@ -53,7 +55,7 @@ class Image:
         """The repository path an image path came from (longest COPY prefix), if any."""
         for target in sorted(self.copies, key=len, reverse=True):
             if image_path == target or image_path.startswith(target.rstrip("/") + "/"):
-                return self.copies[target] / image_path[len(target):].lstrip("/")
+                return self.copies[target] / image_path[len(target) :].lstrip("/")
         return None
 
 
@@ -104,7 +106,9 @@ def parse_dockerfile(path: Path) -> Image:
                 key, _, value = token.partition("=")
                 image.env[key] = value
         elif word == "WORKDIR":
-            image.workdir = rest.strip() if rest.strip().startswith("/") else f"{image.workdir.rstrip('/')}/{rest.strip()}"
+            image.workdir = (
+                rest.strip() if rest.strip().startswith("/") else f"{image.workdir.rstrip('/')}/{rest.strip()}"
+            )
         elif word == "ENTRYPOINT":
             image.entrypoint, image.cmd = _exec_form(rest), []
         elif word == "CMD":
@@ -142,6 +146,7 @@ def image_of(container: dict) -> Image:
 
 # ------------------------------------------------------------------------------ objects
 
+
 def one(objects: list[dict], kind: str, name_suffix: str = "") -> dict:
     found = [o for o in by_kind(objects, kind) if o["metadata"]["name"].endswith(name_suffix)]
     assert len(found) == 1, f"expected one {kind} named *{name_suffix}, got {[o['metadata']['name'] for o in found]}"
@@ -167,9 +172,13 @@ def field_value(path: str, pod: dict) -> str:
     match = re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]", path)
     if match:
         return pod["metadata"].get(match.group(1), {}).get(match.group(2), "")
-    return {"metadata.name": pod["metadata"]["name"], "metadata.namespace": pod["metadata"]["namespace"],
-            "status.podIP": pod["status"]["podIP"], "spec.nodeName": "cluster-tier",
-            "spec.serviceAccountName": pod["spec"].get("serviceAccountName", "default")}[path]
+    return {
+        "metadata.name": pod["metadata"]["name"],
+        "metadata.namespace": pod["metadata"]["namespace"],
+        "status.podIP": pod["status"]["podIP"],
+        "spec.nodeName": "cluster-tier",
+        "spec.serviceAccountName": pod["spec"].get("serviceAccountName", "default"),
+    }[path]
 
 
 def resolve_env(container: dict, pod: dict, objects: list[dict]) -> dict[str, str]:
@@ -207,8 +216,11 @@ def resolve_env(container: dict, pod: dict, objects: list[dict]) -> dict[str, st
 
 def expand(text: str, env: dict[str, str]) -> str:
     """Kubernetes' dependent variable expansion: $(VAR) -> value, $$ -> $."""
-    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
-                  lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), text)
+    return re.sub(
+        r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+        lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)),
+        text,
+    )
 
 
 def volume_files(volume: dict, objects: list[dict]) -> dict[str, str] | None:
@@ -243,8 +255,10 @@ def deep(obj):
 
 SRC = REPO / "src"
 BACKEND_DIR = REPO / "services" / "backend"
-_PY_ENV = re.compile(r"""(?:os\.environ\.get|os\.getenv|environ\.get|getenv)\(\s*["']([A-Z_][A-Z0-9_]*)["']"""
-                     r"""|environ\[\s*["']([A-Z_][A-Z0-9_]*)["']\s*\]""")
+_PY_ENV = re.compile(
+    r"""(?:os\.environ\.get|os\.getenv|environ\.get|getenv)\(\s*["']([A-Z_][A-Z0-9_]*)["']"""
+    r"""|environ\[\s*["']([A-Z_][A-Z0-9_]*)["']\s*\]"""
+)
 _PY_ENV_CONST = re.compile(r"""^\s*[A-Z_]*ENV[A-Z_]*\s*=\s*["']([A-Z_][A-Z0-9_]*)["']""", re.M)
 _PY_ENV_REQUIRED = re.compile(r"""environ\[\s*["']([A-Z_][A-Z0-9_]*)["']\s*\]""")
 
@@ -312,6 +326,7 @@ def backend_config_defaults(node_env: str) -> dict:
                 merge(into[k], v)
             else:
                 into[k] = v
+
     for name in ("default.yaml", f"{node_env}.yaml"):
         if (config_dir / name).exists():
             merge(merged, yaml.safe_load((config_dir / name).read_text()))

@@ -64,7 +64,8 @@ class Proxy:
             if eps and vip not in self.servers:
                 host, port = vip.rsplit(":", 1)
                 self.servers[vip] = await asyncio.start_server(
-                    lambda r, w, vip=vip: self.handle(vip, r, w), host, int(port), reuse_address=True)
+                    lambda r, w, vip=vip: self.handle(vip, r, w), host, int(port), reuse_address=True
+                )
             elif not eps and vip in self.servers:
                 self.servers.pop(vip).close()
         for vip in list(self.servers):

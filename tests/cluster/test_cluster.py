@@ -9,9 +9,8 @@ import time
 import urllib.error
 import urllib.request
 
-import pytest
-
 import kuberay
+import pytest
 import scenarios
 from render import container_port, deep, one
 
@@ -111,8 +110,11 @@ def test_every_podmonitor_target_answers(cluster):
         answered.append(f"{pod.name}:{port_name}")
         if "probe_success" in text:
             # The backend/web app probe sidecar reaches both Services by their rendered names.
-            down = [line for line in text.splitlines() if line.startswith("probe_success") and not line.endswith(" 1.0")
-                    and not line.endswith(" 1")]
+            down = [
+                line
+                for line in text.splitlines()
+                if line.startswith("probe_success") and not line.endswith(" 1.0") and not line.endswith(" 1")
+            ]
             assert not down, f"probe sidecar reports targets down: {down}"
     assert answered
     print(f"scrape targets answering: {answered}; not run here: {skipped}")
@@ -123,8 +125,11 @@ def test_wrong_service_name_in_nginx_config_is_caught(cluster, objects, make_dig
     from render import by_kind
 
     webapp = cluster.webapp_pod()
-    deployment = next(d for d in by_kind(objects, "Deployment")
-                      if d["spec"]["template"]["metadata"]["labels"] == {k: v for k, v in webapp.labels.items()})
+    deployment = next(
+        d
+        for d in by_kind(objects, "Deployment")
+        if d["spec"]["template"]["metadata"]["labels"] == {k: v for k, v in webapp.labels.items()}
+    )
     broken = deep(deployment)
     broken["metadata"]["name"] += "-broken"
     container = broken["spec"]["template"]["spec"]["containers"][0]
@@ -144,6 +149,7 @@ def test_wrong_service_name_in_nginx_config_is_caught(cluster, objects, make_dig
 
         class Target:
             serve = base + "/serve"
+
         with pytest.raises(AssertionError):
             scenarios.predict_through_serve(Target, make_digit)
     finally:
@@ -200,9 +206,11 @@ def test_node_loss_under_load(cluster, target, make_digit):
     for r in failed:
         statuses[r[2]] = statuses.get(r[2], 0) + 1
     gap = last_fail - killed_at if failed else 0.0
-    print(f"node loss: gap {gap:.1f}s (kill -> last failed request), {len(failed)} of {len(after)} requests failed, "
-          f"statuses {statuses}, slowest {max((r[1] - r[0] for r in after), default=0):.1f}s, "
-          f"replacement pod ready: {replacement.ready}")
+    print(
+        f"node loss: gap {gap:.1f}s (kill -> last failed request), {len(failed)} of {len(after)} requests failed, "
+        f"statuses {statuses}, slowest {max((r[1] - r[0] for r in after), default=0):.1f}s, "
+        f"replacement pod ready: {replacement.ready}"
+    )
     assert recovered_at, f"predictions did not recover within 600s: statuses {statuses}"
     bad = []
     for t0, t1, status, headers, body in failed:

@@ -30,8 +30,14 @@ def test_metrics_export_port_is_the_scraped_port(objects):
 
 
 def _env_names(objects):
-    return sorted({v["name"] for d in by_kind(objects, "Deployment")
-                   for c in d["spec"]["template"]["spec"]["containers"] for v in c.get("env", [])})
+    return sorted(
+        {
+            v["name"]
+            for d in by_kind(objects, "Deployment")
+            for c in d["spec"]["template"]["spec"]["containers"]
+            for v in c.get("env", [])
+        }
+    )
 
 
 def test_renamed_env_var_is_caught(objects):
@@ -54,8 +60,12 @@ def test_renamed_env_var_is_caught(objects):
 
 def test_unknown_argument_is_caught(objects):
     broken = deep(objects)
-    worker = next(c for d in by_kind(broken, "Deployment") for c in d["spec"]["template"]["spec"]["containers"]
-                  if any(str(a).startswith("--") for a in c.get("args", [])))
+    worker = next(
+        c
+        for d in by_kind(broken, "Deployment")
+        for c in d["spec"]["template"]["spec"]["containers"]
+        if any(str(a).startswith("--") for a in c.get("args", []))
+    )
     first = next(i for i, a in enumerate(worker["args"]) if str(a).startswith("--"))
     worker["args"][first] = worker["args"][first] + "-typo"
     assert any("is read by no code" in p for p in contract.problems(broken))
@@ -74,7 +84,9 @@ def test_required_variable_missing_is_caught(objects):
                 required = sorted(backend_env_required(env) & {v["name"] for v in c["env"]})
                 if not required:
                     # Authentication off: its JWT secret is not needed; turn it on in the copy.
-                    auth_var = next(var for var, key in backend_env_map().items() if key == ("authentication", "enabled"))
+                    auth_var = next(
+                        var for var, key in backend_env_map().items() if key == ("authentication", "enabled")
+                    )
                     next(v for v in c["env"] if v["name"] == auth_var)["value"] = "true"
                     env = {**image_of(c).env, **resolve_env(c, meta, broken)}
                     required = sorted(backend_env_required(env) & {v["name"] for v in c["env"]})
@@ -101,7 +113,8 @@ def test_missing_metrics_export_port(objects):
         container = group["template"]["spec"]["containers"][0]
         scraped = next(p["containerPort"] for p in container["ports"] if p["name"] == "metrics")
         _, params = kuberay.generate_ray_start_command(
-            "worker", kuberay.set_missing_ray_start_params({}, "worker", "6379", "h"), {})
+            "worker", kuberay.set_missing_ray_start_params({}, "worker", "6379", "h"), {}
+        )
         assert params["metrics-export-port"] == str(scraped)
     for group in groups:
         group.setdefault("rayStartParams", {})["metrics-export-port"] = "9999"

@@ -30,8 +30,12 @@ sys.path.insert(0, str(HERE.parent / "chart"))
 
 from k8s_tools import CHART, INSTALL_HINT, REPO, find_tool  # noqa: E402
 
-IMAGES = {"ray": "services/ray/Dockerfile", "worker": "services/worker/Dockerfile",
-          "backend": "services/backend/Dockerfile", "webapp": "services/frontend/Dockerfile"}
+IMAGES = {
+    "ray": "services/ray/Dockerfile",
+    "worker": "services/worker/Dockerfile",
+    "backend": "services/backend/Dockerfile",
+    "webapp": "services/frontend/Dockerfile",
+}
 from kube import E2E_TAG, NAMESPACE, RELEASE, Kube, fullname  # noqa: E402
 
 
@@ -59,19 +63,34 @@ def target(request, tmp_path_factory):
 
 # ---------------------------------------------------------------------------------- local
 
+
 def _local_target(workdir: Path):
     from marcelle_torch.stack.up import StackOptions, WebappNotBuilt, start_stack
-    options = StackOptions(workdir=workdir, webapp_port=0, serve_port=0, backend_port=0,
-                           serve_metrics_port=0, worker_metrics_port=0, prometheus_port=0)
+
+    options = StackOptions(
+        workdir=workdir,
+        webapp_port=0,
+        serve_port=0,
+        backend_port=0,
+        serve_metrics_port=0,
+        worker_metrics_port=0,
+        prometheus_port=0,
+    )
     try:
         stack = start_stack(options, say=lambda msg: print(f"[stack] {msg}", flush=True))
     except WebappNotBuilt as exc:
         pytest.fail(f"local target: {exc.message}")
     try:
         urls = stack.urls
-        yield Target("local", webapp=urls["webapp"].rstrip("/"), serve=urls["serve"].rstrip("/"),
-                     backend=urls["backend"].rstrip("/"), socketio_path="/socket.io",
-                     metrics={"serve": urls["serve_metrics"], "worker": urls["worker_metrics"]}, stack=stack)
+        yield Target(
+            "local",
+            webapp=urls["webapp"].rstrip("/"),
+            serve=urls["serve"].rstrip("/"),
+            backend=urls["backend"].rstrip("/"),
+            socketio_path="/socket.io",
+            metrics={"serve": urls["serve_metrics"], "worker": urls["worker_metrics"]},
+            stack=stack,
+        )
     finally:
         stack.stop(say=lambda msg: print(f"[stack] {msg}", flush=True))
 
@@ -102,8 +121,11 @@ def kind_missing() -> list[str]:
 
 
 def versions() -> dict[str, str]:
-    pairs = (line.split("=", 1) for line in (REPO / "operator-config" / "versions.env").read_text().splitlines()
-             if line.strip() and not line.startswith("#"))
+    pairs = (
+        line.split("=", 1)
+        for line in (REPO / "operator-config" / "versions.env").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    )
     return dict(pairs)
 
 
@@ -125,16 +147,31 @@ class Kind:
 
     def run(self, *cmd: str, timeout: float = 1800, capture: bool = False) -> str:
         print("+", " ".join(cmd), flush=True)
-        result = subprocess.run(cmd, env=self.env, timeout=timeout, text=True,
-                                stdout=subprocess.PIPE if capture else None, stderr=None)
+        result = subprocess.run(
+            cmd, env=self.env, timeout=timeout, text=True, stdout=subprocess.PIPE if capture else None, stderr=None
+        )
         if result.returncode != 0:
             raise AssertionError(f"`{' '.join(cmd[:4])} ...` failed with exit {result.returncode}")
         return result.stdout or ""
 
     def helm_upgrade(self, *extra: str, timeout: str = "15m") -> None:
-        self.run(self.helm, "upgrade", "--install", RELEASE, str(CHART), "--namespace", NAMESPACE,
-                 "--create-namespace", "-f", str(HERE / "kind-values.yaml"), *self.image_sets, *extra,
-                 "--wait", "--timeout", timeout)
+        self.run(
+            self.helm,
+            "upgrade",
+            "--install",
+            RELEASE,
+            str(CHART),
+            "--namespace",
+            NAMESPACE,
+            "--create-namespace",
+            "-f",
+            str(HERE / "kind-values.yaml"),
+            *self.image_sets,
+            *extra,
+            "--wait",
+            "--timeout",
+            timeout,
+        )
 
     def port_forward_cmd(self, cmd: list[str]) -> str:
         """Start a `kubectl port-forward` command line; return the local base URL."""
@@ -152,8 +189,9 @@ class Kind:
         raise AssertionError(f"`{' '.join(cmd)}` did not start: {line!r}")
 
     def port_forward(self, resource: str, remote: int, namespace: str = NAMESPACE) -> str:
-        return self.port_forward_cmd([self.kubectl, "-n", namespace, "port-forward", "--address", "127.0.0.1",
-                                      resource, f":{remote}"])
+        return self.port_forward_cmd(
+            [self.kubectl, "-n", namespace, "port-forward", "--address", "127.0.0.1", resource, f":{remote}"]
+        )
 
     def secret_data(self) -> dict:
         return self.kube.core.read_namespaced_secret(f"{fullname()}-secrets", NAMESPACE).data
@@ -182,25 +220,60 @@ def kind_cluster(tmp_path_factory):
     pins = versions()
     cluster = Kind(tmp_path_factory.mktemp("kind"))
     try:
-        cluster.run("kind", "create", "cluster", "--name", cluster.name, "--config",
-                    str(REPO / "k8s" / "kind-config.yaml"), "--kubeconfig", str(cluster.kubeconfig), "--wait", "300s")
+        cluster.run(
+            "kind",
+            "create",
+            "cluster",
+            "--name",
+            cluster.name,
+            "--config",
+            str(REPO / "k8s" / "kind-config.yaml"),
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+            "--wait",
+            "300s",
+        )
         cluster.kube = Kube(cluster.kubeconfig)
         # The weights image first: the others copy its weights (trained once).
         weights = f"marcelle-torch/weights:{E2E_TAG}"
-        cluster.run("docker", "build", "-f", str(REPO / "services/weights/Dockerfile"), "-t", weights, str(REPO),
-                    timeout=BUILD_TIMEOUT_S)
+        cluster.run(
+            "docker",
+            "build",
+            "-f",
+            str(REPO / "services/weights/Dockerfile"),
+            "-t",
+            weights,
+            str(REPO),
+            timeout=BUILD_TIMEOUT_S,
+        )
         for component, dockerfile in IMAGES.items():
             image = f"marcelle-torch/{component}:{E2E_TAG}"
             args = [] if component == "backend" else ["--build-arg", f"WEIGHTS_IMAGE={weights}"]
-            cluster.run("docker", "build", "-f", str(REPO / dockerfile), *args, "-t", image, str(REPO),
-                        timeout=BUILD_TIMEOUT_S)
+            cluster.run(
+                "docker", "build", "-f", str(REPO / dockerfile), *args, "-t", image, str(REPO), timeout=BUILD_TIMEOUT_S
+            )
             cluster.load_image(image)
             cluster.image_sets += ["--set", f"{component}.image.tag={E2E_TAG}"]
 
-        cluster.run(cluster.helm, "upgrade", "--install", "kuberay-operator", "kuberay-operator",
-                    "--repo", pins["KUBERAY_HELM_REPO"], "--version", pins["KUBERAY_OPERATOR_CHART_VERSION"],
-                    "--namespace", OPERATOR_NAMESPACE, "--create-namespace",
-                    "-f", str(REPO / "operator-config" / "kuberay-operator-values.yaml"), "--wait", "--timeout", "10m")
+        cluster.run(
+            cluster.helm,
+            "upgrade",
+            "--install",
+            "kuberay-operator",
+            "kuberay-operator",
+            "--repo",
+            pins["KUBERAY_HELM_REPO"],
+            "--version",
+            pins["KUBERAY_OPERATOR_CHART_VERSION"],
+            "--namespace",
+            OPERATOR_NAMESPACE,
+            "--create-namespace",
+            "-f",
+            str(REPO / "operator-config" / "kuberay-operator-values.yaml"),
+            "--wait",
+            "--timeout",
+            "10m",
+        )
         cluster.helm_upgrade()
         cluster.kube.wait_rayservice(NAMESPACE, fullname(), RAYSERVICE_READY_S)
         # The generated secrets must survive an upgrade (the chart looks them up).
@@ -209,17 +282,24 @@ def kind_cluster(tmp_path_factory):
         assert before == cluster.secret_data(), "helm upgrade regenerated the chart's secrets"
         credentials = None
         if "admin-email" in before and "admin-password" in before:
-            credentials = (base64.b64decode(before["admin-email"]).decode(),
-                           base64.b64decode(before["admin-password"]).decode())
+            credentials = (
+                base64.b64decode(before["admin-email"]).decode(),
+                base64.b64decode(before["admin-password"]).decode(),
+            )
 
         webapp = cluster.port_forward(f"svc/{fullname()}-webapp", 80)
         ray_worker = cluster.kube.wait_pods(NAMESPACE, "ray.io/node-type=worker", 1, 300, "Ray worker pods")[0]
         serve_metrics = cluster.port_forward(f"pod/{ray_worker.metadata.name}", 8080)
         worker_metrics = cluster.port_forward(f"deployment/{fullname()}-worker", 9100)
-        cluster.target = Target("kind", webapp=webapp, serve=f"{webapp}/serve", backend=f"{webapp}/backend",
-                                socketio_path="/backend/socket.io",
-                                metrics={"serve": f"{serve_metrics}/metrics", "worker": f"{worker_metrics}/metrics"},
-                                credentials=credentials)
+        cluster.target = Target(
+            "kind",
+            webapp=webapp,
+            serve=f"{webapp}/serve",
+            backend=f"{webapp}/backend",
+            socketio_path="/backend/socket.io",
+            metrics={"serve": f"{serve_metrics}/metrics", "worker": f"{worker_metrics}/metrics"},
+            credentials=credentials,
+        )
         yield cluster
     except BaseException:
         if cluster.kube is not None:

@@ -74,8 +74,12 @@ class Kube:
         return problems
 
     def problems(self, namespaces: list[str]) -> list[Problem]:
-        return [Problem(ns, p.metadata.name, what) for ns in namespaces for p in self.pods(ns)
-                for what in self.pod_problems(p)]
+        return [
+            Problem(ns, p.metadata.name, what)
+            for ns in namespaces
+            for p in self.pods(ns)
+            for what in self.pod_problems(p)
+        ]
 
     def watch_pods_healthy(self, namespaces: list[str], seconds: float) -> list[Problem]:
         """Problems seen now and at any pod event during ``seconds`` (a container that crash-loops
@@ -137,14 +141,22 @@ class Kube:
             remaining = int(deadline - time.monotonic())
             if remaining <= 0:
                 status = obj.get("status") or {}
-                raise AssertionError(f"RayService {namespace}/{name} not {what} after {timeout:.0f}s: "
-                                     f"conditions {status.get('conditions')}, "
-                                     f"active {status.get('activeServiceStatus', {}).get('rayClusterName')}, "
-                                     f"pending {status.get('pendingServiceStatus', {}).get('rayClusterName')}")
+                raise AssertionError(
+                    f"RayService {namespace}/{name} not {what} after {timeout:.0f}s: "
+                    f"conditions {status.get('conditions')}, "
+                    f"active {status.get('activeServiceStatus', {}).get('rayClusterName')}, "
+                    f"pending {status.get('pendingServiceStatus', {}).get('rayClusterName')}"
+                )
             w = watch.Watch()
-            for event in w.stream(self.custom.list_namespaced_custom_object, RAY_GROUP, RAY_VERSION, namespace,
-                                  "rayservices", field_selector=f"metadata.name={name}",
-                                  timeout_seconds=min(remaining, 60)):
+            for event in w.stream(
+                self.custom.list_namespaced_custom_object,
+                RAY_GROUP,
+                RAY_VERSION,
+                namespace,
+                "rayservices",
+                field_selector=f"metadata.name={name}",
+                timeout_seconds=min(remaining, 60),
+            ):
                 obj = event["object"]
                 if until(obj):
                     w.stop()
@@ -159,9 +171,15 @@ class Kube:
 
     def ready_endpoints(self, namespace: str, service: str) -> list[str]:
         slices = self.discovery.list_namespaced_endpoint_slice(
-            namespace, label_selector=f"kubernetes.io/service-name={service}").items
-        return [address for s in slices for e in (s.endpoints or [])
-                if e.conditions is None or e.conditions.ready is not False for address in e.addresses]
+            namespace, label_selector=f"kubernetes.io/service-name={service}"
+        ).items
+        return [
+            address
+            for s in slices
+            for e in (s.endpoints or [])
+            if e.conditions is None or e.conditions.ready is not False
+            for address in e.addresses
+        ]
 
     # ---------------------------------------------------------------------- diagnostics
 
@@ -185,10 +203,11 @@ class Kube:
                 for e in sorted(events, key=lambda e: str(e.last_timestamp or e.event_time or "")):
                     out.append(f"  event {e.type} {e.reason} x{e.count or 1}: {e.message}")
                 for c in pod.status.container_statuses or []:
-                    for previous in ([False, True] if c.restart_count else [False]):
+                    for previous in [False, True] if c.restart_count else [False]:
                         try:
-                            log = self.core.read_namespaced_pod_log(name, ns, container=c.name, previous=previous,
-                                                                    tail_lines=log_lines)
+                            log = self.core.read_namespaced_pod_log(
+                                name, ns, container=c.name, previous=previous, tail_lines=log_lines
+                            )
                         except Exception as exc:  # noqa: BLE001 (no log yet)
                             log = f"({exc.__class__.__name__}: no log)"
                         label = "previous log" if previous else "log"

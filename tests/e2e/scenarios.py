@@ -22,13 +22,15 @@ import urllib.request
 HTTP_TIMEOUT_S = 120  # a busy machine, a cold replica: generous, never a timing assertion
 
 
-def http(method: str, url: str, body: dict | None = None, timeout: float = HTTP_TIMEOUT_S,
-         headers: dict | None = None):
+def http(method: str, url: str, body: dict | None = None, timeout: float = HTTP_TIMEOUT_S, headers: dict | None = None):
     """(status, headers, bytes) without raising on HTTP errors."""
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers={**({"Content-Type": "application/json"} if data else {}),
-                                              **(headers or {})})
+    request = urllib.request.Request(
+        url,
+        data=data,
+        method=method,
+        headers={**({"Content-Type": "application/json"} if data else {}), **(headers or {})},
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, dict(response.headers), response.read()
@@ -51,7 +53,9 @@ def predict_through_serve(target, make_digit) -> None:
     for p in predictions:
         assert abs(sum(p["confidences"].values()) - 1) < 1e-3, p
     right = sum(p["label"] == label for p, label in zip(predictions, labels))
-    assert right >= 7, f"only {right}/8 held-out digits classified right: {[p['label'] for p in predictions]} vs {labels}"
+    assert right >= 7, (
+        f"only {right}/8 held-out digits classified right: {[p['label'] for p in predictions]} vs {labels}"
+    )
 
     status, _, body = http("POST", f"{target.serve}/v1/models/digits:predict", {"instances": [{"b64": "not-an-image"}]})
     assert status == 400 and "error" in json.loads(body), f"bad input: HTTP {status}: {body[:300]!r}"
@@ -99,8 +103,7 @@ def backend_run_completes_with_progress(target, steps: int = 12, timeout_s: floa
                 done.set()
 
     origin = urllib.parse.urlsplit(target.backend)
-    client.connect(f"{origin.scheme}://{origin.netloc}", socketio_path=target.socketio_path,
-                   transports=["websocket"])
+    client.connect(f"{origin.scheme}://{origin.netloc}", socketio_path=target.socketio_path, transports=["websocket"])
     auth = {}
     try:
         credentials = getattr(target, "credentials", None)
@@ -108,18 +111,23 @@ def backend_run_completes_with_progress(target, steps: int = 12, timeout_s: floa
             # Feathers' local strategy over REST gives a JWT; the socket logs in with it so that
             # the backend's channels send it this user's `runs patched` events.
             email, password = credentials
-            status, _, body = http("POST", f"{target.backend}/authentication",
-                                   {"strategy": "local", "email": email, "password": password})
+            status, _, body = http(
+                "POST", f"{target.backend}/authentication", {"strategy": "local", "email": email, "password": password}
+            )
             assert status in (200, 201), f"log in as {email}: HTTP {status}: {body[:300]!r}"
             token = json.loads(body)["accessToken"]
             auth = {"Authorization": f"Bearer {token}"}
-            answer = client.call("create", ("authentication", {"strategy": "jwt", "accessToken": token}),
-                                 timeout=HTTP_TIMEOUT_S)
+            answer = client.call(
+                "create", ("authentication", {"strategy": "jwt", "accessToken": token}), timeout=HTTP_TIMEOUT_S
+            )
             error = answer[0] if isinstance(answer, tuple) else answer
             assert not error, f"socket log in: {error}"
-        status, _, body = http("POST", f"{target.backend}/runs",
-                               {"model": "digits-generator", "input": {"digit": 7}, "params": {"steps": steps}},
-                               headers=auth)
+        status, _, body = http(
+            "POST",
+            f"{target.backend}/runs",
+            {"model": "digits-generator", "input": {"digit": 7}, "params": {"steps": steps}},
+            headers=auth,
+        )
         assert status == 201 or status == 200, f"create run: HTTP {status}: {body[:300]!r}"
         run = json.loads(body)
         assert run["status"] == "pending", run
@@ -149,8 +157,10 @@ def metrics_answer(target, make_digit, timeout_s: float = 300) -> None:
     prediction and a run made here, so the check stands on its own)."""
     predict_through_serve(target, make_digit)
     backend_run_completes_with_progress(target)
-    wanted = {"serve": ("ray_serve_", "ray_marcelle_torch_predictions"),
-              "worker": ("marcelle_torch_worker_up", "marcelle_torch_worker_runs_total")}
+    wanted = {
+        "serve": ("ray_serve_", "ray_marcelle_torch_predictions"),
+        "worker": ("marcelle_torch_worker_up", "marcelle_torch_worker_runs_total"),
+    }
     texts = {}
     for name, prefixes in wanted.items():
         url = target.metrics[name]
@@ -179,8 +189,9 @@ def predictions_while(target, make_digit, busy, interval_s: float = 0.2, timeout
     while busy():
         sent += 1
         try:
-            status, _, body = http("POST", f"{target.serve}/v1/models/digits:predict", {"instances": [instance]},
-                                   timeout=timeout)
+            status, _, body = http(
+                "POST", f"{target.serve}/v1/models/digits:predict", {"instances": [instance]}, timeout=timeout
+            )
             ok = status == 200 and len(json.loads(body).get("predictions", [])) == 1
             if not ok:
                 failures.append(f"{time.strftime('%H:%M:%S')} HTTP {status}: {body[:200]!r}")

@@ -4,7 +4,6 @@ Each scenario stands on its own: any one may run alone or in any order."""
 from __future__ import annotations
 
 import pytest
-
 import scenarios
 
 pytestmark = [pytest.mark.ray, pytest.mark.backend]
@@ -39,6 +38,5 @@ def test_a_killed_worker_is_restarted_and_runs_go_on(target):
     while supervisor.current("worker 1") in (killed, None) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert supervisor.current("worker 1") not in (killed, None), "the worker was not restarted"
-    assert supervisor.registry.get_sample_value("marcelle_torch_stack_restarts_total",
-                                                {"component": "worker 1"}) == 1
+    assert supervisor.registry.get_sample_value("marcelle_torch_stack_restarts_total", {"component": "worker 1"}) == 1
     scenarios.backend_run_completes_with_progress(target)

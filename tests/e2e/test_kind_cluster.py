@@ -14,7 +14,6 @@ import threading
 import time
 
 import pytest
-
 import scenarios
 from kube import E2E_TAG, NAMESPACE, RELEASE, fullname
 
@@ -66,8 +65,13 @@ def _serve_replicas(dashboard: str) -> list[dict]:
     status, _, body = scenarios.http("GET", f"{dashboard}/api/serve/applications/", timeout=60)
     assert status == 200, f"Serve applications: HTTP {status}"
     apps = json.loads(body).get("applications", {})
-    return [r for app in apps.values() for d, dep in app.get("deployments", {}).items()
-            if d.startswith("model-") for r in dep.get("replicas", [])]
+    return [
+        r
+        for app in apps.values()
+        for d, dep in app.get("deployments", {}).items()
+        if d.startswith("model-")
+        for r in dep.get("replicas", [])
+    ]
 
 
 def test_scale_up_adds_a_worker_pod_that_serves(kind_cluster, make_digit):
@@ -113,8 +117,10 @@ def test_helm_upgrade_to_a_new_ray_image_loses_no_request(kind_cluster, make_dig
     upgrading = threading.Event()
     upgrading.set()
     result: dict = {}
-    load = threading.Thread(target=lambda: result.update(
-        scenarios.predictions_while(kind_cluster.target, make_digit, upgrading.is_set)), daemon=True)
+    load = threading.Thread(
+        target=lambda: result.update(scenarios.predictions_while(kind_cluster.target, make_digit, upgrading.is_set)),
+        daemon=True,
+    )
     load.start()
     try:
         kind_cluster.helm_upgrade("--reuse-values", "--set", f"ray.image.tag={new_tag}")
@@ -138,7 +144,8 @@ def test_helm_upgrade_to_a_new_ray_image_loses_no_request(kind_cluster, make_dig
         load.join(120)
     print(f"predictions during the upgrade: {result.get('sent')} sent, {result.get('failed')} failed", flush=True)
     assert result.get("sent", 0) > 10, f"too few predictions sent to judge the upgrade: {result}"
-    assert result["failed"] == 0, f"{result['failed']}/{result['sent']} predictions failed during the upgrade:\n" + \
-        "\n".join(result["failures"])
+    assert result["failed"] == 0, (
+        f"{result['failed']}/{result['sent']} predictions failed during the upgrade:\n" + "\n".join(result["failures"])
+    )
     image = kube.pods(NAMESPACE, "ray.io/node-type=head")[0].spec.containers[0].image
     assert image.endswith(f":{new_tag}"), f"the head pod runs {image}"

@@ -14,10 +14,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPTS = sorted({*REPO.glob("k8s/*.sh"), *REPO.glob("tests/**/*.sh"), REPO / "tests/chart/install-tools.sh"}
-                 - {*REPO.glob("tests/chart/node_modules/**/*.sh")})
-DEPLOYED = {"ray": "services/ray/Dockerfile", "worker": "services/worker/Dockerfile",
-            "backend": "services/backend/Dockerfile", "webapp": "services/frontend/Dockerfile"}
+SCRIPTS = sorted(
+    {*REPO.glob("k8s/*.sh"), *REPO.glob("tests/**/*.sh"), REPO / "tests/chart/install-tools.sh"}
+    - {*REPO.glob("tests/chart/node_modules/**/*.sh")}
+)
+DEPLOYED = {
+    "ray": "services/ray/Dockerfile",
+    "worker": "services/worker/Dockerfile",
+    "backend": "services/backend/Dockerfile",
+    "webapp": "services/frontend/Dockerfile",
+}
 
 
 def versions() -> dict[str, str]:
@@ -32,12 +38,16 @@ def test_shell_scripts_parse(script):
 
 
 def dry_run(*args: str, **env: str) -> list[list[str]]:
-    environ = {k: v for k, v in os.environ.items() if k not in ("CLUSTER", "NAMESPACE", "RELEASE", "IMAGE_TAG",
-                                                                "REGISTRY", "SKIP_BUILD", "WAIT_TIMEOUT", "PORT")}
+    environ = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("CLUSTER", "NAMESPACE", "RELEASE", "IMAGE_TAG", "REGISTRY", "SKIP_BUILD", "WAIT_TIMEOUT", "PORT")
+    }
     # No docker, kind, helm or kubectl are needed to print the plan: hide them.
     environ.update(PATH="/usr/bin:/bin", **env)
-    result = subprocess.run([str(REPO / "k8s" / "kind-demo.sh"), *args], capture_output=True, text=True,
-                            env=environ, timeout=60)
+    result = subprocess.run(
+        [str(REPO / "k8s" / "kind-demo.sh"), *args], capture_output=True, text=True, env=environ, timeout=60
+    )
     assert result.returncode == 0, f"dry run failed: {result.stderr}"
     return [shlex.split(line[2:]) for line in result.stdout.splitlines() if line.startswith("+ ")]
 
@@ -83,17 +93,24 @@ def test_dry_run_prints_the_whole_plan_in_order():
     assert str(REPO / "operator-config" / "kuberay-operator-values.yaml") in cmd
     assert "--wait" in cmd and "--timeout" in cmd
 
-    chart = index(plan, lambda c: name(c) == "helm" and str(REPO / "charts" / "marcelle-torch") in c,
-                  "installs the chart")
+    chart = index(
+        plan, lambda c: name(c) == "helm" and str(REPO / "charts" / "marcelle-torch") in c, "installs the chart"
+    )
     cmd = plan[chart]
     assert str(REPO / "tests" / "e2e" / "kind-values.yaml") in cmd
     sets = {cmd[i + 1] for i, word in enumerate(cmd) if word == "--set"}
     for component in DEPLOYED:
-        assert f"{component}.image.tag=0.1.0" in sets and f"{component}.image.repository=marcelle-torch/{component}" in sets
+        assert (
+            f"{component}.image.tag=0.1.0" in sets
+            and f"{component}.image.repository=marcelle-torch/{component}" in sets
+        )
     assert first_load < operator < chart
 
-    wait = index(plan, lambda c: name(c) == "kubectl" and "wait" in c and "rayservice/marcelle-torch" in c,
-                 "waits for the RayService")
+    wait = index(
+        plan,
+        lambda c: name(c) == "kubectl" and "wait" in c and "rayservice/marcelle-torch" in c,
+        "waits for the RayService",
+    )
     assert "--for=condition=Ready" in plan[wait] and any(a.startswith("--timeout=") for a in plan[wait])
     notes = index(plan, lambda c: name(c) == "helm" and c[1:3] == ["get", "notes"], "prints the NOTES (login)")
     forward = index(plan, lambda c: name(c) == "kubectl" and "port-forward" in c, "port-forwards")
@@ -104,8 +121,9 @@ def test_dry_run_prints_the_whole_plan_in_order():
 
 
 def test_dry_run_follows_the_environment():
-    plan = dry_run(DRY_RUN="1", CLUSTER="demo2", RELEASE="r1", NAMESPACE="ns1", IMAGE_TAG="dev", SKIP_BUILD="1",
-                   PORT="0")
+    plan = dry_run(
+        DRY_RUN="1", CLUSTER="demo2", RELEASE="r1", NAMESPACE="ns1", IMAGE_TAG="dev", SKIP_BUILD="1", PORT="0"
+    )
     assert not [c for c in plan if c[:2] == ["docker", "build"]], "SKIP_BUILD=1 still builds"
     assert ["kind", "load", "docker-image", "marcelle-torch/ray:dev", "--name", "demo2"] in plan
     chart = next(c for c in plan if name(c) == "helm" and c[1:4] == ["upgrade", "--install", "r1"])

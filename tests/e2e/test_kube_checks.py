@@ -4,11 +4,18 @@ head pod) is a problem, a healthy pod is not."""
 
 from __future__ import annotations
 
-from kubernetes.client import (V1Container, V1ContainerState, V1ContainerStateRunning,  # noqa: E402
-                               V1ContainerStateTerminated, V1ContainerStatus, V1ObjectMeta, V1Pod, V1PodSpec,
-                               V1PodStatus)
-
 from kube import Kube, fullname  # noqa: E402
+from kubernetes.client import (  # noqa: E402
+    V1Container,
+    V1ContainerState,
+    V1ContainerStateRunning,
+    V1ContainerStateTerminated,
+    V1ContainerStatus,
+    V1ObjectMeta,
+    V1Pod,
+    V1PodSpec,
+    V1PodStatus,
+)
 
 
 def head_pod(autoscaler_ready=True, autoscaler_restarts=0, phase="Running"):
@@ -17,11 +24,22 @@ def head_pod(autoscaler_ready=True, autoscaler_restarts=0, phase="Running"):
     return V1Pod(
         metadata=V1ObjectMeta(name="mt-head-x"),
         spec=V1PodSpec(containers=[V1Container(name="ray-head"), V1Container(name="autoscaler")]),
-        status=V1PodStatus(phase=phase, container_statuses=[
-            V1ContainerStatus(name="ray-head", ready=True, restart_count=0, image="i", image_id="i", state=running),
-            V1ContainerStatus(name="autoscaler", ready=autoscaler_ready, restart_count=autoscaler_restarts,
-                              image="i", image_id="i", state=running, last_state=crashed),
-        ]))
+        status=V1PodStatus(
+            phase=phase,
+            container_statuses=[
+                V1ContainerStatus(name="ray-head", ready=True, restart_count=0, image="i", image_id="i", state=running),
+                V1ContainerStatus(
+                    name="autoscaler",
+                    ready=autoscaler_ready,
+                    restart_count=autoscaler_restarts,
+                    image="i",
+                    image_id="i",
+                    state=running,
+                    last_state=crashed,
+                ),
+            ],
+        ),
+    )
 
 
 def test_a_healthy_pod_has_no_problem():

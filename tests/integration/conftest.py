@@ -61,8 +61,12 @@ def make_backend(backend_installed, tmp_path):
 
     def make(**kwargs):
         n = len(handles)
-        handle = start_backend(kwargs.pop("data_dir", tmp_path / f"backend-{n}"),
-                               log_path=tmp_path / f"backend-{n}.log", package_dir=backend_installed, **kwargs)
+        handle = start_backend(
+            kwargs.pop("data_dir", tmp_path / f"backend-{n}"),
+            log_path=tmp_path / f"backend-{n}.log",
+            package_dir=backend_installed,
+            **kwargs,
+        )
         handles.append(handle)
         return handle
 
@@ -75,8 +79,12 @@ class WorkerProcess(ManagedProcess):
     """A ``marcelle-torch worker`` subprocess (its own session)."""
 
     def __init__(self, backend_url: str, name: str, log_path: Path, args=(), env=None):
-        super().__init__(f"worker {name}", [sys.executable, "-m", "marcelle_torch.cli", "worker", "--backend",
-                                             backend_url, "--name", name, *args], log_path, env=env)
+        super().__init__(
+            f"worker {name}",
+            [sys.executable, "-m", "marcelle_torch.cli", "worker", "--backend", backend_url, "--name", name, *args],
+            log_path,
+            env=env,
+        )
         self.worker_name = name
 
     def log(self) -> str:
@@ -90,6 +98,7 @@ class WorkerProcess(ManagedProcess):
             if self.proc.poll() is not None:
                 raise AssertionError(f"worker {self.worker_name} exited {self.proc.returncode}:\n{self.log()[-3000:]}")
             return "connected to" in self.log()
+
         wait_until(ready, timeout, f"worker {self.worker_name} to connect")
 
 

@@ -107,8 +107,10 @@ def _py(venv: Path, code: str, **kw) -> subprocess.CompletedProcess:
 
 
 def test_torch_is_the_pinned_cpu_build_and_ray_is_not_installed(plain):
-    result = _py(plain, "import importlib.util, torch; print(torch.__version__); "
-                        "print(importlib.util.find_spec('ray') is not None)")
+    result = _py(
+        plain,
+        "import importlib.util, torch; print(torch.__version__); print(importlib.util.find_spec('ray') is not None)",
+    )
     assert result.returncode == 0, result.stderr
     version, has_ray = result.stdout.split()
     pin = next(d for d in _project()["dependencies"] if d.startswith("torch==")).split("==")[1]
@@ -117,10 +119,13 @@ def test_torch_is_the_pinned_cpu_build_and_ray_is_not_installed(plain):
 
 
 def _subcommands(venv: Path) -> list[str]:
-    result = _py(venv, "import argparse, json; from marcelle_torch.cli import build_parser\n"
-                       "p = build_parser()\n"
-                       "sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))\n"
-                       "print(json.dumps(sorted(sub.choices)))")
+    result = _py(
+        venv,
+        "import argparse, json; from marcelle_torch.cli import build_parser\n"
+        "p = build_parser()\n"
+        "sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))\n"
+        "print(json.dumps(sorted(sub.choices)))",
+    )
     assert result.returncode == 0, f"building the CLI failed in a plain install:\n{result.stderr[-2000:]}"
     return json.loads(result.stdout)
 
@@ -134,8 +139,9 @@ def test_every_console_command_and_subcommand_help(plain):
         exe = str(plain / "bin" / script)
         for args in (["--help"], ["--version"], *([name, "--help"] for name in subcommands)):
             result = _run(plain, exe, *args)
-            assert result.returncode == 0, f"`{script} {' '.join(args)}` exited {result.returncode}:\n" \
-                                           f"{result.stderr[-2000:]}"
+            assert result.returncode == 0, (
+                f"`{script} {' '.join(args)}` exited {result.returncode}:\n{result.stderr[-2000:]}"
+            )
             assert "Traceback" not in result.stderr and result.stdout.strip(), f"`{script} {' '.join(args)}`"
 
 
@@ -211,10 +217,25 @@ def test_probe_sidecar_runs_from_a_plain_install(plain):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     closed = http.server.HTTPServer(("127.0.0.1", 0), _Ok)  # bound, never answering
     proc = subprocess.Popen(
-        [str(plain / "bin" / "python"), "-m", command.group(1), "probe", "--host", "127.0.0.1", "--port", "0",
-         "--timeout", "1", f"webapp=http://127.0.0.1:{server.server_port}/",
-         f"backend=http://127.0.0.1:{closed.server_port}/"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=plain)
+        [
+            str(plain / "bin" / "python"),
+            "-m",
+            command.group(1),
+            "probe",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--timeout",
+            "1",
+            f"webapp=http://127.0.0.1:{server.server_port}/",
+            f"backend=http://127.0.0.1:{closed.server_port}/",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=plain,
+    )
     try:
         line = proc.stdout.readline()
         match = re.search(r"metrics on (http://[\d.:]+/metrics)", line)
@@ -239,9 +260,20 @@ def test_worker_starts_without_ray_and_logs_its_weights_digest(plain):
     digest = sha256_of(resolve_weights(get_spec("digits"), train_if_missing=True))
     port = _closed_port()
     proc = subprocess.Popen(
-        [str(plain / "bin" / "marcelle-torch"), "worker", "--backend", f"http://127.0.0.1:{port}",
-         "--models", "digits"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=plain,
-        env=dict(os.environ, MARCELLE_TORCH_CACHE=cache, PATH=f"{plain / 'bin'}:{os.environ['PATH']}"))
+        [
+            str(plain / "bin" / "marcelle-torch"),
+            "worker",
+            "--backend",
+            f"http://127.0.0.1:{port}",
+            "--models",
+            "digits",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=plain,
+        env=dict(os.environ, MARCELLE_TORCH_CACHE=cache, PATH=f"{plain / 'bin'}:{os.environ['PATH']}"),
+    )
     seen = []
     try:
         deadline = time.monotonic() + 300

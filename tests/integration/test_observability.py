@@ -11,10 +11,10 @@ import json
 import re
 import shutil
 import subprocess
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-import threading
 
 import httpx
 import pytest
@@ -35,6 +35,7 @@ TIMEOUT = 600.0
 
 
 # --------------------------------------------------------------------------- helpers
+
 
 def load_dashboard(path: Path) -> dict:
     return json.loads(path.read_text())
@@ -61,6 +62,7 @@ def wait_for(what: str, check, timeout: float = TIMEOUT, every: float = 2.0):
 
 # --------------------------------------------------------------------------- static checks
 
+
 def test_dashboards_are_well_formed():
     assert DASHBOARDS, f"no dashboards in {CHART / 'dashboards'}"
     uids = set()
@@ -78,8 +80,9 @@ def test_dashboards_are_well_formed():
                 continue
             assert panel.get("targets"), f"{path.name}: panel {panel['title']!r} has no query"
             for owner in (panel, *panel["targets"]):
-                assert owner["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, \
+                assert owner["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, (
                     f"{path.name}: panel {panel['title']!r} does not use the $datasource variable"
+                )
         assert monitoring.dashboard_queries(dashboard)  # every variable it uses is defined
 
 
@@ -106,8 +109,9 @@ def test_generated_config_passes_promtool(tmp_path):
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.fail("promtool is missing (apt-get install prometheus, or `make system-deps`)")
-    config = monitoring.render_config({"ray": ["127.0.0.1:1"], "worker": ["127.0.0.1:2", "127.0.0.1:3"]},
-                                      monitoring.default_rule_files())
+    config = monitoring.render_config(
+        {"ray": ["127.0.0.1:1"], "worker": ["127.0.0.1:2", "127.0.0.1:3"]}, monitoring.default_rule_files()
+    )
     path = tmp_path / "prometheus.yml"
     path.write_text(yaml.safe_dump(config))
     result = subprocess.run([promtool, "check", "config", str(path)], capture_output=True, text=True)
@@ -128,8 +132,9 @@ def test_health_probe_reports_live_and_dead_targets():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     live = f"http://127.0.0.1:{server.server_address[1]}"
     dead_port = monitoring.free_port()
-    probe = monitoring.HealthProbe({"live": f"{live}/", "broken": f"{live}/broken",
-                                    "dead": f"http://127.0.0.1:{dead_port}/"}, timeout=2.0)
+    probe = monitoring.HealthProbe(
+        {"live": f"{live}/", "broken": f"{live}/broken", "dead": f"http://127.0.0.1:{dead_port}/"}, timeout=2.0
+    )
     try:
         text = httpx.get(f"http://{probe.address}/metrics", timeout=10).text
     finally:
@@ -147,13 +152,21 @@ def test_down_alerts_fire_when_nothing_answers(tmp_path):
     if not monitoring.prometheus_available():
         pytest.fail("Prometheus is missing (apt-get install prometheus, or `make system-deps`)")
     dead = f"http://127.0.0.1:{monitoring.free_port()}/"
-    prom = monitoring.start_prometheus({"ray": [f"127.0.0.1:{monitoring.free_port()}"]}, tmp_path / "prom",
-                                       health={"backend": dead, "webapp": dead})
+    prom = monitoring.start_prometheus(
+        {"ray": [f"127.0.0.1:{monitoring.free_port()}"]}, tmp_path / "prom", health={"backend": dead, "webapp": dead}
+    )
     try:
-        expected = {("MarcelleTorchComponentDown", "backend"), ("MarcelleTorchComponentDown", "webapp"),
-                    ("MarcelleTorchWorkerAbsent", None), ("MarcelleTorchServeNoHealthyReplica", None)}
-        wait_for("the down alerts", lambda: expected <= {
-            (a["metric"]["alertname"], a["metric"].get("target")) for a in prom.query("ALERTS")}, timeout=120)
+        expected = {
+            ("MarcelleTorchComponentDown", "backend"),
+            ("MarcelleTorchComponentDown", "webapp"),
+            ("MarcelleTorchWorkerAbsent", None),
+            ("MarcelleTorchServeNoHealthyReplica", None),
+        }
+        wait_for(
+            "the down alerts",
+            lambda: expected <= {(a["metric"]["alertname"], a["metric"].get("target")) for a in prom.query("ALERTS")},
+            timeout=120,
+        )
         assert prom.query('up{job="ray"}')[0]["value"][1] == "0"
         with pytest.raises(monitoring.PrometheusError, match="parse error"):
             prom.query("sum(")
@@ -166,6 +179,7 @@ def test_down_alerts_fire_when_nothing_answers(tmp_path):
 
 # --------------------------------------------------------------------------- against the real stack
 
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     from marcelle_torch.stack.up import StackOptions, start_stack
@@ -174,8 +188,14 @@ def stack(tmp_path_factory):
         pytest.fail("Prometheus is missing (apt-get install prometheus, or `make system-deps`)")
     if not (DIST / "index.html").is_file():
         pytest.fail(f"the web app is not built ({DIST}); run `make webapp`")
-    options = StackOptions(workdir=tmp_path_factory.mktemp("stack"), webapp_port=0, serve_port=0,
-                           backend_port=0, prometheus_port=0, monitoring=True)
+    options = StackOptions(
+        workdir=tmp_path_factory.mktemp("stack"),
+        webapp_port=0,
+        serve_port=0,
+        backend_port=0,
+        prometheus_port=0,
+        monitoring=True,
+    )
     running = start_stack(options, say=print)
     try:
         assert "prometheus" in running.urls, "start_stack did not start Prometheus"
@@ -203,15 +223,17 @@ def traffic(stack):
         # 1. Ray Serve: good predictions, a bad instance (400), an unknown model (404).
         ok = 0
         for digit in range(10):
-            response = client.post(f"{urls['serve']}/v1/models/digits:predict",
-                                   json={"instances": [_digit_instance(digit)]})
+            response = client.post(
+                f"{urls['serve']}/v1/models/digits:predict", json={"instances": [_digit_instance(digit)]}
+            )
             assert response.status_code == 200, response.text
             ok += 1
         for _ in range(3):
             bad = client.post(f"{urls['serve']}/v1/models/digits:predict", json={"instances": [[[0.0]]]})
             assert bad.status_code == 400, bad.text
-        assert client.post(f"{urls['serve']}/v1/models/no-such-model:predict",
-                           json={"instances": []}).status_code == 404
+        assert (
+            client.post(f"{urls['serve']}/v1/models/no-such-model:predict", json={"instances": []}).status_code == 404
+        )
         assert client.get(f"{urls['serve']}/v1/models/digits").status_code == 200
 
         # 2. ONNX in the browser: the bundle is a static file of the web app.
@@ -221,14 +243,28 @@ def traffic(stack):
         # 3. A run through the Marcelle backend, claimed and finished by the worker, and one
         #    the worker must reject.
         runs = f"{urls['backend']}/runs"
-        good = client.post(runs, json={"model": "digits-generator", "input": {"digit": 3},
-                                       "params": {"steps": 10, "seed": 0}, "status": "pending"}).json()
-        wrong = client.post(runs, json={"model": "digits-generator", "input": {"digit": 42},
-                                        "params": {}, "status": "pending"}).json()
+        good = client.post(
+            runs,
+            json={
+                "model": "digits-generator",
+                "input": {"digit": 3},
+                "params": {"steps": 10, "seed": 0},
+                "status": "pending",
+            },
+        ).json()
+        wrong = client.post(
+            runs, json={"model": "digits-generator", "input": {"digit": 42}, "params": {}, "status": "pending"}
+        ).json()
         for run, expected in ((good, "succeeded"), (wrong, "failed")):
-            final = wait_for(f"run {run['_id']} to finish", lambda: (
-                doc if (doc := client.get(f"{runs}/{run['_id']}").json())["status"] in
-                {"succeeded", "failed", "canceled"} else None))
+            final = wait_for(
+                f"run {run['_id']} to finish",
+                lambda: (
+                    doc
+                    if (doc := client.get(f"{runs}/{run['_id']}").json())["status"]
+                    in {"succeeded", "failed", "canceled"}
+                    else None
+                ),
+            )
             assert final["status"] == expected, final
 
     prom = urls["prometheus"]
@@ -238,9 +274,11 @@ def traffic(stack):
 
     # Wait until the last of each kind of traffic is visible, then for two more scrapes so
     # that rate() has two samples of every new series.
-    wait_for("Serve predictions in Prometheus",
-             scraped(f'sum(ray_marcelle_torch_predictions_total{{model="digits",outcome="ok"}}) >= {ok}'))
-    wait_for("Serve 4xx in Prometheus", scraped('sum(ray_serve_num_http_error_requests_total) >= 4'))
+    wait_for(
+        "Serve predictions in Prometheus",
+        scraped(f'sum(ray_marcelle_torch_predictions_total{{model="digits",outcome="ok"}}) >= {ok}'),
+    )
+    wait_for("Serve 4xx in Prometheus", scraped("sum(ray_serve_num_http_error_requests_total) >= 4"))
     wait_for("finished runs in Prometheus", scraped("sum(marcelle_torch_worker_runs_total) >= 2"))
     wait_for("health probes in Prometheus", scraped("count(probe_success == 1) >= 2"))
     time.sleep(6)
@@ -280,9 +318,15 @@ def test_alert_rules_load_and_evaluate(traffic):
     groups = httpx.get(f"{traffic}/api/v1/rules", timeout=30).json()["data"]["groups"]
     loaded = {rule["name"]: rule for group in groups for rule in group["rules"]}
     assert set(loaded) >= {rule["alert"] for rule in alert_rules()}
-    wait_for("every rule to be evaluated", lambda: all(
-        rule.get("health") == "ok" for group in httpx.get(f"{traffic}/api/v1/rules", timeout=30).json()
-        ["data"]["groups"] for rule in group["rules"]), timeout=60)
+    wait_for(
+        "every rule to be evaluated",
+        lambda: all(
+            rule.get("health") == "ok"
+            for group in httpx.get(f"{traffic}/api/v1/rules", timeout=30).json()["data"]["groups"]
+            for rule in group["rules"]
+        ),
+        timeout=60,
+    )
 
 
 @pytest.mark.ray

@@ -86,8 +86,9 @@ def run_cli(*args, cwd=None, pythonpath=None, timeout=900):
     env = dict(os.environ)
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), env.get("PYTHONPATH", "")])
-    return subprocess.run([CLI, "export-onnx", *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          cwd=cwd, env=env)
+    return subprocess.run(
+        [CLI, "export-onnx", *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env
+    )
 
 
 def assert_one_line_error(proc, *fragments):
@@ -127,7 +128,11 @@ def test_digits_exports_checks_and_writes_the_bundle(digits_bundle, trained_digi
     meta = json.loads((out / "model.json").read_text())
     data = (out / "model.onnx").read_bytes()
     assert meta["format"] == "marcelle-torch-onnx-bundle"
-    assert meta["name"] == "digits" and meta["version"] == trained_digits.version and meta["labels"] == [str(i) for i in range(10)]
+    assert (
+        meta["name"] == "digits"
+        and meta["version"] == trained_digits.version
+        and meta["labels"] == [str(i) for i in range(10)]
+    )
     assert meta["input"]["shape"] == [1, 128, 128]
     onnx_meta = meta["onnx"]
     assert onnx_meta["bytes"] == len(data) and onnx_meta["sha256"] == hashlib.sha256(data).hexdigest()
@@ -241,6 +246,7 @@ def test_old_opset_needs_the_torchscript_exporter(tmp_path):
 
 def test_a_generation_model_is_refused_at_once_in_one_line(tmp_path):
     proc = run_cli("digits-generator", "--out", tmp_path / "gen")
-    assert_one_line_error(proc, "model digits-generator is a generation model",
-                          "an ONNX export takes classification models only")
+    assert_one_line_error(
+        proc, "model digits-generator is a generation model", "an ONNX export takes classification models only"
+    )
     assert not (tmp_path / "gen").exists()

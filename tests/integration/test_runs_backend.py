@@ -37,12 +37,16 @@ def test_a_claim_is_a_conditional_patch_that_only_one_caller_wins(make_backend, 
 
 def test_new_runs_are_validated_and_start_pending(make_backend, connect):
     client = connect(make_backend().url)
-    run = client.create("runs", {"model": "digits", "input": [1], "status": "succeeded", "result": "forged",
-                                 "worker": "me"})
+    run = client.create(
+        "runs", {"model": "digits", "input": [1], "status": "succeeded", "result": "forged", "worker": "me"}
+    )
     assert (run["status"], run["result"], run["worker"], run["progress"]) == ("pending", None, None, 0)
-    for data, message in (({"input": 1}, "run.model"), ({"model": "digits"}, "run.input is missing"),
-                          ({"model": "digits", "input": 1, "params": [1]}, "run.params must be an object"),
-                          ([{"model": "digits", "input": 1}], "one run at a time")):
+    for data, message in (
+        ({"input": 1}, "run.model"),
+        ({"model": "digits"}, "run.input is missing"),
+        ({"model": "digits", "input": 1, "params": [1]}, "run.params must be an object"),
+        ([{"model": "digits", "input": 1}], "one run at a time"),
+    ):
         with pytest.raises(BackendError, match=message):
             client.create("runs", data)
     with pytest.raises(BackendError, match="run.status must be one of"):
@@ -53,8 +57,7 @@ def test_new_runs_are_validated_and_start_pending(make_backend, connect):
 
 @pytest.fixture
 def auth_backend(make_backend):
-    return make_backend(auth=True, secret=SECRET, worker_email=WORKER[0], worker_password=WORKER[1],
-                        allow_signup=True)
+    return make_backend(auth=True, secret=SECRET, worker_email=WORKER[0], worker_password=WORKER[1], allow_signup=True)
 
 
 def sign_up(connect, url, email, password="a-user-password"):
@@ -66,8 +69,7 @@ def sign_up(connect, url, email, password="a-user-password"):
 
 def test_with_auth_anonymous_clients_can_neither_create_nor_read_runs(auth_backend, connect):
     anonymous = connect(auth_backend.url)
-    for call in (lambda: new_run(anonymous), lambda: anonymous.find("runs"),
-                 lambda: anonymous.get("runs", "any-id")):
+    for call in (lambda: new_run(anonymous), lambda: anonymous.find("runs"), lambda: anonymous.get("runs", "any-id")):
         with pytest.raises(BackendError, match="NotAuthenticated"):
             call()
     with pytest.raises(BackendError, match="NotAuthenticated"):
@@ -93,8 +95,9 @@ def test_with_auth_users_see_only_their_own_runs_and_the_worker_sees_all(auth_ba
     assert [r["_id"] for r in worker.find("runs", {"status": "pending"})["data"]] == [run["_id"]]
     claimed = worker.patch("runs", run["_id"], {"status": "running", "worker": "w"}, {"status": "pending"})
     assert claimed["userId"] == run["userId"]
-    done = worker.patch("runs", run["_id"], {"status": "succeeded", "result": {"label": "3"}},
-                        {"status": "running", "worker": "w"})
+    done = worker.patch(
+        "runs", run["_id"], {"status": "succeeded", "result": {"label": "3"}}, {"status": "running", "worker": "w"}
+    )
     assert done["userId"] == run["userId"]
     assert alice.get("runs", run["_id"])["result"] == {"label": "3"}
     assert bob.find("runs")["total"] == 0
@@ -110,18 +113,22 @@ def test_with_auth_users_see_only_their_own_runs_and_the_worker_sees_all(auth_ba
     assert connect(auth_backend.url).authenticate("alice@marcelle.test", "a-user-password")["user"]["role"] == "editor"
 
 
-@pytest.mark.parametrize("secret, message", [
-    (None, "no JWT secret is set"),
-    ("ZjXdk3pXZLVpvcEMGGuh6LYdi9o=", "public example secret"),
-    ("short", "too short"),
-])
+@pytest.mark.parametrize(
+    "secret, message",
+    [
+        (None, "no JWT secret is set"),
+        ("ZjXdk3pXZLVpvcEMGGuh6LYdi9o=", "public example secret"),
+        ("short", "too short"),
+    ],
+)
 def test_with_auth_the_backend_refuses_to_start_without_a_real_secret(backend_installed, tmp_path, secret, message):
     env = {**os.environ, "MARCELLE_BACKEND_AUTH": "true", "MARCELLE_BACKEND_DATA": str(tmp_path), "PORT": "0"}
     env.pop("MARCELLE_BACKEND_SECRET", None)
     if secret:
         env["MARCELLE_BACKEND_SECRET"] = secret
-    done = subprocess.run(["node", "start.js"], cwd=backend_installed, env=env, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        ["node", "start.js"], cwd=backend_installed, env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 2
     assert message in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr

@@ -30,8 +30,7 @@ def finished(client, run):
     return current if current["status"] in ("succeeded", "failed", "canceled") else None
 
 
-def test_a_backend_outage_longer_than_the_lease_throws_no_work_away(make_backend, make_worker, connect,
-                                                                   wait_until):
+def test_a_backend_outage_longer_than_the_lease_throws_no_work_away(make_backend, make_worker, connect, wait_until):
     # The lease must outlast a reconnection (the client retries at most every ~5 s).
     lease = ("--heartbeat", "1", "--lease-timeout", "8")
     backend = make_backend()
@@ -52,8 +51,9 @@ def test_a_backend_outage_longer_than_the_lease_throws_no_work_away(make_backend
     assert "back to pending" not in sweeper.log()
 
 
-def test_a_killed_workers_run_is_taken_back_at_once_and_done_before_newer_runs(make_backend, make_worker,
-                                                                              connect, wait_until):
+def test_a_killed_workers_run_is_taken_back_at_once_and_done_before_newer_runs(
+    make_backend, make_worker, connect, wait_until
+):
     lease = ("--heartbeat", "0.5", "--lease-timeout", "3")
     backend = make_backend()
     client = connect(backend.url)
@@ -88,8 +88,9 @@ def test_a_worker_whose_backend_is_gone_exits_on_sigterm(make_backend, make_work
     assert worker.proc.wait(60) == 0, worker.log()[-2000:]
 
 
-def test_a_run_no_worker_serves_fails_with_a_reason_instead_of_waiting_forever(make_backend, make_worker,
-                                                                               connect, wait_until):
+def test_a_run_no_worker_serves_fails_with_a_reason_instead_of_waiting_forever(
+    make_backend, make_worker, connect, wait_until
+):
     backend = make_backend()
     make_worker(backend.url, "w", *STEADY, "--pending-timeout", "3", env=ENV)
     client = connect(backend.url)

@@ -42,8 +42,7 @@ def record_events(client):
     return events
 
 
-def test_generation_run_goes_pending_running_succeeded_with_progress(make_backend, make_worker, connect,
-                                                                     wait_until):
+def test_generation_run_goes_pending_running_succeeded_with_progress(make_backend, make_worker, connect, wait_until):
     backend = make_backend()
     client = connect(backend.url)
     events = record_events(client)
@@ -58,8 +57,12 @@ def test_generation_run_goes_pending_running_succeeded_with_progress(make_backen
     assert len(done["result"]["counts"]) == 8 and len(done["result"]["counts"][0]) == 8
     assert done["progress"] == 1 and done["worker"].startswith("solo-") and done["error"] is None
 
-    seen = wait_until(lambda: events[run["_id"]] if events[run["_id"]][-1:] and
-                      events[run["_id"]][-1]["status"] == "succeeded" else None, what="the succeeded event")
+    seen = wait_until(
+        lambda: (
+            events[run["_id"]] if events[run["_id"]][-1:] and events[run["_id"]][-1]["status"] == "succeeded" else None
+        ),
+        what="the succeeded event",
+    )
     statuses = [e["status"] for e in seen]
     assert statuses[0] == "running" and statuses[-1] == "succeeded"
     assert set(statuses[:-1]) == {"running"}
@@ -69,7 +72,8 @@ def test_generation_run_goes_pending_running_succeeded_with_progress(make_backen
 
 
 def test_classification_run_and_bad_input_fail_readably_while_the_worker_keeps_serving(
-        make_backend, make_worker, connect, wait_until, make_digit):
+    make_backend, make_worker, connect, wait_until, make_digit
+):
     backend = make_backend()
     client = connect(backend.url)
     make_worker(backend.url, "w")
@@ -80,9 +84,11 @@ def test_classification_run_and_bad_input_fail_readably_while_the_worker_keeps_s
     bad_params = generation(client, params={"steps": 0})
     good = client.create("runs", {"model": "digits", "input": instance})
 
-    for run, message in ((bad_digit, "input.digit must be an integer from 0 to 9, got 12"),
-                         (bad_image, "b64 is not valid base64"),
-                         (bad_params, "params.steps must be an integer from 1 to 1000, got 0")):
+    for run, message in (
+        (bad_digit, "input.digit must be an integer from 0 to 9, got 12"),
+        (bad_image, "b64 is not valid base64"),
+        (bad_params, "params.steps must be an integer from 1 to 1000, got 0"),
+    ):
         done = wait_until(lambda: finished(client, run), what="a bad run to fail")
         assert done["status"] == "failed"
         assert message in done["error"]
@@ -131,8 +137,9 @@ def test_a_run_held_by_a_killed_worker_is_done_by_another(make_backend, make_wor
     assert "stopped renewing its lease; back to pending" in rescuer.log()
 
 
-def test_the_worker_survives_a_backend_restart_mid_run(make_backend, make_worker, connect, wait_until,
-                                                       unused_metrics_port):
+def test_the_worker_survives_a_backend_restart_mid_run(
+    make_backend, make_worker, connect, wait_until, unused_metrics_port
+):
     backend = make_backend()
     worker = make_worker(backend.url, "steady", "--metrics-port", str(unused_metrics_port))
     client = connect(backend.url)
@@ -150,8 +157,13 @@ def test_the_worker_survives_a_backend_restart_mid_run(make_backend, make_worker
     after = generation(client, digit=9)
     assert wait_until(lambda: finished(client, after), what="a run after the restart")["status"] == "succeeded"
     metrics = httpx.get(f"http://127.0.0.1:{unused_metrics_port}/metrics", timeout=30).text
-    reconnects = float(next(line.split()[-1] for line in metrics.splitlines()
-                            if line.startswith("marcelle_torch_worker_reconnects_total")))
+    reconnects = float(
+        next(
+            line.split()[-1]
+            for line in metrics.splitlines()
+            if line.startswith("marcelle_torch_worker_reconnects_total")
+        )
+    )
     assert reconnects >= 1
     assert 'marcelle_torch_worker_runs_total{model="digits-generator",outcome="succeeded"} 2.0' in metrics
     assert "marcelle_torch_worker_up 1.0" in metrics
@@ -199,12 +211,17 @@ def unused_metrics_port():
     return free_port()
 
 
-def test_with_auth_the_worker_logs_in_from_its_environment_and_does_a_users_run(make_backend, make_worker,
-                                                                               connect, wait_until):
+def test_with_auth_the_worker_logs_in_from_its_environment_and_does_a_users_run(
+    make_backend, make_worker, connect, wait_until
+):
     worker_account = {"MARCELLE_WORKER_EMAIL": "worker@marcelle.test", "MARCELLE_WORKER_PASSWORD": "pw-0123456789"}
-    backend = make_backend(auth=True, secret="another-test-secret-0123456789", allow_signup=True,
-                           worker_email=worker_account["MARCELLE_WORKER_EMAIL"],
-                           worker_password=worker_account["MARCELLE_WORKER_PASSWORD"])
+    backend = make_backend(
+        auth=True,
+        secret="another-test-secret-0123456789",
+        allow_signup=True,
+        worker_email=worker_account["MARCELLE_WORKER_EMAIL"],
+        worker_password=worker_account["MARCELLE_WORKER_PASSWORD"],
+    )
     alice = connect(backend.url)
     alice.create("users", {"email": "alice@marcelle.test", "password": "alice-password"})
     alice.authenticate("alice@marcelle.test", "alice-password")
@@ -213,16 +230,26 @@ def test_with_auth_the_worker_logs_in_from_its_environment_and_does_a_users_run(
     worker = make_worker(backend.url, "authed", env=worker_account)
     done = wait_until(lambda: finished(alice, run), what="alice's run")
     assert done["status"] == "succeeded" and done["result"]["label"] == "8" and done["userId"] == run["userId"]
-    assert wait_until(lambda: [e["status"] for e in events[run["_id"]]][-1:] == ["succeeded"],
-                      what="alice to get the events of her run")
+    assert wait_until(
+        lambda: [e["status"] for e in events[run["_id"]]][-1:] == ["succeeded"],
+        what="alice to get the events of her run",
+    )
     assert "logged in as worker@marcelle.test" in worker.log()
 
 
 def test_a_worker_with_wrong_credentials_exits_with_one_clear_line(make_backend, make_worker):
-    backend = make_backend(auth=True, secret="another-test-secret-0123456789",
-                           worker_email="worker@marcelle.test", worker_password="right-password")
-    worker = make_worker(backend.url, "wrong", wait=False, env={"MARCELLE_WORKER_EMAIL": "worker@marcelle.test",
-                                                                "MARCELLE_WORKER_PASSWORD": "wrong-password"})
+    backend = make_backend(
+        auth=True,
+        secret="another-test-secret-0123456789",
+        worker_email="worker@marcelle.test",
+        worker_password="right-password",
+    )
+    worker = make_worker(
+        backend.url,
+        "wrong",
+        wait=False,
+        env={"MARCELLE_WORKER_EMAIL": "worker@marcelle.test", "MARCELLE_WORKER_PASSWORD": "wrong-password"},
+    )
     assert worker.proc.wait(300) == 2
     last = worker.log().strip().splitlines()[-1]
     assert last.startswith("marcelle-torch worker: error: cannot log in to the backend as worker@marcelle.test")

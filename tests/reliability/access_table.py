@@ -18,10 +18,22 @@ END = "<!-- access-table:end -->"
 
 # (service, method, with an id?) in the order of the table.
 OPERATIONS = [
-    ("runs", "find", False), ("runs", "get", True), ("runs", "create", False), ("runs", "update", True),
-    ("runs", "patch", True), ("runs", "patch", False), ("runs", "remove", True), ("runs", "remove", False),
-    ("users", "find", False), ("users", "get", True), ("users", "create", False), ("users", "update", True),
-    ("users", "patch", True), ("users", "patch", False), ("users", "remove", True), ("users", "remove", False),
+    ("runs", "find", False),
+    ("runs", "get", True),
+    ("runs", "create", False),
+    ("runs", "update", True),
+    ("runs", "patch", True),
+    ("runs", "patch", False),
+    ("runs", "remove", True),
+    ("runs", "remove", False),
+    ("users", "find", False),
+    ("users", "get", True),
+    ("users", "create", False),
+    ("users", "update", True),
+    ("users", "patch", True),
+    ("users", "patch", False),
+    ("users", "remove", True),
+    ("users", "remove", False),
 ]
 
 # Callers: "auth off" is anyone when authentication is off (the local default); the others
@@ -40,22 +52,22 @@ def _row(op, *cells):
 
 
 #                                  auth off   anonymous  user A     user B     worker     admin      bad token
-_row(("runs", "find", False),     "200 all", "401",     "200 own", "200 own", "200 all", "200 all", "401")
-_row(("runs", "get", True),       "200",     "401",     "200",     "404",     "200",     "200",     "401")
-_row(("runs", "create", False),   "201",     "401",     "201",     "201",     "403",     "201",     "401")
-_row(("runs", "update", True),    "405",     "401",     "405",     "405",     "405",     "405",     "401")
-_row(("runs", "patch", True),     "200",     "401",     "200",     "404",     "200",     "200",     "401")
-_row(("runs", "patch", False),    "405",     "401",     "405",     "405",     "405",     "405",     "401")
-_row(("runs", "remove", True),    "200",     "401",     "200",     "404",     "403",     "200",     "401")
-_row(("runs", "remove", False),   "405",     "401",     "405",     "405",     "405",     "405",     "401")
-_row(("users", "find", False),    "404",     "401",     "200 own", "200 own", "200 own", "200 all", "401")
-_row(("users", "get", True),      "404",     "401",     "200",     "404",     "404",     "200",     "401")
-_row(("users", "create", False),  "404",     "401",     "403",     "403",     "403",     "201",     "401")
-_row(("users", "update", True),   "404",     "401",     "405",     "405",     "405",     "405",     "401")
-_row(("users", "patch", True),    "404",     "401",     "200",     "404",     "404",     "403",     "401")
-_row(("users", "patch", False),   "404",     "401",     "405",     "405",     "405",     "405",     "401")
-_row(("users", "remove", True),   "404",     "401",     "200",     "404",     "404",     "403",     "401")
-_row(("users", "remove", False),  "404",     "401",     "405",     "405",     "405",     "405",     "401")
+_row(("runs", "find", False), "200 all", "401", "200 own", "200 own", "200 all", "200 all", "401")
+_row(("runs", "get", True), "200", "401", "200", "404", "200", "200", "401")
+_row(("runs", "create", False), "201", "401", "201", "201", "403", "201", "401")
+_row(("runs", "update", True), "405", "401", "405", "405", "405", "405", "401")
+_row(("runs", "patch", True), "200", "401", "200", "404", "200", "200", "401")
+_row(("runs", "patch", False), "405", "401", "405", "405", "405", "405", "401")
+_row(("runs", "remove", True), "200", "401", "200", "404", "403", "200", "401")
+_row(("runs", "remove", False), "405", "401", "405", "405", "405", "405", "401")
+_row(("users", "find", False), "404", "401", "200 own", "200 own", "200 own", "200 all", "401")
+_row(("users", "get", True), "404", "401", "200", "404", "404", "200", "401")
+_row(("users", "create", False), "404", "401", "403", "403", "403", "201", "401")
+_row(("users", "update", True), "404", "401", "405", "405", "405", "405", "401")
+_row(("users", "patch", True), "404", "401", "200", "404", "404", "403", "401")
+_row(("users", "patch", False), "404", "401", "405", "405", "405", "405", "401")
+_row(("users", "remove", True), "404", "401", "200", "404", "404", "403", "401")
+_row(("users", "remove", False), "404", "401", "405", "405", "405", "405", "401")
 
 
 def op_name(op) -> str:
@@ -80,7 +92,7 @@ def readme_table() -> str | None:
     text = README.read_text()
     if BEGIN not in text or END not in text:
         return None
-    return text[text.index(BEGIN):text.index(END) + len(END)]
+    return text[text.index(BEGIN) : text.index(END) + len(END)]
 
 
 if __name__ == "__main__":

@@ -33,16 +33,27 @@ class Reply:
     def is_json_error(self) -> bool:
         """A Feathers error body: {name, message, code} with code equal to the HTTP status."""
         body = self.json
-        return (self.headers.get("content-type", "").startswith("application/json") and isinstance(body, dict)
-                and isinstance(body.get("name"), str) and isinstance(body.get("message"), str)
-                and body.get("code") == self.status)
+        return (
+            self.headers.get("content-type", "").startswith("application/json")
+            and isinstance(body, dict)
+            and isinstance(body.get("name"), str)
+            and isinstance(body.get("message"), str)
+            and body.get("code") == self.status
+        )
 
     def __str__(self) -> str:
         return f"{self.status} {self.raw[:160]!r}"
 
 
-def rest_call(url: str, method: str, path: str, body=None, token: str | None = None, headers: dict | None = None,
-              timeout: float = 30.0) -> Reply:
+def rest_call(
+    url: str,
+    method: str,
+    path: str,
+    body=None,
+    token: str | None = None,
+    headers: dict | None = None,
+    timeout: float = 30.0,
+) -> Reply:
     where = urlsplit(url)
     conn = http.client.HTTPConnection(where.hostname, where.port, timeout=timeout)
     sent = {"Accept": "application/json", **(headers or {})}

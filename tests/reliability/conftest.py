@@ -11,7 +11,8 @@ import importlib.util
 from pathlib import Path
 
 _spec = importlib.util.spec_from_file_location(
-    "marcelle_torch_integration_conftest", Path(__file__).resolve().parents[1] / "integration" / "conftest.py")
+    "marcelle_torch_integration_conftest", Path(__file__).resolve().parents[1] / "integration" / "conftest.py"
+)
 _integration = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_integration)
 

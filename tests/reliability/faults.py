@@ -105,8 +105,11 @@ def replica_pids(session: int, deployment: str = "model-digits") -> list[int]:
     pids = []
     for line in out.splitlines():
         pid, sid, stat, args = line.strip().split(None, 3)
-        if (sid == str(session) and not stat.startswith("Z")
-                and re.match(rf"ray::ServeReplica:[^:\s]+:{re.escape(deployment)}\b", args)):
+        if (
+            sid == str(session)
+            and not stat.startswith("Z")
+            and re.match(rf"ray::ServeReplica:[^:\s]+:{re.escape(deployment)}\b", args)
+        ):
             pids.append(int(pid))
     return pids
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import time
 import uuid
 
-import pytest
-
 import access_table
+import pytest
 from backend_http import ADMIN, ADMIN_ENV, SECRET, WORKER, jwt_payload, login_reply, make_jwt, rest_call
+
 from marcelle_torch.worker.client import BackendError
 
 pytestmark = pytest.mark.backend
@@ -33,21 +33,30 @@ def new_run(url, token=None):
 def rest_sender(url, token):
     def send(method, service, id_, body):
         path = f"/{service}/{id_}" if id_ is not None else f"/{service}"
-        reply = rest_call(url, METHODS[method], path, None if method in ("find", "get", "remove") else body,
-                          token=token)
+        reply = rest_call(
+            url, METHODS[method], path, None if method in ("find", "get", "remove") else body, token=token
+        )
         return reply.status, reply.json, reply.status < 400 or reply.is_json_error(), reply.raw[:80]
+
     return send
 
 
 def socket_sender(client):
     def send(method, service, id_, body):
-        args = {"find": ({},), "get": (id_, {}), "create": (body, {}), "update": (id_, body, {}),
-                "patch": (id_, body, {}), "remove": (id_, {})}[method]
+        args = {
+            "find": ({},),
+            "get": (id_, {}),
+            "create": (body, {}),
+            "update": (id_, body, {}),
+            "patch": (id_, body, {}),
+            "remove": (id_, {}),
+        }[method]
         try:
             result = client.call(method, service, *args, timeout=15)
         except BackendError as exc:
             return exc.http_code, None, isinstance(exc.http_code, int), str(exc)[:80]
         return (201 if method == "create" else 200), result, True, ""
+
     return send
 
 
@@ -142,8 +151,12 @@ def test_the_access_table(make_backend, connect, transport):
     first.stop()
     backend = make_backend(data_dir=first.data_dir, allow_signup=False, **kwargs)
 
-    credentials = {"user A": ("a@marcelle.test", PASSWORD), "user B": ("b@marcelle.test", PASSWORD),
-                   "worker": WORKER, "admin": ADMIN}
+    credentials = {
+        "user A": ("a@marcelle.test", PASSWORD),
+        "user B": ("b@marcelle.test", PASSWORD),
+        "worker": WORKER,
+        "admin": ADMIN,
+    }
     tokens = {"anonymous": None}
     for caller, (email, password) in credentials.items():
         reply = login_reply(backend.url, email, password)
@@ -158,14 +171,21 @@ def test_the_access_table(make_backend, connect, transport):
     victim = ids.get("admin") or ids.get("worker")
     head, _, signature = tokens["user A"].split(".")
     forged_body = make_jwt({**valid, "sub": victim}).split(".")[1]
-    tokens.update({
-        "forged": f"{head}.{forged_body}.{signature}",
-        "expired": make_jwt({**valid, "iat": now - 7200, "exp": now - 3600}),
-        "alg none": make_jwt({**valid, "sub": victim}, alg="none"),
-        "other secret": make_jwt({**valid, "sub": victim}, secret="another-secret-of-some-length-987"),
-    })
-    callers = [("anonymous", "anonymous"), ("user A", "user A"), ("user B", "user B"), ("worker", "worker"),
-               ("admin", "admin")] + [(name, "bad token") for name in access_table.BAD_TOKENS]
+    tokens.update(
+        {
+            "forged": f"{head}.{forged_body}.{signature}",
+            "expired": make_jwt({**valid, "iat": now - 7200, "exp": now - 3600}),
+            "alg none": make_jwt({**valid, "sub": victim}, alg="none"),
+            "other secret": make_jwt({**valid, "sub": victim}, secret="another-secret-of-some-length-987"),
+        }
+    )
+    callers = [
+        ("anonymous", "anonymous"),
+        ("user A", "user A"),
+        ("user B", "user B"),
+        ("worker", "worker"),
+        ("admin", "admin"),
+    ] + [(name, "bad token") for name in access_table.BAD_TOKENS]
     mismatches += check_table(callers, senders_for(backend.url, tokens, credentials), tokens, ids, backend.url)
     assert off.alive() and backend.alive()
     assert not mismatches, f"{len(mismatches)} cells differ from the access table:\n" + "\n".join(mismatches)
@@ -174,4 +194,5 @@ def test_the_access_table(make_backend, connect, transport):
 def test_the_readme_prints_the_access_table():
     assert access_table.readme_table() == access_table.markdown(), (
         "README.md's access table differs from tests/reliability/access_table.py: paste the output of "
-        "`.venv/bin/python tests/reliability/access_table.py` into the Security section")
+        "`.venv/bin/python tests/reliability/access_table.py` into the Security section"
+    )

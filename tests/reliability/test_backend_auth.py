@@ -10,8 +10,8 @@ import subprocess
 import uuid
 
 import pytest
-
 from backend_http import ADMIN, ADMIN_ENV, SECRET, WORKER, login, login_reply, rest_call
+
 from marcelle_torch.worker.client import BackendError
 
 pytestmark = pytest.mark.backend
@@ -23,8 +23,9 @@ PER_CLIENT = 10
 
 @pytest.fixture
 def auth_backend(make_backend):
-    return make_backend(auth=True, secret=SECRET, worker_email=WORKER[0], worker_password=WORKER[1],
-                        extra_env=ADMIN_ENV)
+    return make_backend(
+        auth=True, secret=SECRET, worker_email=WORKER[0], worker_password=WORKER[1], extra_env=ADMIN_ENV
+    )
 
 
 def assert_throttled(reply):
@@ -61,15 +62,24 @@ def test_failed_logins_are_throttled_per_account_then_per_client(auth_backend, c
 def spend_client_budget(url, forwarded_for):
     """PER_CLIENT failed logins (each for another account) sent with this X-Forwarded-For."""
     for attempt in range(PER_CLIENT):
-        reply = rest_call(url, "POST", "/authentication", {"strategy": "local", "password": "wrong",
-                                                            "email": f"n{attempt}-{uuid.uuid4().hex[:6]}@x.test"},
-                          headers={"X-Forwarded-For": forwarded_for})
+        reply = rest_call(
+            url,
+            "POST",
+            "/authentication",
+            {"strategy": "local", "password": "wrong", "email": f"n{attempt}-{uuid.uuid4().hex[:6]}@x.test"},
+            headers={"X-Forwarded-For": forwarded_for},
+        )
         assert reply.status == 401, f"attempt {attempt + 1}: {reply}"
 
 
 def wrong_login_from(url, forwarded_for):
-    return rest_call(url, "POST", "/authentication", {"strategy": "local", "email": "x@x.test", "password": "wrong"},
-                     headers={"X-Forwarded-For": forwarded_for})
+    return rest_call(
+        url,
+        "POST",
+        "/authentication",
+        {"strategy": "local", "email": "x@x.test", "password": "wrong"},
+        headers={"X-Forwarded-For": forwarded_for},
+    )
 
 
 def test_x_forwarded_for_is_ignored_unless_proxies_are_trusted(auth_backend):
@@ -79,8 +89,13 @@ def test_x_forwarded_for_is_ignored_unless_proxies_are_trusted(auth_backend):
 
 
 def test_behind_trusted_proxies_each_client_has_its_own_budget(make_backend):
-    backend = make_backend(auth=True, secret=SECRET, worker_email=WORKER[0], worker_password=WORKER[1],
-                           extra_env={"MARCELLE_BACKEND_TRUSTED_PROXIES": "2"})
+    backend = make_backend(
+        auth=True,
+        secret=SECRET,
+        worker_email=WORKER[0],
+        worker_password=WORKER[1],
+        extra_env={"MARCELLE_BACKEND_TRUSTED_PROXIES": "2"},
+    )
     # The header behind an Ingress controller and nginx: what the client wrote itself, the
     # client's address (appended by the Ingress controller), the controller's (by nginx).
     spend_client_budget(backend.url, "6.6.6.6, 203.0.113.7, 10.0.0.9")
@@ -94,8 +109,9 @@ def test_successful_logins_are_not_throttled(auth_backend):
 
 
 def test_a_valid_token_of_a_deleted_account_is_not_authenticated(make_backend, connect):
-    backend = make_backend(auth=True, secret=SECRET, worker_email=WORKER[0], worker_password=WORKER[1],
-                           allow_signup=True)
+    backend = make_backend(
+        auth=True, secret=SECRET, worker_email=WORKER[0], worker_password=WORKER[1], allow_signup=True
+    )
     email, password = "gone@marcelle.test", "a-user-password-1"
     assert rest_call(backend.url, "POST", "/users", {"email": email, "password": password}).status == 201
     session = login(backend.url, email, password)
@@ -110,8 +126,9 @@ def test_a_valid_token_of_a_deleted_account_is_not_authenticated(make_backend, c
     backend.restart()
 
     for method, path in (("GET", "/runs"), ("GET", f"/users/{user_id}"), ("POST", "/runs")):
-        reply = rest_call(backend.url, method, path, {"model": "digits", "input": [0]} if method == "POST" else None,
-                          token=token)
+        reply = rest_call(
+            backend.url, method, path, {"model": "digits", "input": [0]} if method == "POST" else None, token=token
+        )
         assert reply.status == 401 and reply.is_json_error(), f"{method} {path} with a deleted account's token: {reply}"
     reply = rest_call(backend.url, "POST", "/authentication", {"strategy": "jwt", "accessToken": token})
     assert reply.status == 401 and reply.is_json_error(), f"jwt login of a deleted account: {reply}"
@@ -135,8 +152,13 @@ def test_the_admin_account_comes_from_the_environment_and_makes_editor_accounts(
     assert admin["user"]["role"] == "admin"
     assert "password" not in admin["user"]
     email = f"made-{uuid.uuid4().hex[:6]}@marcelle.test"
-    reply = rest_call(auth_backend.url, "POST", "/users", {"email": email, "password": "pw-0123456789",
-                                                           "role": "admin"}, token=admin["accessToken"])
+    reply = rest_call(
+        auth_backend.url,
+        "POST",
+        "/users",
+        {"email": email, "password": "pw-0123456789", "role": "admin"},
+        token=admin["accessToken"],
+    )
     assert reply.status == 201, reply
     assert reply.json["role"] == "editor" and "password" not in reply.json
     assert login(auth_backend.url, email, "pw-0123456789")["user"]["role"] == "editor"
@@ -148,11 +170,18 @@ def test_the_admin_account_comes_from_the_environment_and_makes_editor_accounts(
 
 
 def test_the_admin_account_needs_both_values(backend_installed, tmp_path):
-    env = {**os.environ, "MARCELLE_BACKEND_AUTH": "true", "MARCELLE_BACKEND_SECRET": SECRET, "PORT": "0",
-           "MARCELLE_BACKEND_DATA": str(tmp_path), "MARCELLE_ADMIN_EMAIL": ADMIN[0]}
+    env = {
+        **os.environ,
+        "MARCELLE_BACKEND_AUTH": "true",
+        "MARCELLE_BACKEND_SECRET": SECRET,
+        "PORT": "0",
+        "MARCELLE_BACKEND_DATA": str(tmp_path),
+        "MARCELLE_ADMIN_EMAIL": ADMIN[0],
+    }
     env.pop("MARCELLE_ADMIN_PASSWORD", None)
-    done = subprocess.run(["node", "start.js"], cwd=backend_installed, env=env, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        ["node", "start.js"], cwd=backend_installed, env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 2, done
     assert "MARCELLE_ADMIN_EMAIL and MARCELLE_ADMIN_PASSWORD" in done.stderr
 

@@ -18,8 +18,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-
 from backend_http import ADMIN_ENV, SECRET, WORKER, login, rest_call
+
 from marcelle_torch.worker.client import BackendError, BackendUnavailable
 
 pytestmark = pytest.mark.backend
@@ -28,27 +28,27 @@ MARK = f"mt-escape-{uuid.uuid4().hex[:8]}"
 
 # Decoded names (what the package would join into a path); REST sends them percent-encoded.
 NAMES = [
-    "x/../users",                 # alias of users.db: the superadmin sign-up of issue 9
-    "x/../runs",                  # alias of runs.db
-    f"../{MARK}",                 # one level above the data directory
+    "x/../users",  # alias of users.db: the superadmin sign-up of issue 9
+    "x/../runs",  # alias of runs.db
+    f"../{MARK}",  # one level above the data directory
     f"../../{MARK}",
     f"../../../../../../../../tmp/{MARK}",
-    "runs.db/x",                  # NeDB opens a directory path: the process exited 1
+    "runs.db/x",  # NeDB opens a directory path: the process exited 1
     "runs.db",
     "users.db",
     "..",
     ".",
     f"..\\{MARK}",
-    "Runs",                       # Express routes are case-insensitive
+    "Runs",  # Express routes are case-insensitive
     "RUNS",
     "runs ",
     "runs\x00",
-    "%2e%2e%2fescape",            # double-encoded on the wire
+    "%2e%2e%2fescape",  # double-encoded on the wire
     ":serviceName",
     "__proto__",
     "constructor",
     "info.db",
-    "datasets",                   # an innocent name the app does not use: not served either
+    "datasets",  # an innocent name the app does not use: not served either
     "assets",
     "tfjs-models",
     "onnx-models",
@@ -78,11 +78,16 @@ def rest_corpus(url: str, names: list[str], token: str | None = None) -> list[st
     problems = []
     for name in names:
         seg = quote(name, safe="")
-        for method, path, body in (("GET", f"/{seg}", None), ("POST", f"/{seg}", {"email": "e@x", "password": "p",
-                                                                                    "role": "superadmin"}),
-                                   ("GET", f"/{seg}/some-id", None), ("PUT", f"/{seg}/some-id", {"a": 1}),
-                                   ("PATCH", f"/{seg}/some-id", {"a": 1}), ("DELETE", f"/{seg}/some-id", None),
-                                   ("PATCH", f"/{seg}", {"a": 1}), ("DELETE", f"/{seg}", None)):
+        for method, path, body in (
+            ("GET", f"/{seg}", None),
+            ("POST", f"/{seg}", {"email": "e@x", "password": "p", "role": "superadmin"}),
+            ("GET", f"/{seg}/some-id", None),
+            ("PUT", f"/{seg}/some-id", {"a": 1}),
+            ("PATCH", f"/{seg}/some-id", {"a": 1}),
+            ("DELETE", f"/{seg}/some-id", None),
+            ("PATCH", f"/{seg}", {"a": 1}),
+            ("DELETE", f"/{seg}", None),
+        ):
             try:
                 reply = rest_call(url, method, path, body, token=token)
             except OSError as exc:
@@ -96,9 +101,16 @@ def rest_corpus(url: str, names: list[str], token: str | None = None) -> list[st
 def socket_corpus(client, names: list) -> list[str]:
     problems = []
     for name in names:
-        for method, args in (("find", ({},)), ("get", ("some-id", {})), ("create", ({"a": 1}, {})),
-                             ("update", ("some-id", {"a": 1}, {})), ("patch", ("some-id", {"a": 1}, {})),
-                             ("remove", ("some-id", {})), ("patch", (None, {"a": 1}, {})), ("remove", (None, {}))):
+        for method, args in (
+            ("find", ({},)),
+            ("get", ("some-id", {})),
+            ("create", ({"a": 1}, {})),
+            ("update", ("some-id", {"a": 1}, {})),
+            ("patch", ("some-id", {"a": 1}, {})),
+            ("remove", ("some-id", {})),
+            ("patch", (None, {"a": 1}, {})),
+            ("remove", (None, {})),
+        ):
             try:
                 result = client.call(method, name, *args, timeout=15)
                 problems.append(f"socket {method} {name!r}: answered {str(result)[:120]}")
@@ -181,8 +193,9 @@ def test_traversal_names_with_authentication_off(make_backend, connect):
 
 
 def test_traversal_names_with_authentication_on(make_backend, connect):
-    backend = make_backend(auth=True, secret=SECRET, worker_email=WORKER[0], worker_password=WORKER[1],
-                           extra_env=ADMIN_ENV)
+    backend = make_backend(
+        auth=True, secret=SECRET, worker_email=WORKER[0], worker_password=WORKER[1], extra_env=ADMIN_ENV
+    )
     token = login(backend.url, *WORKER)["accessToken"]
     before = tree(backend.data_dir.parent)
     problems = rest_corpus(backend.url, NAMES)
@@ -196,16 +209,20 @@ def test_traversal_names_with_authentication_on(make_backend, connect):
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize("services, message", [
-    ('"*"', "must be a list of service names"),
-    ('["runs", "x/../users"]', "is not a service name"),
-    ('["runs", "Datasets"]', "is not a service name"),
-    ('["runs", "users"]', "one of the backend's own services"),
-    ('["datasets"]', 'must include "runs"'),
-])
+@pytest.mark.parametrize(
+    "services, message",
+    [
+        ('"*"', "must be a list of service names"),
+        ('["runs", "x/../users"]', "is not a service name"),
+        ('["runs", "Datasets"]', "is not a service name"),
+        ('["runs", "users"]', "one of the backend's own services"),
+        ('["datasets"]', 'must include "runs"'),
+    ],
+)
 def test_the_backend_refuses_a_whitelist_that_is_not_safe_names(backend_installed, tmp_path, services, message):
     env = {**os.environ, "MARCELLE_BACKEND_DATA": str(tmp_path), "PORT": "0", "MARCELLE_BACKEND_SERVICES": services}
-    done = subprocess.run(["node", "start.js"], cwd=backend_installed, env=env, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        ["node", "start.js"], cwd=backend_installed, env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 2, done
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr

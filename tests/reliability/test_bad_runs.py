@@ -11,7 +11,6 @@ import json
 
 import httpx
 import pytest
-
 from faults import FINAL, record
 
 pytestmark = pytest.mark.backend
@@ -43,31 +42,51 @@ FAILED_BY_THE_WORKER = [
     ("an unknown model", {"model": "no-such-model", "input": [0]}, "no running worker serves model 'no-such-model'"),
     ("a digit out of range", {"model": "digits-generator", "input": {"digit": 42}}, "input.digit"),
     ("a digit as text", {"model": "digits-generator", "input": {"digit": "seven"}}, "input.digit"),
-    ("10^9 steps", {"model": "digits-generator", "input": {"digit": 1}, "params": {"steps": 10**9}},
-     "params.steps"),
-    ("steps as text", {"model": "digits-generator", "input": {"digit": 1}, "params": {"steps": "many"}},
-     "params.steps"),
-    ("a negative guidance", {"model": "digits-generator", "input": {"digit": 1}, "params": {"guidance": -1}},
-     "params.guidance"),
+    ("10^9 steps", {"model": "digits-generator", "input": {"digit": 1}, "params": {"steps": 10**9}}, "params.steps"),
+    (
+        "steps as text",
+        {"model": "digits-generator", "input": {"digit": 1}, "params": {"steps": "many"}},
+        "params.steps",
+    ),
+    (
+        "a negative guidance",
+        {"model": "digits-generator", "input": {"digit": 1}, "params": {"guidance": -1}},
+        "params.guidance",
+    ),
     ("a huge seed", {"model": "digits-generator", "input": {"digit": 1}, "params": {"seed": 10**30}}, "params.seed"),
-    ("an unknown param", {"model": "digits-generator", "input": {"digit": 1}, "params": {"temperature": 9}},
-     "unknown params"),
+    (
+        "an unknown param",
+        {"model": "digits-generator", "input": {"digit": 1}, "params": {"temperature": 9}},
+        "unknown params",
+    ),
     ("pixels out of range", {"model": "digits", "input": [[2.0] * 128] * 128}, "values must lie in"),
     ("a 5000x4000 image", {"model": "digits", "input": big_png()}, "more than"),
-    ("not an image", {"model": "digits", "input": {"b64": base64.b64encode(b"hello").decode()}},
-     "does not hold an image"),
+    (
+        "not an image",
+        {"model": "digits", "input": {"b64": base64.b64encode(b"hello").decode()}},
+        "does not hold an image",
+    ),
     ("a null input", {"model": "digits", "input": None}, "run.input is missing"),
     ("an input of the wrong shape", {"model": "digits", "input": [[0.5]]}, "wrong shape"),
 ]
 
 
-def test_bad_runs_are_refused_or_fail_readably_and_the_worker_serves_the_next(make_backend, make_worker, connect,
-                                                                             wait_until):
+def test_bad_runs_are_refused_or_fail_readably_and_the_worker_serves_the_next(
+    make_backend, make_worker, connect, wait_until
+):
     from marcelle_torch.worker.client import BackendError
 
     backend = make_backend()
-    worker = make_worker(backend.url, "steadfast", "--heartbeat", "0.5", "--lease-timeout", "3",
-                         "--pending-timeout", str(PENDING_TIMEOUT))
+    worker = make_worker(
+        backend.url,
+        "steadfast",
+        "--heartbeat",
+        "0.5",
+        "--lease-timeout",
+        "3",
+        "--pending-timeout",
+        str(PENDING_TIMEOUT),
+    )
     client = connect(backend.url)
 
     for what, document, words in REFUSED_AT_CREATE:
@@ -77,11 +96,22 @@ def test_bad_runs_are_refused_or_fail_readably_and_the_worker_serves_the_next(ma
 
     created = {what: client.create("runs", doc) for what, doc, _ in FAILED_BY_THE_WORKER}
     # A client cannot create a run already finished: it starts pending, and is done.
-    forced = client.create("runs", {"model": "digits-generator", "input": {"digit": 3}, "params": {"steps": 5},
-                                    "status": "succeeded", "result": {"label": "forged"}, "worker": "me"})
+    forced = client.create(
+        "runs",
+        {
+            "model": "digits-generator",
+            "input": {"digit": 3},
+            "params": {"steps": 5},
+            "status": "succeeded",
+            "result": {"label": "forged"},
+            "worker": "me",
+        },
+    )
     assert forced["status"] == "pending" and forced["result"] is None and forced["worker"] is None
-    good = [client.create("runs", {"model": "digits-generator", "input": {"digit": 7}, "params": {"steps": 5}}),
-            client.create("runs", {"model": "digits", "input": [[1.0] * 128] * 128})]
+    good = [
+        client.create("runs", {"model": "digits-generator", "input": {"digit": 7}, "params": {"steps": 5}}),
+        client.create("runs", {"model": "digits", "input": [[1.0] * 128] * 128}),
+    ]
 
     def final(run):
         doc = client.get("runs", run["_id"])
@@ -97,9 +127,15 @@ def test_bad_runs_are_refused_or_fail_readably_and_the_worker_serves_the_next(ma
         assert done["status"] == "succeeded" and done["result"]["label"] != "forged", done
     assert worker.alive(), worker.log_tail(30)
     assert "the model failed" not in worker.log_text(), "a bad input was taken for a model failure"
-    record("bad_runs", {"refused_at_create": len(REFUSED_AT_CREATE),
-                        "failed_readably": len(FAILED_BY_THE_WORKER), "good_runs_after": 1 + len(good),
-                        "worker_restarts": 0})
+    record(
+        "bad_runs",
+        {
+            "refused_at_create": len(REFUSED_AT_CREATE),
+            "failed_readably": len(FAILED_BY_THE_WORKER),
+            "good_runs_after": 1 + len(good),
+            "worker_restarts": 0,
+        },
+    )
 
 
 def test_an_oversized_input_over_socketio_is_refused_with_an_error(make_backend, connect):
@@ -125,8 +161,9 @@ def test_malformed_rest_bodies_are_refused_with_a_4xx(make_backend):
     }
     answers = {}
     for what, body in bodies.items():
-        response = httpx.post(f"{backend.url}/runs", content=body, headers={"content-type": "application/json"},
-                              timeout=60)
+        response = httpx.post(
+            f"{backend.url}/runs", content=body, headers={"content-type": "application/json"}, timeout=60
+        )
         answers[what] = (response.status_code, response.json().get("message"))
     assert all(400 <= status < 500 for status, _ in answers.values()), answers
     assert answers["an input over 5 MB"][0] == 413, answers

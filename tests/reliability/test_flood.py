@@ -9,7 +9,6 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-
 from faults import record
 
 pytestmark = pytest.mark.backend
@@ -37,5 +36,10 @@ def test_a_burst_of_runs_from_20_clients_all_end_once(make_backend, trained_mode
     print(figures)
     assert bench.problems(figures) == [], figures
     assert figures["statuses"] == {"succeeded": RUNS - RUNS // 20, "failed": RUNS // 20}
-    record("flood_test", {k: figures[k] for k in ("runs", "clients", "workers", "lost", "claimed_twice",
-                                                  "finished_twice", "runs_per_s", "statuses")})
+    record(
+        "flood_test",
+        {
+            k: figures[k]
+            for k in ("runs", "clients", "workers", "lost", "claimed_twice", "finished_twice", "runs_per_s", "statuses")
+        },
+    )

@@ -110,9 +110,26 @@ def stack(tmp_path_factory, trained_digits):
     from marcelle_torch.stack.monitoring import prometheus_available
 
     tmp = tmp_path_factory.mktemp("listeners")
-    args = [sys.executable, "-m", "marcelle_torch.cli", "up", "--host", HOST, "--port", "0",
-            "--serve-port", "0", "--backend-port", "0", "--prometheus-port", "0",
-            "--workdir", str(tmp / "stack"), "--dist", str(_web_dist(tmp))]
+    args = [
+        sys.executable,
+        "-m",
+        "marcelle_torch.cli",
+        "up",
+        "--host",
+        HOST,
+        "--port",
+        "0",
+        "--serve-port",
+        "0",
+        "--backend-port",
+        "0",
+        "--prometheus-port",
+        "0",
+        "--workdir",
+        str(tmp / "stack"),
+        "--dist",
+        str(_web_dist(tmp)),
+    ]
     if prometheus_available():
         args.append("--monitoring")
     proc = ManagedProcess("marcelle-torch up", args, tmp / "up.log")
@@ -162,8 +179,7 @@ def _describe(rows: list[dict], pids: set[int]) -> str:
             cmd[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:160]
         except OSError:
             cmd[pid] = "?"
-    return "\n".join(f"  {r['line']}\n    " + "; ".join(cmd[p] for _, p in r["users"] if p in pids)
-                     for r in rows)
+    return "\n".join(f"  {r['line']}\n    " + "; ".join(cmd[p] for _, p in r["users"] if p in pids) for r in rows)
 
 
 def test_every_socket_of_the_stack_listens_on_the_host_asked(stack):
@@ -176,8 +192,7 @@ def test_every_socket_of_the_stack_listens_on_the_host_asked(stack):
     beyond = [r for r in tcp + udp if not on_host(r["host"])]
     allowed = [r for r in beyond if replica_grpc_allowed(r, beyond)]
     beyond = [r for r in beyond if r not in allowed]
-    assert not beyond, (f"{len(beyond)} socket(s) of the stack listen beyond {HOST}:\n"
-                        + _describe(beyond, pids))
+    assert not beyond, f"{len(beyond)} socket(s) of the stack listen beyond {HOST}:\n" + _describe(beyond, pids)
     # The allowance stays what it says: one socket per Serve replica, no more.
     replicas = {p for r in tcp for name, p in r["users"] if name.startswith(REPLICA)}
     assert len(allowed) <= len(replicas), _describe(allowed, pids)
@@ -206,5 +221,6 @@ def test_haproxy_admin_socket_is_not_writable_by_others(stack):
     assert sockets, "no HAProxy admin socket found: is Serve running behind HAProxy?"
     for path in sockets:
         mode = stat.S_IMODE(os.stat(path).st_mode)
-        assert not mode & (stat.S_IWOTH | stat.S_IWGRP), \
+        assert not mode & (stat.S_IWOTH | stat.S_IWGRP), (
             f"HAProxy admin socket {path} is mode {mode:o}: other users may send it admin commands"
+        )

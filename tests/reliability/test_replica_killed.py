@@ -15,7 +15,6 @@ import time
 
 import httpx
 import pytest
-
 from faults import record, replica_pids
 
 pytestmark = pytest.mark.ray
@@ -43,8 +42,12 @@ class Load:
                 entry = {"start": started}
                 try:
                     response = client.post(self.url, json=self.body)
-                    entry.update(status=response.status_code, retry_after=response.headers.get("retry-after"),
-                                 content_type=response.headers.get("content-type", ""), text=response.text[:300])
+                    entry.update(
+                        status=response.status_code,
+                        retry_after=response.headers.get("retry-after"),
+                        content_type=response.headers.get("content-type", ""),
+                        text=response.text[:300],
+                    )
                 except httpx.HTTPError as exc:
                     entry.update(status=None, exception=f"{type(exc).__name__}: {exc}")
                 entry["end"] = time.monotonic()
@@ -79,8 +82,10 @@ def json_error_code(entry: dict) -> str | None:
 def test_a_killed_replica_is_replaced_and_only_json_503s_fail_meanwhile(serve_process, make_digit):
     serve_url, session = serve_process.url, serve_process.pid
     instance, _ = make_digit(3)
-    assert httpx.post(f"{serve_url}/v1/models/digits:predict", json={"instances": [instance]},
-                      timeout=60).status_code == 200
+    assert (
+        httpx.post(f"{serve_url}/v1/models/digits:predict", json={"instances": [instance]}, timeout=60).status_code
+        == 200
+    )
     with Load(serve_url, instance, CLIENTS) as load:
         time.sleep(WARM_S)
         victims = replica_pids(session)
@@ -95,6 +100,7 @@ def test_a_killed_replica_is_replaced_and_only_json_503s_fail_meanwhile(serve_pr
             last_failure = max((r["end"] for r in after if r["status"] != 200), default=killed_at)
             fresh_ok = [r for r in after if r["status"] == 200 and r["start"] > last_failure]
             return new and len(fresh_ok) >= 3 * CLIENTS
+
         deadline = time.monotonic() + 240
         while not recovered():
             assert time.monotonic() < deadline, "Serve did not recover within 240 s of the replica's death"
@@ -117,14 +123,24 @@ def test_a_killed_replica_is_replaced_and_only_json_503s_fail_meanwhile(serve_pr
     ok_ends = sorted([killed_at] + [r["end"] for r in after if r["status"] == 200])
     gap = max(b - a for a, b in zip(ok_ends, ok_ends[1:]))
     failed_span = (max(r["end"] for r in failed) - killed_at) if failed else 0.0
-    print(f"replica {victims} killed: {len(after)} requests after the kill, {len(failed)} answered 503 "
-          f"(JSON, Retry-After) over {failed_span:.1f}s; longest time without a success {gap:.1f}s; "
-          f"slowest request {slowest:.1f}s; new replica {replica_pids(session)}")
+    print(
+        f"replica {victims} killed: {len(after)} requests after the kill, {len(failed)} answered 503 "
+        f"(JSON, Retry-After) over {failed_span:.1f}s; longest time without a success {gap:.1f}s; "
+        f"slowest request {slowest:.1f}s; new replica {replica_pids(session)}"
+    )
     meta = httpx.get(f"{serve_url}/v1/models/digits", timeout=60)
     assert meta.status_code == 200 and httpx.get(f"{serve_url}/readyz", timeout=60).status_code == 200
-    record("replica_killed", {
-        "fault": f"SIGKILL of the model-digits replica under {CLIENTS} concurrent clients",
-        "requests": len(results), "requests_after_kill": len(after), "failed_503_json_retry_after": len(failed),
-        "failed_other": 0, "connection_errors": 0, "gap_s": round(gap, 1), "failures_span_s": round(failed_span, 1),
-        "slowest_request_s": round(slowest, 1),
-    })
+    record(
+        "replica_killed",
+        {
+            "fault": f"SIGKILL of the model-digits replica under {CLIENTS} concurrent clients",
+            "requests": len(results),
+            "requests_after_kill": len(after),
+            "failed_503_json_retry_after": len(failed),
+            "failed_other": 0,
+            "connection_errors": 0,
+            "gap_s": round(gap, 1),
+            "failures_span_s": round(failed_span, 1),
+            "slowest_request_s": round(slowest, 1),
+        },
+    )

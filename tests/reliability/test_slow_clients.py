@@ -42,8 +42,10 @@ class SlowBodies:
     def __init__(self, host: str, port: int, n: int, path: str):
         self.sel = selectors.DefaultSelector()
         self.conns: dict[socket.socket, dict] = {}
-        head = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {BODY_BYTES}\r\n\r\n").encode()
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {BODY_BYTES}\r\n\r\n"
+        ).encode()
         for _ in range(n):
             s = socket.create_connection((host, port), timeout=10)
             s.sendall(head)
@@ -112,8 +114,16 @@ def _probe_loop(base: str, instance: dict, flood: SlowBodies, results: list, don
                     outcome = r.status_code
                 except httpx.HTTPError as exc:
                     ok, outcome = False, type(exc).__name__
-                results.append({"kind": kind, "ok": ok, "outcome": outcome, "open_before": open_before,
-                                "open_after": flood.open_count(), "s": time.monotonic() - started})
+                results.append(
+                    {
+                        "kind": kind,
+                        "ok": ok,
+                        "outcome": outcome,
+                        "open_before": open_before,
+                        "open_after": flood.open_count(),
+                        "s": time.monotonic() - started,
+                    }
+                )
                 if done.is_set():
                     return
 
@@ -141,9 +151,11 @@ def test_slow_bodies_are_cut_off_and_probes_still_answered(serve_process, make_d
         flood.close()
 
     conns = list(flood.conns.values())
-    summary = (f"probes: {[(r['kind'], r['outcome'], r['open_before'], round(r['s'], 1)) for r in results]}; "
-               f"slow connections still open after {CLOSE_BOUND_S:.0f}s: "
-               f"{sum(1 for c in conns if c['closed'] is None)}")
+    summary = (
+        f"probes: {[(r['kind'], r['outcome'], r['open_before'], round(r['s'], 1)) for r in results]}; "
+        f"slow connections still open after {CLOSE_BOUND_S:.0f}s: "
+        f"{sum(1 for c in conns if c['closed'] is None)}"
+    )
     # While every slow body was still open, health and predictions were answered.
     while_open = [r for r in results if r["open_before"] == SLOW and r["open_after"] == SLOW]
     assert any(r["ok"] and r["kind"] == "healthz" for r in while_open), summary
@@ -152,7 +164,9 @@ def test_slow_bodies_are_cut_off_and_probes_still_answered(serve_process, make_d
     # Each slow connection was answered 408, in the project's JSON shape, and closed, within the bound.
     assert all(c["closed"] is not None for c in conns), summary
     statuses = [_status_and_body(c["raw"]) for c in conns]
-    assert {s for s, _ in statuses} == {408}, f"statuses of the slow connections: {sorted({s for s, _ in statuses}, key=str)}"
+    assert {s for s, _ in statuses} == {408}, (
+        f"statuses of the slow connections: {sorted({s for s, _ in statuses}, key=str)}"
+    )
     error = json.loads(statuses[0][1])["error"]
     assert error["code"] == "request_timeout" and error["message"], error
     # Serve is still fine afterwards.

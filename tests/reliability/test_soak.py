@@ -23,11 +23,33 @@ MAX_RSS_GROWTH = 25
 
 def test_a_minute_of_mixed_traffic_has_no_error_and_no_runaway_memory(serve_process, trained_models, tmp_path):
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, str(SOAK), "--minutes", "1", "--warmup-s", "20", "--windows", "2",
-                             "--predict-rate", "10", "--serve-url", serve_process.url,
-                             "--serve-pid", str(serve_process.pid), "--max-rss-growth", str(MAX_RSS_GROWTH),
-                             "--workdir", str(tmp_path / "work"), "--out", str(out)],
-                            capture_output=True, text=True, timeout=400)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(SOAK),
+            "--minutes",
+            "1",
+            "--warmup-s",
+            "20",
+            "--windows",
+            "2",
+            "--predict-rate",
+            "10",
+            "--serve-url",
+            serve_process.url,
+            "--serve-pid",
+            str(serve_process.pid),
+            "--max-rss-growth",
+            str(MAX_RSS_GROWTH),
+            "--workdir",
+            str(tmp_path / "work"),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     print(result.stdout[-4000:])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((out / "soak.json").read_text())

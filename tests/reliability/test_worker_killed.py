@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from faults import FINAL, STEADY, STEADY_ENV, RunEvents, claims, completions, record
 
 from marcelle_torch.stack import monitoring
 from marcelle_torch.stack.processes import free_port
-
-from faults import FINAL, STEADY, STEADY_ENV, RunEvents, claims, completions, record
 
 pytestmark = pytest.mark.backend
 
@@ -40,7 +39,8 @@ def absent_worker_rule(for_: str) -> dict:
 
 
 def test_a_killed_workers_run_completes_exactly_once_and_the_absent_worker_alert_fires(
-        make_backend, make_worker, wait_until, tmp_path):
+    make_backend, make_worker, wait_until, tmp_path
+):
     if not monitoring.prometheus_available():
         pytest.fail("Prometheus is missing (apt-get install prometheus, or `make system-deps`)")
     backend = make_backend()
@@ -48,24 +48,43 @@ def test_a_killed_workers_run_completes_exactly_once_and_the_absent_worker_alert
     ports = {name: free_port() for name in ("alpha", "beta")}
     rules = tmp_path / "absent.yaml"
     rules.write_text(yaml.safe_dump(absent_worker_rule("3s")))
-    prom = monitoring.start_prometheus({"worker": [f"127.0.0.1:{p}" for p in ports.values()]}, tmp_path / "prom",
-                                       rule_files=[rules], scrape_interval="1s")
+    prom = monitoring.start_prometheus(
+        {"worker": [f"127.0.0.1:{p}" for p in ports.values()]},
+        tmp_path / "prom",
+        rule_files=[rules],
+        scrape_interval="1s",
+    )
     try:
-        workers = {name: make_worker(backend.url, name, *STEADY, "--heartbeat", str(HEARTBEAT),
-                                     "--lease-timeout", str(LEASE), "--metrics-port", str(port),
-                                     "--metrics-host", "127.0.0.1", env=STEADY_ENV)
-                   for name, port in ports.items()}
+        workers = {
+            name: make_worker(
+                backend.url,
+                name,
+                *STEADY,
+                "--heartbeat",
+                str(HEARTBEAT),
+                "--lease-timeout",
+                str(LEASE),
+                "--metrics-port",
+                str(port),
+                "--metrics-host",
+                "127.0.0.1",
+                env=STEADY_ENV,
+            )
+            for name, port in ports.items()
+        }
         wait_until(lambda: prom.query("sum(marcelle_torch_worker_up) == 2"), 60, "both workers up in Prometheus")
 
         client = events.client
-        runs = [client.create("runs", {"model": "steady", "input": [i], "params": {"seconds": RUN_S}})
-                for i in range(2)]
+        runs = [
+            client.create("runs", {"model": "steady", "input": [i], "params": {"seconds": RUN_S}}) for i in range(2)
+        ]
         ids = [r["_id"] for r in runs]
 
         def holders():
             docs = [client.get("runs", i) for i in ids]
             if all(d["status"] == "running" and d["progress"] > 0.2 for d in docs):
                 return docs
+
         docs = wait_until(holders, 60, "both workers to be running a run")
         target = docs[0]
         victim = next(n for n in workers if target["worker"].startswith(f"{n}-"))
@@ -79,14 +98,16 @@ def test_a_killed_workers_run_completes_exactly_once_and_the_absent_worker_alert
         victim_at = f"127.0.0.1:{ports[victim]}"
         wait_until(lambda: prom.query(f'up{{instance="{victim_at}"}} == 0'), 30, "the killed worker's scrape to fail")
         assert prom.query(f'marcelle_torch_worker_up{{instance="{victim_at}"}}') == []
-        assert [s["metric"]["instance"] for s in prom.query("marcelle_torch_worker_up == 1")] == \
-            [f"127.0.0.1:{ports[survivor]}"]
+        assert [s["metric"]["instance"] for s in prom.query("marcelle_torch_worker_up == 1")] == [
+            f"127.0.0.1:{ports[survivor]}"
+        ]
         # One worker left: "no worker connected" is rightly silent.
         assert prom.query("absent(marcelle_torch_worker_up == 1)") == []
 
         def finished(run_id):
             doc = client.get("runs", run_id)
             return doc if doc["status"] in FINAL else None
+
         done = wait_until(lambda: finished(target["_id"]), LEASE + RUN_S + 120, "the killed worker's run to finish")
         recovery_s = time.monotonic() - killed_at
         other = wait_until(lambda: finished(ids[1]), 60, "the other run to finish")
@@ -108,16 +129,26 @@ def test_a_killed_workers_run_completes_exactly_once_and_the_absent_worker_alert
         # The last worker gone too: the shipped expression fires (after the shortened `for`).
         workers[survivor].signal(signal.SIGKILL)
         survivor_killed = time.monotonic()
-        wait_until(lambda: prom.query('ALERTS{alertname="MarcelleTorchWorkerAbsent", alertstate="firing"}'),
-                   60, "MarcelleTorchWorkerAbsent to fire")
+        wait_until(
+            lambda: prom.query('ALERTS{alertname="MarcelleTorchWorkerAbsent", alertstate="firing"}'),
+            60,
+            "MarcelleTorchWorkerAbsent to fire",
+        )
         alert_s = time.monotonic() - survivor_killed
     finally:
         prom.stop()
         events.close()
 
-    record("worker_killed", {
-        "fault": "SIGKILL of the worker holding a run (2 workers, lease 3 s, run 4 s)",
-        "recovery_s": round(recovery_s, 1), "runs_lost": 0, "runs_doubled": 0,
-        "succeeded_transitions": 1, "result_writes": 1, "computations_started_again": 1,
-        "absent_alert_s_after_last_worker": round(alert_s, 1),
-    })
+    record(
+        "worker_killed",
+        {
+            "fault": "SIGKILL of the worker holding a run (2 workers, lease 3 s, run 4 s)",
+            "recovery_s": round(recovery_s, 1),
+            "runs_lost": 0,
+            "runs_doubled": 0,
+            "succeeded_transitions": 1,
+            "result_writes": 1,
+            "computations_started_again": 1,
+            "absent_alert_s_after_last_worker": round(alert_s, 1),
+        },
+    )

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from marcelle_torch.errors import InvalidInput
-from marcelle_torch.models import get_spec, load_model
 from marcelle_torch.models import digits_generator as g
+from marcelle_torch.models import get_spec, load_model
 
 
 @pytest.fixture(scope="module")
@@ -27,29 +27,35 @@ def test_spec_describes_a_generation_model():
     assert meta["input"]["shape"] == [1] and meta["input"]["range"] == [0, 9]
 
 
-@pytest.mark.parametrize("input_, params, expected", [
-    ({"digit": 3}, None, {"digit": 3, "steps": 50, "guidance": 2.0, "seed": None}),
-    (7, {"steps": 10, "seed": 4}, {"digit": 7, "steps": 10, "guidance": 2.0, "seed": 4}),
-    ([0], {"guidance": 0}, {"digit": 0, "steps": 50, "guidance": 0.0, "seed": None}),
-    ({"digit": "9"}, {"steps": None}, {"digit": 9, "steps": 50, "guidance": 2.0, "seed": None}),
-])
+@pytest.mark.parametrize(
+    "input_, params, expected",
+    [
+        ({"digit": 3}, None, {"digit": 3, "steps": 50, "guidance": 2.0, "seed": None}),
+        (7, {"steps": 10, "seed": 4}, {"digit": 7, "steps": 10, "guidance": 2.0, "seed": 4}),
+        ([0], {"guidance": 0}, {"digit": 0, "steps": 50, "guidance": 0.0, "seed": None}),
+        ({"digit": "9"}, {"steps": None}, {"digit": 9, "steps": 50, "guidance": 2.0, "seed": None}),
+    ],
+)
 def test_parse_request_accepts(input_, params, expected):
     assert g.parse_request(input_, params) == expected
 
 
-@pytest.mark.parametrize("input_, params, message", [
-    ({"digit": 10}, None, "input.digit must be an integer from 0 to 9, got 10"),
-    ({"digit": True}, None, "input.digit must be an integer from 0 to 9, got True"),
-    ({"digit": 2.5}, None, "input.digit must be an integer from 0 to 9"),
-    ({"number": 2}, None, "input must be {\"digit\": 0..9}, got keys ['number']"),
-    (None, None, "input.digit must be an integer from 0 to 9, got None"),
-    (3, {"steps": 0}, "params.steps must be an integer from 1 to 1000, got 0"),
-    (3, {"steps": 5000}, "params.steps must be an integer from 1 to 1000"),
-    (3, {"guidance": -1}, "params.guidance must be a number from 0 to 10"),
-    (3, {"seed": "x"}, "params.seed must be a non-negative integer or null"),
-    (3, {"temperature": 1}, "unknown params ['temperature']"),
-    (3, [1], "params must be an object"),
-])
+@pytest.mark.parametrize(
+    "input_, params, message",
+    [
+        ({"digit": 10}, None, "input.digit must be an integer from 0 to 9, got 10"),
+        ({"digit": True}, None, "input.digit must be an integer from 0 to 9, got True"),
+        ({"digit": 2.5}, None, "input.digit must be an integer from 0 to 9"),
+        ({"number": 2}, None, "input must be {\"digit\": 0..9}, got keys ['number']"),
+        (None, None, "input.digit must be an integer from 0 to 9, got None"),
+        (3, {"steps": 0}, "params.steps must be an integer from 1 to 1000, got 0"),
+        (3, {"steps": 5000}, "params.steps must be an integer from 1 to 1000"),
+        (3, {"guidance": -1}, "params.guidance must be a number from 0 to 10"),
+        (3, {"seed": "x"}, "params.seed must be a non-negative integer or null"),
+        (3, {"temperature": 1}, "unknown params ['temperature']"),
+        (3, [1], "params must be an object"),
+    ],
+)
 def test_parse_request_says_what_is_wrong(input_, params, message):
     with pytest.raises(InvalidInput) as info:
         g.parse_request(input_, params)
@@ -100,8 +106,12 @@ def test_run_gives_the_result_and_partial_images_as_png_data_urls(generator):
     from PIL import Image
 
     partials = []
-    result = g.run(generator, {"digit": 6}, {"steps": 6, "seed": 1},
-                   lambda progress, partial: partials.append((progress, partial())))
+    result = g.run(
+        generator,
+        {"digit": 6},
+        {"steps": 6, "seed": 1},
+        lambda progress, partial: partials.append((progress, partial())),
+    )
     assert result["label"] == "6" and result["steps"] == 6
     assert len(partials) == 6 and partials[-1][0] == 1.0
     for url in [result["image"]] + [p for _, p in partials]:

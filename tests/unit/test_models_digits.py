@@ -30,9 +30,10 @@ def test_same_digit_drawn_differently_gives_the_same_prediction(trained_digits, 
     """Size of the canvas, position and scale of the digit, and ink polarity do not matter."""
     agree, consistent, total = 0, 0, 0
     for index in range(20):
-        variants = [make_digit(index, size=size, seed=seed, light_background=light)
-                    for size, seed, light in [(128, 0, False), (64, 1, False), (300, 2, True), (128, 3, True),
-                                              (200, 4, False)]]
+        variants = [
+            make_digit(index, size=size, seed=seed, light_background=light)
+            for size, seed, light in [(128, 0, False), (64, 1, False), (300, 2, True), (128, 3, True), (200, 4, False)]
+        ]
         truth = variants[0][1]
         labels = predict(trained_digits, model, [inst for inst, _ in variants])
         total += len(labels)

@@ -27,13 +27,16 @@ def encode(img: Image.Image, fmt="PNG") -> str:
 
 def test_png_jpeg_dataurl_and_list_give_the_shape(digits):
     img = Image.new("L", (300, 200), 255)
-    batch = decode_instances(digits, [
-        {"b64": encode(img)},
-        "data:image/png;base64," + encode(img),
-        {"b64": encode(img.convert("RGB"), "JPEG")},
-        np.zeros((128, 128)).tolist(),
-        np.zeros((1, 128, 128)).tolist(),
-    ])
+    batch = decode_instances(
+        digits,
+        [
+            {"b64": encode(img)},
+            "data:image/png;base64," + encode(img),
+            {"b64": encode(img.convert("RGB"), "JPEG")},
+            np.zeros((128, 128)).tolist(),
+            np.zeros((1, 128, 128)).tolist(),
+        ],
+    )
     assert batch.shape == (5, 1, 128, 128)
     assert batch.dtype == torch.float32
     assert float(batch[0].min()) == pytest.approx(1.0)  # white stays white after padding
@@ -47,22 +50,25 @@ def test_transparent_canvas_is_put_on_white(digits):
     assert float(x.min()) < 0.5
 
 
-@pytest.mark.parametrize("instances, message", [
-    ({"b64": "x"}, "'instances' must be a list, got an object"),
-    ("abc", "'instances' must be a list, got a string"),
-    (None, "'instances' must be a list, got null"),
-    ([], "'instances' is empty"),
-    ([{"b64": "not base64!"}], "instance 0: b64 is not valid base64"),
-    ([{"b64": base64.b64encode(b"hello").decode()}], "instance 0: b64 does not hold an image"),
-    ([{"b64": 3}], "instance 0: b64 must be a string, got a number"),
-    ([{"png": "x"}], "an object instance must be"),
-    ([[[0.0] * 3] * 3], r"instance 0: wrong shape \[3, 3\], expected \[1, 128, 128\]"),
-    ([np.zeros((128, 128)).tolist(), 5], "instance 1: expected a nested list"),
-    ([[[0, 1], [2]]], "ragged or not numeric"),
-    ([np.full((128, 128), 2.0).tolist()], r"values must lie in \[0.0, 1.0\]"),
-    ([np.full((128, 128), np.nan).tolist()], "values must be finite"),
-    ([True], "got a boolean"),
-])
+@pytest.mark.parametrize(
+    "instances, message",
+    [
+        ({"b64": "x"}, "'instances' must be a list, got an object"),
+        ("abc", "'instances' must be a list, got a string"),
+        (None, "'instances' must be a list, got null"),
+        ([], "'instances' is empty"),
+        ([{"b64": "not base64!"}], "instance 0: b64 is not valid base64"),
+        ([{"b64": base64.b64encode(b"hello").decode()}], "instance 0: b64 does not hold an image"),
+        ([{"b64": 3}], "instance 0: b64 must be a string, got a number"),
+        ([{"png": "x"}], "an object instance must be"),
+        ([[[0.0] * 3] * 3], r"instance 0: wrong shape \[3, 3\], expected \[1, 128, 128\]"),
+        ([np.zeros((128, 128)).tolist(), 5], "instance 1: expected a nested list"),
+        ([[[0, 1], [2]]], "ragged or not numeric"),
+        ([np.full((128, 128), 2.0).tolist()], r"values must lie in \[0.0, 1.0\]"),
+        ([np.full((128, 128), np.nan).tolist()], "values must be finite"),
+        ([True], "got a boolean"),
+    ],
+)
 def test_bad_instances_say_what_is_wrong(digits, instances, message):
     with pytest.raises(InvalidInput, match=message) as info:
         decode_instances(digits, instances)
@@ -76,8 +82,13 @@ def test_huge_image_is_refused(digits):
 
 
 def test_tensor_input_dtype_and_shape():
-    spec = ModelSpec(name="t", task="classification", build=lambda: torch.nn.Identity(),
-                     input=TensorInput((2, 3), value_range=(-1.0, 1.0)), labels=("a",))
+    spec = ModelSpec(
+        name="t",
+        task="classification",
+        build=lambda: torch.nn.Identity(),
+        input=TensorInput((2, 3), value_range=(-1.0, 1.0)),
+        labels=("a",),
+    )
     x = decode_instances(spec, [[[0, 0.5, 1], [-1, 0, 0]]])
     assert x.shape == (1, 2, 3)
     with pytest.raises(InvalidInput, match=r"expected \[2, 3\]"):
@@ -94,8 +105,13 @@ def test_postprocess_gives_classifier_results(digits):
 
 
 def test_image_input_value_range_is_applied():
-    spec = ModelSpec(name="r", task="classification", build=lambda: torch.nn.Identity(),
-                     input=ImageInput(size=8, value_range=(-1.0, 1.0)), labels=("a",))
+    spec = ModelSpec(
+        name="r",
+        task="classification",
+        build=lambda: torch.nn.Identity(),
+        input=ImageInput(size=8, value_range=(-1.0, 1.0)),
+        labels=("a",),
+    )
     x = decode_instances(spec, [{"b64": encode(Image.new("L", (8, 8), 255))}])
     assert float(x.max()) == pytest.approx(1.0)
 
@@ -117,13 +133,18 @@ def _encoded(mode: str, fmt: str) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-@pytest.mark.parametrize("instance, message", [
-    # Found by the HTTP fuzzing (tests/reliability/test_fuzz_http.py): each escaped as a 500.
-    ({"b64": _png_with_chunk(b"zTXt", b"k\0\0" + __import__("zlib").compress(b"a" * (20 << 20)))},
-     "cannot be decoded .*too large"),
-    ({"b64": _encoded("LAB", "TIFF")}, "cannot be decoded .*LAB"),
-    ([[10**400] * 128] * 128, "a number is too large"),
-])
+@pytest.mark.parametrize(
+    "instance, message",
+    [
+        # Found by the HTTP fuzzing (tests/reliability/test_fuzz_http.py): each escaped as a 500.
+        (
+            {"b64": _png_with_chunk(b"zTXt", b"k\0\0" + __import__("zlib").compress(b"a" * (20 << 20)))},
+            "cannot be decoded .*too large",
+        ),
+        ({"b64": _encoded("LAB", "TIFF")}, "cannot be decoded .*LAB"),
+        ([[10**400] * 128] * 128, "a number is too large"),
+    ],
+)
 def test_files_and_numbers_the_decoders_choke_on_are_bad_input(digits, instance, message):
     with pytest.raises(InvalidInput, match=message) as info:
         decode_instances(digits, [instance])

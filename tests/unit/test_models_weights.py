@@ -36,8 +36,14 @@ def private_cache(tmp_path, monkeypatch):
 
 
 def linear_spec(**weights) -> ModelSpec:
-    return ModelSpec(name="lin", task="classification", build=lambda: nn.Linear(2, 2), input=TensorInput((2,)),
-                     labels=("a", "b"), weights=Weights(**weights))
+    return ModelSpec(
+        name="lin",
+        task="classification",
+        build=lambda: nn.Linear(2, 2),
+        input=TensorInput((2,)),
+        labels=("a", "b"),
+        weights=Weights(**weights),
+    )
 
 
 def saved_weights(path):

@@ -9,19 +9,20 @@ import torch
 from onnx import TensorProto, helper
 
 from marcelle_torch.models import ImageInput, ModelSpec, TensorInput
-from marcelle_torch.onnx import check_parity, check_size, check_web_compat, export_onnx, parity_inputs
-from marcelle_torch.onnx import webops
+from marcelle_torch.onnx import check_parity, check_size, check_web_compat, export_onnx, parity_inputs, webops
 
 
 def graph_model(nodes, opsets=(("", 18),), functions=()):
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
     graph = helper.make_graph(nodes, "g", [x], [y])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets],
-                             functions=list(functions))
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets], functions=list(functions)
+    )
 
 
 # --- the operator list --------------------------------------------------------------------
+
 
 def test_allowlist_names_its_source_and_matches_ort_kernel_table():
     data = webops.load_allowlist()
@@ -48,9 +49,14 @@ def test_covers_open_and_closed_ranges():
 
 # --- web compatibility ----------------------------------------------------------------------
 
+
 def test_supported_graph_passes():
-    model = graph_model([helper.make_node("Relu", ["input"], ["r"], name="relu"),
-                         helper.make_node("Softmax", ["r"], ["y"], name="softmax", axis=1)])
+    model = graph_model(
+        [
+            helper.make_node("Relu", ["input"], ["r"], name="relu"),
+            helper.make_node("Softmax", ["r"], ["y"], name="softmax", axis=1),
+        ]
+    )
     result = check_web_compat(model)
     assert result.passed, result.lines()
     assert result.data["nodes"] == 2
@@ -59,15 +65,19 @@ def test_supported_graph_passes():
 
 def test_unsupported_contrib_op_is_named_with_its_node():
     model = graph_model(
-        [helper.make_node("Relu", ["input"], ["r"], name="relu"),
-         helper.make_node("Rfft", ["r"], ["y"], name="spectrum/rfft", domain="com.microsoft", signal_ndim=1)],
-        opsets=(("", 18), ("com.microsoft", 1)))
+        [
+            helper.make_node("Relu", ["input"], ["r"], name="relu"),
+            helper.make_node("Rfft", ["r"], ["y"], name="spectrum/rfft", domain="com.microsoft", signal_ndim=1),
+        ],
+        opsets=(("", 18), ("com.microsoft", 1)),
+    )
     result = check_web_compat(model)
     assert not result.passed and result.blocks
     assert "com.microsoft::Rfft" in result.summary
     assert any("com.microsoft::Rfft" in d and "'spectrum/rfft'" in d for d in result.details), result.details
     assert result.data["unsupported"] == [
-        {"domain": "com.microsoft", "op_type": "Rfft", "version": 1, "nodes": ["spectrum/rfft"]}]
+        {"domain": "com.microsoft", "op_type": "Rfft", "version": 1, "nodes": ["spectrum/rfft"]}
+    ]
 
 
 def test_op_version_too_old_for_ort_is_refused():
@@ -95,23 +105,38 @@ def test_function_op_without_kernel_runs_as_its_expansion():
 
 def test_nodes_in_subgraphs_and_local_functions_are_checked():
     then_branch = helper.make_graph(
-        [helper.make_node("Rfft", ["input"], ["t"], name="inner_rfft", domain="com.microsoft")], "then", [],
-        [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)])
+        [helper.make_node("Rfft", ["input"], ["t"], name="inner_rfft", domain="com.microsoft")],
+        "then",
+        [],
+        [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)],
+    )
     else_branch = helper.make_graph(
-        [helper.make_node("Identity", ["input"], ["e"], name="inner_id")], "else", [],
-        [helper.make_tensor_value_info("e", TensorProto.FLOAT, None)])
-    cond = helper.make_node("Constant", [], ["c"], name="cond",
-                            value=helper.make_tensor("c", TensorProto.BOOL, [], [True]))
+        [helper.make_node("Identity", ["input"], ["e"], name="inner_id")],
+        "else",
+        [],
+        [helper.make_tensor_value_info("e", TensorProto.FLOAT, None)],
+    )
+    cond = helper.make_node(
+        "Constant", [], ["c"], name="cond", value=helper.make_tensor("c", TensorProto.BOOL, [], [True])
+    )
     if_node = helper.make_node("If", ["c"], ["y"], name="branch", then_branch=then_branch, else_branch=else_branch)
     result = check_web_compat(graph_model([cond, if_node], opsets=(("", 18), ("com.microsoft", 1))))
     assert not result.passed
     assert "'branch/inner_rfft'" in result.details[0]
 
-    local = helper.make_function("my.fns", "Block", ["a"], ["b"],
-                                 [helper.make_node("GemmFloat8", ["a"], ["b"], name="fp8", domain="com.microsoft")],
-                                 [helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)])
-    model = graph_model([helper.make_node("Block", ["input"], ["y"], name="block0", domain="my.fns")],
-                        opsets=(("", 18), ("com.microsoft", 1), ("my.fns", 1)), functions=[local])
+    local = helper.make_function(
+        "my.fns",
+        "Block",
+        ["a"],
+        ["b"],
+        [helper.make_node("GemmFloat8", ["a"], ["b"], name="fp8", domain="com.microsoft")],
+        [helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)],
+    )
+    model = graph_model(
+        [helper.make_node("Block", ["input"], ["y"], name="block0", domain="my.fns")],
+        opsets=(("", 18), ("com.microsoft", 1), ("my.fns", 1)),
+        functions=[local],
+    )
     result = check_web_compat(model)
     assert not result.passed
     assert "com.microsoft::GemmFloat8" in result.summary and "'block0/fp8'" in result.details[0]
@@ -124,6 +149,7 @@ def test_check_reads_a_file(tmp_path):
 
 
 # --- size -------------------------------------------------------------------------------
+
 
 def test_size_warns_above_the_limit_and_recommends_ray_serve(tmp_path):
     path = tmp_path / "model.onnx"
@@ -138,6 +164,7 @@ def test_size_warns_above_the_limit_and_recommends_ray_serve(tmp_path):
 
 # --- parity -----------------------------------------------------------------------------
 
+
 class Tiny(torch.nn.Module):
     def __init__(self, seed: int = 0):
         super().__init__()
@@ -149,8 +176,13 @@ class Tiny(torch.nn.Module):
 
 
 def tiny_spec(build=Tiny):
-    return ModelSpec(name="tiny", task="classification", build=build, input=TensorInput(shape=(6,), value_range=(0, 1)),
-                     labels=("a", "b", "c"))
+    return ModelSpec(
+        name="tiny",
+        task="classification",
+        build=build,
+        input=TensorInput(shape=(6,), value_range=(0, 1)),
+        labels=("a", "b", "c"),
+    )
 
 
 @pytest.fixture(scope="module")

@@ -26,8 +26,9 @@ def test_zero_means_any_free_port():
 
 
 def test_a_child_that_dies_while_starting_is_reported_with_its_log(tmp_path):
-    proc = ManagedProcess("broken", [sys.executable, "-c", "print('bad config: nope'); raise SystemExit(3)"],
-                          tmp_path / "broken.log")
+    proc = ManagedProcess(
+        "broken", [sys.executable, "-c", "print('bad config: nope'); raise SystemExit(3)"], tmp_path / "broken.log"
+    )
     with pytest.raises(StartupError) as err:
         proc.wait_http("http://127.0.0.1:9/never", timeout=30)
     assert "exited with code 3" in err.value.message

@@ -37,11 +37,17 @@ def test_a_dead_child_is_restarted_with_backoff_said_and_counted(tmp_path):
         for restart in (1, 2):
             before = entry.child
             before.signal(signal.SIGKILL)
-            wait_for(lambda: entry.child is not None and entry.child is not before and entry.child.alive(),
-                     what=f"restart {restart}")
+            wait_for(
+                lambda: entry.child is not None and entry.child is not before and entry.child.alive(),
+                what=f"restart {restart}",
+            )
         # The second failure came quickly after the first restart: it waited twice as long.
-        assert said == ["sleeper exited with code -9; restarting it in 1s", "sleeper restarted",
-                        "sleeper exited with code -9; restarting it in 2s", "sleeper restarted"]
+        assert said == [
+            "sleeper exited with code -9; restarting it in 1s",
+            "sleeper restarted",
+            "sleeper exited with code -9; restarting it in 2s",
+            "sleeper restarted",
+        ]
         exposition = generate_latest(supervisor.registry).decode()
         assert 'marcelle_torch_stack_restarts_total{component="sleeper"} 2.0' in exposition
     finally:
@@ -61,20 +67,31 @@ def test_a_stopped_supervisor_restarts_nothing(tmp_path):
 
 
 def test_children_die_with_a_launcher_killed_outright(tmp_path):
-    launcher = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    launcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
         from marcelle_torch.stack.processes import ManagedProcess
-        child = ManagedProcess("sleeper", {SLEEPER!r}, Path({str(tmp_path / 'child.log')!r}), die_with_parent=True)
+        child = ManagedProcess("sleeper", {SLEEPER!r}, Path({str(tmp_path / "child.log")!r}), die_with_parent=True)
         print(child.pid, flush=True)
         time.sleep(600)
-    """)], stdout=subprocess.PIPE, text=True)
+    """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     child_pid = int(launcher.stdout.readline())
     assert os.path.exists(f"/proc/{child_pid}")
     launcher.kill()  # SIGKILL: the launcher cannot clean up
     launcher.wait(10)
-    wait_for(lambda: not os.path.exists(f"/proc/{child_pid}") or _zombie(child_pid), timeout=30,
-             what="the child to end with its launcher")
+    wait_for(
+        lambda: not os.path.exists(f"/proc/{child_pid}") or _zombie(child_pid),
+        timeout=30,
+        what="the child to end with its launcher",
+    )
 
 
 def _zombie(pid: int) -> bool:

@@ -7,10 +7,17 @@ does not load torch.
 from importlib import import_module
 
 _WHERE = {
-    "decode_instances": "inputs", "postprocess": "inputs",
-    "builtin_names": "registry", "get_spec": "registry",
-    "ImageInput": "spec", "ModelSpec": "spec", "TensorInput": "spec", "Weights": "spec",
-    "cache_dir": "weights", "load_model": "weights", "resolve_weights": "weights",
+    "decode_instances": "inputs",
+    "postprocess": "inputs",
+    "builtin_names": "registry",
+    "get_spec": "registry",
+    "ImageInput": "spec",
+    "ModelSpec": "spec",
+    "TensorInput": "spec",
+    "Weights": "spec",
+    "cache_dir": "weights",
+    "load_model": "weights",
+    "resolve_weights": "weights",
 }
 
 __all__ = sorted(_WHERE)

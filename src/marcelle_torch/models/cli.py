@@ -96,5 +96,6 @@ def cmd_predict(args) -> int:
 def _summary(metrics: dict | None) -> str:
     if not metrics:
         return "no metrics"
-    return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
-                     if k.endswith("accuracy"))
+    return ", ".join(
+        f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items() if k.endswith("accuracy")
+    )

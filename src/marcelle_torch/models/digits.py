@@ -28,12 +28,15 @@ class DigitsCNN(nn.Module):
     def __init__(self):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
             nn.MaxPool2d(2),
         )
-        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.25), nn.Linear(64 * 4 * 4, 128), nn.ReLU(),
-                                  nn.Linear(128, 10))
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Dropout(0.25), nn.Linear(64 * 4 * 4, 128), nn.ReLU(), nn.Linear(128, 10)
+        )
 
     def forward(self, counts: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(counts / 16.0))
@@ -62,8 +65,12 @@ def synthetic_canvases(images: np.ndarray, labels: np.ndarray, per_image: int, s
     return torch.from_numpy(np.stack(canvases))[:, None], torch.tensor(np.array(targets), dtype=torch.long)
 
 
-def accuracy(model: DigitsClassifier, canvases: torch.Tensor | None = None, targets: torch.Tensor | None = None,
-             counts: torch.Tensor | None = None) -> float:
+def accuracy(
+    model: DigitsClassifier,
+    canvases: torch.Tensor | None = None,
+    targets: torch.Tensor | None = None,
+    counts: torch.Tensor | None = None,
+) -> float:
     model.eval()
     with torch.no_grad():
         if counts is not None:
@@ -112,8 +119,9 @@ def train(spec: ModelSpec, target: Path, progress: bool = False, epochs: int = 3
 
     test_canvases, test_canvas_targets = synthetic_canvases(x_test, y_test, per_image=1, seed=seed + 1)
     metrics = {
-        "heldout_accuracy": accuracy(model, counts=torch.from_numpy(x_test)[:, None],
-                                     targets=torch.from_numpy(y_test).long()),
+        "heldout_accuracy": accuracy(
+            model, counts=torch.from_numpy(x_test)[:, None], targets=torch.from_numpy(y_test).long()
+        ),
         "heldout_canvas_accuracy": accuracy(model, test_canvases, test_canvas_targets),
         "heldout_size": int(len(y_test)),
         "train_seconds": round(time.monotonic() - started, 1),

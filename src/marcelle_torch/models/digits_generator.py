@@ -40,6 +40,7 @@ MAX_GUIDANCE = 10.0
 
 # ---------------------------------------------------------------------------- the network
 
+
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     half = dim // 2
     freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
@@ -113,6 +114,7 @@ class DigitsGenerator(nn.Module):
 
 # ---------------------------------------------------------------------------- requests
 
+
 def parse_request(input_, params: dict | None = None) -> dict:
     """A run's ``input`` and ``params`` -> ``{"digit", "steps", "guidance", "seed"}``.
 
@@ -122,7 +124,7 @@ def parse_request(input_, params: dict | None = None) -> dict:
     """
     if isinstance(input_, dict):
         if set(input_) != {"digit"}:
-            raise InvalidInput(f"input must be {{\"digit\": 0..9}}, got keys {sorted(input_)}")
+            raise InvalidInput(f'input must be {{"digit": 0..9}}, got keys {sorted(input_)}')
         digit = input_["digit"]
     elif isinstance(input_, list) and len(input_) == 1:
         digit = input_[0]
@@ -152,13 +154,19 @@ def parse_request(input_, params: dict | None = None) -> dict:
 
 # ---------------------------------------------------------------------------- sampling
 
+
 def to_counts(x: torch.Tensor) -> torch.Tensor:
     """Model space [-1, 1] -> block counts [0, 16]."""
-    return ((x.clamp(-1, 1) + 1) * 8.0)
+    return (x.clamp(-1, 1) + 1) * 8.0
 
 
-def iter_generate(model: DigitsGenerator, digits, steps: int = PARAMS["steps"], guidance: float = PARAMS["guidance"],
-                  seed: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+def iter_generate(
+    model: DigitsGenerator,
+    digits,
+    steps: int = PARAMS["steps"],
+    guidance: float = PARAMS["guidance"],
+    seed: int | None = None,
+) -> Iterator[tuple[int, torch.Tensor]]:
     """DDIM sampling. Yields ``(step, x0)`` after each of ``steps`` denoising steps, where
     ``x0`` (N, 8, 8) is the current prediction of the finished image as counts 0..16; the
     last one is the result. ``digits`` is an int or a sequence of ints (one sample each)."""
@@ -187,9 +195,15 @@ def iter_generate(model: DigitsGenerator, digits, steps: int = PARAMS["steps"], 
             yield i + 1, to_counts(x0)[:, 0].cpu()
 
 
-def generate(model: DigitsGenerator, digit: int, steps: int = PARAMS["steps"],
-             callback: Callable[[float, np.ndarray], None] | None = None, every: int = 1,
-             guidance: float = PARAMS["guidance"], seed: int | None = None) -> np.ndarray:
+def generate(
+    model: DigitsGenerator,
+    digit: int,
+    steps: int = PARAMS["steps"],
+    callback: Callable[[float, np.ndarray], None] | None = None,
+    every: int = 1,
+    guidance: float = PARAMS["guidance"],
+    seed: int | None = None,
+) -> np.ndarray:
     """One sample of ``digit`` as 8x8 counts (0..16). ``callback(progress, x0)`` is called
     every ``every`` steps and after the last, with progress in (0, 1] and the current
     prediction of the finished image; it may raise to stop the sampling between steps."""
@@ -218,11 +232,18 @@ def counts_to_data_url(counts: np.ndarray, size: int = 128) -> str:
 
 # ---------------------------------------------------------------------------- training
 
-def class_accuracy(model: DigitsGenerator, per_class: int = 10, steps: int = PARAMS["steps"],
-                   guidance: float = PARAMS["guidance"], seed: int = 1) -> float:
+
+def class_accuracy(
+    model: DigitsGenerator,
+    per_class: int = 10,
+    steps: int = PARAMS["steps"],
+    guidance: float = PARAMS["guidance"],
+    seed: int = 1,
+) -> float:
     """Fraction of generated samples that the independent ``digits`` classifier reads as
     the requested digit, after drawing each on a 128x128 canvas as a sketch would be."""
-    from .digits import CANVAS, spec as classifier_spec
+    from .digits import CANVAS
+    from .digits import spec as classifier_spec
     from .optdigits import render_canvas
     from .weights import load_model
 
@@ -267,8 +288,9 @@ def _train(spec: ModelSpec, target: Path, progress: bool, epochs: int, seed: int
     ema.requires_grad_(False)
     optimiser = torch.optim.AdamW(model.net.parameters(), lr=2e-3, weight_decay=0.0)
     batches_per_epoch = math.ceil(len(data) / 128)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=2e-3, total_steps=epochs * batches_per_epoch,
-                                                    pct_start=0.05)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimiser, max_lr=2e-3, total_steps=epochs * batches_per_epoch, pct_start=0.05
+    )
     generator = torch.Generator().manual_seed(seed)
     ab = model.alpha_bar
     bar = tqdm(range(epochs), desc=f"train {spec.name}", unit="epoch", disable=not progress)
@@ -323,15 +345,21 @@ def spec() -> ModelSpec:
 
 # ---------------------------------------------------------------------------- runs
 
+
 def run(model: DigitsGenerator, input_, params: dict | None, report) -> dict:
     """One generation run, as the run worker calls it (the protocol of a generation model's
     module). ``report(progress, partial)`` is called after every step with ``partial`` a
     function giving the current image as a PNG data URL (made only when it is sent); it
     may raise to stop. Returns the run's ``result``."""
     request = parse_request(input_, params)
-    counts = generate(model, request["digit"], request["steps"],
-                      callback=lambda progress, x0: report(progress, lambda: counts_to_data_url(x0)),
-                      guidance=request["guidance"], seed=request["seed"])
+    counts = generate(
+        model,
+        request["digit"],
+        request["steps"],
+        callback=lambda progress, x0: report(progress, lambda: counts_to_data_url(x0)),
+        guidance=request["guidance"],
+        seed=request["seed"],
+    )
     return {
         "label": LABELS[request["digit"]],
         "image": counts_to_data_url(counts),

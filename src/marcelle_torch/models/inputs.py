@@ -50,8 +50,9 @@ def decode_instance(spec: ModelSpec, item, index: int = 0) -> torch.Tensor:
     if isinstance(schema, ImageInput):
         if isinstance(item, dict):
             if set(item) != {"b64"}:
-                raise InvalidInput(f"{where}: an object instance must be {{\"b64\": <base64 image>}}, "
-                                   f"got keys {sorted(item)}")
+                raise InvalidInput(
+                    f'{where}: an object instance must be {{"b64": <base64 image>}}, got keys {sorted(item)}'
+                )
             return decode_image(item["b64"], schema, where)
         if isinstance(item, str):
             return decode_image(item, schema, where)
@@ -122,15 +123,17 @@ def _pad_square(img):
     return square
 
 
-def _decode_array(item, shape, value_range, where: str, dtype: str = "float32",
-                  allow_squeezed: bool = False) -> torch.Tensor:
+def _decode_array(
+    item, shape, value_range, where: str, dtype: str = "float32", allow_squeezed: bool = False
+) -> torch.Tensor:
     if not isinstance(item, list):
         raise InvalidInput(f"{where}: expected a nested list of shape {list(shape)}, got {_json_type(item)}")
     try:
         arr = np.array(item, dtype=np.float64)
     except (ValueError, TypeError):
-        raise InvalidInput(f"{where}: expected numbers in a nested list of shape {list(shape)} "
-                           "(ragged or not numeric)") from None
+        raise InvalidInput(
+            f"{where}: expected numbers in a nested list of shape {list(shape)} (ragged or not numeric)"
+        ) from None
     except OverflowError:  # an integer beyond float64 (JSON integers have no size limit)
         raise InvalidInput(f"{where}: a number is too large (beyond a 64-bit float)") from None
     if allow_squeezed and arr.shape == tuple(shape[1:]):

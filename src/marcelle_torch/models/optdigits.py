@@ -108,13 +108,17 @@ def load_split(seed: int = 0, test_fraction: float = 0.25):
 
     data = load_digits()
     images = data.images.astype(np.float32)  # (1797, 8, 8) counts 0..16
-    return train_test_split(images, data.target, test_size=test_fraction, random_state=seed,
-                            stratify=data.target)
+    return train_test_split(images, data.target, test_size=test_fraction, random_state=seed, stratify=data.target)
 
 
-def render_canvas(counts: np.ndarray, size: int, rng: np.random.Generator,
-                  scale: tuple[float, float] = (0.25, 0.95), threshold: tuple[float, float] = (0.25, 0.7),
-                  light_background: bool = False) -> np.ndarray:
+def render_canvas(
+    counts: np.ndarray,
+    size: int,
+    rng: np.random.Generator,
+    scale: tuple[float, float] = (0.25, 0.95),
+    threshold: tuple[float, float] = (0.25, 0.7),
+    light_background: bool = False,
+) -> np.ndarray:
     """Draw an 8x8 dataset digit onto a ``size`` canvas at a random size, position and slant.
 
     The digit is upsampled smoothly, slanted, rotated and stretched a little (people do not
@@ -130,22 +134,23 @@ def render_canvas(counts: np.ndarray, size: int, rng: np.random.Generator,
     padded = Image.new("F", (width + 2 * pad, height + 2 * pad), 0.0)
     padded.paste(img, (pad, pad))
     shear = rng.uniform(-0.3, 0.3)
-    padded = padded.transform(padded.size, Image.AFFINE, (1, shear, -shear * padded.size[1] / 2, 0, 1, 0),
-                              resample=Image.BILINEAR)
+    padded = padded.transform(
+        padded.size, Image.AFFINE, (1, shear, -shear * padded.size[1] / 2, 0, 1, 0), resample=Image.BILINEAR
+    )
     padded = padded.rotate(rng.uniform(-12, 12), resample=Image.BILINEAR)
     up = np.asarray(padded, dtype=np.float32)
     drawing = up > rng.uniform(*threshold)
     if not drawing.any():
         drawing = up > up.max() / 2
     rows, cols = np.flatnonzero(drawing.any(axis=1)), np.flatnonzero(drawing.any(axis=0))
-    drawing = drawing[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].astype(np.float32)
+    drawing = drawing[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].astype(np.float32)
     if max(drawing.shape) > size:  # keep the whole digit on the canvas
         factor = size / max(drawing.shape)
         shape = (max(1, int(drawing.shape[1] * factor)), max(1, int(drawing.shape[0] * factor)))
-        drawing = (np.asarray(Image.fromarray(drawing, mode="F").resize(shape, Image.BILINEAR)) > 0.5)
+        drawing = np.asarray(Image.fromarray(drawing, mode="F").resize(shape, Image.BILINEAR)) > 0.5
         drawing = drawing.astype(np.float32)
     h, w = drawing.shape
     canvas = np.zeros((size, size), dtype=np.float32)
     top, left = int(rng.integers(0, size - h + 1)), int(rng.integers(0, size - w + 1))
-    canvas[top:top + h, left:left + w] = drawing
+    canvas[top : top + h, left : left + w] = drawing
     return 1.0 - canvas if light_background else canvas

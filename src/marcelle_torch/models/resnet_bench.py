@@ -33,7 +33,8 @@ class ResNet18Shaped(nn.Module):
     def __init__(self, num_outputs: int = 1000):
         super().__init__()
         self.stem = nn.Sequential(
-            nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+            nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1)
+        )
         layers, cin = [], 64
         for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
             layers += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
@@ -63,7 +64,11 @@ def spec():
     """
     from .spec import ImageInput, ModelSpec
 
-    return ModelSpec(name="resnet-bench", task="classification", build=build,
-                     input=ImageInput(size=INPUT_SHAPE[1], channels=INPUT_SHAPE[0]),
-                     labels=tuple(f"class-{i}" for i in range(1000)),
-                     description="benchmark only: ResNet-18-shaped, random weights, classifies nothing")
+    return ModelSpec(
+        name="resnet-bench",
+        task="classification",
+        build=build,
+        input=ImageInput(size=INPUT_SHAPE[1], channels=INPUT_SHAPE[0]),
+        labels=tuple(f"class-{i}" for i in range(1000)),
+        description="benchmark only: ResNet-18-shaped, random weights, classifies nothing",
+    )

@@ -120,9 +120,7 @@ class ModelSpec:
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not NAME_RE.match(self.name):
-            raise InvalidSpec(
-                f"model name {self.name!r}: use lowercase letters, digits and '-' (max 63)"
-            )
+            raise InvalidSpec(f"model name {self.name!r}: use lowercase letters, digits and '-' (max 63)")
         if self.task not in TASKS:
             raise InvalidSpec(f"model {self.name}: task must be one of {TASKS}, got {self.task!r}")
         if not callable(self.build):
@@ -134,8 +132,9 @@ class ModelSpec:
         if self.task == "generation" and not callable(self.run):
             raise InvalidSpec(f"model {self.name}: a generation model needs run(module, input, params, report)")
         if self.task == "classification" and self.run is not None:
-            raise InvalidSpec(f"model {self.name}: run is for generation models; a classifier's module "
-                              "is called on a batch")
+            raise InvalidSpec(
+                f"model {self.name}: run is for generation models; a classifier's module is called on a batch"
+            )
         if len(set(self.labels)) != len(self.labels):
             raise InvalidSpec(f"model {self.name}: labels must be unique")
         if self.weights.path and not Path(self.weights.path).expanduser().exists():
@@ -146,8 +145,10 @@ class ModelSpec:
         """This spec, if ``path`` can run it; else InvalidSpec saying why, in one line."""
         if path in ("serve", "onnx") and self.task != "classification":
             where = "Ray Serve" if path == "serve" else "an ONNX export"
-            raise InvalidSpec(f"model {self.name} is a {self.task} model: {where} takes classification models "
-                              "only (one forward pass per request); run it through the backend worker")
+            raise InvalidSpec(
+                f"model {self.name} is a {self.task} model: {where} takes classification models "
+                "only (one forward pass per request); run it through the backend worker"
+            )
         return self
 
     def metadata(self) -> dict:

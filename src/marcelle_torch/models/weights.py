@@ -76,9 +76,7 @@ def resolve_weights(spec: ModelSpec, train_if_missing: bool = True, progress: bo
         if target.is_file():
             return target
         if not train_if_missing:
-            raise WeightsError(
-                f"model {spec.name} is not trained yet: run `marcelle-torch train {spec.name}`"
-            )
+            raise WeightsError(f"model {spec.name} is not trained yet: run `marcelle-torch train {spec.name}`")
         w.train(spec=spec, target=target, progress=progress)
         return target
     return None
@@ -90,8 +88,10 @@ def read_checkpoint(path: Path):
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch's own message runs over many lines
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"cannot read weights {path} ({first[:160]}): not a PyTorch checkpoint, or damaged; "
-                           "delete it, or train again with --force") from None
+        raise WeightsError(
+            f"cannot read weights {path} ({first[:160]}): not a PyTorch checkpoint, or damaged; "
+            "delete it, or train again with --force"
+        ) from None
 
 
 def load_state_dict(path: Path) -> dict:
@@ -100,8 +100,13 @@ def load_state_dict(path: Path) -> dict:
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
 
-def load_model(spec: ModelSpec, device: str | torch.device = "cpu", train_if_missing: bool = True,
-               progress: bool = False, logger: logging.Logger | None = None) -> torch.nn.Module:
+def load_model(
+    spec: ModelSpec,
+    device: str | torch.device = "cpu",
+    train_if_missing: bool = True,
+    progress: bool = False,
+    logger: logging.Logger | None = None,
+) -> torch.nn.Module:
     """Build the module, load its weights, move it to ``device``, put it in eval mode.
     Logs the weights' sha256 (on ``logger``), the digest the ONNX bundle's manifest records, so
     Serve, the worker and the browser bundle can be seen to run the same file."""

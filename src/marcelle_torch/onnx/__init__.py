@@ -7,9 +7,15 @@ Names are imported on first use (PEP 562): the CLI registers its command without
 from importlib import import_module
 
 _WHERE = {
-    "CheckResult": "checks", "check_parity": "checks", "check_size": "checks", "check_web_compat": "checks",
+    "CheckResult": "checks",
+    "check_parity": "checks",
+    "check_size": "checks",
+    "check_web_compat": "checks",
     "parity_inputs": "checks",
-    "BundleResult": "export", "ExportFailed": "export", "ExportRefused": "export", "export_bundle": "export",
+    "BundleResult": "export",
+    "ExportFailed": "export",
+    "ExportRefused": "export",
+    "export_bundle": "export",
     "export_onnx": "export",
 }
 

@@ -47,11 +47,17 @@ class CheckResult:
         return [f"{self.status} {self.name}: {self.summary}"] + [f"    - {d}" for d in self.details]
 
     def to_json(self) -> dict:
-        return {"passed": self.passed, "level": self.level, "summary": self.summary,
-                "details": self.details, **self.data}
+        return {
+            "passed": self.passed,
+            "level": self.level,
+            "summary": self.summary,
+            "details": self.details,
+            **self.data,
+        }
 
 
 # --- web compatibility --------------------------------------------------------------------
+
 
 def check_web_compat(model) -> CheckResult:
     """Every node's (domain, op_type, version) must have a kernel in onnxruntime-web's WASM backend.
@@ -100,16 +106,24 @@ def check_web_compat(model) -> CheckResult:
             for (domain, op, version), nodes in sorted(unsupported.items())
         ]
         ops = ", ".join(sorted({f"{d}::{o}" for d, o, _ in unsupported}))
-        data["unsupported"] = [{"domain": d, "op_type": o, "version": v, "nodes": n}
-                               for (d, o, v), n in sorted(unsupported.items())]
-        return CheckResult("web compatibility", False,
-                           f"{len(unsupported)} operator(s) not supported by onnxruntime-web's WASM backend: {ops}",
-                           details=details, data=data)
+        data["unsupported"] = [
+            {"domain": d, "op_type": o, "version": v, "nodes": n} for (d, o, v), n in sorted(unsupported.items())
+        ]
+        return CheckResult(
+            "web compatibility",
+            False,
+            f"{len(unsupported)} operator(s) not supported by onnxruntime-web's WASM backend: {ops}",
+            details=details,
+            data=data,
+        )
     note = f"; runs as ONNX functions: {', '.join(sorted(expanded))}" if expanded else ""
-    return CheckResult("web compatibility", True,
-                       f"all {count} nodes use operators onnxruntime-web's WASM backend runs "
-                       f"(opsets {', '.join(f'{d} {v}' for d, v in sorted(opsets.items()))}){note}",
-                       data=data)
+    return CheckResult(
+        "web compatibility",
+        True,
+        f"all {count} nodes use operators onnxruntime-web's WASM backend runs "
+        f"(opsets {', '.join(f'{d} {v}' for d, v in sorted(opsets.items()))}){note}",
+        data=data,
+    )
 
 
 def _op_version(domain: str, op_type: str, opset: int | None) -> int | None:
@@ -145,6 +159,7 @@ def _supported(domain: str, op_type: str, version: int | None):
 
 # --- numerical parity ---------------------------------------------------------------------
 
+
 def parity_inputs(spec: ModelSpec, n_random: int = 64, n_drawn: int = 200, seed: int = 0) -> torch.Tensor:
     """Inputs for the parity check: random tensors in the input's range and, for a one-channel
     image model (the app's sketchpad input), digits from scikit-learn's held-out split drawn
@@ -157,8 +172,10 @@ def parity_inputs(spec: ModelSpec, n_random: int = 64, n_drawn: int = 200, seed:
         from ..models.optdigits import load_split, render_canvas
 
         _, x_test, _, _ = load_split(seed)
-        drawn = [render_canvas(counts, spec.input.size, rng, light_background=bool(i % 2))
-                 for i, counts in enumerate(x_test[:n_drawn])]
+        drawn = [
+            render_canvas(counts, spec.input.size, rng, light_background=bool(i % 2))
+            for i, counts in enumerate(x_test[:n_drawn])
+        ]
         batches.append((np.stack(drawn)[:, None] * (hi - lo) + lo).astype(np.float32))
     return torch.from_numpy(np.concatenate(batches))
 
@@ -171,8 +188,15 @@ def ort_session(path: Path):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def check_parity(model: torch.nn.Module, onnx_path: Path, inputs: torch.Tensor, labels: bool = True,
-                 atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, batch_size: int = 64) -> CheckResult:
+def check_parity(
+    model: torch.nn.Module,
+    onnx_path: Path,
+    inputs: torch.Tensor,
+    labels: bool = True,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+    batch_size: int = 64,
+) -> CheckResult:
     """The same inputs through PyTorch and onnxruntime (Python, CPU EP) must agree within
     atol/rtol and (for a classifier) give the same argmax. A PyTorch top-2 margin below
     ``atol`` is a tie, not a disagreement, and is counted separately."""
@@ -191,8 +215,11 @@ def check_parity(model: torch.nn.Module, onnx_path: Path, inputs: torch.Tensor, 
         except Exception as exc:
             return CheckResult("numerical parity", False, f"onnxruntime failed to run the model: {first_line(exc)}")
         if got.shape != expected.shape:
-            return CheckResult("numerical parity", False,
-                               f"output shape differs: PyTorch {list(expected.shape)}, ONNX {list(got.shape)}")
+            return CheckResult(
+                "numerical parity",
+                False,
+                f"output shape differs: PyTorch {list(expected.shape)}, ONNX {list(got.shape)}",
+            )
         diff = np.abs(got - expected)
         max_abs = max(max_abs, float(diff.max(initial=0.0)))
         excess = diff - (atol + rtol * np.abs(expected))
@@ -207,25 +234,41 @@ def check_parity(model: torch.nn.Module, onnx_path: Path, inputs: torch.Tensor, 
             label_mismatch += [offset + int(r) for r in np.nonzero(differ)[0]]
         offset += len(batch)
     n = offset
-    data = {"inputs": n, "max_abs_diff": max_abs, "atol": atol, "rtol": rtol,
-            "label_agreement": (n - len(label_mismatch)) / n if labels else None, "ties": ties}
+    data = {
+        "inputs": n,
+        "max_abs_diff": max_abs,
+        "atol": atol,
+        "rtol": rtol,
+        "label_agreement": (n - len(label_mismatch)) / n if labels else None,
+        "ties": ties,
+    }
     tolerance = f"atol {atol:g}, rtol {rtol:g}"
     if bad_rows or label_mismatch:
         details = []
         if bad_rows:
-            details.append(f"{len(bad_rows)}/{n} inputs outside {tolerance} (first: {bad_rows[:5]}), "
-                           f"max abs diff {max_abs:.3g}")
+            details.append(
+                f"{len(bad_rows)}/{n} inputs outside {tolerance} (first: {bad_rows[:5]}), max abs diff {max_abs:.3g}"
+            )
         if label_mismatch:
             details.append(f"{len(label_mismatch)}/{n} inputs get another label (first: {label_mismatch[:5]})")
-        return CheckResult("numerical parity", False,
-                           f"PyTorch and onnxruntime disagree on {len(set(bad_rows) | set(label_mismatch))}/{n} inputs",
-                           details=details, data=data)
+        return CheckResult(
+            "numerical parity",
+            False,
+            f"PyTorch and onnxruntime disagree on {len(set(bad_rows) | set(label_mismatch))}/{n} inputs",
+            details=details,
+            data=data,
+        )
     label_note = f", same label on all{f' ({ties} ties)' if ties else ''}" if labels else ""
-    return CheckResult("numerical parity", True,
-                       f"{n} inputs agree within {tolerance} (max abs diff {max_abs:.2g}){label_note}", data=data)
+    return CheckResult(
+        "numerical parity",
+        True,
+        f"{n} inputs agree within {tolerance} (max abs diff {max_abs:.2g}){label_note}",
+        data=data,
+    )
 
 
 # --- size -----------------------------------------------------------------------------------
+
 
 def check_size(path: Path, max_mb: float = DEFAULT_MAX_MB) -> CheckResult:
     size = Path(path).stat().st_size
@@ -233,10 +276,16 @@ def check_size(path: Path, max_mb: float = DEFAULT_MAX_MB) -> CheckResult:
     data = {"bytes": size, "max_mb": max_mb}
     if mb > max_mb:
         return CheckResult(
-            "size", False, f"{mb:.2f} MB is above {max_mb:g} MB", level="warning",
-            details=["every visitor downloads the whole model before the first prediction; for a model "
-                     "this big prefer server-side inference with Ray Serve (Solution 1)"],
-            data=data)
+            "size",
+            False,
+            f"{mb:.2f} MB is above {max_mb:g} MB",
+            level="warning",
+            details=[
+                "every visitor downloads the whole model before the first prediction; for a model "
+                "this big prefer server-side inference with Ray Serve (Solution 1)"
+            ],
+            data=data,
+        )
     return CheckResult("size", True, f"{mb:.2f} MB (limit {max_mb:g} MB)", data=data)
 
 

@@ -62,8 +62,9 @@ class BundleResult:
     checks: list[C.CheckResult] = field(default_factory=list)
 
 
-def export_onnx(spec: ModelSpec, model: torch.nn.Module, path: Path, opset: int = DEFAULT_OPSET,
-                exporter: str = "dynamo") -> None:
+def export_onnx(
+    spec: ModelSpec, model: torch.nn.Module, path: Path, opset: int = DEFAULT_OPSET, exporter: str = "dynamo"
+) -> None:
     """Write ``model`` as one self-contained ONNX file with input ``input`` (dynamic batch)."""
     _check_options(opset, exporter)
     # Batch of 2: torch.export specialises a dimension of size 1 to a constant.
@@ -74,19 +75,37 @@ def export_onnx(spec: ModelSpec, model: torch.nn.Module, path: Path, opset: int 
         with _quiet(), contextlib.redirect_stdout(noise), contextlib.redirect_stderr(noise), torch.no_grad():
             if exporter == "dynamo":
                 program = torch.onnx.export(
-                    model, (example,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
-                    output_names=[out], dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
-                    external_data=False, optimize=True, verbose=False, report=False)
+                    model,
+                    (example,),
+                    dynamo=True,
+                    opset_version=opset,
+                    input_names=[INPUT_NAME],
+                    output_names=[out],
+                    dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+                    external_data=False,
+                    optimize=True,
+                    verbose=False,
+                    report=False,
+                )
                 program.save(str(path), external_data=False)
             else:
                 torch.onnx.export(
-                    model, (example,), str(path), dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
-                    output_names=[out], dynamic_axes={INPUT_NAME: {0: "batch"}, out: {0: "batch"}},
-                    do_constant_folding=True)
+                    model,
+                    (example,),
+                    str(path),
+                    dynamo=False,
+                    opset_version=opset,
+                    input_names=[INPUT_NAME],
+                    output_names=[out],
+                    dynamic_axes={INPUT_NAME: {0: "batch"}, out: {0: "batch"}},
+                    do_constant_folding=True,
+                )
     except Exception as exc:  # the exporter's errors are many and long: one line that says which
         cause = _root_cause(exc)
-        raise ExportFailed(f"model {spec.name} cannot be exported to ONNX ({exporter} exporter, opset {opset}): "
-                           f"{type(cause).__name__}: {C.first_line(cause)}") from exc
+        raise ExportFailed(
+            f"model {spec.name} cannot be exported to ONNX ({exporter} exporter, opset {opset}): "
+            f"{type(cause).__name__}: {C.first_line(cause)}"
+        ) from exc
 
 
 def _root_cause(exc: BaseException) -> BaseException:
@@ -102,8 +121,10 @@ def _check_options(opset: int, exporter: str) -> None:
     if exporter not in EXPORTERS:
         raise InvalidInput(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
     if exporter == "dynamo" and opset < DEFAULT_OPSET:
-        raise InvalidInput(f"opset {opset}: the dynamo exporter writes opset {DEFAULT_OPSET} or newer "
-                           "(use --exporter torchscript for an older opset)")
+        raise InvalidInput(
+            f"opset {opset}: the dynamo exporter writes opset {DEFAULT_OPSET} or newer "
+            "(use --exporter torchscript for an older opset)"
+        )
 
 
 @contextlib.contextmanager
@@ -174,14 +195,23 @@ def _weights_sha256(spec: ModelSpec) -> str | None:
 
 def default_out_dir(name: str) -> Path:
     if not Path("services/frontend").is_dir():
-        raise InvalidInput("no services/frontend/ in the current directory: run from the project root or pass --out DIR")
+        raise InvalidInput(
+            "no services/frontend/ in the current directory: run from the project root or pass --out DIR"
+        )
     return DEFAULT_BUNDLE_ROOT / name
 
 
-def export_bundle(ref: str, out_dir: Path | None = None, opset: int = DEFAULT_OPSET, max_mb: float = C.DEFAULT_MAX_MB,
-                  check: bool = True, exporter: str = "dynamo", parity_inputs: torch.Tensor | None = None,
-                  on_step: Callable[[str], None] = lambda _msg: None,
-                  on_check: Callable[[C.CheckResult], None] = lambda _r: None) -> BundleResult:
+def export_bundle(
+    ref: str,
+    out_dir: Path | None = None,
+    opset: int = DEFAULT_OPSET,
+    max_mb: float = C.DEFAULT_MAX_MB,
+    check: bool = True,
+    exporter: str = "dynamo",
+    parity_inputs: torch.Tensor | None = None,
+    on_step: Callable[[str], None] = lambda _msg: None,
+    on_check: Callable[[C.CheckResult], None] = lambda _r: None,
+) -> BundleResult:
     """Export ``ref`` (built-in name or ``package.module:factory``), check it, write the bundle.
 
     Raises ExportRefused (nothing written) when a blocking check fails.
@@ -202,8 +232,10 @@ def export_bundle(ref: str, out_dir: Path | None = None, opset: int = DEFAULT_OP
     workdir = Path(_mkdtemp_beside(out_dir))
     try:
         onnx_path = workdir / "model.onnx"
-        step(f"export to ONNX ({exporter} exporter, opset {opset}, dynamic batch, "
-             f"input '{INPUT_NAME}', output '{output_name(spec)}')")
+        step(
+            f"export to ONNX ({exporter} exporter, opset {opset}, dynamic batch, "
+            f"input '{INPUT_NAME}', output '{output_name(spec)}')"
+        )
         export_onnx(spec, model, onnx_path, opset=opset, exporter=exporter)
 
         results = []
@@ -216,8 +248,9 @@ def export_bundle(ref: str, out_dir: Path | None = None, opset: int = DEFAULT_OP
                 inputs = parity_inputs if parity_inputs is not None else C.parity_inputs(spec)
                 results.append(C.check_parity(model, onnx_path, inputs, labels=spec.task == "classification"))
             else:
-                results.append(C.CheckResult("numerical parity", False,
-                                             "skipped: the model does not load in onnxruntime-web"))
+                results.append(
+                    C.CheckResult("numerical parity", False, "skipped: the model does not load in onnxruntime-web")
+                )
             on_check(results[-1])
         step("check size")
         results.append(C.check_size(onnx_path, max_mb))
@@ -226,8 +259,10 @@ def export_bundle(ref: str, out_dir: Path | None = None, opset: int = DEFAULT_OP
         metadata = bundle_metadata(spec, onnx_path, opset, exporter, results)
         blocking = [r for r in results if r.blocks]
         if blocking:
-            raise ExportRefused(f"{spec.name}: not published to {out_dir}: "
-                                + "; ".join(f"{r.name} failed: {r.summary}" for r in blocking))
+            raise ExportRefused(
+                f"{spec.name}: not published to {out_dir}: "
+                + "; ".join(f"{r.name} failed: {r.summary}" for r in blocking)
+            )
         (workdir / "model.json").write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
         _replace_dir(workdir, out_dir)
         return BundleResult(spec.name, out_dir, metadata, results)

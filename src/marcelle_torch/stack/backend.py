@@ -67,12 +67,23 @@ class BackendHandle:
         self._start()
 
 
-def start_backend(data_dir: str | Path, port: int = 0, host: str = "127.0.0.1", auth: bool = False,
-                  secret: str | None = None, worker_email: str | None = None, worker_password: str | None = None,
-                  admin_email: str | None = None, admin_password: str | None = None,
-                  allow_signup: bool = False, mongodb_url: str | None = None, log_path: str | Path | None = None,
-                  package_dir: str | Path | None = None, ready_timeout: float = 90.0,
-                  extra_env: dict | None = None) -> BackendHandle:
+def start_backend(
+    data_dir: str | Path,
+    port: int = 0,
+    host: str = "127.0.0.1",
+    auth: bool = False,
+    secret: str | None = None,
+    worker_email: str | None = None,
+    worker_password: str | None = None,
+    admin_email: str | None = None,
+    admin_password: str | None = None,
+    allow_signup: bool = False,
+    mongodb_url: str | None = None,
+    log_path: str | Path | None = None,
+    package_dir: str | Path | None = None,
+    ready_timeout: float = 90.0,
+    extra_env: dict | None = None,
+) -> BackendHandle:
     """Start ``node start.js`` in ``package_dir`` and wait until it answers.
 
     ``data_dir`` holds the NeDB files (unless ``mongodb_url`` is given); ``port`` 0 picks a
@@ -103,16 +114,21 @@ def start_backend(data_dir: str | Path, port: int = 0, host: str = "127.0.0.1", 
         "MARCELLE_BACKEND_ALLOW_SIGNUP": "true" if allow_signup else "false",
         **({"MONGODB_URL": mongodb_url} if mongodb_url else {}),
         **({"MARCELLE_BACKEND_SECRET": secret} if secret else {}),
-        **({"MARCELLE_WORKER_EMAIL": worker_email, "MARCELLE_WORKER_PASSWORD": worker_password}
-           if worker_email else {}),
-        **({"MARCELLE_ADMIN_EMAIL": admin_email, "MARCELLE_ADMIN_PASSWORD": admin_password}
-           if admin_email else {}),
+        **(
+            {"MARCELLE_WORKER_EMAIL": worker_email, "MARCELLE_WORKER_PASSWORD": worker_password} if worker_email else {}
+        ),
+        **({"MARCELLE_ADMIN_EMAIL": admin_email, "MARCELLE_ADMIN_PASSWORD": admin_password} if admin_email else {}),
         **(extra_env or {}),
     }
     handle = BackendHandle(
-        url=f"http://{host}:{port}", port=port, data_dir=data_dir,
+        url=f"http://{host}:{port}",
+        port=port,
+        data_dir=data_dir,
         log_path=Path(log_path) if log_path else data_dir / "backend.log",
-        argv=[node, str(package_dir / "start.js")], env=env, cwd=package_dir, ready_timeout=ready_timeout,
+        argv=[node, str(package_dir / "start.js")],
+        env=env,
+        cwd=package_dir,
+        ready_timeout=ready_timeout,
     )
     handle._start()
     return handle

@@ -63,6 +63,7 @@ def default_rule_files() -> list[Path]:
 
 # --------------------------------------------------------------------------- health probe
 
+
 class HealthProbe:
     """An exporter that probes HTTP targets when scraped (a small blackbox exporter).
 
@@ -71,8 +72,9 @@ class HealthProbe:
     does not.
     """
 
-    def __init__(self, targets: dict[str, str], host: str = "127.0.0.1", port: int = 0, timeout: float = 3.0,
-                 registry=None):
+    def __init__(
+        self, targets: dict[str, str], host: str = "127.0.0.1", port: int = 0, timeout: float = 3.0, registry=None
+    ):
         if not targets:
             raise ValueError("HealthProbe needs at least one target")
         self.targets = dict(targets)
@@ -116,13 +118,15 @@ class HealthProbe:
         futures = {name: pool.submit(self._probe, url) for name, url in self.targets.items()}
         concurrent.futures.wait(futures.values(), timeout=self.timeout)
         pool.shutdown(wait=False, cancel_futures=True)
-        results = {name: future.result() if future.done() else (0, self.timeout, 0)
-                   for name, future in futures.items()}
+        results = {name: future.result() if future.done() else (0, self.timeout, 0) for name, future in futures.items()}
         lines = []
-        for index, (metric, help_text) in enumerate((
+        for index, (metric, help_text) in enumerate(
+            (
                 ("probe_success", "1 if the target answered its HTTP probe with a status below 500."),
                 ("probe_duration_seconds", "How long the HTTP probe took."),
-                ("probe_http_status_code", "HTTP status of the probe's answer (0: no answer)."))):
+                ("probe_http_status_code", "HTTP status of the probe's answer (0: no answer)."),
+            )
+        ):
             lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} gauge"]
             for name, result in results.items():
                 url = self.targets[name].replace("\\", "\\\\").replace('"', '\\"')
@@ -142,11 +146,15 @@ class HealthProbe:
 
 # --------------------------------------------------------------------------- Prometheus
 
+
 def render_config(targets: dict[str, list[str]], rule_files: list[Path], scrape_interval: str = "2s") -> dict:
     """The prometheus.yml for ``targets`` (job name -> host:port list, scraped at /metrics)."""
     return {
-        "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval,
-                   "scrape_timeout": scrape_interval},
+        "global": {
+            "scrape_interval": scrape_interval,
+            "evaluation_interval": scrape_interval,
+            "scrape_timeout": scrape_interval,
+        },
         "rule_files": [str(Path(p).resolve()) for p in rule_files],
         "scrape_configs": [
             {"job_name": job, "metrics_path": "/metrics", "static_configs": [{"targets": list(addrs)}]}
@@ -181,10 +189,19 @@ class PrometheusHandle:
             self.probe.stop()
 
 
-def start_prometheus(targets: dict[str, list[str]], data_dir: str | Path, port: int = 0, *,
-                     host: str = "127.0.0.1", rule_files: list[str | Path] | None = None,
-                     health: dict[str, str] | None = None, scrape_interval: str = "2s",
-                     retention: str = "2d", ready_timeout: float = 120.0, registry=None) -> PrometheusHandle:
+def start_prometheus(
+    targets: dict[str, list[str]],
+    data_dir: str | Path,
+    port: int = 0,
+    *,
+    host: str = "127.0.0.1",
+    rule_files: list[str | Path] | None = None,
+    health: dict[str, str] | None = None,
+    scrape_interval: str = "2s",
+    retention: str = "2d",
+    ready_timeout: float = 120.0,
+    registry=None,
+) -> PrometheusHandle:
     """Start Prometheus scraping ``targets`` ({job: ["host:port", ...]}) with data in ``data_dir``.
 
     ``health`` ({name: url}) adds a `HealthProbe` scraped as job ``probe``. ``rule_files``
@@ -209,13 +226,17 @@ def start_prometheus(targets: dict[str, list[str]], data_dir: str | Path, port: 
         atomic_write_text(config_path, yaml.safe_dump(render_config(jobs, rules, scrape_interval), sort_keys=False))
 
         port = port or free_port(host)
-        process = ManagedProcess("prometheus", [
-            shutil.which(PROMETHEUS_BIN) or PROMETHEUS_BIN,
-            f"--config.file={config_path}",
-            f"--storage.tsdb.path={data_dir / 'tsdb'}",
-            f"--storage.tsdb.retention.time={retention}",
-            f"--web.listen-address={host}:{port}",
-        ], data_dir / "prometheus.log")
+        process = ManagedProcess(
+            "prometheus",
+            [
+                shutil.which(PROMETHEUS_BIN) or PROMETHEUS_BIN,
+                f"--config.file={config_path}",
+                f"--storage.tsdb.path={data_dir / 'tsdb'}",
+                f"--storage.tsdb.retention.time={retention}",
+                f"--web.listen-address={host}:{port}",
+            ],
+            data_dir / "prometheus.log",
+        )
         handle = PrometheusHandle(url=f"http://{host}:{port}", process=process, config_path=config_path, probe=probe)
         try:
             process.wait_http(f"{handle.url}/-/ready", ready_timeout)
@@ -279,19 +300,25 @@ def dashboard_queries(dashboard: dict, intervals: dict[str, str] | None = None) 
             if name not in variables:
                 raise ValueError(f"unknown template variable ${name} in {expr!r}")
             return variables[name]
+
         return _VARIABLE.sub(repl, expr)
 
-    return [(panel["title"], target.get("legendFormat", ""), substitute(target["expr"]))
-            for panel in iter_panels(dashboard.get("panels", []))
-            for target in panel.get("targets", []) if target.get("expr")]
+    return [
+        (panel["title"], target.get("legendFormat", ""), substitute(target["expr"]))
+        for panel in iter_panels(dashboard.get("panels", []))
+        for target in panel.get("targets", [])
+        if target.get("expr")
+    ]
 
 
 # --------------------------------------------------------------------------- command line
 
+
 def _probe_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m marcelle_torch.stack.monitoring probe",
-        description="Export probe_success/probe_duration_seconds/probe_http_status_code for HTTP targets.")
+        description="Export probe_success/probe_duration_seconds/probe_http_status_code for HTTP targets.",
+    )
     parser.add_argument("targets", nargs="+", metavar="NAME=URL", help="e.g. backend=http://backend:3030/")
     parser.add_argument("--host", default="0.0.0.0", help="interface to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=9115, help="port of /metrics (default: %(default)s)")

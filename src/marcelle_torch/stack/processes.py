@@ -42,16 +42,28 @@ def port_or_free(port: int, host: str = "127.0.0.1") -> int:
 class ManagedProcess:
     """One child process (and its process group) with its output in ``log_path``."""
 
-    def __init__(self, name: str, argv: list[str], log_path: Path, env: dict | None = None,
-                 cwd: str | Path | None = None, die_with_parent: bool = False):
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        log_path: Path,
+        env: dict | None = None,
+        cwd: str | Path | None = None,
+        die_with_parent: bool = False,
+    ):
         self.name = name
         self.argv = argv
         self.log_path = Path(log_path)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True,
+            argv,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+            start_new_session=True,
             preexec_fn=_sigterm_when_parent_dies if die_with_parent else None,
         )
 
@@ -80,8 +92,10 @@ class ManagedProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.alive():
-                raise StartupError(f"{self.name} exited with code {self.proc.returncode} while starting; "
-                                   f"last lines of {self.log_path}:\n{self.log_tail()}")
+                raise StartupError(
+                    f"{self.name} exited with code {self.proc.returncode} while starting; "
+                    f"last lines of {self.log_path}:\n{self.log_tail()}"
+                )
             try:
                 if httpx.get(url, timeout=2.0).status_code in expect:
                     return
@@ -90,8 +104,7 @@ class ManagedProcess:
             if on_wait:
                 on_wait()
             time.sleep(0.5)
-        raise StartupError(f"{self.name} did not become ready at {url} within {timeout:.0f}s; "
-                           f"see {self.log_path}")
+        raise StartupError(f"{self.name} did not become ready at {url} within {timeout:.0f}s; see {self.log_path}")
 
     def stop(self, timeout: float = 60.0, settle: float = 30.0) -> list[int]:
         """SIGTERM the group (the child shuts down what it started), then SIGKILL what is left.

@@ -46,8 +46,12 @@ class Supervisor:
         self.say = say
         self.interval = interval
         self.registry = CollectorRegistry()
-        self.restarts = Counter("marcelle_torch_stack_restarts", "Children of the local stack restarted after "
-                                "they died, by component.", ["component"], registry=self.registry)
+        self.restarts = Counter(
+            "marcelle_torch_stack_restarts",
+            "Children of the local stack restarted after they died, by component.",
+            ["component"],
+            registry=self.registry,
+        )
         self._children: list[Supervised] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()

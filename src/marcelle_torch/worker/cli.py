@@ -9,34 +9,60 @@ DEFAULT_MODELS = "digits,digits-generator"
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "worker", help="claim runs in the Marcelle backend and run the models (Solution 3)",
+        "worker",
+        help="claim runs in the Marcelle backend and run the models (Solution 3)",
         description="Connects to the Marcelle backend as a websocket client (it exposes no endpoint but "
-                    "its metrics), claims pending runs of its models, and streams progress and results "
-                    "into them. Credentials, when the backend has authentication on, come from "
-                    "MARCELLE_WORKER_EMAIL / MARCELLE_WORKER_PASSWORD (or --email/--password).")
+        "its metrics), claims pending runs of its models, and streams progress and results "
+        "into them. Credentials, when the backend has authentication on, come from "
+        "MARCELLE_WORKER_EMAIL / MARCELLE_WORKER_PASSWORD (or --email/--password).",
+    )
     p.add_argument("--backend", required=True, metavar="URL", help="the backend, e.g. http://127.0.0.1:3030")
-    p.add_argument("--models", default=DEFAULT_MODELS,
-                   help=f"comma-separated built-in names or package.module:factory (default {DEFAULT_MODELS})")
-    p.add_argument("--name", default=None, help="a readable worker name (default: the host name); a random "
-                                                "suffix makes it unique")
+    p.add_argument(
+        "--models",
+        default=DEFAULT_MODELS,
+        help=f"comma-separated built-in names or package.module:factory (default {DEFAULT_MODELS})",
+    )
+    p.add_argument(
+        "--name", default=None, help="a readable worker name (default: the host name); a random suffix makes it unique"
+    )
     p.add_argument("--email", default=os.environ.get("MARCELLE_WORKER_EMAIL") or None)
-    p.add_argument("--password", default=os.environ.get("MARCELLE_WORKER_PASSWORD") or None,
-                   help="prefer the MARCELLE_WORKER_PASSWORD variable (a command line is visible to others)")
+    p.add_argument(
+        "--password",
+        default=os.environ.get("MARCELLE_WORKER_PASSWORD") or None,
+        help="prefer the MARCELLE_WORKER_PASSWORD variable (a command line is visible to others)",
+    )
     p.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics here (0 = off)")
-    p.add_argument("--metrics-host", default="0.0.0.0",
-                   help="address the metrics listen on (default %(default)s, for a container; "
-                        "`marcelle-torch up` passes its --host)")
+    p.add_argument(
+        "--metrics-host",
+        default="0.0.0.0",
+        help="address the metrics listen on (default %(default)s, for a container; "
+        "`marcelle-torch up` passes its --host)",
+    )
     p.add_argument("--heartbeat", type=float, default=5.0, help="seconds between lease renewals (default 5)")
-    p.add_argument("--lease-timeout", type=float, default=30.0,
-                   help="a running run whose lease is older goes back to pending (default 30)")
-    p.add_argument("--grace", type=float, default=20.0,
-                   help="on SIGTERM, seconds the current run may take before it is released (default 20)")
-    p.add_argument("--pending-timeout", type=float, default=600.0,
-                   help="fail a run that no worker took within this many seconds, saying why "
-                        "(default 600; 0 = never)")
-    p.add_argument("--max-updates-per-second", type=float, default=20.0,
-                   help="progress updates per run, at most; sent from a background thread, the newest only "
-                        "(default 20)")
+    p.add_argument(
+        "--lease-timeout",
+        type=float,
+        default=30.0,
+        help="a running run whose lease is older goes back to pending (default 30)",
+    )
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=20.0,
+        help="on SIGTERM, seconds the current run may take before it is released (default 20)",
+    )
+    p.add_argument(
+        "--pending-timeout",
+        type=float,
+        default=600.0,
+        help="fail a run that no worker took within this many seconds, saying why (default 600; 0 = never)",
+    )
+    p.add_argument(
+        "--max-updates-per-second",
+        type=float,
+        default=20.0,
+        help="progress updates per run, at most; sent from a background thread, the newest only (default 20)",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=cmd_worker)
@@ -80,10 +106,21 @@ def cmd_worker(args) -> int:
             metrics.serve(args.metrics_port, args.metrics_host)
         except OSError as exc:
             raise InvalidInput(f"cannot serve metrics on port {args.metrics_port}: {exc.strerror}") from None
-    options = WorkerOptions(heartbeat=args.heartbeat, lease_timeout=args.lease_timeout, grace=args.grace,
-                            pending_timeout=args.pending_timeout,
-                            max_updates_per_second=args.max_updates_per_second)
-    worker = Worker(args.backend, models, name=args.name or default_name(), email=args.email,
-                    password=args.password, options=options, metrics=metrics)
+    options = WorkerOptions(
+        heartbeat=args.heartbeat,
+        lease_timeout=args.lease_timeout,
+        grace=args.grace,
+        pending_timeout=args.pending_timeout,
+        max_updates_per_second=args.max_updates_per_second,
+    )
+    worker = Worker(
+        args.backend,
+        models,
+        name=args.name or default_name(),
+        email=args.email,
+        password=args.password,
+        options=options,
+        metrics=metrics,
+    )
     worker.load_models(progress=True)
     return worker.serve()

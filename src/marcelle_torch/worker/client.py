@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 if not socketio.__version__.startswith("4."):
     raise ImportError(
         f"python-socketio {socketio.__version__} is installed; the Marcelle backend (Socket.IO 2) needs "
-        "python-socketio 4.x: pip install 'python-socketio[client]>=4.6,<5' 'python-engineio>=3.14,<4'")
+        "python-socketio 4.x: pip install 'python-socketio[client]>=4.6,<5' 'python-engineio>=3.14,<4'"
+    )
 
 
 class BackendError(MarcelleTorchError):
@@ -54,9 +55,14 @@ class FeathersClient:
     def __init__(self, url: str, timeout: float = 30.0, reconnection_delay_max: float = 5.0):
         self.url = url
         self.timeout = timeout
-        self.sio = socketio.Client(reconnection=True, reconnection_attempts=0, reconnection_delay=0.5,
-                                   reconnection_delay_max=reconnection_delay_max, logger=False,
-                                   engineio_logger=False)
+        self.sio = socketio.Client(
+            reconnection=True,
+            reconnection_attempts=0,
+            reconnection_delay=0.5,
+            reconnection_delay_max=reconnection_delay_max,
+            logger=False,
+            engineio_logger=False,
+        )
         # Packets go out one at a time (the client's ack ids are not locked); the answers are
         # awaited outside the lock, so a slow call does not hold up the others.
         self._lock = threading.Lock()

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client import PlatformCollector, ProcessCollector
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
 
 PREFIX = "marcelle_torch_worker"
 # Runs last from a fraction of a second (a classification) to minutes (a long generation).
@@ -18,12 +25,20 @@ class WorkerMetrics:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         r = self.registry
-        self.runs = Counter(f"{PREFIX}_runs", "Runs this worker ended, by model and outcome "
-                            "(succeeded, failed, canceled, lost, released)", ["model", "outcome"], registry=r)
-        self.duration = Histogram(f"{PREFIX}_run_duration_seconds", "Time from claim to outcome",
-                                  ["model"], buckets=DURATION_BUCKETS, registry=r)
-        self.pending = Gauge(f"{PREFIX}_pending_runs", "Pending runs of this worker's models, as last seen",
-                             registry=r)
+        self.runs = Counter(
+            f"{PREFIX}_runs",
+            "Runs this worker ended, by model and outcome (succeeded, failed, canceled, lost, released)",
+            ["model", "outcome"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            f"{PREFIX}_run_duration_seconds",
+            "Time from claim to outcome",
+            ["model"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.pending = Gauge(f"{PREFIX}_pending_runs", "Pending runs of this worker's models, as last seen", registry=r)
         self.running = Gauge(f"{PREFIX}_running_runs", "Runs this worker is running now", registry=r)
         self.progress_updates = Counter(f"{PREFIX}_progress_updates", "Progress patches sent", registry=r)
         self.reconnects = Counter(f"{PREFIX}_reconnects", "Reconnections to the backend", registry=r)

@@ -103,9 +103,16 @@ def iso(t: datetime) -> str:
 
 
 class Worker:
-    def __init__(self, backend_url: str, models: list[str], name: str | None = None, email: str | None = None,
-                 password: str | None = None, options: WorkerOptions | None = None,
-                 metrics: WorkerMetrics | None = None):
+    def __init__(
+        self,
+        backend_url: str,
+        models: list[str],
+        name: str | None = None,
+        email: str | None = None,
+        password: str | None = None,
+        options: WorkerOptions | None = None,
+        metrics: WorkerMetrics | None = None,
+    ):
         self.backend_url = backend_url.rstrip("/")
         self.model_names = list(models)
         # Unique per process, so a claim or a lease is never mistaken for another worker's.
@@ -274,10 +281,16 @@ class Worker:
         """Refresh the list of pending runs."""
         self._next_sweep = time.monotonic() + self.options.heartbeat
         try:
-            pending = self._call("find", {
-                "status": "pending", "model": {"$in": list(self.models)},
-                "$sort": {"createdAt": 1}, "$limit": 100, "$select": ["_id", "model", "status", "createdAt"],
-            })
+            pending = self._call(
+                "find",
+                {
+                    "status": "pending",
+                    "model": {"$in": list(self.models)},
+                    "$sort": {"createdAt": 1},
+                    "$limit": 100,
+                    "$select": ["_id", "model", "status", "createdAt"],
+                },
+            )
         except (BackendUnavailable, BackendError) as exc:
             log.warning("cannot look for runs: %s", exc.message)
             return
@@ -299,17 +312,32 @@ class Worker:
 
     def _requeue_stale(self) -> None:
         cutoff = iso(utc_now() - timedelta(seconds=self.options.lease_timeout))
-        stale = self._call("find", {
-            "status": "running", "heartbeatAt": {"$lt": cutoff}, "$limit": 100,
-            "$select": ["_id", "worker", "heartbeatAt"],
-        })
+        stale = self._call(
+            "find",
+            {
+                "status": "running",
+                "heartbeatAt": {"$lt": cutoff},
+                "$limit": 100,
+                "$select": ["_id", "worker", "heartbeatAt"],
+            },
+        )
         for run in stale.get("data", []):
             try:
-                self._call("patch", run["_id"], {
-                    "status": "pending", "worker": None, "heartbeatAt": None, "progress": 0, "partial": None,
-                }, {"status": "running", "worker": run.get("worker"), "heartbeatAt": run.get("heartbeatAt")})
-                log.warning("run %s: worker %s stopped renewing its lease; back to pending",
-                            run["_id"], run.get("worker"))
+                self._call(
+                    "patch",
+                    run["_id"],
+                    {
+                        "status": "pending",
+                        "worker": None,
+                        "heartbeatAt": None,
+                        "progress": 0,
+                        "partial": None,
+                    },
+                    {"status": "running", "worker": run.get("worker"), "heartbeatAt": run.get("heartbeatAt")},
+                )
+                log.warning(
+                    "run %s: worker %s stopped renewing its lease; back to pending", run["_id"], run.get("worker")
+                )
             except BackendError as exc:
                 if not is_not_found(exc):  # NotFound: it moved on meanwhile (renewed, finished, taken)
                     raise
@@ -322,14 +350,19 @@ class Worker:
         # updatedAt, not createdAt: a run just taken back from a dead worker starts waiting anew.
         # Compared here: the backend turns only createdAt query values into dates.
         cutoff = iso(utc_now() - timedelta(seconds=timeout))
-        waiting = self._call("find", {"status": "pending", "$sort": {"updatedAt": 1}, "$limit": 100,
-                                      "$select": ["_id", "model", "updatedAt"]})
+        waiting = self._call(
+            "find",
+            {"status": "pending", "$sort": {"updatedAt": 1}, "$limit": 100, "$select": ["_id", "model", "updatedAt"]},
+        )
         for run in waiting.get("data", []):
             if (run.get("updatedAt") or cutoff) >= cutoff:
                 break
             model = run.get("model")
-            why = (f"no worker was free to take this run within {timeout:g} s" if model in self.models else
-                   f"no running worker serves model {model!r} (waited {timeout:g} s for one)")
+            why = (
+                f"no worker was free to take this run within {timeout:g} s"
+                if model in self.models
+                else f"no running worker serves model {model!r} (waited {timeout:g} s for one)"
+            )
             try:
                 self._call("patch", run["_id"], {"status": "failed", "error": why}, {"status": "pending"})
                 log.warning("run %s: %s", run["_id"], why)
@@ -343,10 +376,19 @@ class Worker:
             created = self.candidates.pop(run_id)
             heartbeat_at = iso(utc_now())
             try:
-                run = self._call("patch", run_id, {
-                    "status": "running", "worker": self.id, "heartbeatAt": heartbeat_at, "progress": 0,
-                    "partial": None, "error": None,
-                }, {"status": "pending"})
+                run = self._call(
+                    "patch",
+                    run_id,
+                    {
+                        "status": "running",
+                        "worker": self.id,
+                        "heartbeatAt": heartbeat_at,
+                        "progress": 0,
+                        "partial": None,
+                        "error": None,
+                    },
+                    {"status": "pending"},
+                )
             except BackendError as exc:
                 if is_not_found(exc):
                     continue  # another worker has it, or it was canceled
@@ -368,8 +410,9 @@ class Worker:
         log.info("run %s: claimed (%s)", current.id, model)
         self.metrics.running.set(1)
         started = time.monotonic()
-        beat = threading.Thread(target=self._heartbeat_loop, args=(current,), daemon=True,
-                                name=f"heartbeat-{current.id}")
+        beat = threading.Thread(
+            target=self._heartbeat_loop, args=(current,), daemon=True, name=f"heartbeat-{current.id}"
+        )
         beat.start()
         current.sender = ProgressSender(self, current)
         outcome = "failed"
@@ -387,8 +430,9 @@ class Worker:
             outcome = self._finish(current, {"status": "failed", "error": exc.message}, ok="failed")
         except Exception as exc:  # a bug or a model failure: say what, keep serving
             log.error("run %s: %s", current.id, traceback.format_exc())
-            outcome = self._finish(current, {"status": "failed",
-                                             "error": f"the model failed: {type(exc).__name__}: {exc}"}, ok="failed")
+            outcome = self._finish(
+                current, {"status": "failed", "error": f"the model failed: {type(exc).__name__}: {exc}"}, ok="failed"
+            )
         finally:
             current.sender.close()
             current.stop.set()  # ends the heartbeat thread
@@ -416,8 +460,9 @@ class Worker:
         spec, module, runner = self.models[run["model"]]
         if spec.task == "classification":
             if "input" not in run or run["input"] is None:
-                raise InvalidInput("run.input is missing: send one instance (an image data URL, "
-                                   "{\"b64\": ...} or a nested list)")
+                raise InvalidInput(
+                    'run.input is missing: send one instance (an image data URL, {"b64": ...} or a nested list)'
+                )
             batch = decode_instances(spec, [run["input"]])
             self._check(current)
             with torch.no_grad():
@@ -438,8 +483,9 @@ class Worker:
         only skips the write (the run goes on; the result is retried at the end)."""
         heartbeat_at = iso(utc_now())
         try:
-            run = self._call("patch", current.id, {**data, "heartbeatAt": heartbeat_at},
-                             {"status": "running", "worker": self.id})
+            run = self._call(
+                "patch", current.id, {**data, "heartbeatAt": heartbeat_at}, {"status": "running", "worker": self.id}
+            )
         except BackendError as exc:
             if is_not_found(exc):
                 current.request_stop(self._why_gone(current))
@@ -474,8 +520,12 @@ class Worker:
         deadline = time.monotonic() + self.options.finish_timeout
         while True:
             try:
-                self._call("patch", current.id, {**data, "heartbeatAt": iso(utc_now())},
-                           {"status": "running", "worker": self.id})
+                self._call(
+                    "patch",
+                    current.id,
+                    {**data, "heartbeatAt": iso(utc_now())},
+                    {"status": "running", "worker": self.id},
+                )
                 if data["status"] == "failed":
                     log.info("run %s: failed: %s", current.id, data.get("error"))
                 return ok
@@ -496,9 +546,18 @@ class Worker:
 
     def _release(self, current: CurrentRun) -> None:
         try:
-            self._call("patch", current.id, {
-                "status": "pending", "worker": None, "heartbeatAt": None, "progress": 0, "partial": None,
-            }, {"status": "running", "worker": self.id})
+            self._call(
+                "patch",
+                current.id,
+                {
+                    "status": "pending",
+                    "worker": None,
+                    "heartbeatAt": None,
+                    "progress": 0,
+                    "partial": None,
+                },
+                {"status": "running", "worker": self.id},
+            )
             log.info("run %s: released back to pending", current.id)
         except (BackendError, BackendUnavailable) as exc:
             log.warning("run %s: cannot release (%s); its lease will expire", current.id, exc.message)

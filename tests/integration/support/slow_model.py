@@ -18,5 +18,11 @@ class SlowModule(nn.Module):
 
 
 def spec() -> ModelSpec:
-    return ModelSpec(name="slow", task="classification", build=SlowModule, input=ImageInput(size=8),
-                     labels=("a", "b"), description="sleeps in forward")
+    return ModelSpec(
+        name="slow",
+        task="classification",
+        build=SlowModule,
+        input=ImageInput(size=8),
+        labels=("a", "b"),
+        description="sleeps in forward",
+    )

@@ -18,9 +18,15 @@ class Steady(nn.Module):
 
 
 def spec() -> ModelSpec:
-    return ModelSpec(name="steady", task="generation", build=Steady, input=TensorInput(shape=(1,)),
-                     description="waits params.seconds, reporting progress every 0.1 s",
-                     params={"seconds": 1.0}, run=run)
+    return ModelSpec(
+        name="steady",
+        task="generation",
+        build=Steady,
+        input=TensorInput(shape=(1,)),
+        description="waits params.seconds, reporting progress every 0.1 s",
+        params={"seconds": 1.0},
+        run=run,
+    )
 
 
 def run(model, input_, params, report) -> dict:
