@@ -37,7 +37,7 @@ import * as ort from 'onnxruntime-web/wasm';
 // wasmPaths.mjs is given, and Emscripten's pthread workers load the module's own URL).
 import ortWasmUrl from 'onnxruntime-web/ort-wasm-simd-threaded.wasm?url';
 import ortMjsUrl from 'onnxruntime-web/ort-wasm-simd-threaded.mjs?url';
-import { toTensor } from './drawing-input.js';
+import { toTensor } from './image-tensor.js';
 import { ServedModel, escapeHtml } from './served-model.js';
 
 ort.env.wasm.wasmPaths = { wasm: ortWasmUrl, mjs: ortMjsUrl };
@@ -223,11 +223,9 @@ export class OnnxClassifier extends ServedModel {
     if (!this.session) {
       throw new Error(this.$error.get() ?? 'the ONNX model is not loaded');
     }
-    const { size, channels = 1 } = this.$metadata.get().input;
-    if (channels !== 1 && !(x instanceof Float32Array)) {
-      throw new Error(`model takes ${channels} channels; pass a Float32Array of shape ${JSON.stringify(this.inputShape)}`);
-    }
-    const data = x instanceof Float32Array ? x : toTensor(x, size);
+    const { size, channels = 1, range = [0, 1] } = this.$metadata.get().input;
+    // The same tensor the server would make from this image (the spec's channels and range).
+    const data = x instanceof Float32Array ? x : toTensor(x, size, { channels, range });
     this.$status.set('predicting');
     const started = performance.now();
     let probabilities;

@@ -33,7 +33,7 @@
  * - `$training`: Marcelle's training status ('loading' -> 'loaded' | 'error'); it cannot be trained here.
  */
 import { Stream, text } from '@marcellejs/core';
-import { INPUT_SIZE, toInstance } from './drawing-input.js';
+import { INPUT_SIZE, toInstance } from './image-tensor.js';
 import { ServedModel, escapeHtml } from './served-model.js';
 
 const RETRY_MIN_MS = 1000;

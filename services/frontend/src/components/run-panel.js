@@ -24,7 +24,7 @@
  */
 import { Component, Stream, progressBar } from '@marcellejs/core';
 import { ACTIVE } from './run-client.js';
-import { toInstance } from './drawing-input.js';
+import { toInstance } from './image-tensor.js';
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
