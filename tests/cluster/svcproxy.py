@@ -45,7 +45,7 @@ class Proxy:
         ip, port = candidates[next(self.turn) % len(candidates)]
         try:
             up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection(ip, port), 30)
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             writer.transport.abort()  # the client sees a reset, as with a dead endpoint
             return
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))

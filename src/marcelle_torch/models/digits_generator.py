@@ -19,8 +19,8 @@ import base64
 import io
 import math
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch

@@ -7,7 +7,7 @@ is used without editing this project (``marcelle-torch info mypkg.models:my_mode
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 from ..errors import InvalidSpec, ModelNotFound
 from .spec import ModelSpec

@@ -8,9 +8,10 @@ what its output means.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from ..errors import InvalidSpec
 
@@ -141,7 +142,7 @@ class ModelSpec:
             # Checked at load time too; said here so a typo fails where it is written.
             raise InvalidSpec(f"model {self.name}: weights path not found: {self.weights.path}")
 
-    def require(self, path: Path_) -> "ModelSpec":
+    def require(self, path: Path_) -> ModelSpec:
         """This spec, if ``path`` can run it; else InvalidSpec saying why, in one line."""
         if path in ("serve", "onnx") and self.task != "classification":
             where = "Ray Serve" if path == "serve" else "an ONNX export"

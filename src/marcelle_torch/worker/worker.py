@@ -44,7 +44,7 @@ import time
 import traceback
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from ..errors import InvalidInput, MarcelleTorchError
 from .client import BackendError, BackendUnavailable, FeathersClient, is_not_found
@@ -85,7 +85,7 @@ class CurrentRun:
     stop: threading.Event = field(default_factory=threading.Event)
     reason: str = ""
     heartbeat_at: str = ""
-    sender: "ProgressSender | None" = None
+    sender: ProgressSender | None = None
 
     def request_stop(self, reason: str) -> None:
         if not self.stop.is_set():
@@ -94,7 +94,7 @@ class CurrentRun:
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def iso(t: datetime) -> str:
@@ -573,7 +573,7 @@ class ProgressSender:
     taken back): the model's next ``report`` raises Stop.
     """
 
-    def __init__(self, worker: "Worker", current: CurrentRun):
+    def __init__(self, worker: Worker, current: CurrentRun):
         self.worker, self.current = worker, current
         self.interval = 1.0 / worker.options.max_updates_per_second
         self._cond = threading.Condition()
