@@ -118,7 +118,7 @@ class Traffic:
                 )
                 end = time.monotonic() + per_phase
 
-                def loop(seed: int) -> None:
+                def loop(seed: int, end: float = end) -> None:
                     rng = random.Random(seed)
                     while time.monotonic() < end:
                         self._predict(client, rng)
@@ -159,7 +159,7 @@ def plot(panels: dict[str, list[dict]], start: float, path: Path, subtitle: str)
     cols = 3
     rows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 3.2 * rows), squeeze=False)
-    for ax, (title, series) in zip(axes.flat, panels.items()):
+    for ax, (title, series) in zip(axes.flat, panels.items(), strict=False):
         for s in series:
             xs = [t - start for t, v in s["points"] if v == v]  # drop NaN (no traffic in window)
             ys = [v for t, v in s["points"] if v == v]

@@ -44,8 +44,8 @@ def test_gpu_render_changes_only_num_gpus_and_min_replicas_on_model_deployments(
     assert rendered == expected
     assert rendered != original
     changed = []
-    for app_r, app_o in zip(rendered["applications"], original["applications"]):
-        for dep_r, dep_o in zip(app_r["deployments"], app_o["deployments"]):
+    for app_r, app_o in zip(rendered["applications"], original["applications"], strict=True):
+        for dep_r, dep_o in zip(app_r["deployments"], app_o["deployments"], strict=True):
             if dep_r != dep_o:
                 stripped = copy.deepcopy(dep_r)
                 assert stripped["ray_actor_options"].pop("num_gpus") == num_gpus

@@ -435,7 +435,7 @@ class Cluster:
 
     def webapp_service(self) -> dict:
         """The Service in front of the nginx (web app) Pods: the one to port-forward."""
-        for name, svc in self.services.items():
+        for svc in self.services.values():
             pods = self.pods_of(svc["selector"]) if svc["selector"] else []
             if pods and any(c["argv"][:1] == ["nginx"] for c in pods[0].processes):
                 return svc
@@ -505,7 +505,7 @@ class Cluster:
             if top.is_file():
                 top.unlink() if top.stat().st_size == 0 else problems.append(f"{top}: not empty")
                 continue
-            for root, dirs, files in os.walk(top, topdown=False):
+            for root, _dirs, files in os.walk(top, topdown=False):
                 for name in files:
                     path = Path(root) / name
                     if path.stat().st_size == 0:

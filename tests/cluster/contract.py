@@ -50,9 +50,7 @@ def containers(objects: list[dict]):
             yield f"Deployment/{deployment['metadata']['name']}/{c['name']}", c, meta, False
     ray = one(objects, "RayService")
     spec = ray["spec"]["rayClusterConfig"]
-    for node_type, group in [("head", spec["headGroupSpec"])] + [
-        ("worker", g) for g in spec.get("workerGroupSpecs", [])
-    ]:
+    for group in [spec["headGroupSpec"], *spec.get("workerGroupSpecs", [])]:
         for c in group["template"]["spec"]["containers"]:
             meta = {
                 "metadata": {"name": "ray-pod", "namespace": "ns", "labels": {}},

@@ -94,7 +94,9 @@ def parse_dockerfile(path: Path) -> Image:
             name, _, default = rest.strip().partition("=")
             args[name] = default
             continue
-        rest = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), image.env.get(m.group(1), m.group(0))), rest)
+        rest = re.sub(
+            r"\$\{(\w+)\}", lambda m, image=image: args.get(m.group(1), image.env.get(m.group(1), m.group(0))), rest
+        )
         if word == "FROM":  # a new stage: only the last one is the image
             parts = rest.split()
             image = Image(path)

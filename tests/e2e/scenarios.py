@@ -45,14 +45,14 @@ def predict_through_serve(target, make_digit) -> None:
     metadata = json.loads(body)
     assert metadata.get("labels") == [str(d) for d in range(10)], metadata
 
-    instances, labels = zip(*(make_digit(i) for i in range(8)))
+    instances, labels = zip(*(make_digit(i) for i in range(8)), strict=True)
     status, _, body = http("POST", f"{target.serve}/v1/models/digits:predict", {"instances": list(instances)})
     assert status == 200, f"predict: HTTP {status}: {body[:300]!r}"
     predictions = json.loads(body)["predictions"]
     assert len(predictions) == len(labels)
     for p in predictions:
         assert abs(sum(p["confidences"].values()) - 1) < 1e-3, p
-    right = sum(p["label"] == label for p, label in zip(predictions, labels))
+    right = sum(p["label"] == label for p, label in zip(predictions, labels, strict=True))
     assert right >= 7, (
         f"only {right}/8 held-out digits classified right: {[p['label'] for p in predictions]} vs {labels}"
     )

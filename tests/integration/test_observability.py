@@ -258,7 +258,7 @@ def traffic(stack):
         for run, expected in ((good, "succeeded"), (wrong, "failed")):
             final = wait_for(
                 f"run {run['_id']} to finish",
-                lambda: (
+                lambda run=run: (
                     doc
                     if (doc := client.get(f"{runs}/{run['_id']}").json())["status"]
                     in {"succeeded", "failed", "canceled"}

@@ -158,7 +158,7 @@ def test_bundle_runs_in_onnxruntime_with_any_batch_and_agrees_with_pytorch(digit
     out, _ = digits_bundle
     spec = get_spec("digits")
     model = load_model(spec)
-    instances, labels = zip(*(make_digit(i, light_background=bool(i % 2)) for i in range(5)))
+    instances, labels = zip(*(make_digit(i, light_background=bool(i % 2)) for i in range(5)), strict=True)
     batch = decode_instances(spec, list(instances))
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     got = session.run(["probabilities"], {"input": batch.numpy()})[0]
@@ -185,7 +185,7 @@ def test_unsupported_operator_is_refused_naming_op_and_node(user_models, tmp_pat
     proc = run_cli("onnx_user_models:spectrum", "--out", out, pythonpath=user_models)
     line = assert_one_line_error(proc, "spectrum: not published", "web compatibility failed", "com.microsoft::Rfft")
     assert "FAIL web compatibility" in proc.stdout
-    detail = next(l for l in proc.stdout.splitlines() if "com.microsoft::Rfft (version 1) used by node" in l)
+    detail = next(line for line in proc.stdout.splitlines() if "com.microsoft::Rfft (version 1) used by node" in line)
     assert re.search(r"used by node '[^']+'$", detail), detail  # the exporter's node name is given
     assert "numerical parity: skipped" in proc.stdout
     assert not out.exists(), line

@@ -89,7 +89,7 @@ def test_classification_run_and_bad_input_fail_readably_while_the_worker_keeps_s
         (bad_image, "b64 is not valid base64"),
         (bad_params, "params.steps must be an integer from 1 to 1000, got 0"),
     ):
-        done = wait_until(lambda: finished(client, run), what="a bad run to fail")
+        done = wait_until(lambda run=run: finished(client, run), what="a bad run to fail")
         assert done["status"] == "failed"
         assert message in done["error"]
     done = wait_until(lambda: finished(client, good), what="the good run")

@@ -48,7 +48,7 @@ EXPECTED: dict[tuple[str, str, bool], dict[str, str]] = {}
 
 def _row(op, *cells):
     assert len(cells) == len(CALLERS), op
-    EXPECTED[op] = dict(zip(CALLERS, cells))
+    EXPECTED[op] = dict(zip(CALLERS, cells, strict=True))
 
 
 #                                  auth off   anonymous  user A     user B     worker     admin      bad token

@@ -117,13 +117,13 @@ def test_bad_runs_are_refused_or_fail_readably_and_the_worker_serves_the_next(
         doc = client.get("runs", run["_id"])
         return doc if doc["status"] in FINAL else None
 
-    for what, doc, words in FAILED_BY_THE_WORKER:
-        done = wait_until(lambda: final(created[what]), 120, f"the run with {what} to end")
+    for what, _doc, words in FAILED_BY_THE_WORKER:
+        done = wait_until(lambda what=what: final(created[what]), 120, f"the run with {what} to end")
         assert done["status"] == "failed", (what, done)
         assert isinstance(done["error"], str) and words in done["error"], (what, done["error"])
         assert "Traceback" not in done["error"] and len(done["error"]) < 500, (what, done["error"])
     for run in [forced, *good]:
-        done = wait_until(lambda: final(run), 120, "a good run to end")
+        done = wait_until(lambda run=run: final(run), 120, "a good run to end")
         assert done["status"] == "succeeded" and done["result"]["label"] != "forged", done
     assert worker.alive(), worker.log_tail(30)
     assert "the model failed" not in worker.log_text(), "a bad input was taken for a model failure"

@@ -292,7 +292,7 @@ def test_malformed_bodies_images_and_headers_get_json_4xx_never_5xx(serve_url, m
     # its built-in HTML pages (HAProxy 2.8 ignores error files there; README, Security): 4xx,
     # never 5xx, is what is checked for them.
     framing = framing_cases(serve_url)
-    for name, (status, hdrs, body) in framing.items():
+    for name, (status, _hdrs, body) in framing.items():
         TALLY["cases"] += 1
         TALLY["by_status"][status] = TALLY["by_status"].get(status, 0) + 1
         TALLY["5xx"] += status >= 500

@@ -8,6 +8,7 @@ found by its title (``ray::ServeReplica:<app>:model-digits``) and killed as a cr
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import threading
@@ -121,7 +122,7 @@ def test_a_killed_replica_is_replaced_and_only_json_503s_fail_meanwhile(serve_pr
 
     # The gap: the longest time without a successful answer, from the kill on.
     ok_ends = sorted([killed_at] + [r["end"] for r in after if r["status"] == 200])
-    gap = max(b - a for a, b in zip(ok_ends, ok_ends[1:]))
+    gap = max(b - a for a, b in itertools.pairwise(ok_ends))
     failed_span = (max(r["end"] for r in failed) - killed_at) if failed else 0.0
     print(
         f"replica {victims} killed: {len(after)} requests after the kill, {len(failed)} answered 503 "

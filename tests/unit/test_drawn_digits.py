@@ -69,5 +69,9 @@ def test_hand_drawn_digits_are_recognised_at_any_size_position_and_polarity(mode
             with torch.no_grad():
                 predicted = model(batch).argmax(1).tolist()
             total += len(predicted)
-            wrong += [(digit, box, pen, light, p) for (box, pen), p in zip(PLACEMENTS, predicted) if str(p) != digit]
+            wrong += [
+                (digit, box, pen, light, p)
+                for (box, pen), p in zip(PLACEMENTS, predicted, strict=True)
+                if str(p) != digit
+            ]
     assert len(wrong) <= 0.05 * total, f"{len(wrong)}/{total} drawings misread: {wrong}"

@@ -38,7 +38,7 @@ def test_a_dead_child_is_restarted_with_backoff_said_and_counted(tmp_path):
             before = entry.child
             before.signal(signal.SIGKILL)
             wait_for(
-                lambda: entry.child is not None and entry.child is not before and entry.child.alive(),
+                lambda before=before: entry.child is not None and entry.child is not before and entry.child.alive(),
                 what=f"restart {restart}",
             )
         # The second failure came quickly after the first restart: it waited twice as long.

@@ -3,6 +3,7 @@ newest value is sent, a partial image is made only when sent, and the rate is ca
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from types import SimpleNamespace
@@ -66,7 +67,7 @@ def test_the_rate_is_capped():
     sender.close()
     times = [t for t, _ in worker.sent]
     assert 10 <= len(times) <= 22, len(times)
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert min(gaps) >= 1 / 20 - 0.01, gaps
 
 

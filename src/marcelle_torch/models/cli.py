@@ -88,7 +88,7 @@ def cmd_predict(args) -> int:
     model = load_model(spec, progress=True)
     with torch.no_grad():
         predictions = postprocess(spec, model(batch))
-    for path, prediction in zip(args.images, predictions):
+    for path, prediction in zip(args.images, predictions, strict=True):
         print(json.dumps({"file": str(path), **prediction}))
     return 0
 

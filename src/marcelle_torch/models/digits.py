@@ -58,7 +58,7 @@ def synthetic_canvases(images: np.ndarray, labels: np.ndarray, per_image: int, s
     """Canvases drawn from dataset digits at random sizes, positions, widths and polarities."""
     rng = np.random.default_rng(seed)
     canvases, targets = [], []
-    for counts, label in zip(images, labels):
+    for counts, label in zip(images, labels, strict=True):
         for _ in range(per_image):
             canvases.append(render_canvas(counts, CANVAS, rng, light_background=bool(rng.random() < 0.5)))
             targets.append(label)

@@ -310,7 +310,7 @@ def _train(spec: ModelSpec, target: Path, progress: bool, epochs: int, seed: int
             optimiser.step()
             scheduler.step()
             with torch.no_grad():
-                for p_ema, p in zip(ema.parameters(), model.parameters()):
+                for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
                     p_ema.lerp_(p, 0.02)
             total += float(loss.detach()) * len(y)
         bar.set_postfix(loss=f"{total / len(data):.4f}")

@@ -158,7 +158,7 @@ def postprocess(spec: ModelSpec, outputs: torch.Tensor) -> list[dict]:
     if spec.task == "classification":
         results = []
         for row in outputs.tolist():
-            confidences = {label: float(p) for label, p in zip(spec.labels, row)}
+            confidences = {label: float(p) for label, p in zip(spec.labels, row, strict=True)}
             results.append({"label": max(confidences, key=confidences.get), "confidences": confidences})
         return results
     return [{"output": row} for row in outputs.tolist()]
