@@ -123,7 +123,7 @@ def test_probe_sidecar_probes_backend_and_webapp_services():
     pod = containers(objects)
     probe, worker = pod["probe"], pod["worker"]
     assert probe["image"] == worker["image"]
-    assert probe["command"] == ["python", "-m", "marcelle_torch.stack.monitoring", "probe"]
+    assert probe["command"] == ["python", "-m", "marcelle_torch.probe"]
     args = probe["args"]
     assert args[args.index("--port") + 1] == "9115"
     assert args[args.index("--timeout") + 1] == "3"
@@ -197,8 +197,8 @@ def test_rendered_probe_command_runs_and_exports_its_targets():
                 time.sleep(0.5)
         assert response.status_code == 200
         for name, url in probe_targets(args).items():
-            assert f'probe_success{{target="{name}",url="{url}"}} 0' in response.text
-            assert f'probe_http_status_code{{target="{name}",url="{url}"}} 0' in response.text
+            assert f'probe_success{{target="{name}",url="{url}"}} 0.0' in response.text
+            assert f'probe_http_status_code{{target="{name}",url="{url}"}} 0.0' in response.text
     finally:
         process.terminate()
         try:

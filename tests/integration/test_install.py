@@ -208,10 +208,10 @@ class _Ok(http.server.BaseHTTPRequestHandler):
 
 
 def test_probe_sidecar_runs_from_a_plain_install(plain):
-    """The chart's worker Deployment runs `python -m marcelle_torch.stack.monitoring probe` in the
+    """The chart's worker Deployment runs `python -m marcelle_torch.probe` in the
     worker image (charts/marcelle-torch/templates/worker-deployment.yaml)."""
     chart = (REPO / "charts" / "marcelle-torch" / "templates" / "worker-deployment.yaml").read_text()
-    command = re.search(r"command: \[python, -m, ([\w.]+), probe\]", chart)
+    command = re.search(r"command: \[python, -m, ([\w.]+)\]", chart)
     assert command, "the chart's probe sidecar command changed: update this test"
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -221,7 +221,6 @@ def test_probe_sidecar_runs_from_a_plain_install(plain):
             str(plain / "bin" / "python"),
             "-m",
             command.group(1),
-            "probe",
             "--host",
             "127.0.0.1",
             "--port",

@@ -20,6 +20,7 @@ import httpx
 import pytest
 import yaml
 
+from marcelle_torch.probe import HealthProbe
 from marcelle_torch.stack import monitoring
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -132,7 +133,7 @@ def test_health_probe_reports_live_and_dead_targets():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     live = f"http://127.0.0.1:{server.server_address[1]}"
     dead_port = monitoring.free_port()
-    probe = monitoring.HealthProbe(
+    probe = HealthProbe(
         {"live": f"{live}/", "broken": f"{live}/broken", "dead": f"http://127.0.0.1:{dead_port}/"}, timeout=2.0
     )
     try:
@@ -141,9 +142,9 @@ def test_health_probe_reports_live_and_dead_targets():
         probe.stop()
         server.shutdown()
         server.server_close()
-    values = dict(re.findall(r'^probe_success\{target="(\w+)",[^}]*\} (\d)$', text, re.M))
+    values = dict(re.findall(r'^probe_success\{target="(\w+)",[^}]*\} (\d)\.0$', text, re.M))
     assert values == {"live": "1", "broken": "0", "dead": "0"}, text
-    assert re.search(r'^probe_http_status_code\{target="live",[^}]*\} 404$', text, re.M), text
+    assert re.search(r'^probe_http_status_code\{target="live",[^}]*\} 404\.0$', text, re.M), text
 
 
 def test_down_alerts_fire_when_nothing_answers(tmp_path):

@@ -6,26 +6,18 @@ files the Helm chart ships (`charts/marcelle-torch/rules/*.yaml`), waits until i
 returns a handle whose ``stop()`` ends it.
 
 Components without a metrics endpoint (the Marcelle backend, the static web app) are watched
-by `HealthProbe`: a tiny exporter that, on each scrape, sends one HTTP GET to each target and
-exports blackbox-exporter-style gauges ``probe_success{target}``, ``probe_duration_seconds``
-and ``probe_http_status_code``. On Kubernetes the same probe runs as a container:
-
-    python -m marcelle_torch.stack.monitoring probe --port 9115 backend=http://backend:3030/ webapp=http://webapp/
+by the health probe (`marcelle_torch.probe`, the same one the chart runs as a sidecar), scraped
+as job ``probe``. The Grafana dashboard helpers read the chart's dashboards for the tests and
+bench/dashboard_render.py. This is local development tooling: nothing here ships in a Pod.
 """
 
 from __future__ import annotations
 
-import argparse
-import concurrent.futures
 import os
 import re
 import shutil
-import signal
 import subprocess
-import threading
-import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -33,6 +25,7 @@ import yaml
 
 from ..errors import MarcelleTorchError
 from ..files import atomic_write_text
+from ..probe import HealthProbe
 from .processes import ManagedProcess, StartupError, free_port
 
 PROMETHEUS_BIN = os.environ.get("MARCELLE_TORCH_PROMETHEUS", "/usr/bin/prometheus")
@@ -59,89 +52,6 @@ def prometheus_available() -> bool:
 
 def default_rule_files() -> list[Path]:
     return sorted(RULES_DIR.glob("*.yaml")) if RULES_DIR.is_dir() else []
-
-
-# --------------------------------------------------------------------------- health probe
-
-
-class HealthProbe:
-    """An exporter that probes HTTP targets when scraped (a small blackbox exporter).
-
-    A target is up when it answers with a status below 500: a 404 from a backend root still
-    proves the server is alive and serving, while a refused connection, a timeout or a 5xx
-    does not.
-    """
-
-    def __init__(
-        self, targets: dict[str, str], host: str = "127.0.0.1", port: int = 0, timeout: float = 3.0, registry=None
-    ):
-        if not targets:
-            raise ValueError("HealthProbe needs at least one target")
-        self.targets = dict(targets)
-        self.registry = registry  # a prometheus_client registry exported beside the probes
-        self.timeout = timeout
-        probe = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 (http.server API)
-                if self.path.split("?")[0] != "/metrics":
-                    self.send_error(404)
-                    return
-                body = probe.render().encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):  # scrapes every 2 s would flood the log
-                pass
-
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        self.address = f"{host}:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="health-probe", daemon=True)
-        self._thread.start()
-
-    def _probe(self, url: str) -> tuple[int, float, int]:
-        start = time.perf_counter()
-        try:
-            status = httpx.get(url, timeout=self.timeout, follow_redirects=True).status_code
-        except httpx.HTTPError:
-            status = 0
-        return int(0 < status < 500), time.perf_counter() - start, status
-
-    def render(self) -> str:
-        # A hard deadline on top of httpx's timeouts: name resolution is not bounded by them,
-        # and a probe slower than the scrape timeout would fail the whole scrape.
-        pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(self.targets))
-        futures = {name: pool.submit(self._probe, url) for name, url in self.targets.items()}
-        concurrent.futures.wait(futures.values(), timeout=self.timeout)
-        pool.shutdown(wait=False, cancel_futures=True)
-        results = {name: future.result() if future.done() else (0, self.timeout, 0) for name, future in futures.items()}
-        lines = []
-        for index, (metric, help_text) in enumerate(
-            (
-                ("probe_success", "1 if the target answered its HTTP probe with a status below 500."),
-                ("probe_duration_seconds", "How long the HTTP probe took."),
-                ("probe_http_status_code", "HTTP status of the probe's answer (0: no answer)."),
-            )
-        ):
-            lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} gauge"]
-            for name, result in results.items():
-                url = self.targets[name].replace("\\", "\\\\").replace('"', '\\"')
-                lines.append(f'{metric}{{target="{name}",url="{url}"}} {result[index]}')
-        text = "\n".join(lines) + "\n"
-        if self.registry is not None:
-            from prometheus_client import generate_latest
-
-            text += generate_latest(self.registry).decode()
-        return text
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
 
 
 # --------------------------------------------------------------------------- Prometheus
@@ -309,43 +219,3 @@ def dashboard_queries(dashboard: dict, intervals: dict[str, str] | None = None) 
         for target in panel.get("targets", [])
         if target.get("expr")
     ]
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def _probe_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m marcelle_torch.stack.monitoring probe",
-        description="Export probe_success/probe_duration_seconds/probe_http_status_code for HTTP targets.",
-    )
-    parser.add_argument("targets", nargs="+", metavar="NAME=URL", help="e.g. backend=http://backend:3030/")
-    parser.add_argument("--host", default="0.0.0.0", help="interface to listen on (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=9115, help="port of /metrics (default: %(default)s)")
-    parser.add_argument("--timeout", type=float, default=3.0, help="seconds per probe (default: %(default)s)")
-    args = parser.parse_args(argv)
-    targets = {}
-    for item in args.targets:
-        name, sep, url = item.partition("=")
-        if not sep or not name or not url.startswith(("http://", "https://")):
-            parser.error(f"target {item!r} is not NAME=http(s)://URL")
-        targets[name] = url
-    probe = HealthProbe(targets, host=args.host, port=args.port, timeout=args.timeout)
-    print(f"probing {', '.join(targets)}; metrics on http://{probe.address}/metrics", flush=True)
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    try:
-        while not done.wait(1.0):
-            pass
-    except KeyboardInterrupt:
-        pass
-    probe.stop()
-    return 0
-
-
-if __name__ == "__main__":
-    import sys
-
-    if len(sys.argv) < 2 or sys.argv[1] != "probe":
-        sys.exit("usage: python -m marcelle_torch.stack.monitoring probe [--port 9115] NAME=URL ...")
-    sys.exit(_probe_main(sys.argv[2:]))
