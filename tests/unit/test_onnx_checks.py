@@ -3,6 +3,7 @@ list of operators onnxruntime-web's WASM backend runs."""
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -205,7 +206,7 @@ def test_exported_graph_has_the_bundle_names_and_a_dynamic_batch(tiny_onnx):
 
 def test_parity_passes_for_the_exported_model(tiny_onnx):
     model, path = tiny_onnx
-    inputs = parity_inputs(tiny_spec(), n_random=100, n_drawn=0)
+    inputs = parity_inputs(tiny_spec(), n_random=100, n_examples=0)
     result = check_parity(model, path, inputs)
     assert result.passed, result.lines()
     assert result.data["inputs"] == 100 and result.data["label_agreement"] == 1.0
@@ -215,7 +216,7 @@ def test_parity_passes_for_the_exported_model(tiny_onnx):
 def test_parity_fails_when_the_runtimes_disagree(tiny_onnx):
     _, path = tiny_onnx
     other = Tiny(seed=1).eval()  # other weights: another function than the exported one
-    result = check_parity(other, path, parity_inputs(tiny_spec(), n_random=50, n_drawn=0))
+    result = check_parity(other, path, parity_inputs(tiny_spec(), n_random=50, n_examples=0))
     assert not result.passed and result.blocks
     assert "disagree" in result.summary
     assert any("outside atol" in d for d in result.details)
@@ -228,10 +229,37 @@ def test_parity_reports_a_model_onnxruntime_cannot_load(tmp_path):
     assert not result.passed and "onnxruntime cannot load the model" in result.summary
 
 
-def test_parity_inputs_include_drawn_digits_for_a_one_channel_image_model():
-    spec = ModelSpec(name="img", task="classification", build=Tiny, input=ImageInput(size=32), labels=("a",))
-    inputs = parity_inputs(spec, n_random=4, n_drawn=6)
+def test_parity_inputs_add_the_specs_own_examples():
+    def examples(n, seed):
+        return np.full((n, 1, 32, 32), 0.5, dtype=np.float32)
+
+    spec = ModelSpec(
+        name="img", task="classification", build=Tiny, input=ImageInput(size=32), labels=("a",), examples=examples
+    )
+    inputs = parity_inputs(spec, n_random=4, n_examples=6)
     assert inputs.shape == (10, 1, 32, 32) and inputs.dtype == torch.float32
-    drawn = inputs[4:]
-    assert set(drawn.unique().tolist()) <= {0.0, 1.0}  # binary sketches, both polarities
+    assert bool((inputs[4:] == 0.5).all())
+    # Without examples, random inputs only: the checks know no dataset.
+    assert parity_inputs(tiny_spec(), n_random=3).shape[0] == 3
+
+
+def test_parity_inputs_refuse_examples_of_the_wrong_shape():
+    spec = ModelSpec(
+        name="img",
+        task="classification",
+        build=Tiny,
+        input=ImageInput(size=32),
+        labels=("a",),
+        examples=lambda n, seed: np.zeros((n, 1, 8, 8), np.float32),
+    )
+    with pytest.raises(ValueError, match="examples"):
+        parity_inputs(spec, n_random=1, n_examples=2)
+
+
+def test_digits_examples_are_drawn_sketches_in_both_polarities():
+    from marcelle_torch.models.digits import CANVAS, drawn_examples
+
+    drawn = drawn_examples(6, seed=0)
+    assert drawn.shape == (6, 1, CANVAS, CANVAS) and drawn.dtype == np.float32
+    assert set(np.unique(drawn).tolist()) <= {0.0, 1.0}  # binary sketches, both polarities
     assert drawn[0].mean() < 0.5 < drawn[1].mean()

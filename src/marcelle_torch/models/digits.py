@@ -131,6 +131,15 @@ def train(spec: ModelSpec, target: Path, progress: bool = False, epochs: int = 3
     return metrics
 
 
+def drawn_examples(n: int, seed: int = 0) -> np.ndarray:
+    """Held-out digits drawn onto canvases as the app's sketchpad draws them, both polarities
+    (N x 1 x CANVAS x CANVAS in [0, 1]): the spec's examples, which the ONNX parity check runs."""
+    rng = np.random.default_rng(seed)
+    _, x_test, _, _ = load_split(seed)
+    drawn = [render_canvas(counts, CANVAS, rng, light_background=bool(i % 2)) for i, counts in enumerate(x_test[:n])]
+    return np.stack(drawn)[:, None].astype(np.float32)
+
+
 def spec() -> ModelSpec:
     return ModelSpec(
         name="digits",
@@ -138,6 +147,7 @@ def spec() -> ModelSpec:
         build=DigitsClassifier,
         input=ImageInput(size=CANVAS, channels=1),
         weights=Weights(train=train),
+        examples=drawn_examples,
         labels=LABELS,
         version="3",
         description="Handwritten digit classifier (CNN on scikit-learn's optdigits, 8x8 block counts)",

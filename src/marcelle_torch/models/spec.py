@@ -118,12 +118,18 @@ class ModelSpec:
     # A generation model's run: run(module, input, params, report) -> result, where
     # report(progress, partial=None) streams progress (see models.digits_generator.run).
     run: Callable[..., Any] | None = None
+    # Representative inputs, examples(n, seed) -> array (n, *input.shape) in the input's range:
+    # what the ONNX parity check runs besides random tensors (e.g. digits drawn as the app's
+    # sketchpad draws them), so checks need not know any dataset.
+    examples: Callable[[int, int], Any] | None = None
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not NAME_RE.match(self.name):
             raise InvalidSpec(f"model name {self.name!r}: use lowercase letters, digits and '-' (max 63)")
         if self.task not in TASKS:
             raise InvalidSpec(f"model {self.name}: task must be one of {TASKS}, got {self.task!r}")
+        if self.examples is not None and not callable(self.examples):
+            raise InvalidSpec(f"model {self.name}: examples must be callable as examples(n, seed)")
         if not callable(self.build):
             raise InvalidSpec(f"model {self.name}: build must be callable")
         if not isinstance(self.input, (ImageInput, TensorInput)):

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..models.spec import ImageInput, ModelSpec
+from ..models.spec import ModelSpec
 from . import webops
 from .settings import DEFAULT_MAX_MB
 
@@ -160,23 +160,19 @@ def _supported(domain: str, op_type: str, version: int | None):
 # --- numerical parity ---------------------------------------------------------------------
 
 
-def parity_inputs(spec: ModelSpec, n_random: int = 64, n_drawn: int = 200, seed: int = 0) -> torch.Tensor:
-    """Inputs for the parity check: random tensors in the input's range and, for a one-channel
-    image model (the app's sketchpad input), digits from scikit-learn's held-out split drawn
-    onto canvases the way a sketchpad draws them (both polarities)."""
+def parity_inputs(spec: ModelSpec, n_random: int = 64, n_examples: int = 200, seed: int = 0) -> torch.Tensor:
+    """Inputs for the parity check: random tensors in the input's range, then up to
+    ``n_examples`` of the spec's own representative inputs (``spec.examples``), if it has any."""
     rng = np.random.default_rng(seed)
     shape = tuple(spec.input.shape)
     lo, hi = spec.input.value_range or (0.0, 1.0)
     batches = [rng.uniform(lo, hi, size=(n_random, *shape)).astype(np.float32)]
-    if isinstance(spec.input, ImageInput) and spec.input.channels == 1 and n_drawn:
-        from ..models.optdigits import load_split, render_canvas
-
-        _, x_test, _, _ = load_split(seed)
-        drawn = [
-            render_canvas(counts, spec.input.size, rng, light_background=bool(i % 2))
-            for i, counts in enumerate(x_test[:n_drawn])
-        ]
-        batches.append((np.stack(drawn)[:, None] * (hi - lo) + lo).astype(np.float32))
+    if spec.examples is not None and n_examples:
+        examples = np.asarray(spec.examples(n_examples, seed), dtype=np.float32)
+        if examples.shape[1:] != shape:
+            expected = ["n", *shape]
+            raise ValueError(f"model {spec.name}: examples() gave shape {list(examples.shape)}, expected {expected}")
+        batches.append(examples[:n_examples])
     return torch.from_numpy(np.concatenate(batches))
 
 
