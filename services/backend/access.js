@@ -23,8 +23,15 @@ const { BadRequest, Forbidden, MethodNotAllowed, NotAuthenticated, NotFound, Too
 const SAFE_NAME = /^[a-z0-9-]+$/;
 // Names of the package's own services (users, authentication, info, assets, model stores,
 // its debugger): never made by the on-demand factory, so never in whitelist.services.
-const RESERVED = new Set(['users', 'authentication', 'info', 'assets', 'tfjs-models', 'onnx-models',
-  'feathers-debugger']);
+const RESERVED = new Set([
+  'users',
+  'authentication',
+  'info',
+  'assets',
+  'tfjs-models',
+  'onnx-models',
+  'feathers-debugger',
+]);
 // The Feathers 4 socket methods (@feathersjs/transport-commons lib/socket/index.js).
 const SOCKET_METHODS = new Set(['find', 'get', 'create', 'update', 'patch', 'remove']);
 
@@ -62,7 +69,10 @@ function notServed(served) {
 function clientAddress(remoteAddress, headers, trustedProxies) {
   const forwarded = trustedProxies > 0 && headers && headers['x-forwarded-for'];
   if (typeof forwarded === 'string') {
-    const hops = forwarded.split(',').map((h) => h.trim()).filter(Boolean);
+    const hops = forwarded
+      .split(',')
+      .map((h) => h.trim())
+      .filter(Boolean);
     if (hops.length > 0) return hops[Math.max(0, hops.length - trustedProxies)];
   }
   return remoteAddress || 'unknown';
@@ -70,7 +80,10 @@ function clientAddress(remoteAddress, headers, trustedProxies) {
 
 function sendError(res, error) {
   const body = JSON.stringify(error.toJSON());
-  res.writeHead(error.code, { 'Content-Type': 'application/json; charset=utf-8', 'Content-Length': Buffer.byteLength(body) });
+  res.writeHead(error.code, {
+    'Content-Type': 'application/json; charset=utf-8',
+    'Content-Length': Buffer.byteLength(body),
+  });
   res.end(body);
 }
 
@@ -94,7 +107,9 @@ function restGuard(served, { trustedProxies }) {
     req.feathers = {
       ...(req.feathers || {}),
       clientAddress: clientAddress(req.socket && req.socket.remoteAddress, req.headers, trustedProxies),
-      setResponseHeader: (header, value) => { if (!res.headersSent) res.setHeader(header, value); },
+      setResponseHeader: (header, value) => {
+        if (!res.headersSent) res.setHeader(header, value);
+      },
     };
     next();
   };
@@ -111,8 +126,11 @@ function socketGuard(io, served, { trustedProxies }) {
   io.use((socket, next) => {
     // @feathersjs/socketio 4 lib/middleware.js has set socket.feathers (the call params).
     if (socket.feathers) {
-      socket.feathers.clientAddress = clientAddress(socket.handshake && socket.handshake.address,
-        socket.handshake && socket.handshake.headers, trustedProxies);
+      socket.feathers.clientAddress = clientAddress(
+        socket.handshake && socket.handshake.address,
+        socket.handshake && socket.handshake.headers,
+        trustedProxies,
+      );
     }
     socket.use((packet, nextPacket) => {
       const [event, path] = packet;
@@ -157,7 +175,9 @@ function accessPolicy({ authEnabled, allowSignup, abilityFor }) {
     const { method, id } = context;
     if (method === 'update') throw new MethodNotAllowed(`${what} are changed with patch, not update`);
     if ((method === 'patch' || method === 'remove') && (id === null || id === undefined)) {
-      throw new MethodNotAllowed(`${what} are ${method === 'patch' ? 'patched' : 'removed'} one at a time (give an id)`);
+      throw new MethodNotAllowed(
+        `${what} are ${method === 'patch' ? 'patched' : 'removed'} one at a time (give an id)`,
+      );
     }
   }
 
@@ -231,8 +251,15 @@ function logDenials(logger) {
     // pass through (its Express route comes first); the data service's own call logs.
     if (params.provider && error && [401, 403, 405, 429].includes(error.code) && context.path !== ':serviceName') {
       const id = context.id !== undefined && context.id !== null ? ` ${context.id}` : '';
-      logger.info('denied %s %s%s for %s: %d %s', context.method, context.path, id, who(params.user), error.code,
-        error.message);
+      logger.info(
+        'denied %s %s%s for %s: %d %s',
+        context.method,
+        context.path,
+        id,
+        who(params.user),
+        error.code,
+        error.message,
+      );
     }
     return context;
   };
@@ -245,8 +272,16 @@ function logDenials(logger) {
  * `data.retryAfter` in the error for Socket.IO clients).
  */
 function loginLimits({ perClient, perAccount }) {
-  const clients = new RateLimiterMemory({ keyPrefix: 'login-client', points: perClient.attempts, duration: perClient.seconds });
-  const accounts = new RateLimiterMemory({ keyPrefix: 'login-account', points: perAccount.attempts, duration: perAccount.seconds });
+  const clients = new RateLimiterMemory({
+    keyPrefix: 'login-client',
+    points: perClient.attempts,
+    duration: perClient.seconds,
+  });
+  const accounts = new RateLimiterMemory({
+    keyPrefix: 'login-account',
+    points: perAccount.attempts,
+    duration: perAccount.seconds,
+  });
 
   const accountOf = (data) => (data && typeof data.email === 'string' ? data.email.trim().toLowerCase() : '');
   const isPasswordLogin = (context) => context.params.provider && context.data && context.data.strategy === 'local';
@@ -263,7 +298,8 @@ function loginLimits({ perClient, perAccount }) {
       // A refused attempt checks no password: it costs nothing.
       await Promise.all([clients.reward(client, 1), accounts.reward(account, 1)]);
       const seconds = Math.max(1, Math.ceil(Math.max(...refused.map((r) => r.msBeforeNext)) / 1000));
-      if (typeof context.params.setResponseHeader === 'function') context.params.setResponseHeader('Retry-After', String(seconds));
+      if (typeof context.params.setResponseHeader === 'function')
+        context.params.setResponseHeader('Retry-After', String(seconds));
       throw new TooManyRequests(`Too many login attempts: try again in ${seconds} s`, { retryAfter: seconds });
     }
     context.params.loginCounted = { client, account };

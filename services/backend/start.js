@@ -63,11 +63,21 @@ function checkConfig(config) {
   }
   const proxies = config.get('marcelleTorch.trustedProxies');
   if (!(Number.isInteger(proxies) && proxies >= 0)) {
-    fail(`marcelleTorch.trustedProxies (MARCELLE_BACKEND_TRUSTED_PROXIES) must be 0, 1, 2, ..., got ${JSON.stringify(proxies)}`);
+    fail(
+      `marcelleTorch.trustedProxies (MARCELLE_BACKEND_TRUSTED_PROXIES) must be 0, 1, 2, ..., got ${JSON.stringify(proxies)}`,
+    );
   }
 }
 
-const { checkServiceNames, servedNames, restGuard, socketGuard, accessPolicy, logDenials, loginLimits } = require('./access');
+const {
+  checkServiceNames,
+  servedNames,
+  restGuard,
+  socketGuard,
+  accessPolicy,
+  logDenials,
+  loginLimits,
+} = require('./access');
 
 let config;
 try {
@@ -103,25 +113,33 @@ function clientErrorsFromBodyParsers(expressApp) {
   if (replaced.length !== 2) fail('the backend package no longer has its json and urlencoded body parsers');
   for (const layer of replaced) {
     const parse = parsers[layer.name];
-    layer.handle = (req, res, next) => parse(req, res, (err) => {
-      if (!err) return next();
-      const tooLarge = err.type === 'entity.too.large';
-      const error = tooLarge
-        // @feathersjs/errors 4 has no class for 413: its base class, as its own classes use it.
-        ? new FeathersError(`the request body is over ${MAX_MESSAGE_BYTES} bytes`, 'PayloadTooLarge', 413, 'payload-too-large')
-        : new BadRequest(`the request body is not valid ${layer.name === 'jsonParser' ? 'JSON' : 'form data'}: ${err.message}`);
-      const answer = () => res.status(error.code).json(error.toJSON());
-      if (!tooLarge || req.complete) return answer();
-      // Refused on its Content-Length, unread: read the rest (up to a bound) before answering,
-      // or the client, still sending, sees the connection reset instead of the 413.
-      let unread = 4 * MAX_MESSAGE_BYTES;
-      req.on('data', (chunk) => {
-        unread -= chunk.length;
-        if (unread < 0) req.destroy();
+    layer.handle = (req, res, next) =>
+      parse(req, res, (err) => {
+        if (!err) return next();
+        const tooLarge = err.type === 'entity.too.large';
+        const error = tooLarge
+          ? // @feathersjs/errors 4 has no class for 413: its base class, as its own classes use it.
+            new FeathersError(
+              `the request body is over ${MAX_MESSAGE_BYTES} bytes`,
+              'PayloadTooLarge',
+              413,
+              'payload-too-large',
+            )
+          : new BadRequest(
+              `the request body is not valid ${layer.name === 'jsonParser' ? 'JSON' : 'form data'}: ${err.message}`,
+            );
+        const answer = () => res.status(error.code).json(error.toJSON());
+        if (!tooLarge || req.complete) return answer();
+        // Refused on its Content-Length, unread: read the rest (up to a bound) before answering,
+        // or the client, still sending, sees the connection reset instead of the 413.
+        let unread = 4 * MAX_MESSAGE_BYTES;
+        req.on('data', (chunk) => {
+          unread -= chunk.length;
+          if (unread < 0) req.destroy();
+        });
+        req.on('end', answer);
+        req.resume();
       });
-      req.on('end', answer);
-      req.resume();
-    });
   }
 }
 
@@ -180,10 +198,12 @@ async function ensureAccounts() {
   if (workerEmail && adminEmail && workerEmail.trim().toLowerCase() === adminEmail.trim().toLowerCase()) {
     fail('MARCELLE_ADMIN_EMAIL and MARCELLE_WORKER_EMAIL must be two different accounts');
   }
-  if (!await ensureAccount('worker', workerEmail, workerPassword, ['MARCELLE_WORKER_EMAIL', 'MARCELLE_WORKER_PASSWORD'])) {
+  if (
+    !(await ensureAccount('worker', workerEmail, workerPassword, ['MARCELLE_WORKER_EMAIL', 'MARCELLE_WORKER_PASSWORD']))
+  ) {
     logger.warn('authentication is on and no worker account is configured (MARCELLE_WORKER_EMAIL/_PASSWORD)');
   }
-  if (!await ensureAccount('admin', adminEmail, adminPassword, ['MARCELLE_ADMIN_EMAIL', 'MARCELLE_ADMIN_PASSWORD'])) {
+  if (!(await ensureAccount('admin', adminEmail, adminPassword, ['MARCELLE_ADMIN_EMAIL', 'MARCELLE_ADMIN_PASSWORD']))) {
     logger.warn('authentication is on and no admin account is configured (MARCELLE_ADMIN_EMAIL/_PASSWORD)');
   }
 }
@@ -254,7 +274,9 @@ async function main() {
   const address = server.address();
   const where = app.get('database') === 'nedb' ? `nedb files in ${app.get('nedb')}` : 'mongodb';
   // The launcher (marcelle_torch.stack.backend) waits for this line.
-  console.log(`marcelle-backend listening on http://${host}:${address.port} (${where}, authentication ${authEnabled ? 'on' : 'off'})`);
+  console.log(
+    `marcelle-backend listening on http://${host}:${address.port} (${where}, authentication ${authEnabled ? 'on' : 'off'})`,
+  );
 
   const stop = (signal) => {
     logger.info('%s: stopping', signal);

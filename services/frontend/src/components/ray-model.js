@@ -131,10 +131,13 @@ export class RayModel extends ServedModel {
     }
     const prediction = Array.isArray(body.predictions) ? body.predictions[0] : undefined;
     if (!prediction || typeof prediction.label === 'undefined' || typeof prediction.confidences !== 'object') {
-      const error = new RayServeError(`Ray Serve answered without a {label, confidences} prediction for ${this.model}`, {
-        status: 200,
-        code: 'bad_response',
-      });
+      const error = new RayServeError(
+        `Ray Serve answered without a {label, confidences} prediction for ${this.model}`,
+        {
+          status: 200,
+          code: 'bad_response',
+        },
+      );
       this.fail(error, 'error');
       throw error;
     }
@@ -182,10 +185,13 @@ export class RayModel extends ServedModel {
           code: err.code ?? 'error',
         });
       }
-      throw new RayServeError(`Ray Serve answered HTTP ${response.status}: ${raw.slice(0, 200) || response.statusText}`, {
-        status: response.status,
-        code: 'http',
-      });
+      throw new RayServeError(
+        `Ray Serve answered HTTP ${response.status}: ${raw.slice(0, 200) || response.statusText}`,
+        {
+          status: response.status,
+          code: 'http',
+        },
+      );
     }
     if (body === null || typeof body !== 'object') {
       throw new RayServeError(`Ray Serve answered HTTP ${response.status} with a body that is not JSON`, {

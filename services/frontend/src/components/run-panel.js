@@ -51,8 +51,13 @@ function describe(run) {
 }
 
 export class RunPanel extends Component {
-  constructor({ client, generatorModel = 'digits-generator', classifierModel = 'digits', input = null,
-    defaultSteps = 200 } = {}) {
+  constructor({
+    client,
+    generatorModel = 'digits-generator',
+    classifierModel = 'digits',
+    input = null,
+    defaultSteps = 200,
+  } = {}) {
     super();
     this.title = 'backend runs';
     this.client = client;
@@ -65,7 +70,10 @@ export class RunPanel extends Component {
     this.progress = progressBar(this.$progress);
     this.progress.title = 'progress';
     this.lastImage = null;
-    if (input) input.$images.subscribe((img) => { this.lastImage = img; });
+    if (input)
+      input.$images.subscribe((img) => {
+        this.lastImage = img;
+      });
     // Follow the current run through the client's live list of runs.
     client.$runs.subscribe(() => {
       const current = this.$run.get();
@@ -129,11 +137,16 @@ export class RunPanel extends Component {
     if (!this.nodes) return;
     const status = this.client.$status.get();
     const error = this.client.$error.get();
-    const text = {
-      idle: '', connecting: `connecting to the Marcelle backend at ${this.client.url}…`,
-      login: 'log in to use the backend', 'logged-out': 'log in to use the backend',
-      ready: `connected to ${this.client.url}`,
-    }[status] ?? error ?? status;
+    const text =
+      {
+        idle: '',
+        connecting: `connecting to the Marcelle backend at ${this.client.url}…`,
+        login: 'log in to use the backend',
+        'logged-out': 'log in to use the backend',
+        ready: `connected to ${this.client.url}`,
+      }[status] ??
+      error ??
+      status;
     this.nodes.connection.textContent = status === 'error' ? error : text;
     this.nodes.connection.dataset.status = status;
     const usable = status === 'ready';
@@ -157,8 +170,9 @@ export class RunPanel extends Component {
     const n = this.nodes;
     n.progressBox.dataset.progress = String(progress);
     n.status.dataset.status = run?.status ?? '';
-    n.status.textContent = run ? `${describe(run)} — ${STATUS_TEXT[run.status] ?? run.status}` +
-      (run.worker ? ` (worker ${run.worker})` : '') : 'No run yet.';
+    n.status.textContent = run
+      ? `${describe(run)} — ${STATUS_TEXT[run.status] ?? run.status}` + (run.worker ? ` (worker ${run.worker})` : '')
+      : 'No run yet.';
     n.cancel.disabled = !run || !ACTIVE.includes(run.status);
     const image = run?.result?.image ?? null;
     n.partial.style.display = run?.partial && !image ? '' : 'none';
@@ -180,23 +194,39 @@ export class RunPanel extends Component {
     const t = target || document.querySelector(`#${this.id}`);
     if (!t) return;
     this.destroy();
-    const digit = el('select', { 'data-testid': 'runs-digit' },
-      ...Array.from({ length: 10 }, (_, i) => el('option', { value: String(i) }, String(i))));
+    const digit = el(
+      'select',
+      { 'data-testid': 'runs-digit' },
+      ...Array.from({ length: 10 }, (_, i) => el('option', { value: String(i) }, String(i))),
+    );
     digit.value = '3';
-    const steps = el('input', { type: 'number', min: 1, max: 1000, value: String(this.defaultSteps),
-      'data-testid': 'runs-steps', style: 'width:6em' });
-    const generate = el('button', { className: 'btn', 'data-testid': 'runs-generate', disabled: true },
-      'Generate');
-    const classify = el('button', { className: 'btn', 'data-testid': 'runs-classify', disabled: true },
-      `Classify the drawing (${this.classifierModel})`);
+    const steps = el('input', {
+      type: 'number',
+      min: 1,
+      max: 1000,
+      value: String(this.defaultSteps),
+      'data-testid': 'runs-steps',
+      style: 'width:6em',
+    });
+    const generate = el('button', { className: 'btn', 'data-testid': 'runs-generate', disabled: true }, 'Generate');
+    const classify = el(
+      'button',
+      { className: 'btn', 'data-testid': 'runs-classify', disabled: true },
+      `Classify the drawing (${this.classifierModel})`,
+    );
     const cancel = el('button', { className: 'btn danger', 'data-testid': 'runs-cancel', disabled: true }, 'Cancel');
     const login = el('button', { className: 'btn', 'data-testid': 'runs-login' }, 'Log in');
     const logout = el('button', { className: 'btn danger', 'data-testid': 'runs-logout' }, 'Log out');
     login.addEventListener('click', () => this.client.start());
     logout.addEventListener('click', () => this.client.logout());
     const accountText = el('span');
-    const account = el('div', { 'data-testid': 'runs-account',
-      style: 'display:none;gap:0.75rem;align-items:center;margin-bottom:0.5rem' }, accountText, login, logout);
+    const account = el(
+      'div',
+      { 'data-testid': 'runs-account', style: 'display:none;gap:0.75rem;align-items:center;margin-bottom:0.5rem' },
+      accountText,
+      login,
+      logout,
+    );
     generate.addEventListener('click', () => this.generate());
     classify.addEventListener('click', () => this.classify());
     cancel.addEventListener('click', () => this.cancel());
@@ -205,22 +235,57 @@ export class RunPanel extends Component {
     const progressTarget = el('div', { id: `${t.id}-${this.progress.id}` });
     progressBox.append(progressTarget);
     const pixel = 'image-rendering:pixelated;border:1px solid #ccc;width:128px;height:128px';
-    const partial = el('img', { 'data-testid': 'runs-partial', alt: 'intermediate image', style: `${pixel};display:none` });
+    const partial = el('img', {
+      'data-testid': 'runs-partial',
+      alt: 'intermediate image',
+      style: `${pixel};display:none`,
+    });
     const resultLabel = el('code', { style: 'font-size:2rem' });
     const resultImage = el('img', { 'data-testid': 'runs-result-image', alt: 'result', style: pixel });
-    const result = el('div', { 'data-testid': 'runs-result', style: 'display:none' },
-      el('p', {}, 'Result: ', resultLabel), resultImage);
+    const result = el(
+      'div',
+      { 'data-testid': 'runs-result', style: 'display:none' },
+      el('p', {}, 'Result: ', resultLabel),
+      resultImage,
+    );
 
     this.nodes = {
       connection: el('p', { 'data-testid': 'runs-connection', style: 'color:#6b7280' }),
-      account, accountText, login, logout, digit, steps, generate, classify, cancel, progressBox, partial, result, resultLabel, resultImage,
+      account,
+      accountText,
+      login,
+      logout,
+      digit,
+      steps,
+      generate,
+      classify,
+      cancel,
+      progressBox,
+      partial,
+      result,
+      resultLabel,
+      resultImage,
       status: el('p', { 'data-testid': 'runs-status' }),
       error: el('p', { 'data-testid': 'runs-error', style: 'color:#b91c1c;display:none' }),
     };
-    const controls = el('div', { style: 'display:flex;gap:0.75rem;align-items:center;flex-wrap:wrap' },
-      el('label', {}, 'Digit ', digit), el('label', {}, 'Denoising steps ', steps), generate, classify, cancel);
-    t.append(this.nodes.connection, account, controls, progressBox, this.nodes.status,
-      el('div', { style: 'display:flex;gap:1rem;align-items:flex-start' }, partial, result), this.nodes.error);
+    const controls = el(
+      'div',
+      { style: 'display:flex;gap:0.75rem;align-items:center;flex-wrap:wrap' },
+      el('label', {}, 'Digit ', digit),
+      el('label', {}, 'Denoising steps ', steps),
+      generate,
+      classify,
+      cancel,
+    );
+    t.append(
+      this.nodes.connection,
+      account,
+      controls,
+      progressBox,
+      this.nodes.status,
+      el('div', { style: 'display:flex;gap:1rem;align-items:flex-start' }, partial, result),
+      this.nodes.error,
+    );
     this.progress.mount(progressTarget);
     this.renderConnection();
     this.render(this.$run.get());
@@ -248,13 +313,18 @@ export class RunHistory extends Component {
 
   render(runs) {
     if (!this.list) return;
-    this.list.replaceChildren(...runs.map((run) => {
-      const when = run.createdAt ? new Date(run.createdAt).toLocaleTimeString() : '';
-      const outcome = run.status === 'succeeded' && run.result ? ` → ${run.result.label}` : '';
-      const progress = run.status === 'running' ? ` ${Math.round(100 * (run.progress || 0))}%` : '';
-      return el('li', { 'data-testid': 'runs-history-item', 'data-status': run.status, 'data-id': run.id },
-        `${when} ${describe(run)}: ${STATUS_TEXT[run.status] ?? run.status}${progress}${outcome}`);
-    }));
+    this.list.replaceChildren(
+      ...runs.map((run) => {
+        const when = run.createdAt ? new Date(run.createdAt).toLocaleTimeString() : '';
+        const outcome = run.status === 'succeeded' && run.result ? ` → ${run.result.label}` : '';
+        const progress = run.status === 'running' ? ` ${Math.round(100 * (run.progress || 0))}%` : '';
+        return el(
+          'li',
+          { 'data-testid': 'runs-history-item', 'data-status': run.status, 'data-id': run.id },
+          `${when} ${describe(run)}: ${STATUS_TEXT[run.status] ?? run.status}${progress}${outcome}`,
+        );
+      }),
+    );
     this.empty.style.display = runs.length ? 'none' : '';
   }
 

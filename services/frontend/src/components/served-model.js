@@ -11,7 +11,10 @@ const STATUS_COLOURS = { ready: '#0d9488', predicting: '#0284c7', connecting: '#
 const ERROR_COLOUR = '#be123c';
 
 export function escapeHtml(value) {
-  return String(value).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]);
+  return String(value).replace(
+    /[&<>"']/g,
+    (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c],
+  );
 }
 
 export class ServedModel extends Model {

@@ -35,8 +35,5 @@ export default function servePage(dash, config) {
   const plot = confidencePlot($predictions);
   plot.title = 'confidences';
 
-  dash
-    .page(title)
-    .sidebar(input)
-    .use(classifier, [label, plot]);
+  dash.page(title).sidebar(input).use(classifier, [label, plot]);
 }
