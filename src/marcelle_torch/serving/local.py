@@ -8,6 +8,7 @@ they are set before ``ray.init`` (Kubernetes: the container env of the Ray pods)
 
 from __future__ import annotations
 
+import atexit
 import ipaddress
 import os
 import shutil
@@ -40,6 +41,10 @@ SERVE_MODES: dict[str, dict[str, str]] = {
 # answered 62/144/132 req/s at 1/8/32 clients against 37/76/62 for the default proxy, with no errors
 # and the same answers, so it is the default here.
 DEFAULT_SERVE_MODE = "haproxy-throughput"
+
+
+# On stop, how long the processes left under the Ray temp dir get between SIGTERM and SIGKILL.
+STOP_TIMEOUT_S = 1.0
 
 
 class ServeStartError(MarcelleTorchError):
@@ -222,13 +227,20 @@ class LocalServe:
         import ray
 
         if self._ray_started:
-            try:
-                from ray import serve
-
-                serve.shutdown()
-            except Exception as exc:  # still shut Ray down below
-                self.log(f"serve shutdown: {exc}")
-            ray.shutdown()
+            # This private cluster goes away whole, so it is ended here, not asked to wind down:
+            # - serve.shutdown() waits for Serve's controller to delete each application and
+            #   replica, up to 30 s before it gives up (ray 2.60.0, serve/_private/client.py:
+            #   ServeControllerClient.shutdown(timeout_s=30.0), "Controller failed to shut down
+            #   within 30.0s"): stops took ~40 s;
+            # - ray.shutdown() in this driver then waits 5-8 s on calls to a GCS that is gone
+            #   (measured; under `marcelle-torch up` the GCS and raylet get the same SIGTERM as
+            #   this process, being in its process group).
+            # Every process of the cluster names its temp dir (GCS, raylet, workers and actors,
+            # Serve's HAProxy): SIGTERM, then SIGKILL what is left after STOP_TIMEOUT_S.
+            stop_processes_naming(self.workdir, timeout_s=STOP_TIMEOUT_S)
+            # Ray's exit hook would make the same wait when this interpreter exits (ray 2.60.0,
+            # _private/worker.py: atexit.register(shutdown, _exiting_interpreter=True)).
+            atexit.unregister(ray.shutdown)
             self._ray_started = False
         for key, value in self._saved_env.items():
             if value is None:
@@ -237,7 +249,7 @@ class LocalServe:
                 os.environ[key] = value
         self._saved_env.clear()
         if self.workdir:
-            stop_processes_naming(self.workdir)
+            stop_processes_naming(self.workdir, timeout_s=STOP_TIMEOUT_S)
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
 
