@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    from .local import DEFAULT_SERVE_MODE, SERVE_MODES
+    from .modes import DEFAULT_SERVE_MODE, SERVE_MODES
 
     p = subparsers.add_parser(
         "serve", help="serve models over HTTP with Ray Serve (local Ray, foreground, Ctrl-C stops)",
