@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 
-def atomic_write(target: Path, write) -> Path:
+def atomic_write(target: Path, write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp_path)`` then move the file to ``target`` in one step."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ does not load torch.
 """
 
 from importlib import import_module
+from typing import Any
 
 _WHERE = {
     "decode_instances": "inputs",
@@ -23,7 +24,7 @@ _WHERE = {
 __all__ = sorted(_WHERE)
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name not in _WHERE:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return getattr(import_module(f".{_WHERE[name]}", __name__), name)

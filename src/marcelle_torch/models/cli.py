@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("list", help="list the built-in models and whether they are trained")
     p.set_defaults(func=cmd_list)
 
@@ -25,7 +26,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_predict)
 
 
-def cmd_list(args) -> int:
+def cmd_list(args: argparse.Namespace) -> int:
     from .registry import builtin_names, get_spec
     from .weights import trained_weights_path
 
@@ -37,7 +38,7 @@ def cmd_list(args) -> int:
     return 0
 
 
-def cmd_info(args) -> int:
+def cmd_info(args: argparse.Namespace) -> int:
     from .registry import get_spec
     from .weights import training_metrics
 
@@ -49,7 +50,7 @@ def cmd_info(args) -> int:
     return 0
 
 
-def cmd_train(args) -> int:
+def cmd_train(args: argparse.Namespace) -> int:
     from ..errors import InvalidSpec
     from .registry import get_spec
     from .weights import trained_weights_path
@@ -68,7 +69,7 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_predict(args) -> int:
+def cmd_predict(args: argparse.Namespace) -> int:
     import base64
 
     import torch

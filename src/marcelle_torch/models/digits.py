@@ -25,7 +25,7 @@ LABELS = tuple(str(i) for i in range(10))
 class DigitsCNN(nn.Module):
     """8x8 block counts (scaled to 0..1) -> 10 logits."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(1, 32, 3, padding=1),
@@ -54,7 +54,9 @@ class DigitsClassifier(nn.Module):
         return F.softmax(self.net(self.preprocess(image)), dim=1)
 
 
-def synthetic_canvases(images: np.ndarray, labels: np.ndarray, per_image: int, seed: int):
+def synthetic_canvases(
+    images: np.ndarray, labels: np.ndarray, per_image: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Canvases drawn from dataset digits at random sizes, positions, widths and polarities."""
     rng = np.random.default_rng(seed)
     canvases, targets = [], []
@@ -75,8 +77,10 @@ def accuracy(
     with torch.no_grad():
         if counts is not None:
             preds = model.net(counts).argmax(1)
-        else:
+        elif canvases is not None:
             preds = torch.cat([model(c).argmax(1) for c in canvases.split(256)])
+        else:
+            raise ValueError("accuracy() needs canvases or counts")
     return float((preds == targets).float().mean())
 
 

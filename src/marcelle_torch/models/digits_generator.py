@@ -19,8 +19,9 @@ import base64
 import io
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +34,9 @@ from .spec import ModelSpec, TensorInput, Weights
 LABELS = tuple(str(i) for i in range(10))
 TIMESTEPS = 1000
 NULL_CLASS = 10  # the "no class" token used for classifier-free guidance
-PARAMS = {"steps": 50, "guidance": 2.0, "seed": None}
+DEFAULT_STEPS = 50
+DEFAULT_GUIDANCE = 2.0
+PARAMS = {"steps": DEFAULT_STEPS, "guidance": DEFAULT_GUIDANCE, "seed": None}
 MAX_STEPS = TIMESTEPS
 MAX_GUIDANCE = 10.0
 
@@ -103,7 +106,9 @@ def alpha_bars(timesteps: int = TIMESTEPS) -> torch.Tensor:
 class DigitsGenerator(nn.Module):
     """The denoiser plus its noise schedule (a buffer, so it travels with the weights)."""
 
-    def __init__(self):
+    alpha_bar: torch.Tensor  # the buffer, declared so that its type is known
+
+    def __init__(self) -> None:
         super().__init__()
         self.net = DigitsDenoiser()
         self.register_buffer("alpha_bar", alpha_bars(), persistent=False)
@@ -115,7 +120,7 @@ class DigitsGenerator(nn.Module):
 # ---------------------------------------------------------------------------- requests
 
 
-def parse_request(input_, params: dict | None = None) -> dict:
+def parse_request(input_: Any, params: dict | None = None) -> dict:
     """A run's ``input`` and ``params`` -> ``{"digit", "steps", "guidance", "seed"}``.
 
     ``input`` is ``{"digit": d}`` (also accepted: ``d`` or ``[d]``) with d an integer 0..9
@@ -162,9 +167,9 @@ def to_counts(x: torch.Tensor) -> torch.Tensor:
 
 def iter_generate(
     model: DigitsGenerator,
-    digits,
-    steps: int = PARAMS["steps"],
-    guidance: float = PARAMS["guidance"],
+    digits: int | Sequence[int],
+    steps: int = DEFAULT_STEPS,
+    guidance: float = DEFAULT_GUIDANCE,
     seed: int | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """DDIM sampling. Yields ``(step, x0)`` after each of ``steps`` denoising steps, where
@@ -198,10 +203,10 @@ def iter_generate(
 def generate(
     model: DigitsGenerator,
     digit: int,
-    steps: int = PARAMS["steps"],
+    steps: int = DEFAULT_STEPS,
     callback: Callable[[float, np.ndarray], None] | None = None,
     every: int = 1,
-    guidance: float = PARAMS["guidance"],
+    guidance: float = DEFAULT_GUIDANCE,
     seed: int | None = None,
 ) -> np.ndarray:
     """One sample of ``digit`` as 8x8 counts (0..16). ``callback(progress, x0)`` is called
@@ -212,6 +217,8 @@ def generate(
         result = x0[0].numpy()
         if callback is not None and (step % every == 0 or step == steps):
             callback(step / steps, result)
+    if result is None:
+        raise ValueError(f"steps must be at least 1, got {steps}")
     return result
 
 
@@ -220,7 +227,7 @@ def counts_to_png(counts: np.ndarray, size: int = 128) -> bytes:
     from PIL import Image
 
     gray = (255 - np.clip(counts, 0, 16) / 16.0 * 255).round().astype(np.uint8)
-    img = Image.fromarray(gray, mode="L").resize((size, size), Image.NEAREST)
+    img = Image.fromarray(gray, mode="L").resize((size, size), Image.Resampling.NEAREST)
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
@@ -236,8 +243,8 @@ def counts_to_data_url(counts: np.ndarray, size: int = 128) -> str:
 def class_accuracy(
     model: DigitsGenerator,
     per_class: int = 10,
-    steps: int = PARAMS["steps"],
-    guidance: float = PARAMS["guidance"],
+    steps: int = DEFAULT_STEPS,
+    guidance: float = DEFAULT_GUIDANCE,
     seed: int = 1,
 ) -> float:
     """Fraction of generated samples that the independent ``digits`` classifier reads as
@@ -346,7 +353,7 @@ def spec() -> ModelSpec:
 # ---------------------------------------------------------------------------- runs
 
 
-def run(model: DigitsGenerator, input_, params: dict | None, report) -> dict:
+def run(model: DigitsGenerator, input_: Any, params: dict | None, report: Callable[..., None]) -> dict:
     """One generation run, as the run worker calls it (the protocol of a generation model's
     module). ``report(progress, partial)`` is called after every step with ``partial`` a
     function giving the current image as a PNG data URL (made only when it is sent); it

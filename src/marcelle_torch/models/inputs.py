@@ -11,12 +11,16 @@ import binascii
 import io
 import json
 import math
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ..errors import InvalidInput
 from .spec import ImageInput, ModelSpec, TensorInput
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
 
 MAX_IMAGE_PIXELS = 4096 * 4096
 
@@ -35,7 +39,7 @@ def parse_predict_body(body: bytes) -> list:
     return payload["instances"]
 
 
-def decode_instances(spec: ModelSpec, instances) -> torch.Tensor:
+def decode_instances(spec: ModelSpec, instances: Any) -> torch.Tensor:
     """``instances`` (a JSON list) -> float tensor (N, *input shape); InvalidInput says what is wrong."""
     if not isinstance(instances, list):
         raise InvalidInput(f"'instances' must be a list, got {_json_type(instances)}")
@@ -44,7 +48,7 @@ def decode_instances(spec: ModelSpec, instances) -> torch.Tensor:
     return torch.stack([decode_instance(spec, item, i) for i, item in enumerate(instances)])
 
 
-def decode_instance(spec: ModelSpec, item, index: int = 0) -> torch.Tensor:
+def decode_instance(spec: ModelSpec, item: Any, index: int = 0) -> torch.Tensor:
     where = f"instance {index}"
     schema = spec.input
     if isinstance(schema, ImageInput):
@@ -62,7 +66,7 @@ def decode_instance(spec: ModelSpec, item, index: int = 0) -> torch.Tensor:
     raise InvalidInput(f"model {spec.name} has an input schema this server does not know")
 
 
-def decode_image(data, schema: ImageInput, where: str) -> torch.Tensor:
+def decode_image(data: Any, schema: ImageInput, where: str) -> torch.Tensor:
     """A base64 (or data-URL) PNG/JPEG -> (C, size, size) in the schema's value range."""
     from PIL import Image, UnidentifiedImageError
 
@@ -75,7 +79,7 @@ def decode_image(data, schema: ImageInput, where: str) -> torch.Tensor:
     except (binascii.Error, ValueError):
         raise InvalidInput(f"{where}: b64 is not valid base64") from None
     try:
-        img = Image.open(io.BytesIO(raw))
+        img: Image.Image = Image.open(io.BytesIO(raw))
     except (UnidentifiedImageError, Image.DecompressionBombError):
         raise InvalidInput(f"{where}: b64 does not hold an image (PNG or JPEG expected)") from None
     except Exception as exc:  # a malformed file (e.g. a PNG text chunk too large once inflated)
@@ -96,7 +100,7 @@ def decode_image(data, schema: ImageInput, where: str) -> torch.Tensor:
     except Exception as exc:
         raise _unreadable(where, exc) from None
     img = _pad_square(img)
-    img = img.resize((schema.size, schema.size), Image.BILINEAR)
+    img = img.resize((schema.size, schema.size), Image.Resampling.BILINEAR)
     arr = np.asarray(img, dtype=np.float32) / 255.0
     arr = arr[None] if schema.channels == 1 else arr.transpose(2, 0, 1)
     lo, hi = schema.value_range
@@ -108,7 +112,7 @@ def _unreadable(where: str, exc: Exception) -> InvalidInput:
     return InvalidInput(f"{where}: b64 holds an image that cannot be decoded ({detail}); send a PNG or JPEG")
 
 
-def _pad_square(img):
+def _pad_square(img: PILImage) -> PILImage:
     """Pad a non-square image to a square with its border colour, so resizing keeps its shape."""
     from PIL import Image
 
@@ -124,7 +128,12 @@ def _pad_square(img):
 
 
 def _decode_array(
-    item, shape, value_range, where: str, dtype: str = "float32", allow_squeezed: bool = False
+    item: Any,
+    shape: tuple[int, ...],
+    value_range: tuple[float, float] | None,
+    where: str,
+    dtype: str = "float32",
+    allow_squeezed: bool = False,
 ) -> torch.Tensor:
     if not isinstance(item, list):
         raise InvalidInput(f"{where}: expected a nested list of shape {list(shape)}, got {_json_type(item)}")
@@ -159,16 +168,18 @@ def postprocess(spec: ModelSpec, outputs: torch.Tensor) -> list[dict]:
         results = []
         for row in outputs.tolist():
             confidences = {label: float(p) for label, p in zip(spec.labels, row, strict=True)}
-            results.append({"label": max(confidences, key=confidences.get), "confidences": confidences})
+            best = max(confidences.items(), key=lambda item: item[1])[0]
+            results.append({"label": best, "confidences": confidences})
         return results
     return [{"output": row} for row in outputs.tolist()]
 
 
-def _json_type(value) -> str:
+def _json_type(value: Any) -> str:
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "a boolean"
     if isinstance(value, (int, float)):
         return "a number" if math.isfinite(value) else "a non-finite number"
-    return {str: "a string", list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+    names: dict[type, str] = {str: "a string", list: "a list", dict: "an object"}
+    return names.get(type(value), type(value).__name__)

@@ -31,6 +31,10 @@ class OptdigitsPreprocess(nn.Module):
     white-on-black sketchpad and a photo of a digit on paper both work.
     """
 
+    # Buffers, declared so that their type is known (nn.Module's __getattr__ says Tensor | Module).
+    offsets: torch.Tensor
+    index: torch.Tensor
+
     def __init__(self, size: int):
         super().__init__()
         self.size = size
@@ -90,7 +94,7 @@ class OptdigitsPreprocess(nn.Module):
         return F.max_pool2d(samples, SUPERSAMPLE)  # (N,1,32,32)
 
 
-def _extent(mask: torch.Tensor, index: torch.Tensor, size: int):
+def _extent(mask: torch.Tensor, index: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """First and last index where ``mask`` (N, size) is set; (0, size-1) where none is."""
     present = mask > 0
     first = torch.where(present, index, torch.full_like(index, float(size))).amin(dim=1)
@@ -101,7 +105,7 @@ def _extent(mask: torch.Tensor, index: torch.Tensor, size: int):
     return first, last
 
 
-def load_split(seed: int = 0, test_fraction: float = 0.25):
+def load_split(seed: int = 0, test_fraction: float = 0.25) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """scikit-learn's bundled digits (no download), split the same way every time."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -129,15 +133,19 @@ def render_canvas(
 
     height = max(int(round(rng.uniform(*scale) * size)), 12)
     width = max(int(round(height * rng.uniform(0.75, 1.25))), 8)
-    img = Image.fromarray((counts / 16.0).astype(np.float32), mode="F").resize((width, height), Image.BILINEAR)
+    img = Image.fromarray((counts / 16.0).astype(np.float32), mode="F")
+    img = img.resize((width, height), Image.Resampling.BILINEAR)
     pad = height // 2
     padded = Image.new("F", (width + 2 * pad, height + 2 * pad), 0.0)
     padded.paste(img, (pad, pad))
     shear = rng.uniform(-0.3, 0.3)
     padded = padded.transform(
-        padded.size, Image.AFFINE, (1, shear, -shear * padded.size[1] / 2, 0, 1, 0), resample=Image.BILINEAR
+        padded.size,
+        Image.Transform.AFFINE,
+        (1, shear, -shear * padded.size[1] / 2, 0, 1, 0),
+        resample=Image.Resampling.BILINEAR,
     )
-    padded = padded.rotate(rng.uniform(-12, 12), resample=Image.BILINEAR)
+    padded = padded.rotate(rng.uniform(-12, 12), resample=Image.Resampling.BILINEAR)
     up = np.asarray(padded, dtype=np.float32)
     drawing = up > rng.uniform(*threshold)
     if not drawing.any():
@@ -147,7 +155,7 @@ def render_canvas(
     if max(drawing.shape) > size:  # keep the whole digit on the canvas
         factor = size / max(drawing.shape)
         shape = (max(1, int(drawing.shape[1] * factor)), max(1, int(drawing.shape[0] * factor)))
-        drawing = np.asarray(Image.fromarray(drawing, mode="F").resize(shape, Image.BILINEAR)) > 0.5
+        drawing = np.asarray(Image.fromarray(drawing, mode="F").resize(shape, Image.Resampling.BILINEAR)) > 0.5
         drawing = drawing.astype(np.float32)
     h, w = drawing.shape
     canvas = np.zeros((size, size), dtype=np.float32)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .spec import ModelSpec
+
 INPUT_SHAPE = (3, 224, 224)
 
 
@@ -20,7 +22,7 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Identity()
+        self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
@@ -53,7 +55,7 @@ def build(seed: int = 0) -> ResNet18Shaped:
     return ResNet18Shaped().eval()
 
 
-def spec():
+def spec() -> ModelSpec:
     """A ModelSpec for Serve benchmarks (``marcelle_torch.models.resnet_bench:spec``).
 
     A classification spec only so that Ray Serve takes it (``spec.require("serve")``): its 1000
@@ -62,7 +64,7 @@ def spec():
     instance, decoded in the replica like any image model), so a request is small and the work is
     the forward pass.
     """
-    from .spec import ImageInput, ModelSpec
+    from .spec import ImageInput
 
     return ModelSpec(
         name="resnet-bench",

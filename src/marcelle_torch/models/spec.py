@@ -82,7 +82,7 @@ class Weights:
     sha256: str | None = None
     train: Callable[..., dict] | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         given = [k for k in ("path", "url", "train") if getattr(self, k) is not None]
         if len(given) > 1:
             raise InvalidSpec(f"weights: give one of path, url, train; got {', '.join(given)}")
@@ -123,7 +123,7 @@ class ModelSpec:
     # sketchpad draws them), so checks need not know any dataset.
     examples: Callable[[int, int], Any] | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not NAME_RE.match(self.name):
             raise InvalidSpec(f"model name {self.name!r}: use lowercase letters, digits and '-' (max 63)")
         if self.task not in TASKS:

@@ -12,6 +12,7 @@ import os
 import shutil
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -43,7 +44,7 @@ def trained_weights_path(spec: ModelSpec) -> Path:
 
 
 def download(url: str, sha256: str, target: Path, timeout: float = 60.0) -> Path:
-    def write(tmp: Path):
+    def write(tmp: Path) -> None:
         try:
             with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as out:
                 shutil.copyfileobj(resp, out)
@@ -67,6 +68,7 @@ def resolve_weights(spec: ModelSpec, train_if_missing: bool = True, progress: bo
             raise WeightsError(f"model {spec.name}: weights file {path} fails its sha256 check")
         return path
     if w.url:
+        assert w.sha256 is not None  # Weights requires it beside a url
         target = cache_dir() / "downloads" / f"{w.sha256}.pt"
         if target.is_file() and sha256_of(target) == w.sha256:
             return target
@@ -82,7 +84,7 @@ def resolve_weights(spec: ModelSpec, train_if_missing: bool = True, progress: bo
     return None
 
 
-def read_checkpoint(path: Path):
+def read_checkpoint(path: Path) -> Any:
     """torch.load with weights only; a corrupt or foreign file is one line naming it."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)

@@ -152,7 +152,8 @@ def _supported(domain: str, op_type: str, version: int | None):
 
         # ORT inlines an operator defined as an ONNX function when no kernel is registered.
         schema = onnx.defs.get_schema(op_type, version, "")
-        if schema.has_function or schema.has_context_dependent_function:
+        # onnx's stubs (onnx_cpp2py_export/defs.pyi) omit these two OpSchema properties.
+        if schema.has_function or schema.has_context_dependent_function:  # type: ignore[attr-defined]
             return "function"
     return False
 

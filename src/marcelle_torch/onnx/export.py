@@ -87,6 +87,8 @@ def export_onnx(
                     verbose=False,
                     report=False,
                 )
+                if program is None:  # only with dynamo=False, which this branch does not pass
+                    raise RuntimeError("torch.onnx.export returned no program")
                 program.save(str(path), external_data=False)
             else:
                 torch.onnx.export(
@@ -111,8 +113,8 @@ def export_onnx(
 def _root_cause(exc: BaseException) -> BaseException:
     """The exporter wraps the real reason (a torch.export error, an unsupported op) in its own."""
     seen = {id(exc)}
-    while (exc.__cause__ or exc.__context__) is not None and id(exc.__cause__ or exc.__context__) not in seen:
-        exc = exc.__cause__ or exc.__context__
+    while (inner := exc.__cause__ or exc.__context__) is not None and id(inner) not in seen:
+        exc = inner
         seen.add(id(exc))
     return exc
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 
 DEFAULT_MODELS = "digits,digits-generator"
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "worker",
         help="claim runs in the Marcelle backend and run the models (Solution 3)",
@@ -68,7 +69,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_worker)
 
 
-def cmd_worker(args) -> int:
+def cmd_worker(args: argparse.Namespace) -> int:
     import logging
 
     from ..errors import InvalidInput

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
+from typing import Any
 
 import socketio
 
@@ -69,7 +71,7 @@ class FeathersClient:
         # Calls waiting for their answer: a dropped connection answers them at once
         # (python-socketio 4.6 forgets their callbacks and would let each wait its whole timeout).
         self._waiting: dict[int, tuple[threading.Event, dict]] = {}
-        self._on_disconnect = None
+        self._on_disconnect: Callable[[], None] | None = None
         self.sio.on("disconnect", self._dropped)
 
     # -- connection
@@ -98,7 +100,7 @@ class FeathersClient:
         except Exception:  # already gone
             pass
 
-    def on(self, event: str, handler) -> None:
+    def on(self, event: str, handler: Callable[..., Any]) -> None:
         if event == "disconnect":
             self._on_disconnect = handler
         else:
@@ -113,12 +115,13 @@ class FeathersClient:
 
     # -- service methods
 
-    def call(self, method: str, service: str, *args, timeout: float | None = None):
+    def call(self, method: str, service: str, *args: Any, timeout: float | None = None) -> Any:
         if not self.sio.connected:
             raise BackendUnavailable("not connected to the Marcelle backend")
-        done, box = threading.Event(), {"answer": None, "dropped": False}
+        done = threading.Event()
+        box: dict[str, Any] = {"answer": None, "dropped": False}
 
-        def acknowledged(*answer):
+        def acknowledged(*answer: Any) -> None:
             box["answer"] = answer
             done.set()
 
@@ -147,19 +150,19 @@ class FeathersClient:
             raise BackendError("Error", str(error))
         return result
 
-    def find(self, service: str, query: dict | None = None):
+    def find(self, service: str, query: dict | None = None) -> Any:
         return self.call("find", service, query or {})
 
-    def get(self, service: str, id_: str, query: dict | None = None):
+    def get(self, service: str, id_: str, query: dict | None = None) -> Any:
         return self.call("get", service, id_, query or {})
 
-    def create(self, service: str, data, query: dict | None = None):
+    def create(self, service: str, data: Any, query: dict | None = None) -> Any:
         return self.call("create", service, data, query or {})
 
-    def patch(self, service: str, id_: str | None, data: dict, query: dict | None = None):
+    def patch(self, service: str, id_: str | None, data: dict, query: dict | None = None) -> Any:
         return self.call("patch", service, id_, data, query or {})
 
-    def remove(self, service: str, id_: str | None, query: dict | None = None):
+    def remove(self, service: str, id_: str | None, query: dict | None = None) -> Any:
         return self.call("remove", service, id_, query or {})
 
     def authenticate(self, email: str, password: str) -> dict:

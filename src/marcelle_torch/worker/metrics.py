@@ -20,7 +20,7 @@ DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 class WorkerMetrics:
     """One registry per worker, so several workers can live in one process (tests)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
@@ -44,6 +44,6 @@ class WorkerMetrics:
         self.reconnects = Counter(f"{PREFIX}_reconnects", "Reconnections to the backend", registry=r)
         self.up = Gauge(f"{PREFIX}_up", "1 while connected (and logged in) to the backend", registry=r)
 
-    def serve(self, port: int, host: str):
+    def serve(self, port: int, host: str) -> object:
         """Expose /metrics on ``host:port`` (a daemon thread); the caller says where to listen."""
         return start_http_server(port, addr=host, registry=self.registry)

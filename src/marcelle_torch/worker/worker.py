@@ -43,8 +43,10 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from ..errors import InvalidInput, MarcelleTorchError
 from .client import BackendError, BackendUnavailable, FeathersClient, is_not_found
@@ -53,6 +55,8 @@ from .metrics import WorkerMetrics
 log = logging.getLogger("marcelle_torch.worker")
 
 SERVICE = "runs"
+# A partial result (JSON) or a callable that makes it, called only when it is sent.
+Partial = Any | Callable[[], Any] | None
 
 
 class WorkerError(MarcelleTorchError):
@@ -162,7 +166,7 @@ class Worker:
         self.metrics.up.set(0)
         self.events.put(("disconnect", None))
 
-    def _on_run_event(self, run) -> None:
+    def _on_run_event(self, run: object) -> None:
         # Reader thread: only look and hand over. A stop request acts at once on the run loop.
         if not isinstance(run, dict):
             return
@@ -174,7 +178,7 @@ class Worker:
                 current.request_stop("lost")
         self.events.put(("run", run))
 
-    def request_stop(self, *_args) -> None:
+    def request_stop(self, *_args: object) -> None:
         if not self.stopping.is_set():
             log.info("stop requested: finishing the current run (at most %.0fs), then exiting", self.options.grace)
             self.stop_deadline = time.monotonic() + self.options.grace
@@ -198,9 +202,9 @@ class Worker:
                 break
             if self.client.connected and time.monotonic() >= self._next_sweep:
                 self._sweep()
-            run = self._claim_next()
-            if run is not None:
-                self._execute(run)
+            claimed = self._claim_next()
+            if claimed is not None:
+                self._execute(*claimed)
         self.client.disconnect()
         self.metrics.up.set(0)
         if self.fatal:
@@ -231,7 +235,7 @@ class Worker:
             except queue.Empty:
                 return
 
-    def _handle_event(self, kind: str, payload) -> None:
+    def _handle_event(self, kind: str, payload: Any) -> None:
         if kind == "connect":
             log.info("connected to %s as %s", self.backend_url, self.id)
             self._on_connected()
@@ -249,7 +253,7 @@ class Worker:
             self.metrics.up.set(1)
             log.info("logged in as %s", self.email)
 
-    def _call(self, method: str, *args):
+    def _call(self, method: str, *args: Any) -> Any:
         """A call on the runs service; logs in again if a new connection is not yet logged in
         (after a reconnection during a run, before the main loop has seen it)."""
         try:
@@ -370,9 +374,9 @@ class Worker:
                 if not is_not_found(exc):  # NotFound: claimed or canceled meanwhile
                     raise
 
-    def _claim_next(self) -> dict | None:
+    def _claim_next(self) -> tuple[dict, CurrentRun] | None:
         while self.candidates and not self.stopping.is_set() and self.client.connected:
-            run_id = min(self.candidates, key=self.candidates.get)
+            run_id = min(self.candidates, key=lambda id_: self.candidates[id_])
             created = self.candidates.pop(run_id)
             heartbeat_at = iso(utc_now())
             try:
@@ -399,13 +403,12 @@ class Worker:
                 self.candidates[run_id] = created
                 return None
             self.current = CurrentRun(id=run_id, model=run.get("model"), heartbeat_at=heartbeat_at)
-            return run
+            return run, self.current
         return None
 
     # ------------------------------------------------------------------ running
 
-    def _execute(self, run: dict) -> None:
-        current = self.current
+    def _execute(self, run: dict, current: CurrentRun) -> None:
         model = run.get("model")
         log.info("run %s: claimed (%s)", current.id, model)
         self.metrics.running.set(1)
@@ -414,11 +417,11 @@ class Worker:
             target=self._heartbeat_loop, args=(current,), daemon=True, name=f"heartbeat-{current.id}"
         )
         beat.start()
-        current.sender = ProgressSender(self, current)
+        current.sender = sender = ProgressSender(self, current)
         outcome = "failed"
         try:
             result = self._infer(run, current)
-            current.sender.close()  # what is still unsent is older than the result
+            sender.close()  # what is still unsent is older than the result
             self._check(current)
             outcome = self._finish(current, {"status": "succeeded", "progress": 1, "result": result})
         except Stop as stop:
@@ -434,7 +437,7 @@ class Worker:
                 current, {"status": "failed", "error": f"the model failed: {type(exc).__name__}: {exc}"}, ok="failed"
             )
         finally:
-            current.sender.close()
+            sender.close()
             current.stop.set()  # ends the heartbeat thread
             beat.join(timeout=self.options.call_timeout)
             self.current = None
@@ -450,7 +453,7 @@ class Worker:
             current.request_stop("released")
             raise Stop("released")
 
-    def _infer(self, run: dict, current: CurrentRun):
+    def _infer(self, run: dict, current: CurrentRun) -> Any:
         import torch
 
         from ..models import decode_instances, postprocess
@@ -468,15 +471,16 @@ class Worker:
             with torch.no_grad():
                 return postprocess(spec, module(batch))[0]
 
-        def report(progress: float, partial=None) -> None:
+        def report(progress: float, partial: Partial = None) -> None:
             self._check(current)
             self._progress(current, progress, partial)
 
         return runner(module, run.get("input"), run.get("params") or {}, report)
 
-    def _progress(self, current: CurrentRun, progress: float, partial) -> None:
+    def _progress(self, current: CurrentRun, progress: float, partial: Partial) -> None:
         """Never waits on the backend: the newest progress is handed to the run's sender."""
-        current.sender.offer(progress, partial)
+        if current.sender is not None:  # set before the model runs (_execute)
+            current.sender.offer(progress, partial)
 
     def _patch_own(self, current: CurrentRun, data: dict) -> dict | None:
         """Write to the run this worker holds; Stop if it no longer does. A lost connection
@@ -581,7 +585,7 @@ class ProgressSender:
         self._closed = False
         self._thread: threading.Thread | None = None
 
-    def offer(self, progress: float, partial=None) -> None:
+    def offer(self, progress: float, partial: Partial = None) -> None:
         with self._cond:
             if self._closed:
                 return
@@ -621,7 +625,7 @@ class ProgressSender:
             next_at = time.monotonic() + self.interval
             self._send(progress, partial)
 
-    def _send(self, progress: float, partial) -> None:
+    def _send(self, progress: float, partial: Partial) -> None:
         worker, current = self.worker, self.current
         data = {"progress": round(float(progress), 4)}
         try:
