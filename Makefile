@@ -63,6 +63,8 @@ test: webapp k8s-tools
 bench: webapp
 	$(BIN)/python bench/serve_latency.py
 	$(BIN)/python bench/parity.py
+	$(BIN)/python bench/runs_latency.py
+	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/dashboard_render.py
 
 # The chart embeds the package's serve config; a chart test fails when they differ.
