@@ -1,7 +1,7 @@
 """Backend runs (Solution 3), timed as a page sees them, against the same generation in process.
 
-Each timed run is done twice in a row, in process then through the backend (same digit, seed and
-steps), and the overhead is the median of the pairs' ratios: the machine is shared and its load
+Each timed run is done twice in a row, in process and through the backend (same digit, seed and
+steps; which goes first alternates), and the overhead is the median of the pairs' ratios: the machine is shared and its load
 drifts.
 
 - ``in-process``: ``digits-generator``'s ``run()`` called here, ``--steps`` denoising steps, with
@@ -15,7 +15,7 @@ drifts.
   the client per second while it runs, and how many carried a partial image.
 
 Writes bench/out/runs_latency.{json,md}:
-    .venv/bin/python bench/runs_latency.py [--steps 200] [--runs 7] [--long-steps 1000] [--threads 1]
+    .venv/bin/python bench/runs_latency.py [--steps 200] [--runs 10] [--long-steps 1000] [--threads 1]
 Needs services/backend installed (make setup) and the weights in MARCELLE_TORCH_CACHE (make sets it).
 """
 
@@ -116,7 +116,7 @@ def median(values):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=200, help="denoising steps of the timed runs (default 200)")
-    parser.add_argument("--runs", type=int, default=7, help="timed runs each way (default 7)")
+    parser.add_argument("--runs", type=int, default=10, help="timed runs each way (default 10)")
     parser.add_argument("--long-steps", type=int, default=1000, help="steps of the long run (default 1000, the max)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, here and in the worker (default 1)")
     parser.add_argument("--worker-arg", action="append", default=[],
@@ -155,9 +155,14 @@ def main(argv=None) -> int:
             # drifting load (it is shared) weighs on both sides of each ratio alike.
             timed, local = [], []
             for i in range(args.runs):
-                local.append(local_run(i % 10, args.steps, i))
-                time.sleep(0.3)
+                # Which side goes first alternates: the second of two runs finds a warmer CPU.
+                if i % 2 == 0:
+                    local.append(local_run(i % 10, args.steps, i))
+                    time.sleep(0.3)
                 r = one_run(client, recorder, i % 10, args.steps, i)
+                if i % 2 == 1:
+                    time.sleep(0.3)
+                    local.append(local_run(i % 10, args.steps, i))
                 r["in_process_s"] = local[-1]
                 r["ratio"] = r["total_s"] / local[-1]
                 timed.append(r)
