@@ -10,23 +10,32 @@ from pathlib import Path
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "up", help="run the whole stack locally (Ray Serve, backend, worker, web app) until Ctrl-C",
+        "up",
+        help="run the whole stack locally (Ray Serve, backend, worker, web app) until Ctrl-C",
         description="Train what is not cached, start Ray Serve, the Marcelle backend, a run worker and the "
-                    "built web app, print the URL, and stop everything on Ctrl-C.")
+        "built web app, print the URL, and stop everything on Ctrl-C.",
+    )
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s)")
     p.add_argument("--port", type=int, default=8080, help="web app port; 0 = any free (default: %(default)s)")
     p.add_argument("--serve-port", type=int, default=8000, help="Ray Serve HTTP port (default: %(default)s)")
     p.add_argument("--backend-port", type=int, default=3030, help="Marcelle backend port (default: %(default)s)")
     p.add_argument("--workers", type=int, default=1, help="number of run workers (default: %(default)s)")
-    p.add_argument("--auth", action="store_true",
-                   help="turn the backend's authentication on: the app asks to log in; the first user (admin) is "
-                        "MARCELLE_ADMIN_EMAIL / MARCELLE_ADMIN_PASSWORD, else admin@marcelle-torch.local with a "
-                        "generated password printed once")
-    p.add_argument("--monitoring", action="store_true",
-                   help="also start a local Prometheus (Debian's prometheus) scraping the stack")
+    p.add_argument(
+        "--auth",
+        action="store_true",
+        help="turn the backend's authentication on: the app asks to log in; the first user (admin) is "
+        "MARCELLE_ADMIN_EMAIL / MARCELLE_ADMIN_PASSWORD, else admin@marcelle-torch.local with a "
+        "generated password printed once",
+    )
+    p.add_argument(
+        "--monitoring",
+        action="store_true",
+        help="also start a local Prometheus (Debian's prometheus) scraping the stack",
+    )
     p.add_argument("--prometheus-port", type=int, default=9090, help="Prometheus port (default: %(default)s)")
-    p.add_argument("--workdir", type=Path, default=Path("var/stack"),
-                   help="logs and backend data (default: %(default)s)")
+    p.add_argument(
+        "--workdir", type=Path, default=Path("var/stack"), help="logs and backend data (default: %(default)s)"
+    )
     p.add_argument("--dist", type=Path, default=None, help="built web app (default: services/frontend/dist)")
     p.set_defaults(func=cmd_up)
 
@@ -41,9 +50,16 @@ def cmd_up(args) -> int:
     if args.workers < 1:
         raise InvalidInput("--workers must be at least 1")
     options = StackOptions(
-        workdir=args.workdir.resolve(), host=args.host, webapp_port=args.port, serve_port=args.serve_port,
-        backend_port=args.backend_port, prometheus_port=args.prometheus_port, monitoring=args.monitoring,
-        workers=args.workers, dist_dir=args.dist, auth=args.auth,
+        workdir=args.workdir.resolve(),
+        host=args.host,
+        webapp_port=args.port,
+        serve_port=args.serve_port,
+        backend_port=args.backend_port,
+        prometheus_port=args.prometheus_port,
+        monitoring=args.monitoring,
+        workers=args.workers,
+        dist_dir=args.dist,
+        auth=args.auth,
         admin_email=os.environ.get("MARCELLE_ADMIN_EMAIL") or None,
         admin_password=os.environ.get("MARCELLE_ADMIN_PASSWORD") or None,
     )
@@ -58,8 +74,11 @@ def cmd_up(args) -> int:
             print(f"  {name:{width}s}  {url}")
         print(f"  {'logs':{width}s}  {stack.logs}")
         if stack.login:
-            password = (stack.login["password"] + "   (generated at this start; shown only here)"
-                        if stack.login["generated"] else "(MARCELLE_ADMIN_PASSWORD)")
+            password = (
+                stack.login["password"] + "   (generated at this start; shown only here)"
+                if stack.login["generated"]
+                else "(MARCELLE_ADMIN_PASSWORD)"
+            )
             print(f"\nAuthentication is on. Log in to the web app as {stack.login['email']}", flush=True)
             print(f"  password: {password}", flush=True)
         print(f"\nOpen {stack.urls['webapp']} ; Ctrl-C to stop.", flush=True)

@@ -16,9 +16,9 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from .processes import ManagedProcess, StartupError, port_or_free
 from .supervise import Supervisor
@@ -104,11 +104,15 @@ def _auth_settings(options: StackOptions) -> tuple[dict, dict] | None:
     if not options.auth:
         return None
     password = options.admin_password or secrets.token_urlsafe(12)
-    login = {"email": options.admin_email or ADMIN_EMAIL, "password": password,
-             "generated": not options.admin_password}
-    backend = {"auth": True, "secret": secrets.token_urlsafe(32),
-               "worker_email": WORKER_EMAIL, "worker_password": secrets.token_urlsafe(24),
-               "admin_email": login["email"], "admin_password": password}
+    login = {"email": options.admin_email or ADMIN_EMAIL, "password": password, "generated": not options.admin_password}
+    backend = {
+        "auth": True,
+        "secret": secrets.token_urlsafe(32),
+        "worker_email": WORKER_EMAIL,
+        "worker_password": secrets.token_urlsafe(24),
+        "admin_email": login["email"],
+        "admin_password": password,
+    }
     return backend, login
 
 
@@ -146,16 +150,35 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
     auth = _auth_settings(options)
     backend_auth, stack.login = auth if auth else ({}, None)
     # The worker logs in with its account; the password goes by environment, not argv.
-    worker_env = ({"MARCELLE_WORKER_EMAIL": backend_auth["worker_email"],
-                   "MARCELLE_WORKER_PASSWORD": backend_auth["worker_password"]} if auth else None)
+    worker_env = (
+        {
+            "MARCELLE_WORKER_EMAIL": backend_auth["worker_email"],
+            "MARCELLE_WORKER_PASSWORD": backend_auth["worker_password"],
+        }
+        if auth
+        else None
+    )
     try:
         say(f"[2/{total}] Ray Serve on port {serve_port} (log: {logs / 'serve.log'})")
         serve_url = f"http://{host}:{serve_port}"
 
         def start_serve() -> ManagedProcess:
-            serve = ManagedProcess("ray serve", _cli(
-                "serve", "--host", host, "--port", str(serve_port), "--cors-origin", webapp_origin,
-                "--metrics-port", str(serve_metrics_port)), logs / "serve.log", die_with_parent=True)
+            serve = ManagedProcess(
+                "ray serve",
+                _cli(
+                    "serve",
+                    "--host",
+                    host,
+                    "--port",
+                    str(serve_port),
+                    "--cors-origin",
+                    webapp_origin,
+                    "--metrics-port",
+                    str(serve_metrics_port),
+                ),
+                logs / "serve.log",
+                die_with_parent=True,
+            )
             try:
                 serve.wait_http(f"{serve_url}/readyz", options.ready_timeout)
             except BaseException:
@@ -168,11 +191,21 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
         stack.urls["serve_metrics"] = f"http://{host}:{serve_metrics_port}/metrics"
 
         backend_port = port_or_free(options.backend_port, host)
-        say(f"[3/{total}] Marcelle backend on port {backend_port} (data: {workdir / 'backend'}, "
-            f"authentication {'on' if auth else 'off'})")
-        backend = stack.supervise("Marcelle backend", lambda: start_backend(
-            workdir / "backend", port=backend_port, host=host, log_path=logs / "backend.log", **backend_auth,
-            **({"package_dir": options.backend_dir} if options.backend_dir else {})))
+        say(
+            f"[3/{total}] Marcelle backend on port {backend_port} (data: {workdir / 'backend'}, "
+            f"authentication {'on' if auth else 'off'})"
+        )
+        backend = stack.supervise(
+            "Marcelle backend",
+            lambda: start_backend(
+                workdir / "backend",
+                port=backend_port,
+                host=host,
+                log_path=logs / "backend.log",
+                **backend_auth,
+                **({"package_dir": options.backend_dir} if options.backend_dir else {}),
+            ),
+        )
         stack.urls["backend"] = backend.url
 
         say(f"[4/{total}] run worker{'s' if options.workers > 1 else ''} ({options.workers})")
@@ -183,10 +216,25 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
             port = worker_metrics_port if i == 0 else port_or_free(0, host)
 
             def start_worker(i=i, port=port) -> ManagedProcess:
-                worker = ManagedProcess(f"worker {i + 1}", _cli(
-                    "worker", "--backend", backend.url, "--name", f"local-{i + 1}",
-                    "--metrics-port", str(port), "--metrics-host", host, "--threads", str(threads)),
-                    logs / f"worker-{i + 1}.log", env=worker_env, die_with_parent=True)
+                worker = ManagedProcess(
+                    f"worker {i + 1}",
+                    _cli(
+                        "worker",
+                        "--backend",
+                        backend.url,
+                        "--name",
+                        f"local-{i + 1}",
+                        "--metrics-port",
+                        str(port),
+                        "--metrics-host",
+                        host,
+                        "--threads",
+                        str(threads),
+                    ),
+                    logs / f"worker-{i + 1}.log",
+                    env=worker_env,
+                    die_with_parent=True,
+                )
                 try:
                     worker.wait_http(f"http://{host}:{port}/metrics", 120)
                 except BaseException:
@@ -199,8 +247,13 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
         stack.urls["worker_metrics"] = f"http://{host}:{worker_ports[0]}/metrics"
 
         say(f"[5/{total}] web app on port {webapp_port}")
-        config = {"serveUrl": serve_url, "backendUrl": backend.url, "model": CLASSIFIER,
-                  "generatorModel": GENERATOR, "onnxBundle": f"onnx/{CLASSIFIER}/"}
+        config = {
+            "serveUrl": serve_url,
+            "backendUrl": backend.url,
+            "model": CLASSIFIER,
+            "generatorModel": GENERATOR,
+            "onnxBundle": f"onnx/{CLASSIFIER}/",
+        }
         url, stop_webapp = start_webapp(dist, config, host=host, port=webapp_port)
         stack.add("web app", stop_webapp)
         stack.urls["webapp"] = url
@@ -209,18 +262,23 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
             from .monitoring import prometheus_available, start_prometheus
 
             if not prometheus_available():
-                say(f"[6/{total}] monitoring skipped: Debian's prometheus is not installed "
-                    "(apt-get install prometheus)")
+                say(
+                    f"[6/{total}] monitoring skipped: Debian's prometheus is not installed (apt-get install prometheus)"
+                )
             else:
                 say(f"[6/{total}] Prometheus on port {options.prometheus_port}")
                 targets = {
                     "ray": [f"{host}:{serve_metrics_port}"],
                     "marcelle-torch-worker": [f"{host}:{p}" for p in worker_ports],
                 }
-                prom = start_prometheus(targets, workdir / "prometheus", host=host,
-                                        port=port_or_free(options.prometheus_port, host),
-                                        health={"backend": backend.url, "webapp": url},
-                                        registry=stack.supervisor.registry)
+                prom = start_prometheus(
+                    targets,
+                    workdir / "prometheus",
+                    host=host,
+                    port=port_or_free(options.prometheus_port, host),
+                    health={"backend": backend.url, "webapp": url},
+                    registry=stack.supervisor.registry,
+                )
                 stack.add("Prometheus", prom.stop)
                 stack.urls["prometheus"] = prom.url
     except BaseException:
