@@ -19,13 +19,16 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
 from .processes import ManagedProcess, StartupError, port_or_free
-from .supervise import Supervisor
+from .supervise import Child, Supervisor
 from .webapp import WebappNotBuilt, start_webapp
 
 CLASSIFIER = "digits"
 GENERATOR = "digits-generator"
+# A supervised child (a backend, a worker, Serve): supervise() returns what start() made.
+C = TypeVar("C", bound=Child)
 ADMIN_EMAIL = "admin@marcelle-torch.local"  # the chart's default backend.auth.adminEmail too
 WORKER_EMAIL = "worker@marcelle-torch.local"
 
@@ -65,11 +68,17 @@ class Stack:
     def add(self, name: str, stop: Callable[[], None]) -> None:
         self._stops.append((name, stop))
 
-    def supervise(self, name: str, start: Callable[[], object]):
-        """Start a child process and restart it (with backoff) whenever it dies."""
+    def supervise(self, name: str, start: Callable[[], C]) -> C:
+        """Start a child process and restart it (with backoff) whenever it dies; the first child."""
         entry = self.supervisor.add(name, start)
-        self.add(name, lambda: entry.child is not None and entry.child.stop())
-        return entry.child
+
+        def stop_child() -> None:
+            if entry.child is not None:
+                entry.child.stop()
+
+        self.add(name, stop_child)
+        # Supervisor.add started it; the entry keeps children as the Child protocol, this is a C.
+        return cast(C, entry.child)
 
     def stop(self, say=lambda msg: None) -> None:
         self.supervisor.stop()  # nothing is restarted while the stack stops
@@ -148,6 +157,7 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
 
     stack = Stack(logs=logs, supervisor=Supervisor(say))
     auth = _auth_settings(options)
+    backend_auth: dict[str, Any]
     backend_auth, stack.login = auth if auth else ({}, None)
     # The worker logs in with its account; the password goes by environment, not argv.
     worker_env = (
@@ -203,7 +213,7 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
                 host=host,
                 log_path=logs / "backend.log",
                 **backend_auth,
-                **({"package_dir": options.backend_dir} if options.backend_dir else {}),
+                package_dir=options.backend_dir,
             ),
         )
         stack.urls["backend"] = backend.url
