@@ -1,4 +1,4 @@
-"""The web app's static server: config.json, SPA fallback, MIME types, caching, missing build."""
+"""The web app's static server: config.json, no SPA fallback, MIME types, caching, missing build."""
 
 from __future__ import annotations
 
@@ -56,14 +56,19 @@ def test_config_json_is_the_given_dict_and_never_cached(server):
     assert json.loads(body) == CONFIG
 
 
-def test_index_and_spa_fallback(server, dist):
+def test_index_and_no_spa_fallback(server, dist):
     index = (dist / "index.html").read_bytes()
-    for path in ("/", "/index.html", "/some/client/route", "/onnx"):
+    for path in ("/", "/index.html"):
         status, headers, body = get(f"{server}{path}")
         assert status == 200, path
         assert headers["Content-Type"] == "text/html; charset=utf-8", path
         assert headers["Cache-Control"] == "no-cache", path
         assert body == index, path
+    # Marcelle's dashboard routes in the hash (/#onnx): any other path is not a page.
+    for path in ("/some/client/route", "/onnx"):
+        status, headers, _ = get(f"{server}{path}")
+        assert status == 404, path
+        assert not headers["Content-Type"].startswith("text/html"), path
 
 
 def test_missing_file_with_extension_is_404_not_html(server):

@@ -1,9 +1,10 @@
-"""A small static server for the built Marcelle web app (``services/frontend/dist``).
+"""The built Marcelle web app (``services/frontend/dist``), served locally.
 
-It serves the Vite build with a single-page-app fallback to ``index.html``, and
-``/config.json`` from a dict given at start, so one build runs against any Serve / backend
-URLs. It runs in a thread of the calling process (``marcelle-torch up``, the tests); in
-Kubernetes nginx serves the same files.
+Starlette's ``StaticFiles`` serves the Vite build and one route serves ``/config.json`` from a
+dict given at start, so one build runs against any Serve / backend URLs. Marcelle's dashboard
+routes in the URL's hash, so every page is ``/`` and a path that is not a file is a 404 (no
+single-page fallback). It runs under uvicorn in a thread of the calling process (``marcelle-torch
+up``, the tests); in Kubernetes nginx serves the same files with the same headers.
 
 Build the app first::
 
@@ -12,21 +13,26 @@ Build the app first::
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
 import mimetypes
 import os
-import shutil
 import socket
 import threading
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
-from urllib.parse import unquote, urlsplit
+from typing import TYPE_CHECKING
 
 from ..errors import MarcelleTorchError
+
+if TYPE_CHECKING:  # Starlette is imported when the server starts (it comes with the [serve] extra)
+    from os import PathLike as _PathLike
+
+    from starlette.responses import Response
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+    PathLike = str | _PathLike[str]
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +88,7 @@ class WebappError(MarcelleTorchError):
     code = "webapp"
 
 
-def content_type(path: str | Path) -> str:
+def content_type(path: str | os.PathLike[str]) -> str:
     suffix = Path(path).suffix.lower()
     if suffix in MIME_TYPES:
         return MIME_TYPES[suffix]
@@ -94,35 +100,60 @@ def check_dist(dist_dir: str | Path) -> Path:
     """The resolved build folder; WebappNotBuilt (one line, with the fix) when it is not built."""
     dist = Path(dist_dir).expanduser().resolve()
     if not (dist / "index.html").is_file():
-        raise WebappNotBuilt(f"the web app is not built: {dist / 'index.html'} is missing; run `make webapp` first "
-                             "(cd services/frontend && npm ci && npm run build)")
+        raise WebappNotBuilt(
+            f"the web app is not built: {dist / 'index.html'} is missing; run `make webapp` first "
+            "(cd services/frontend && npm ci && npm run build)"
+        )
     return dist
 
 
-def start_webapp(dist_dir: str | Path, config: dict, host: str = "127.0.0.1",
-                 port: int = 0) -> tuple[str, Callable[[], None]]:
+def start_webapp(
+    dist_dir: str | Path, config: dict, host: str = "127.0.0.1", port: int = 0
+) -> tuple[str, Callable[[], None]]:
     """Serve ``dist_dir`` and ``/config.json`` (= ``config``) on ``host:port`` in a daemon thread.
 
     ``port=0`` picks a free port. Returns ``(url, stop)``; ``stop()`` closes the server and
     may be called more than once.
     """
+    import uvicorn
+
     dist = check_dist(dist_dir)
     try:
         config_body = json.dumps(config, indent=2).encode()
     except (TypeError, ValueError) as exc:
         raise WebappError(f"the web app config is not JSON-serialisable: {exc}") from None
 
-    handler = type("WebappHandler", (_Handler,), {"dist": dist, "config_body": config_body})
-    server_class = _IPv6Server if ":" in host else _Server
+    # Bound here, not by uvicorn: a port in use is one clear error now, and port 0's pick is known.
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        server = server_class((host, port), handler)
+        sock.bind((host, port))
+        sock.listen(128)
     except OSError as exc:
+        sock.close()
         raise WebappError(f"cannot serve the web app on {host}:{port}: {exc.strerror or exc}") from None
+    bound_port = sock.getsockname()[1]
 
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                              name=f"webapp-{server.server_address[1]}", daemon=True)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            webapp_asgi(dist, config_body),
+            log_config=None,  # leave the process's logging as it is
+            log_level="warning",
+            access_log=False,
+            # A browser's keep-alive connections must not hold stop() up.
+            timeout_graceful_shutdown=2,
+            lifespan="off",
+        )
+    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"webapp-{bound_port}", daemon=True)
     thread.start()
-    url = f"http://{_url_host(host)}:{server.server_address[1]}"
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            sock.close()
+            raise WebappError(f"the web app server on {host}:{bound_port} did not start")
+        time.sleep(0.01)
+    url = f"http://{_url_host(host)}:{bound_port}"
     log.info("web app %s on %s", dist, url)
 
     lock = threading.Lock()
@@ -134,46 +165,67 @@ def start_webapp(dist_dir: str | Path, config: dict, host: str = "127.0.0.1",
             if stopped:
                 return
             stopped = True
-        server.shutdown()
-        server.server_close()
-        server.close_connections()
+        server.should_exit = True
         thread.join(timeout=10)
+        sock.close()
 
     return url, stop
 
 
-class _Server(ThreadingHTTPServer):
-    """Keeps its open connections, so that stop() also ends the browser's keep-alive ones."""
+def webapp_asgi(dist: Path, config_body: bytes) -> ASGIApp:
+    """The ASGI app: ``/config.json`` and the files of ``dist``, every answer with the headers below."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Mount, Route
+    from starlette.staticfiles import StaticFiles
 
-    daemon_threads = True
+    class Files(StaticFiles):
+        def file_response(
+            self, full_path: PathLike, stat_result: os.stat_result, scope: Scope, status_code: int = 200
+        ) -> Response:
+            response = super().file_response(full_path, stat_result, scope, status_code)
+            if response.status_code == 200:
+                response.headers["content-type"] = content_type(full_path)
+            return response
 
-    def __init__(self, *args, **kwargs):
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-        super().__init__(*args, **kwargs)
+    async def config_json(request: Request) -> Response:
+        return Response(config_body, media_type="application/json", headers={"Cache-Control": "no-store"})
 
-    def process_request(self, request, client_address):
-        with self._connections_lock:
-            self._connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request):
-        with self._connections_lock:
-            self._connections.discard(request)
-        super().shutdown_request(request)
-
-    def close_connections(self) -> None:
-        with self._connections_lock:
-            connections = list(self._connections)
-        for conn in connections:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # already closed by the client
+    app = Starlette(
+        routes=[
+            Route("/config.json", config_json, methods=["GET", "HEAD"]),
+            Mount("/", Files(directory=dist, html=True)),
+        ]
+    )
+    return _headers(app)
 
 
-class _IPv6Server(_Server):
-    address_family = socket.AF_INET6
+def _headers(app: ASGIApp) -> ASGIApp:
+    """Adds the isolation, nosniff and cache headers to every response (a pure ASGI middleware)."""
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+        path = scope["path"]
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"allow"]
+                names = {k.lower() for k, _ in headers}
+                added = {**ISOLATION_HEADERS, "X-Content-Type-Options": "nosniff"}
+                if b"cache-control" not in names:
+                    cache = IMMUTABLE_CACHE if path.startswith(IMMUTABLE_PREFIX) else REVALIDATE_CACHE
+                    added["Cache-Control"] = cache
+                if message["status"] == 405:
+                    added["Allow"] = "GET, HEAD"
+                headers += [(k.lower().encode(), v.encode()) for k, v in added.items()]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await app(scope, receive, send_with_headers)
+
+    return wrapped
 
 
 def _url_host(host: str) -> str:
@@ -182,99 +234,3 @@ def _url_host(host: str) -> str:
     if host == "::":
         return "[::1]"
     return f"[{host}]" if ":" in host else host
-
-
-class _Handler(BaseHTTPRequestHandler):
-    dist: Path
-    config_body: bytes
-    server_version = "marcelle-torch-webapp"
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self) -> None:
-        self._serve(send_body=True)
-
-    def do_HEAD(self) -> None:
-        self._serve(send_body=False)
-
-    def _method_not_allowed(self) -> None:
-        self._send_bytes(HTTPStatus.METHOD_NOT_ALLOWED, b"method not allowed\n", "text/plain; charset=utf-8",
-                         extra={"Allow": "GET, HEAD"})
-
-    do_POST = do_PUT = do_PATCH = do_DELETE = _method_not_allowed
-
-    def _serve(self, send_body: bool) -> None:
-        path = unquote(urlsplit(self.path).path)
-        if path == "/config.json":
-            self._send_bytes(HTTPStatus.OK, self.config_body, "application/json", cache="no-store",
-                             send_body=send_body)
-            return
-        target = self._resolve(path)
-        if target is None:
-            # A missing file with an extension is a real 404 (a script or model must not get
-            # HTML back); any other path is a client-side route of the app.
-            if "." in path.rsplit("/", 1)[-1]:
-                self._send_bytes(HTTPStatus.NOT_FOUND, f"not found: {path}\n".encode(), "text/plain; charset=utf-8",
-                                 send_body=send_body)
-                return
-            target = self.dist / "index.html"
-        cache = IMMUTABLE_CACHE if path.startswith(IMMUTABLE_PREFIX) else REVALIDATE_CACHE
-        self._send_file(target, cache, send_body)
-
-    def _resolve(self, path: str) -> Path | None:
-        """The file under dist for a URL path, or None (also for anything outside dist)."""
-        relative = path.lstrip("/")
-        if not relative:
-            return None
-        candidate = (self.dist / relative).resolve()
-        if not candidate.is_relative_to(self.dist):
-            return None
-        if candidate.is_dir():
-            candidate = candidate / "index.html"
-        return candidate if candidate.is_file() else None
-
-    def _send_file(self, target: Path, cache: str, send_body: bool) -> None:
-        try:
-            handle = target.open("rb")
-        except OSError:
-            self._send_bytes(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8", send_body=send_body)
-            return
-        with handle:
-            stat = os.fstat(handle.fileno())
-            etag = f'"{stat.st_mtime_ns:x}-{stat.st_size:x}"'
-            headers = {"Cache-Control": cache, "ETag": etag,
-                       "Last-Modified": email.utils.formatdate(stat.st_mtime, usegmt=True)}
-            if etag in [t.strip() for t in self.headers.get("If-None-Match", "").split(",")]:
-                self.send_response(HTTPStatus.NOT_MODIFIED)
-                for name, value in {**headers, **ISOLATION_HEADERS}.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            self.send_response(HTTPStatus.OK)
-            self.send_header("Content-Type", content_type(target))
-            self.send_header("Content-Length", str(stat.st_size))
-            self.send_header("X-Content-Type-Options", "nosniff")
-            for name, value in {**headers, **ISOLATION_HEADERS}.items():
-                self.send_header(name, value)
-            self.end_headers()
-            if send_body:
-                try:
-                    shutil.copyfileobj(handle, self.wfile, 256 * 1024)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the browser went away (page reload): nothing to do
-
-    def _send_bytes(self, status: HTTPStatus, body: bytes, ctype: str, cache: str = REVALIDATE_CACHE,
-                    send_body: bool = True, extra: dict | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", cache)
-        self.send_header("X-Content-Type-Options", "nosniff")
-        for name, value in {**ISOLATION_HEADERS, **(extra or {})}.items():
-            self.send_header(name, value)
-        self.end_headers()
-        if send_body:
-            self.wfile.write(body)
-
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
-        log.debug("%s %s", self.address_string(), format % args)
