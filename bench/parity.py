@@ -32,15 +32,23 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
+
 from marcelle_torch.files import atomic_write, atomic_write_text
 from marcelle_torch.stack.processes import ManagedProcess, free_port
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "out"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def make_inputs(n: int, seed: int = 0):
@@ -70,6 +78,7 @@ def as_probabilities(conf: dict, labels) -> list[float]:
 
 
 # --- the paths ----------------------------------------------------------------------------
+
 
 def run_pytorch(spec, model, tensor):
     import torch
@@ -144,8 +153,16 @@ def run_browser(dist: Path, labels, canvases, chromium: str, threads="auto"):
     from marcelle_torch.stack.webapp import start_webapp
 
     # The other pages' servers are not part of this run: point them at a path of the app itself.
-    url, stop = start_webapp(dist, {"onnxBundle": "onnx/digits/", "serveUrl": "/elsewhere/serve",
-                                    "backendUrl": "/elsewhere/backend", "onnxThreads": threads, "benchHooks": True})
+    url, stop = start_webapp(
+        dist,
+        {
+            "onnxBundle": "onnx/digits/",
+            "serveUrl": "/elsewhere/serve",
+            "backendUrl": "/elsewhere/backend",
+            "onnxThreads": threads,
+            "benchHooks": True,
+        },
+    )
     probs, times = [], []
     try:
         with sync_playwright() as p:
@@ -161,9 +178,12 @@ def run_browser(dist: Path, labels, canvases, chromium: str, threads="auto"):
             label = "[data-testid=onnx-label]"
             started = time.perf_counter()
             for i, canvas in enumerate(canvases, start=1):
-                upload.set_input_files(files=[{"name": f"{i}.png", "mimeType": "image/png", "buffer": png_bytes(canvas)}])
-                page.wait_for_function("([sel, n]) => document.querySelector(sel)?.dataset.count === String(n)",
-                                       arg=[label, i])
+                upload.set_input_files(
+                    files=[{"name": f"{i}.png", "mimeType": "image/png", "buffer": png_bytes(canvas)}]
+                )
+                page.wait_for_function(
+                    "([sel, n]) => document.querySelector(sel)?.dataset.count === String(n)", arg=[label, i]
+                )
                 el = page.locator(label)
                 probs.append(as_probabilities(json.loads(el.get_attribute("data-confidences")), labels))
                 times.append(float(page.locator("[data-testid=onnx-time]").get_attribute("data-ms")) / 1000)
@@ -173,12 +193,16 @@ def run_browser(dist: Path, labels, canvases, chromium: str, threads="auto"):
             encoded = base64.b64encode(np.ascontiguousarray(canvases).tobytes()).decode()
             loop = page.evaluate(BACK_TO_BACK_JS, encoded)
             hook = page.locator("[data-testid=onnx-model-backend]")
-            runtime = {"backend": hook.get_attribute("data-backend"), "ep": hook.get_attribute("data-ep"),
-                       "threads": int(hook.get_attribute("data-threads")),
-                       "simd": hook.get_attribute("data-simd") == "true",
-                       "cross_origin_isolated": page.evaluate("globalThis.crossOriginIsolated"),
-                       "workers_started": len(workers), "threads_setting": threads,
-                       "seconds_between_predictions": round(pace, 4)}
+            runtime = {
+                "backend": hook.get_attribute("data-backend"),
+                "ep": hook.get_attribute("data-ep"),
+                "threads": int(hook.get_attribute("data-threads")),
+                "simd": hook.get_attribute("data-simd") == "true",
+                "cross_origin_isolated": page.evaluate("globalThis.crossOriginIsolated"),
+                "workers_started": len(workers),
+                "threads_setting": threads,
+                "seconds_between_predictions": round(pace, 4),
+            }
             browser.close()
     finally:
         stop()
@@ -189,9 +213,24 @@ def run_browser(dist: Path, labels, canvases, chromium: str, threads="auto"):
 def start_serve(log: Path) -> tuple[ManagedProcess, str]:
     """A ``marcelle-torch serve`` of the digits model on free ports, once ready: (process, url)."""
     port = free_port()
-    server = ManagedProcess("marcelle-torch serve", [
-        sys.executable, "-m", "marcelle_torch.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-        "--metrics-port", str(free_port()), "--model", "digits"], log)
+    server = ManagedProcess(
+        "marcelle-torch serve",
+        [
+            sys.executable,
+            "-m",
+            "marcelle_torch.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--metrics-port",
+            str(free_port()),
+            "--model",
+            "digits",
+        ],
+        log,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         server.wait_http(url + "/readyz", 900)
@@ -206,6 +245,7 @@ def _load() -> str:
 
 
 # --- report -------------------------------------------------------------------------------
+
 
 def compare(reference: np.ndarray, probs: np.ndarray, times: list[float]) -> dict:
     agree = reference.argmax(1) == probs.argmax(1)
@@ -222,33 +262,47 @@ def compare(reference: np.ndarray, probs: np.ndarray, times: list[float]) -> dic
 def write_report(results: dict) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     atomic_write_text(OUT / "parity.json", json.dumps(results, indent=2) + "\n")
-    rows = ["| path | inputs | same label as PyTorch | max abs diff (probabilities) | latency p50 | p90 |",
-            "|---|---:|---:|---:|---:|---:|"]
+    rows = [
+        "| path | inputs | same label as PyTorch | max abs diff (probabilities) | latency p50 | p90 |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for name, r in results["paths"].items():
         if "skipped" in r:
             rows.append(f"| {name} | – | skipped: {r['skipped']} | | | |")
             continue
-        rows.append(f"| {name} | {r['inputs']} | {r['label_agreement_pct']:.2f}% | {r['max_abs_diff']:.2e} | "
-                    f"{r['latency_p50_ms']:.2f} ms | {r['latency_p90_ms']:.2f} ms |")
+        rows.append(
+            f"| {name} | {r['inputs']} | {r['label_agreement_pct']:.2f}% | {r['max_abs_diff']:.2e} | "
+            f"{r['latency_p50_ms']:.2f} ms | {r['latency_p90_ms']:.2f} ms |"
+        )
     env = results["environment"]
-    lines = ["# Parity of the digits model across paths", "",
-             f"{results['inputs']} inputs ({results['drawn']} drawn held-out digits, {results['noise']} noise canvases), "
-             f"one at a time; reference: PyTorch in-process. Machine: {env['cpus']} CPUs; torch {env['torch']}, "
-             f"onnxruntime {env['onnxruntime']}, browser backend {env.get('browser_backend') or 'n/a'}; "
-             f"load average {env['load_before']} before, {env['load_after']} after.", ""] + rows
+    lines = [
+        "# Parity of the digits model across paths",
+        "",
+        f"{results['inputs']} inputs ({results['drawn']} drawn held-out digits, {results['noise']} noise canvases), "
+        f"one at a time; reference: PyTorch in-process. Machine: {env['cpus']} CPUs; torch {env['torch']}, "
+        f"onnxruntime {env['onnxruntime']}, browser backend {env.get('browser_backend') or 'n/a'}; "
+        f"load average {env['load_before']} before, {env['load_after']} after.",
+        "",
+    ] + rows
     web, native = results["paths"].get("onnxruntime-web", {}), results["paths"].get("onnxruntime", {})
     if "latency_p50_ms" in web and "latency_p50_ms" in native:
         rt = web["runtime"]
         ratio = results["web_vs_native_p50"]
-        lines += ["", f"onnxruntime-web / onnxruntime p50, like for like: **{ratio['back_to_back']:.2f}x** back to back "
-                  f"(the same inputs in a loop in each runtime), **{ratio['paced']:.2f}x** one input at a time at "
-                  f"the page's pace ({1000 * rt['seconds_between_predictions']:.0f} ms apart; native ORT idles as long "
-                  f"between runs); goal <= 3x. The page's prediction p50 against native back to back (the old "
-                  f"comparison): {ratio['page_vs_native_back_to_back']:.2f}x. The page really used: {rt['ep']}, {rt['threads']} thread(s), SIMD {rt['simd']}, "
-                  f"crossOriginIsolated {rt['cross_origin_isolated']}, {rt['workers_started']} web worker(s) started."]
-    lines += ["", "Latency: in-process forward (pytorch), HTTP round trip with PNG decoding (ray-serve), "
-              "ORT run (onnxruntime; back to back, or paced), the page's own session.run per uploaded image "
-              "(onnxruntime-web) and in a loop over the same inputs (back to back)."]
+        lines += [
+            "",
+            f"onnxruntime-web / onnxruntime p50, like for like: **{ratio['back_to_back']:.2f}x** back to back "
+            f"(the same inputs in a loop in each runtime), **{ratio['paced']:.2f}x** one input at a time at "
+            f"the page's pace ({1000 * rt['seconds_between_predictions']:.0f} ms apart; native ORT idles as long "
+            f"between runs); goal <= 3x. The page's prediction p50 against native back to back (the old "
+            f"comparison): {ratio['page_vs_native_back_to_back']:.2f}x. The page really used: {rt['ep']}, {rt['threads']} thread(s), SIMD {rt['simd']}, "
+            f"crossOriginIsolated {rt['cross_origin_isolated']}, {rt['workers_started']} web worker(s) started.",
+        ]
+    lines += [
+        "",
+        "Latency: in-process forward (pytorch), HTTP round trip with PNG decoding (ray-serve), "
+        "ORT run (onnxruntime; back to back, or paced), the page's own session.run per uploaded image "
+        "(onnxruntime-web) and in a loop over the same inputs (back to back).",
+    ]
     atomic_write_text(OUT / "parity.md", "\n".join(lines) + "\n")
 
     import matplotlib
@@ -261,8 +315,13 @@ def write_report(results: dict) -> None:
     names = list(done)
     bars = ax.bar(names, [done[n]["latency_p50_ms"] for n in names], color="#0d9488")
     for bar, n in zip(bars, names):
-        ax.annotate(f"{done[n]['label_agreement_pct']:.1f}% same label\nmax diff {done[n]['max_abs_diff']:.1e}",
-                    (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
+        ax.annotate(
+            f"{done[n]['label_agreement_pct']:.1f}% same label\nmax diff {done[n]['max_abs_diff']:.1e}",
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     ax.set_ylabel("latency p50 per input (ms)")
     ax.set_title(f"digits: {results['inputs']} inputs through each path (vs PyTorch)")
     ax.margins(y=0.3)
@@ -276,9 +335,13 @@ def main(argv=None) -> int:
     parser.add_argument("--serve-url", help="use this running Serve instead of starting one")
     parser.add_argument("--no-serve", action="store_true", help="skip the Ray Serve path")
     parser.add_argument("--no-browser", action="store_true", help="skip the onnxruntime-web path")
-    parser.add_argument("--browser-threads", type=lambda v: [t if t == "auto" else int(t) for t in v.split(",")],
-                        default=["auto"], help="the page's onnxThreads settings to measure, comma-separated; "
-                                               "the first is the reported row (default: auto)")
+    parser.add_argument(
+        "--browser-threads",
+        type=lambda v: [t if t == "auto" else int(t) for t in v.split(",")],
+        default=["auto"],
+        help="the page's onnxThreads settings to measure, comma-separated; "
+        "the first is the reported row (default: auto)",
+    )
     parser.add_argument("--bundle", type=Path, default=REPO / "services/frontend/public/onnx/digits")
     parser.add_argument("--dist", type=Path, default=REPO / "services/frontend/dist")
     parser.add_argument("--chromium", default=os.environ.get("MARCELLE_TORCH_CHROMIUM", "/usr/bin/chromium"))
@@ -298,13 +361,25 @@ def main(argv=None) -> int:
 
     made_from = json.loads((args.bundle / "model.json").read_text())["created_from"].get("weights_sha256")
     if made_from != sha256_of(resolve_weights(spec)):
-        sys.exit(f"parity: {args.bundle} was exported from other weights than the model here: re-export it "
-                 "(same MARCELLE_TORCH_CACHE), then rebuild the app")
+        sys.exit(
+            f"parity: {args.bundle} was exported from other weights than the model here: re-export it "
+            "(same MARCELLE_TORCH_CACHE), then rebuild the app"
+        )
     canvases, tensor = make_inputs(args.n)
-    results = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "command": " ".join(["bench/parity.py", *(argv or sys.argv[1:])]),
-               "inputs": args.n, "noise": max(1, args.n // 10), "drawn": args.n - max(1, args.n // 10), "paths": {},
-               "environment": {"cpus": os.cpu_count(), "torch": torch.__version__, "load_before": _load(),
-                               "onnxruntime": onnxruntime.__version__}}
+    results = {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "command": " ".join(["bench/parity.py", *(argv or sys.argv[1:])]),
+        "inputs": args.n,
+        "noise": max(1, args.n // 10),
+        "drawn": args.n - max(1, args.n // 10),
+        "paths": {},
+        "environment": {
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "load_before": _load(),
+            "onnxruntime": onnxruntime.__version__,
+        },
+    }
 
     print(f"pytorch: {args.n} inputs", flush=True)
     reference, times = run_pytorch(spec, model, tensor)
@@ -339,11 +414,14 @@ def main(argv=None) -> int:
         for i, threads in enumerate(args.browser_threads):
             name = "onnxruntime-web" if i == 0 else f"onnxruntime-web (onnxThreads {threads})"
             print(f"{name}: the app's ONNX page in headless Chromium (onnxThreads {threads})", flush=True)
-            probs, times, runtime, (loop_probs, loop_times) = run_browser(args.dist, spec.labels, canvases,
-                                                                          args.chromium, threads)
+            probs, times, runtime, (loop_probs, loop_times) = run_browser(
+                args.dist, spec.labels, canvases, args.chromium, threads
+            )
             results["paths"][name] = {**compare(reference, probs, times), "runtime": runtime}
-            results["paths"][f"{name}, back to back"] = {**compare(reference, loop_probs, loop_times),
-                                                         "runtime": runtime}
+            results["paths"][f"{name}, back to back"] = {
+                **compare(reference, loop_probs, loop_times),
+                "runtime": runtime,
+            }
             print(f"  runtime: {runtime}", flush=True)
         web = results["paths"]["onnxruntime-web"]
         results["environment"]["browser_backend"] = web["runtime"]["backend"]
@@ -356,7 +434,9 @@ def main(argv=None) -> int:
         native = results["paths"]["onnxruntime"]["latency_p50_ms"]
         results["web_vs_native_p50"] = {
             "back_to_back": round(results["paths"]["onnxruntime-web, back to back"]["latency_p50_ms"] / native, 3),
-            "paced": round(web["latency_p50_ms"] / results["paths"]["onnxruntime, paced like the page"]["latency_p50_ms"], 3),
+            "paced": round(
+                web["latency_p50_ms"] / results["paths"]["onnxruntime, paced like the page"]["latency_p50_ms"], 3
+            ),
             "page_vs_native_back_to_back": round(web["latency_p50_ms"] / native, 3),
         }
 

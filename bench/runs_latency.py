@@ -101,12 +101,16 @@ def one_run(client, recorder: Recorder, digit: int, steps: int, seed: int) -> di
     running = [(t, e) for t, e in events if e.get("status") == "running"]
     claim_at = running[0][0] if running else done_at
     progress_events = [(t, e) for t, e in running[1:]]  # after the claim itself
-    return {"total_s": done_at - t0, "claim_s": claim_at - t0, "claim_to_done_s": done_at - claim_at,
-            "progress_events": len(progress_events),
-            "partials": sum(1 for _, e in progress_events if e.get("partial")),
-            "progress_values": [e.get("progress") for _, e in progress_events],
-            "first_progress_at_s": (progress_events[0][0] - claim_at) if progress_events else None,
-            "last_progress_at_s": (progress_events[-1][0] - claim_at) if progress_events else None}
+    return {
+        "total_s": done_at - t0,
+        "claim_s": claim_at - t0,
+        "claim_to_done_s": done_at - claim_at,
+        "progress_events": len(progress_events),
+        "partials": sum(1 for _, e in progress_events if e.get("partial")),
+        "progress_values": [e.get("progress") for _, e in progress_events],
+        "first_progress_at_s": (progress_events[0][0] - claim_at) if progress_events else None,
+        "last_progress_at_s": (progress_events[-1][0] - claim_at) if progress_events else None,
+    }
 
 
 def median(values):
@@ -119,16 +123,26 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=10, help="timed runs each way (default 10)")
     parser.add_argument("--long-steps", type=int, default=1000, help="steps of the long run (default 1000, the max)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, here and in the worker (default 1)")
-    parser.add_argument("--worker-arg", action="append", default=[],
-                        help="an extra `marcelle-torch worker` argument (repeatable), e.g. --worker-arg=--max-updates-per-second=20")
+    parser.add_argument(
+        "--worker-arg",
+        action="append",
+        default=[],
+        help="an extra `marcelle-torch worker` argument (repeatable), e.g. --worker-arg=--max-updates-per-second=20",
+    )
     args = parser.parse_args(argv)
 
     from marcelle_torch.stack.backend import start_backend
     from marcelle_torch.worker.client import FeathersClient
 
-    results = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "command": " ".join(["bench/runs_latency.py", *(argv or sys.argv[1:])]),
-               "machine": {"cpus": os.cpu_count(), "load_before": load()},
-               "steps": args.steps, "runs": args.runs, "threads": args.threads, "worker_args": args.worker_arg}
+    results = {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "command": " ".join(["bench/runs_latency.py", *(argv or sys.argv[1:])]),
+        "machine": {"cpus": os.cpu_count(), "load_before": load()},
+        "steps": args.steps,
+        "runs": args.runs,
+        "threads": args.threads,
+        "worker_args": args.worker_arg,
+    }
     local_run = in_process_runner(args.threads)
 
     OUT.mkdir(parents=True, exist_ok=True)
@@ -140,10 +154,29 @@ def main(argv=None) -> int:
         try:
             print(f"backend {backend.url}; starting a worker", flush=True)
             metrics_port = free_port()
-            worker = ManagedProcess("worker", [
-                sys.executable, "-m", "marcelle_torch.cli", "worker", "--backend", backend.url, "--name", "bench",
-                "--models", MODEL, "--threads", str(args.threads), "--metrics-port", str(metrics_port),
-                "--metrics-host", "127.0.0.1", *args.worker_arg], OUT / "runs_latency.worker.log")
+            worker = ManagedProcess(
+                "worker",
+                [
+                    sys.executable,
+                    "-m",
+                    "marcelle_torch.cli",
+                    "worker",
+                    "--backend",
+                    backend.url,
+                    "--name",
+                    "bench",
+                    "--models",
+                    MODEL,
+                    "--threads",
+                    str(args.threads),
+                    "--metrics-port",
+                    str(metrics_port),
+                    "--metrics-host",
+                    "127.0.0.1",
+                    *args.worker_arg,
+                ],
+                OUT / "runs_latency.worker.log",
+            )
             worker.wait_http(f"http://127.0.0.1:{metrics_port}/metrics", 300)
             client = FeathersClient(backend.url)
             client.connect()
@@ -166,9 +199,12 @@ def main(argv=None) -> int:
                 r["in_process_s"] = local[-1]
                 r["ratio"] = r["total_s"] / local[-1]
                 timed.append(r)
-                print(f"  pair {i + 1}: in process {local[-1] * 1000:.0f} ms, backend total {r['total_s'] * 1000:.0f} ms "
-                      f"({100 * (r['ratio'] - 1):+.0f}%), claim {r['claim_s'] * 1000:.1f} ms, "
-                      f"{r['progress_events']} progress events", flush=True)
+                print(
+                    f"  pair {i + 1}: in process {local[-1] * 1000:.0f} ms, backend total {r['total_s'] * 1000:.0f} ms "
+                    f"({100 * (r['ratio'] - 1):+.0f}%), claim {r['claim_s'] * 1000:.1f} ms, "
+                    f"{r['progress_events']} progress events",
+                    flush=True,
+                )
                 time.sleep(0.3)
             results["backend_runs"] = timed
             print(f"long run: {args.long_steps} steps", flush=True)
@@ -202,11 +238,14 @@ def main(argv=None) -> int:
     ok_overhead = s["overhead_pct"] <= 100 * GOAL_OVERHEAD
     ok_updates = s["long_run_updates_per_s"] >= GOAL_UPDATES
     lines = [
-        "# Backend runs: latency as the page sees it", "",
+        "# Backend runs: latency as the page sees it",
+        "",
         f"{results['date']}, {results['machine']['cpus']} CPUs, load average {results['machine']['load_before']} "
         f"before, {results['machine']['load_after']} after; `{results['command']}`; torch threads {args.threads} "
-        "in process and in the worker.", "",
-        "| figure | value | goal |", "|---|---:|---|",
+        "in process and in the worker.",
+        "",
+        "| figure | value | goal |",
+        "|---|---:|---|",
         f"| in-process generation, {args.steps} steps (p50 of {args.runs}) | {s['in_process_p50_s'] * 1000:.0f} ms | |",
         f"| through the backend, create -> succeeded event (p50) | {s['backend_total_p50_s'] * 1000:.0f} ms | |",
         f"| overhead of the backend path (median of the {args.runs} pairs' ratios; of the medians: "

@@ -47,13 +47,32 @@ def session_pids(sid: int) -> list[int]:
 
 
 def cycle(workdir: Path, up_args: list[str], log_path: Path, timeout: float = 600.0) -> dict:
-    argv = [sys.executable, "-m", "marcelle_torch.cli", "up", "--port", "0", "--serve-port", "0",
-            "--backend-port", "0", "--workdir", str(workdir), *up_args]
+    argv = [
+        sys.executable,
+        "-m",
+        "marcelle_torch.cli",
+        "up",
+        "--port",
+        "0",
+        "--serve-port",
+        "0",
+        "--backend-port",
+        "0",
+        "--workdir",
+        str(workdir),
+        *up_args,
+    ]
     lines: list[tuple[float, str]] = []
     url_seen = threading.Event()
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
     def read() -> None:
         for line in proc.stdout:
@@ -66,7 +85,9 @@ def cycle(workdir: Path, up_args: list[str], log_path: Path, timeout: float = 60
     result: dict = {}
     try:
         if not url_seen.wait(timeout):
-            raise RuntimeError(f"no URL printed within {timeout:.0f}s; output:\n" + "\n".join(l for _, l in lines[-20:]))
+            raise RuntimeError(
+                f"no URL printed within {timeout:.0f}s; output:\n" + "\n".join(l for _, l in lines[-20:])
+            )
         printed_at, line = next((t, l) for t, l in lines if l.startswith("Open http"))
         url = re.search(r"(http://\S+)", line).group(1).rstrip(" ;")
         while True:
@@ -88,8 +109,13 @@ def cycle(workdir: Path, up_args: list[str], log_path: Path, timeout: float = 60
         while session_pids(proc.pid) and time.perf_counter() - t_term < 120:
             time.sleep(0.05)
         left = session_pids(proc.pid)
-        result.update(stop_exit_s=round(exited, 3), stop_all_gone_s=round(time.perf_counter() - t_term, 3),
-                      left_after_120s=left, ray_dirs=ray_dirs, exit_code=proc.returncode)
+        result.update(
+            stop_exit_s=round(exited, 3),
+            stop_all_gone_s=round(time.perf_counter() - t_term, 3),
+            left_after_120s=left,
+            ray_dirs=ray_dirs,
+            exit_code=proc.returncode,
+        )
         result["stop_lines"] = [f"{t - (t_term - t0):+.2f}s {l}" for t, l in lines if t >= t_term - t0]
     finally:
         if proc.poll() is None:
@@ -111,8 +137,12 @@ def main(argv=None) -> int:
     parser.add_argument("--up-arg", action="append", default=[], help="an extra `marcelle-torch up` argument")
     args = parser.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
-    results = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "command": " ".join(["bench/startup.py", *(argv or sys.argv[1:])]),
-               "machine": {"cpus": os.cpu_count(), "load_before": load()}, "cycles": []}
+    results = {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "command": " ".join(["bench/startup.py", *(argv or sys.argv[1:])]),
+        "machine": {"cpus": os.cpu_count(), "load_before": load()},
+        "cycles": [],
+    }
     for i in range(args.cycles):
         with tempfile.TemporaryDirectory(prefix="startup-") as tmp:
             try:
@@ -123,29 +153,44 @@ def main(argv=None) -> int:
                     shutil.copytree(Path(tmp) / "stack" / "logs", OUT / f"startup.{i + 1}.logs")
         r["load"] = load()
         results["cycles"].append(r)
-        print(f"cycle {i + 1}: URL answers after {r['url_answers_s']:.1f} s; exited {r['stop_exit_s']:.2f} s after "
-              f"SIGTERM, all gone after {r['stop_all_gone_s']:.2f} s (load {r['load']})", flush=True)
+        print(
+            f"cycle {i + 1}: URL answers after {r['url_answers_s']:.1f} s; exited {r['stop_exit_s']:.2f} s after "
+            f"SIGTERM, all gone after {r['stop_all_gone_s']:.2f} s (load {r['load']})",
+            flush=True,
+        )
     results["machine"]["load_after"] = load()
     start = statistics.median(c["url_answers_s"] for c in results["cycles"])
     stop = statistics.median(c["stop_all_gone_s"] for c in results["cycles"])
-    results["summary"] = {"warm_start_p50_s": round(start, 2), "stop_p50_s": round(stop, 2),
-                          "start_max_s": max(c["url_answers_s"] for c in results["cycles"]),
-                          "stop_max_s": max(c["stop_all_gone_s"] for c in results["cycles"])}
+    results["summary"] = {
+        "warm_start_p50_s": round(start, 2),
+        "stop_p50_s": round(stop, 2),
+        "start_max_s": max(c["url_answers_s"] for c in results["cycles"]),
+        "stop_max_s": max(c["stop_all_gone_s"] for c in results["cycles"]),
+    }
     atomic_write_text(OUT / "startup.json", json.dumps(results, indent=2) + "\n")
     s = results["summary"]
-    lines = ["# `marcelle-torch up`: start and stop", "",
-             f"{results['date']}, {results['machine']['cpus']} CPUs, load average {results['machine']['load_before']} "
-             f"before, {results['machine']['load_after']} after; `{results['command']}`; weights cached (warm start).", "",
-             "| cycle | URL printed | URL answers | exit after SIGTERM | all its processes gone | load |",
-             "|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "# `marcelle-torch up`: start and stop",
+        "",
+        f"{results['date']}, {results['machine']['cpus']} CPUs, load average {results['machine']['load_before']} "
+        f"before, {results['machine']['load_after']} after; `{results['command']}`; weights cached (warm start).",
+        "",
+        "| cycle | URL printed | URL answers | exit after SIGTERM | all its processes gone | load |",
+        "|---:|---:|---:|---:|---:|---|",
+    ]
     for i, c in enumerate(results["cycles"], start=1):
-        lines.append(f"| {i} | {c['url_printed_s']:.1f} s | {c['url_answers_s']:.1f} s | {c['stop_exit_s']:.2f} s | "
-                     f"{c['stop_all_gone_s']:.2f} s | {c['load']} |")
-    lines += ["", f"Warm start to a working URL, median: **{s['warm_start_p50_s']:.1f} s** (goal <= {GOAL_START_S:.0f} s: "
-              f"{'met' if s['start_max_s'] <= GOAL_START_S else 'not met'} on every cycle"
-              f"{'' if s['start_max_s'] <= GOAL_START_S else ', worst ' + format(s['start_max_s'], '.1f') + ' s'}). "
-              f"Stop after SIGTERM, median: **{s['stop_p50_s']:.2f} s** (goal <= {GOAL_STOP_S:.0f} s: "
-              f"{'met' if s['stop_max_s'] <= GOAL_STOP_S else 'not met'}; worst {s['stop_max_s']:.2f} s)."]
+        lines.append(
+            f"| {i} | {c['url_printed_s']:.1f} s | {c['url_answers_s']:.1f} s | {c['stop_exit_s']:.2f} s | "
+            f"{c['stop_all_gone_s']:.2f} s | {c['load']} |"
+        )
+    lines += [
+        "",
+        f"Warm start to a working URL, median: **{s['warm_start_p50_s']:.1f} s** (goal <= {GOAL_START_S:.0f} s: "
+        f"{'met' if s['start_max_s'] <= GOAL_START_S else 'not met'} on every cycle"
+        f"{'' if s['start_max_s'] <= GOAL_START_S else ', worst ' + format(s['start_max_s'], '.1f') + ' s'}). "
+        f"Stop after SIGTERM, median: **{s['stop_p50_s']:.2f} s** (goal <= {GOAL_STOP_S:.0f} s: "
+        f"{'met' if s['stop_max_s'] <= GOAL_STOP_S else 'not met'}; worst {s['stop_max_s']:.2f} s).",
+    ]
     atomic_write_text(OUT / "startup.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0 if not any(c["left_after_120s"] for c in results["cycles"]) else 1

@@ -51,28 +51,45 @@ def test_predictions_are_right(serve_url, make_digit):
 NOT_AN_IMAGE = base64.b64encode(b"this is not a picture").decode()
 
 
-@pytest.mark.parametrize("path, body, status, code, message", [
-    ("/v1/models/digits:predict", b"{not json", 400, "invalid_input", "not valid JSON"),
-    ("/v1/models/digits:predict", b"\xff\xfe", 400, "invalid_input", "not valid JSON"),
-    ("/v1/models/digits:predict", b"[1, 2]", 400, "invalid_input", '{"instances": [...]}'),
-    ("/v1/models/digits:predict", b'{"inputs": []}', 400, "invalid_input", '{"instances": [...]}'),
-    ("/v1/models/digits:predict", b'{"instances": 3}', 400, "invalid_input", "'instances' must be a list"),
-    ("/v1/models/digits:predict", b'{"instances": []}', 400, "invalid_input", "'instances' is empty"),
-    ("/v1/models/digits:predict", b'{"instances": [[[0.5, 0.5]]]}', 400, "invalid_input",
-     "wrong shape [1, 2], expected [1, 128, 128]"),
-    ("/v1/models/digits:predict", b'{"instances": [{"b64": "%s"}]}' % NOT_AN_IMAGE.encode(), 400,
-     "invalid_input", "does not hold an image"),
-    ("/v1/models/digits:predict", b'{"instances": [{"b64": "***"}]}', 400, "invalid_input", "not valid base64"),
-    ("/v1/models/digits:predict", b'{"instances": ["abc", 7]}', 400, "invalid_input", "instance 0"),
-    ("/v1/models/no-such-model:predict", b'{"instances": [1]}', 404, "model_not_found", "unknown model"),
-    ("/v1/models/no-such-model", None, 404, "model_not_found", "served models: digits"),
-    ("/v2/anything", None, 404, "not_found", "no route"),
-    # Parser limits: Python's json recurses per nesting level, and refuses over 4300 digits.
-    ("/v1/models/digits:predict", b'{"instances": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400,
-     "invalid_input", "nested too deeply"),
-    ("/v1/models/digits:predict", b'{"instances": [' + b"9" * 5000 + b"]}", 400, "invalid_input",
-     "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "path, body, status, code, message",
+    [
+        ("/v1/models/digits:predict", b"{not json", 400, "invalid_input", "not valid JSON"),
+        ("/v1/models/digits:predict", b"\xff\xfe", 400, "invalid_input", "not valid JSON"),
+        ("/v1/models/digits:predict", b"[1, 2]", 400, "invalid_input", '{"instances": [...]}'),
+        ("/v1/models/digits:predict", b'{"inputs": []}', 400, "invalid_input", '{"instances": [...]}'),
+        ("/v1/models/digits:predict", b'{"instances": 3}', 400, "invalid_input", "'instances' must be a list"),
+        ("/v1/models/digits:predict", b'{"instances": []}', 400, "invalid_input", "'instances' is empty"),
+        (
+            "/v1/models/digits:predict",
+            b'{"instances": [[[0.5, 0.5]]]}',
+            400,
+            "invalid_input",
+            "wrong shape [1, 2], expected [1, 128, 128]",
+        ),
+        (
+            "/v1/models/digits:predict",
+            b'{"instances": [{"b64": "%s"}]}' % NOT_AN_IMAGE.encode(),
+            400,
+            "invalid_input",
+            "does not hold an image",
+        ),
+        ("/v1/models/digits:predict", b'{"instances": [{"b64": "***"}]}', 400, "invalid_input", "not valid base64"),
+        ("/v1/models/digits:predict", b'{"instances": ["abc", 7]}', 400, "invalid_input", "instance 0"),
+        ("/v1/models/no-such-model:predict", b'{"instances": [1]}', 404, "model_not_found", "unknown model"),
+        ("/v1/models/no-such-model", None, 404, "model_not_found", "served models: digits"),
+        ("/v2/anything", None, 404, "not_found", "no route"),
+        # Parser limits: Python's json recurses per nesting level, and refuses over 4300 digits.
+        (
+            "/v1/models/digits:predict",
+            b'{"instances": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+            400,
+            "invalid_input",
+            "nested too deeply",
+        ),
+        ("/v1/models/digits:predict", b'{"instances": [' + b"9" * 5000 + b"]}", 400, "invalid_input", "not valid JSON"),
+    ],
+)
 def test_bad_requests_get_their_status_and_json(serve_url, path, body, status, code, message):
     if body is None:
         response = httpx.get(serve_url + path, timeout=TIMEOUT)
@@ -237,8 +254,11 @@ def test_openapi_document_describes_every_route_and_error(serve_url):
     assert predict["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/PredictResponse")
     assert "Retry-After" in predict["responses"]["503"]["headers"]
     # Every error the document lists is one the server answers in that shape: a live check of three.
-    for method, path, status in (("GET", "/v1/models/digits:predict", 405), ("GET", "/v1/models/nope", 404),
-                                 ("POST", "/v1/models/digits:predict", 400)):
+    for method, path, status in (
+        ("GET", "/v1/models/digits:predict", 405),
+        ("GET", "/v1/models/nope", 404),
+        ("POST", "/v1/models/digits:predict", 400),
+    ):
         r = httpx.request(method, serve_url + path, content=b"{}", timeout=TIMEOUT)
         assert r.status_code == status and set(r.json()) == {"error"}, (path, r.status_code, r.text)
     assert httpx.get(f"{serve_url}/docs", timeout=TIMEOUT).status_code == 200

@@ -27,24 +27,26 @@ def tight_serve(tmp_path_factory, trained_digits, start_serve):
     (digits,) = app["deployments"]
     digits.pop("autoscaling_config", None)
     # One replica, one instance per forward pass, a queue of one request.
-    digits.update(num_replicas=1,
-                  user_config={"max_batch_size": 1, "batch_wait_timeout_s": 0.0, "max_queued_requests": 1})
+    digits.update(
+        num_replicas=1, user_config={"max_batch_size": 1, "batch_wait_timeout_s": 0.0, "max_queued_requests": 1}
+    )
     tmp = tmp_path_factory.mktemp("tight")
     path = tmp / "serve_config.yaml"
     path.write_text(yaml.safe_dump(config))
-    server = start_serve(tmp / "serve.log", ["--config", str(path), "--model", "digits", "--model", SLOW],
-                         env={"PYTHONPATH": str(SUPPORT)})
+    server = start_serve(
+        tmp / "serve.log",
+        ["--config", str(path), "--model", "digits", "--model", SLOW],
+        env={"PYTHONPATH": str(SUPPORT)},
+    )
     yield server.url
     assert not server.stop(), "processes left after serve stopped"
-
 
 
 def test_a_full_queue_is_refused_with_503_json(tight_serve, make_digit):
     instance, _ = make_digit(0)
 
     def predict(_):
-        return httpx.post(f"{tight_serve}/v1/models/digits:predict", json={"instances": [instance] * 8},
-                          timeout=120)
+        return httpx.post(f"{tight_serve}/v1/models/digits:predict", json={"instances": [instance] * 8}, timeout=120)
 
     # Threads, not asyncio: a session's browser fixture may already run an event loop here.
     with ThreadPoolExecutor(max_workers=48) as pool:
@@ -58,8 +60,7 @@ def test_a_full_queue_is_refused_with_503_json(tight_serve, make_digit):
 
 
 def test_a_model_slower_than_the_timeout_is_answered_504_json(tight_serve):
-    response = httpx.post(f"{tight_serve}/v1/models/slow:predict", json={"instances": [[[0.0] * 8] * 8]},
-                          timeout=60)
+    response = httpx.post(f"{tight_serve}/v1/models/slow:predict", json={"instances": [[[0.0] * 8] * 8]}, timeout=60)
     assert response.status_code == 504, response.text
     error = response.json()["error"]
     assert error["code"] == "timeout" and "slow" in error["message"]
@@ -71,10 +72,15 @@ def test_a_generation_model_is_refused_at_once_in_one_line():
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "marcelle_torch.cli", "serve", "--model", "digits-generator",
-                           "--port", "0"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "marcelle_torch.cli", "serve", "--model", "digits-generator", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.strip().splitlines() == [
         "marcelle-torch serve: error: model digits-generator is a generation model: Ray Serve takes "
-        "classification models only (one forward pass per request); run it through the backend worker"]
+        "classification models only (one forward pass per request); run it through the backend worker"
+    ]
     assert "serving on" not in proc.stdout  # refused before any Ray process started

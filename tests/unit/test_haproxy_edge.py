@@ -18,10 +18,16 @@ def ray_config(tmp_path, host: str) -> str:
     from ray.serve._private.haproxy import HAProxyApi, HAProxyConfig
     from ray.serve.config import HTTPOptions
 
-    cfg = HAProxyConfig(http_options=HTTPOptions(host=host, port=18123), socket_path=str(tmp_path / "admin.sock"),
-                        server_state_base=str(tmp_path), server_state_file=str(tmp_path / "state"),
-                        metrics_socket_path=str(tmp_path / "metrics.sock"), log_target="stdout",
-                        metrics_port=18124, stats_port=18125)
+    cfg = HAProxyConfig(
+        http_options=HTTPOptions(host=host, port=18123),
+        socket_path=str(tmp_path / "admin.sock"),
+        server_state_base=str(tmp_path),
+        server_state_file=str(tmp_path / "state"),
+        metrics_socket_path=str(tmp_path / "metrics.sock"),
+        log_target="stdout",
+        metrics_port=18124,
+        stats_port=18125,
+    )
     api = HAProxyApi(cfg=cfg, config_file_path=str(tmp_path / "haproxy.cfg"))
     api._generate_config_file_internal()
     return str(tmp_path / "haproxy.cfg")
@@ -48,7 +54,8 @@ def test_edited_config_binds_the_frontend_host_and_is_valid(tmp_path, monkeypatc
     haproxy_edge.prepare(["-db", "-f", path])
     text = open(path).read()
     assert sorted(lines_with(text, "bind ")) == sorted(
-        [f"bind {bound}:18123", f"bind {bound}:18124", f"bind {bound}:18125"])
+        [f"bind {bound}:18123", f"bind {bound}:18124", f"bind {bound}:18125"]
+    )
     assert lines_with(text, "stats socket")[0].split()[3:6] == ["mode", "600", "level"]
     assert lines_with(text, "timeout http-request") == ["timeout http-request 7s"]
     assert lines_with(text, "option http-buffer-request")
@@ -72,7 +79,9 @@ def test_stats_and_metrics_hosts_can_differ(tmp_path, monkeypatch):
 
 def test_an_unexpected_config_stops_the_start(tmp_path, capsys):
     path = tmp_path / "haproxy.cfg"
-    path.write_text("global\n    stats socket /x mode 660 level admin\ndefaults\n    mode http\n"
-                    "frontend http_frontend\n    bind 127.0.0.1:1\n")
+    path.write_text(
+        "global\n    stats socket /x mode 660 level admin\ndefaults\n    mode http\n"
+        "frontend http_frontend\n    bind 127.0.0.1:1\n"
+    )
     assert haproxy_edge.main(["-db", "-f", str(path)]) == 1
     assert "expected one line matching" in capsys.readouterr().err

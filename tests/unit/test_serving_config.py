@@ -7,8 +7,15 @@ import importlib.resources
 import pytest
 import yaml
 
-from marcelle_torch.serving.config import (APP_IMPORT_PATH, DEFAULT_CONFIG, MODEL_APP_IMPORT_PATH, ConfigError,
-                                           load_serve_config, model_applications, model_deployment_name)
+from marcelle_torch.serving.config import (
+    APP_IMPORT_PATH,
+    DEFAULT_CONFIG,
+    MODEL_APP_IMPORT_PATH,
+    ConfigError,
+    load_serve_config,
+    model_applications,
+    model_deployment_name,
+)
 
 
 def test_packaged_config_is_package_data_and_valid():
@@ -45,7 +52,8 @@ def test_model_override_adds_and_drops_model_applications(tmp_path, monkeypatch)
     (tmp_path / "extra_model.py").write_text(
         "from torch import nn\nfrom marcelle_torch.models import ModelSpec, TensorInput\n"
         "def spec():\n    return ModelSpec(name='extra', task='classification', build=nn.Identity,\n"
-        "                     input=TensorInput(shape=(2,)), labels=('x', 'y'))\n")
+        "                     input=TensorInput(shape=(2,)), labels=('x', 'y'))\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     config = load_serve_config(models=["extra_model:spec"], cors_origins=["http://a.test"])
     router, extra = config["applications"]
@@ -73,7 +81,8 @@ def test_gpu_override_adds_settings_for_a_model_without_any(tmp_path, monkeypatc
     (tmp_path / "gpu_user_model.py").write_text(
         "from torch import nn\nfrom marcelle_torch.models import ModelSpec, TensorInput\n"
         "def spec():\n    return ModelSpec(name='on-gpu', task='classification', build=nn.Identity,\n"
-        "                     input=TensorInput(shape=(2,)), labels=('x', 'y'))\n")
+        "                     input=TensorInput(shape=(2,)), labels=('x', 'y'))\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     config = load_serve_config(models=["digits", "gpu_user_model:spec"], num_gpus=0.5)
     deployments = {d["name"]: d for a in model_applications(config) for d in a["deployments"]}
@@ -86,17 +95,24 @@ def _write(tmp_path, text):
     return path
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("applications: [", "not valid YAML (line"),
-    ("- a\n- b\n", "expected a mapping"),
-    ("applications:\n  - name: x\n    import_path: other.mod:app\n", "no application has import_path"),
-    (f"applications:\n  - name: x\n    import_path: {APP_IMPORT_PATH}\n    args: {{models: []}}\n",
-     "args.models must be a non-empty list"),
-    (f"applications:\n  - name: x\n    import_path: {APP_IMPORT_PATH}\n    args: {{models: [digits]}}\n"
-     "    deployments:\n      - name: Ingress\n        num_replicas: many\n",
-     "applications.0.deployments.0: `num_replicas` must be an int"),
-    ("http_options: {port: eighty}\napplications: []\n", "http_options.port"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("applications: [", "not valid YAML (line"),
+        ("- a\n- b\n", "expected a mapping"),
+        ("applications:\n  - name: x\n    import_path: other.mod:app\n", "no application has import_path"),
+        (
+            f"applications:\n  - name: x\n    import_path: {APP_IMPORT_PATH}\n    args: {{models: []}}\n",
+            "args.models must be a non-empty list",
+        ),
+        (
+            f"applications:\n  - name: x\n    import_path: {APP_IMPORT_PATH}\n    args: {{models: [digits]}}\n"
+            "    deployments:\n      - name: Ingress\n        num_replicas: many\n",
+            "applications.0.deployments.0: `num_replicas` must be an int",
+        ),
+        ("http_options: {port: eighty}\napplications: []\n", "http_options.port"),
+    ],
+)
 def test_bad_configs_give_one_clear_line(tmp_path, text, expected):
     with pytest.raises(ConfigError) as info:
         load_serve_config(_write(tmp_path, text))
@@ -117,7 +133,8 @@ def test_deployment_names_come_from_the_spec_name(tmp_path, monkeypatch):
         (tmp_path / f"{pkg}.py").write_text(
             "from torch import nn\nfrom marcelle_torch.models import ModelSpec, TensorInput\n"
             f"def spec():\n    return ModelSpec(name='{name}', task='classification', build=nn.Identity,\n"
-            "                     input=TensorInput(shape=(2,)), labels=('x', 'y'))\n")
+            "                     input=TensorInput(shape=(2,)), labels=('x', 'y'))\n"
+        )
     monkeypatch.syspath_prepend(str(tmp_path))
     assert model_deployment_name("digits") == "model-digits"
     assert model_deployment_name("pkg_a:spec") == "model-alpha"

@@ -78,13 +78,16 @@ def test_missing_file_with_extension_is_404_not_html(server):
         assert not headers["Content-Type"].startswith("text/html"), path
 
 
-@pytest.mark.parametrize("path, expected", [
-    ("/assets/ort-wasm-simd-threaded.wasm", "application/wasm"),
-    ("/assets/ort.bundle.min.mjs", "text/javascript; charset=utf-8"),
-    ("/assets/index-abc123.js", "text/javascript; charset=utf-8"),
-    ("/onnx/digits/model.onnx", "application/octet-stream"),
-    ("/onnx/digits/meta.json", "application/json"),
-])
+@pytest.mark.parametrize(
+    "path, expected",
+    [
+        ("/assets/ort-wasm-simd-threaded.wasm", "application/wasm"),
+        ("/assets/ort.bundle.min.mjs", "text/javascript; charset=utf-8"),
+        ("/assets/index-abc123.js", "text/javascript; charset=utf-8"),
+        ("/onnx/digits/model.onnx", "application/octet-stream"),
+        ("/onnx/digits/meta.json", "application/json"),
+    ],
+)
 def test_mime_types(server, path, expected):
     status, headers, _ = get(f"{server}{path}")
     assert status == 200
@@ -166,8 +169,18 @@ def test_content_type_fallback():
     assert content_type("x.unknown-ext") == "application/octet-stream"
 
 
-@pytest.mark.parametrize("path", ["/", "/some/route", "/assets/index-abc123.js", "/assets/ort.bundle.min.mjs",
-                                  "/config.json", "/onnx/digits/model.onnx", "/missing.js"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/",
+        "/some/route",
+        "/assets/index-abc123.js",
+        "/assets/ort.bundle.min.mjs",
+        "/config.json",
+        "/onnx/digits/model.onnx",
+        "/missing.js",
+    ],
+)
 def test_every_response_is_cross_origin_isolated(server, path):
     # The page and the scripts its workers start: onnxruntime-web gets threads only in a
     # cross-origin isolated page (the browser test checks `crossOriginIsolated` itself).

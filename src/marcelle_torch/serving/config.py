@@ -38,9 +38,15 @@ def model_deployment_name(model: str) -> str:
     return "model-" + model
 
 
-def load_serve_config(path: str | Path | None = None, *, host: str | None = None, port: int | None = None,
-                      cors_origins: list[str] | None = None, num_gpus: float | None = None,
-                      models: list[str] | None = None) -> dict:
+def load_serve_config(
+    path: str | Path | None = None,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    cors_origins: list[str] | None = None,
+    num_gpus: float | None = None,
+    models: list[str] | None = None,
+) -> dict:
     """Read a serveConfigV2 file (default: the packaged one), apply overrides, validate.
 
     Returns the config as a plain dict; raises ConfigError with one line saying what is wrong.
@@ -56,8 +62,7 @@ def load_serve_config(path: str | Path | None = None, *, host: str | None = None
         raise ConfigError(f"serve config {path} is not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(config, dict):
         raise ConfigError(f"serve config {path}: expected a mapping with 'applications', got {type(config).__name__}")
-    config = apply_overrides(config, host=host, port=port, cors_origins=cors_origins, num_gpus=num_gpus,
-                             models=models)
+    config = apply_overrides(config, host=host, port=port, cors_origins=cors_origins, num_gpus=num_gpus, models=models)
     return validate_serve_config(config, source=str(path))
 
 
@@ -145,20 +150,25 @@ def validate_serve_config(config: dict, source: str = "serve config") -> dict:
     (app,) = apps
     models = (app.get("args") or {}).get("models")
     if not isinstance(models, list) or not models or not all(isinstance(m, str) and m for m in models):
-        raise ConfigError(f"{source}: application {app.get('name')!r}: args.models must be a non-empty "
-                          "list of model names")
+        raise ConfigError(
+            f"{source}: application {app.get('name')!r}: args.models must be a non-empty list of model names"
+        )
     served = [(a.get("args") or {}).get("model") for a in model_applications(config)]
     if sorted(map(str, served)) != sorted(models):
-        raise ConfigError(f"{source}: application {app.get('name')!r} lists models {models} but the model "
-                          f"applications ({MODEL_APP_IMPORT_PATH}) serve {served}: one application per model")
+        raise ConfigError(
+            f"{source}: application {app.get('name')!r} lists models {models} but the model "
+            f"applications ({MODEL_APP_IMPORT_PATH}) serve {served}: one application per model"
+        )
     from .options import predict_route
 
     for a in model_applications(config):
         name = model_deployment_name(a["args"]["model"])
         expected = predict_route(name.removeprefix("model-"))
         if a.get("name") != name or a.get("route_prefix") != expected:
-            raise ConfigError(f"{source}: the application serving {a['args']['model']!r} must be named {name!r} "
-                              f"with route_prefix {expected!r} (its predict path)")
+            raise ConfigError(
+                f"{source}: the application serving {a['args']['model']!r} must be named {name!r} "
+                f"with route_prefix {expected!r} (its predict path)"
+            )
         names = [d.get("name") for d in a.get("deployments") or []]
         if any(n != name for n in names):
             raise ConfigError(f"{source}: application {name!r}: its one deployment is named {name!r}, not {names}")

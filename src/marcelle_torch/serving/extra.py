@@ -16,5 +16,4 @@ class MissingExtra(MarcelleTorchError):
 def require_ray(command: str) -> None:
     """One clear error (no traceback) when a command that needs Ray Serve runs without it."""
     if importlib.util.find_spec("ray") is None or importlib.util.find_spec("ray.serve") is None:
-        raise MissingExtra(f"`marcelle-torch {command}` needs Ray Serve, which is not installed: "
-                           f"{INSTALL_HINT}")
+        raise MissingExtra(f"`marcelle-torch {command}` needs Ray Serve, which is not installed: {INSTALL_HINT}")

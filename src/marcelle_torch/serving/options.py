@@ -49,16 +49,20 @@ class HttpArgs(_Strict):
 
     cors_origins: list[str] = Field(
         default=list(DEFAULT_CORS_ORIGINS),
-        description="origins allowed to call the API from a browser ('*' for any; 'http://host:*' for any port)")
-    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1,
-                                description="larger request bodies are refused with 413")
-    request_timeout_s: float = Field(default=DEFAULT_REQUEST_TIMEOUT_S, gt=0,
-                                     description="a prediction taking longer is answered 504")
+        description="origins allowed to call the API from a browser ('*' for any; 'http://host:*' for any port)",
+    )
+    max_body_bytes: int = Field(
+        default=DEFAULT_MAX_BODY_BYTES, ge=1, description="larger request bodies are refused with 413"
+    )
+    request_timeout_s: float = Field(
+        default=DEFAULT_REQUEST_TIMEOUT_S, gt=0, description="a prediction taking longer is answered 504"
+    )
 
 
 class RouterArgs(HttpArgs):
-    models: list[str] = Field(default=["digits"], min_length=1,
-                              description="the served models (built-in names or package.module:factory)")
+    models: list[str] = Field(
+        default=["digits"], min_length=1, description="the served models (built-in names or package.module:factory)"
+    )
 
     @field_validator("models")
     @classmethod
@@ -70,23 +74,29 @@ class RouterArgs(HttpArgs):
 
 class ModelAppArgs(HttpArgs):
     model: str = Field(description="a built-in name or a package.module:factory import path")
-    train_if_missing: bool = Field(default=True,
-                                   description="train a built-in model whose weights are not in the cache yet")
+    train_if_missing: bool = Field(
+        default=True, description="train a built-in model whose weights are not in the cache yet"
+    )
 
 
 class ModelUserConfig(_Strict):
     """Batching and queueing of one model replica (the deployment's ``user_config``)."""
 
-    max_batch_size: int = Field(default=DEFAULT_MAX_BATCH_SIZE, ge=1,
-                                description="instances (not requests) per forward pass at most")
+    max_batch_size: int = Field(
+        default=DEFAULT_MAX_BATCH_SIZE, ge=1, description="instances (not requests) per forward pass at most"
+    )
     batch_wait_timeout_s: float = Field(
-        default=0.0, ge=0,
+        default=0.0,
+        ge=0,
         description="0 (adaptive): a batch is what is queued when the model becomes free, no fixed "
-                    "wait; > 0: also wait up to this long for a batch to fill")
+        "wait; > 0: also wait up to this long for a batch to fill",
+    )
     max_queued_requests: int = Field(
-        default=DEFAULT_MAX_QUEUED_REQUESTS, ge=1,
+        default=DEFAULT_MAX_QUEUED_REQUESTS,
+        ge=1,
         description="requests waiting for the model in one replica beyond which a request is answered "
-                    "503 overloaded at once")
+        "503 overloaded at once",
+    )
 
 
 def torch_threads(num_cpus: float | None) -> int:
