@@ -294,7 +294,8 @@ def write_report(results: dict) -> None:
             f"(the same inputs in a loop in each runtime), **{ratio['paced']:.2f}x** one input at a time at "
             f"the page's pace ({1000 * rt['seconds_between_predictions']:.0f} ms apart; native ORT idles as long "
             f"between runs); goal <= 3x. The page's prediction p50 against native back to back (the old "
-            f"comparison): {ratio['page_vs_native_back_to_back']:.2f}x. The page really used: {rt['ep']}, {rt['threads']} thread(s), SIMD {rt['simd']}, "
+            f"comparison): {ratio['page_vs_native_back_to_back']:.2f}x. The page really used: {rt['ep']}, "
+            f"{rt['threads']} thread(s), SIMD {rt['simd']}, "
             f"crossOriginIsolated {rt['cross_origin_isolated']}, {rt['workers_started']} web worker(s) started.",
         ]
     lines += [
@@ -314,7 +315,7 @@ def write_report(results: dict) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.6))
     names = list(done)
     bars = ax.bar(names, [done[n]["latency_p50_ms"] for n in names], color="#0d9488")
-    for bar, n in zip(bars, names):
+    for bar, n in zip(bars, names, strict=True):
         ax.annotate(
             f"{done[n]['label_agreement_pct']:.1f}% same label\nmax diff {done[n]['max_abs_diff']:.1e}",
             (bar.get_x() + bar.get_width() / 2, bar.get_height()),

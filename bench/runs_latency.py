@@ -1,8 +1,8 @@
 """Backend runs (Solution 3), timed as a page sees them, against the same generation in process.
 
 Each timed run is done twice in a row, in process and through the backend (same digit, seed and
-steps; which goes first alternates), and the overhead is the median of the pairs' ratios: the machine is shared and its load
-drifts.
+steps; which goes first alternates), and the overhead is the median of the pairs' ratios: the
+machine is shared and its load drifts.
 
 - ``in-process``: ``digits-generator``'s ``run()`` called here, ``--steps`` denoising steps, with
   a report callback that does nothing (the model's own time), torch on ``--threads`` threads;

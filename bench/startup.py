@@ -86,9 +86,9 @@ def cycle(workdir: Path, up_args: list[str], log_path: Path, timeout: float = 60
     try:
         if not url_seen.wait(timeout):
             raise RuntimeError(
-                f"no URL printed within {timeout:.0f}s; output:\n" + "\n".join(l for _, l in lines[-20:])
+                f"no URL printed within {timeout:.0f}s; output:\n" + "\n".join(text for _, text in lines[-20:])
             )
-        printed_at, line = next((t, l) for t, l in lines if l.startswith("Open http"))
+        printed_at, line = next((t, text) for t, text in lines if text.startswith("Open http"))
         url = re.search(r"(http://\S+)", line).group(1).rstrip(" ;")
         while True:
             try:
@@ -99,7 +99,7 @@ def cycle(workdir: Path, up_args: list[str], log_path: Path, timeout: float = 60
                 pass
             time.sleep(0.05)
         result.update(url=url, url_printed_s=round(printed_at, 3), url_answers_s=round(time.perf_counter() - t0, 3))
-        ray_dirs = sorted({m for _, l in lines for m in re.findall(r"(/tmp/mt-ray-\w+)", l)})
+        ray_dirs = sorted({m for _, text in lines for m in re.findall(r"(/tmp/mt-ray-\w+)", text)})
         time.sleep(1.0)
         t_term = time.perf_counter()
         proc.send_signal(signal.SIGTERM)
@@ -116,7 +116,7 @@ def cycle(workdir: Path, up_args: list[str], log_path: Path, timeout: float = 60
             ray_dirs=ray_dirs,
             exit_code=proc.returncode,
         )
-        result["stop_lines"] = [f"{t - (t_term - t0):+.2f}s {l}" for t, l in lines if t >= t_term - t0]
+        result["stop_lines"] = [f"{t - (t_term - t0):+.2f}s {text}" for t, text in lines if t >= t_term - t0]
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -127,7 +127,7 @@ def cycle(workdir: Path, up_args: list[str], log_path: Path, timeout: float = 60
             except ProcessLookupError:
                 pass
         reader.join(5)
-        log_path.write_text("\n".join(f"{t:8.3f} {l}" for t, l in lines) + "\n")
+        log_path.write_text("\n".join(f"{t:8.3f} {text}" for t, text in lines) + "\n")
     return result
 
 

@@ -36,16 +36,16 @@ def test_predictions_equal_the_in_process_model(serve_url, trained_digits, make_
     with torch.no_grad():
         local = postprocess(trained_digits, model(decode_instances(trained_digits, instances)))
     assert [p["label"] for p in served] == [p["label"] for p in local]
-    for s, l in zip(served, local):
-        assert s["confidences"].keys() == l["confidences"].keys()
-        assert np.allclose(list(s["confidences"].values()), list(l["confidences"].values()), atol=1e-5)
+    for s, mine in zip(served, local, strict=True):
+        assert s["confidences"].keys() == mine["confidences"].keys()
+        assert np.allclose(list(s["confidences"].values()), list(mine["confidences"].values()), atol=1e-5)
 
 
 def test_predictions_are_right(serve_url, make_digit):
     pairs = [make_digit(i) for i in range(20)]
     response = post(f"{serve_url}/v1/models/digits:predict", json={"instances": [p[0] for p in pairs]})
     labels = [p["label"] for p in response.json()["predictions"]]
-    assert sum(a == b for a, (_, b) in zip(labels, pairs)) >= 18, (labels, [b for _, b in pairs])
+    assert sum(a == b for a, (_, b) in zip(labels, pairs, strict=True)) >= 18, (labels, [b for _, b in pairs])
 
 
 NOT_AN_IMAGE = base64.b64encode(b"this is not a picture").decode()
