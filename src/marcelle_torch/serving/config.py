@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -93,7 +94,7 @@ def _model_app(ref: str, template: dict | None) -> dict:
     from .options import predict_route
 
     name = model_deployment_name(ref)
-    app = copy.deepcopy(template) if template else {"import_path": MODEL_APP_IMPORT_PATH, "args": {}}
+    app: dict[str, Any] = copy.deepcopy(template) if template else {"import_path": MODEL_APP_IMPORT_PATH, "args": {}}
     app["name"] = name
     app["route_prefix"] = predict_route(name.removeprefix("model-"))
     app["args"] = dict(app.get("args") or {}, model=ref)

@@ -23,20 +23,21 @@ is its HTTP ingress: it answers the 400s, 500s and 504s itself. A fault of the r
 
 from __future__ import annotations
 
-BATCH_SIZE_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+BATCH_SIZE_BOUNDARIES: list[float] = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 LATENCY_BOUNDARIES = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
 
 
 class ServeMetrics:
     """The three metrics above, created once per replica (Ray metrics are per-process)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         from ray.serve import metrics
 
         self.predictions = metrics.Counter(
             "marcelle_torch_predictions",
             description="Prediction requests by model and outcome (ok, bad_input, error, timeout).",
-            tag_keys=("model", "outcome"),
+            # Ray 2.60 annotates tag_keys as Tuple[str] (one element) while taking any number.
+            tag_keys=("model", "outcome"),  # type: ignore[arg-type]
         )
         self.batch_size = metrics.Histogram(
             "marcelle_torch_batch_size",
@@ -48,7 +49,7 @@ class ServeMetrics:
             "marcelle_torch_model_latency_seconds",
             description="Duration of one batched forward pass, in seconds.",
             boundaries=LATENCY_BOUNDARIES,
-            tag_keys=("model", "device"),
+            tag_keys=("model", "device"),  # type: ignore[arg-type]  # Tuple[str], as above
         )
 
     def outcome(self, model: str, outcome: str, count: int = 1) -> None:
