@@ -107,19 +107,26 @@ export class OnnxClassifier extends ServedModel {
         throw new Error(`${this.bundleUrl}model.json is not a marcelle-torch ONNX bundle (labels, onnx.file, names)`);
       }
       if (metadata.input?.kind !== 'image') {
-        throw new Error(`model ${metadata.name} takes ${metadata.input?.kind ?? 'unknown'} input; this page feeds images`);
+        throw new Error(
+          `model ${metadata.name} takes ${metadata.input?.kind ?? 'unknown'} input; this page feeds images`,
+        );
       }
       this.$metadata.set(metadata);
       this.labels = metadata.labels;
       const bytes = await this.fetchBytes(new URL(onnx.file, this.bundleUrl).href, onnx.bytes);
       const digest = await sha256Hex(bytes);
       if (digest !== null && onnx.sha256 && digest !== onnx.sha256) {
-        throw new Error(`${onnx.file} does not match model.json (sha256 ${digest.slice(0, 12)}…, ` +
-          `expected ${onnx.sha256.slice(0, 12)}…): re-export the bundle`);
+        throw new Error(
+          `${onnx.file} does not match model.json (sha256 ${digest.slice(0, 12)}…, ` +
+            `expected ${onnx.sha256.slice(0, 12)}…): re-export the bundle`,
+        );
       }
       if (!runtimeStarted) ort.env.wasm.numThreads = wasmThreads(this.threads);
       runtimeStarted = true;
-      this.session = await ort.InferenceSession.create(bytes, { executionProviders: ['wasm'], graphOptimizationLevel: 'all' });
+      this.session = await ort.InferenceSession.create(bytes, {
+        executionProviders: ['wasm'],
+        graphOptimizationLevel: 'all',
+      });
       const simd = ort.env.wasm.simd !== false;
       const threads = ort.env.wasm.numThreads; // ORT sets it back to 1 when threads are not possible
       this.$runtime.set({ ep: 'wasm', threads, simd, isolated: Boolean(globalThis.crossOriginIsolated) });
@@ -276,7 +283,8 @@ export class OnnxClassifier extends ServedModel {
       rows.push(['labels', meta.labels.join(' ')]);
       if (meta.description) rows.push(['about', meta.description]);
     }
-    if (this.$backend.get()) rows.push(['runtime', `onnxruntime-web ${ort.env.versions?.web ?? ''} ${this.$backend.get()}`]);
+    if (this.$backend.get())
+      rows.push(['runtime', `onnxruntime-web ${ort.env.versions?.web ?? ''} ${this.$backend.get()}`]);
     if (this.$loadTime.get() !== null) rows.push(['loaded in', `${this.$loadTime.get().toFixed(0)} ms`]);
     const bar =
       status === 'loading'

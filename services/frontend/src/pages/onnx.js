@@ -28,7 +28,10 @@ function formatLabel({ label, confidences }, latency, count) {
 export default function onnxPage(dash, config) {
   const input = drawingInput();
   // config.onnxThreads: 'auto' (default) or a WASM thread count (threads need cross-origin isolation).
-  const classifier = onnxClassifier({ bundle: config.onnxBundle ?? 'onnx/digits/', threads: config.onnxThreads ?? 'auto' });
+  const classifier = onnxClassifier({
+    bundle: config.onnxBundle ?? 'onnx/digits/',
+    threads: config.onnxThreads ?? 'auto',
+  });
 
   const $predictions = predictionsOf(input.$images, classifier);
   // config.benchHooks: the classifier as window.marcelleTorchOnnx, for bench/parity.py to time
@@ -46,8 +49,5 @@ export default function onnxPage(dash, config) {
   const plot = confidencePlot($predictions);
   plot.title = 'confidences';
 
-  dash
-    .page(title)
-    .sidebar(input)
-    .use(classifier, [label, plot]);
+  dash.page(title).sidebar(input).use(classifier, [label, plot]);
 }
