@@ -17,6 +17,7 @@ serve_config.yaml, ``marcelle-torch serve`` and the chart read their defaults fr
 from __future__ import annotations
 
 import os
+from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -42,6 +43,9 @@ def predict_route(name: str) -> str:
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+StrictT = TypeVar("StrictT", bound=_Strict)
 
 
 class HttpArgs(_Strict):
@@ -110,7 +114,7 @@ def torch_threads(num_cpus: float | None) -> int:
     return max(1, min(cpus, os.cpu_count() or 1))
 
 
-def parse_args(model: type[_Strict], args) -> _Strict:
+def parse_args(model: type[StrictT], args: object) -> StrictT:
     """``args`` (a dict, or already the model) validated; ConfigError in one line if wrong."""
     from pydantic import ValidationError
 
