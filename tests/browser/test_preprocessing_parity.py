@@ -89,7 +89,8 @@ def test_the_page_and_the_server_make_the_same_tensor(page, module_url, name, ma
             await img.decode();
             return Array.from(toTensor(img, size, { channels, range }));
         }""",
-        [module_url + "/image-tensor.js", b64, schema.size, schema.channels, list(schema.value_range)])
+        [module_url + "/image-tensor.js", b64, schema.size, schema.channels, list(schema.value_range)],
+    )
     browser = np.asarray(values, dtype=np.float32).reshape(server.shape)
     span = schema.value_range[1] - schema.value_range[0]
     diff = np.abs(browser - server) / span
