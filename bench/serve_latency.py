@@ -28,7 +28,6 @@ Writes bench/out/serve_latency.{json,md,png}.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
@@ -38,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -191,6 +190,13 @@ def serve_config_with_noop(models: list[str], tmp: Path) -> Path:
     return path
 
 
+def drained(result: dict) -> dict:
+    """Wait until what the server still had queued when wrk stopped is done (about its p99), so the
+    next measurement does not share the CPU with the last one's backlog."""
+    time.sleep(min(10.0, result["p99_ms"] / 1000 + 0.5))
+    return result
+
+
 def wrk(url: str, body: bytes, concurrency: int, duration: float, script: Path) -> dict:
     body_file = script.with_suffix(".body")
     body_file.write_bytes(body)
@@ -203,8 +209,9 @@ def wrk(url: str, body: bytes, concurrency: int, duration: float, script: Path) 
         raise RuntimeError(f"wrk gave no result: {out.stdout[-300:]} {out.stderr[-300:]}")
     r = json.loads(match.group(1))
     ok = r["requests"] - r["non2xx"]
-    return {"concurrency": concurrency, "requests": r["requests"], "errors": r["errors"] + r["non2xx"],
-            "rps": ok / (r["duration_us"] / 1e6), "p50_ms": r["p50_us"] / 1000, "p99_ms": r["p99_us"] / 1000}
+    return drained({"concurrency": concurrency, "requests": r["requests"], "errors": r["errors"] + r["non2xx"],
+            "rps": ok / (r["duration_us"] / 1e6), "p50_ms": r["p50_us"] / 1000,
+                    "p99_ms": r["p99_us"] / 1000})
 
 
 def replicas(url: str, model: str) -> int | None:
@@ -241,65 +248,122 @@ def check_correct(url: str, samples, expected_labels) -> str | None:
     return None
 
 
-def run_target(name: str, cmd: list[str], env: dict | None, body: bytes, model: str, levels, duration: float,
-               script: Path, check=None, noop: bool = False, full_replicas: int = 0) -> dict:
-    print(f"== {name}: starting", flush=True)
-    target = Target(name, cmd, OUT / f"serve_latency.{name}.log", env=env)
-    entry: dict = {"name": name, "levels": []}
-    try:
-        entry["ready_s"] = round(target.wait_ready(), 1)
-        entry["problem"] = check(target.url) if check else None
+def median_of(runs: list[dict]) -> dict:
+    """The round with the median req/s, with every round's figures beside it."""
+    ordered = sorted(runs, key=lambda r: r["rps"])
+    mid = dict(ordered[len(ordered) // 2])
+    mid["rounds"] = [{k: round(r[k], 2) for k in ("rps", "p50_ms", "p99_ms")} for r in runs]
+    mid["p50_ms"] = sorted(r["p50_ms"] for r in runs)[len(runs) // 2]
+    mid["errors"] = sum(r["errors"] for r in runs)
+    return mid
+
+
+def start_targets(plans, results) -> list:
+    """Start every target and wait until each is ready and correct; the broken ones are reported."""
+    running = []
+    for name, cmd, env, check in plans:
+        print(f"== {name}: starting", flush=True)
+        target = Target(name, cmd, OUT / f"serve_latency.{name}.log", env=env)
+        entry: dict = {"name": name, "levels": []}
+        results["targets"].append(entry)
+        try:
+            entry["ready_s"] = round(target.wait_ready(), 1)
+            entry["problem"] = check(target.url) if check else None
+        except RuntimeError as exc:
+            entry["problem"] = str(exc).splitlines()[0]
         if entry["problem"]:
-            print(f"   NOT CORRECT: {entry['problem']}", flush=True)
-            return entry
-        url = f"{target.url}/v1/models/{model}:predict"
-        wrk(url, body, 1, 2, script)  # warm-up, not counted
-        for level in levels:
-            if level > 1 and full_replicas and "scaled" not in entry:
-                entry["scaled"] = warm_to_full(target.url, model, body, script, full_replicas)
-                print(f"   scaled: {entry['scaled']}", flush=True)
-            r = wrk(url, body, level, duration, script)
+            print(f"   NOT USABLE: {entry['problem']}", flush=True)
+            target.stop()
+        else:
+            running.append((target, entry))
+    return running
+
+
+def measure_interleaved(running, model: str, body: bytes, levels, duration: float, rounds: int, script: Path,
+                        full_replicas: int) -> None:
+    """Each level in ``rounds`` rounds, the targets one after the other in each round, so a change of
+    the machine's load meets them all alike; each figure is the median round."""
+    for target, _ in running:
+        wrk(f"{target.url}/v1/models/{model}:predict", body, 1, 2, script)  # warm-up, not counted
+    for level in levels:
+        if level > 1:
+            for target, entry in running:
+                if entry["name"].startswith("serve") and "scaled" not in entry and full_replicas:
+                    entry["scaled"] = warm_to_full(target.url, model, body, script, full_replicas)
+                    print(f"   {entry['name']} scaled: {entry['scaled']}", flush=True)
+        runs: dict[str, list] = {entry["name"]: [] for _, entry in running}
+        for _ in range(rounds):
+            for target, entry in running:
+                runs[entry["name"]].append(wrk(f"{target.url}/v1/models/{model}:predict", body, level, duration,
+                                               script))
+        for _, entry in running:
+            r = median_of(runs[entry["name"]])
             entry["levels"].append(r)
-            print(f"   c={level:3d}  {r['rps']:8.1f} req/s  p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  "
-                  f"errors {r['errors']}", flush=True)
-        if noop:
-            entry["noop"] = [wrk(f"{target.url}/noop", body, c, duration, script) for c in (1, 32)]
-            for r in entry["noop"]:
-                print(f"   no-op c={r['concurrency']:3d}  {r['rps']:8.1f} req/s  p50 {r['p50_ms']:.2f} ms", flush=True)
-        if full_replicas:
-            entry["replicas_end"] = replicas(target.url, model)
-    except RuntimeError as exc:
-        entry["problem"] = str(exc).splitlines()[0]
-        print(f"   FAILED: {entry['problem']}", flush=True)
-    finally:
-        target.stop()
-    return entry
+            print(f"   {entry['name']:18s} c={level:3d}  {r['rps']:8.1f} req/s  p50 {r['p50_ms']:7.2f} ms  "
+                  f"p99 {r['p99_ms']:7.2f} ms  errors {r['errors']}  rounds {[x['rps'] for x in r['rounds']]}",
+                  flush=True)
 
 
 # ----------------------------------------------------------------------------- compute-bound, in process
 
-def in_process_best(duration: float) -> dict:
-    """Best batched samples/s of the ResNet-shaped model in this process: batch x threads swept."""
+def in_process_rate(model, threads: int, batch: int, duration: float) -> float:
     import torch
 
+    torch.set_num_threads(threads)
+    x = torch.rand(batch, 3, 224, 224)
+    with torch.inference_mode():
+        model(x)
+        n, started = 0, time.perf_counter()
+        while time.perf_counter() - started < duration:
+            model(x)
+            n += batch
+    return n / (time.perf_counter() - started)
+
+
+def compute_bound(args, cli: str, script: Path) -> dict:
+    """Serve (default config, the ResNet-shaped model) against the best in-process batched samples/s.
+
+    The in-process sweep picks the best (threads, batch); then that configuration and Serve at c=32
+    are measured in alternating rounds while both are up (median of each)."""
     from marcelle_torch.models import get_spec, load_model
 
+    print("== compute-bound: in process sweep", flush=True)
     model = load_model(get_spec(RESNET))
-    runs = []
+    sweep = []
     for threads in sorted({1, os.cpu_count() or 1}):
-        torch.set_num_threads(threads)
         for batch in (1, 4, 8, 16):
-            x = torch.rand(batch, 3, 224, 224)
-            with torch.inference_mode():
-                model(x)
-                n, started = 0, time.perf_counter()
-                while time.perf_counter() - started < duration:
-                    model(x)
-                    n += batch
-            rate = n / (time.perf_counter() - started)
-            runs.append({"threads": threads, "batch": batch, "samples_per_s": rate})
+            rate = in_process_rate(model, threads, batch, max(3.0, args.duration / 2))
+            sweep.append({"threads": threads, "batch": batch, "samples_per_s": rate})
             print(f"   in-process threads={threads} batch={batch:2d}: {rate:6.1f} samples/s", flush=True)
-    return {"runs": runs, "best": max(runs, key=lambda r: r["samples_per_s"])}
+    best = max(sweep, key=lambda r: r["samples_per_s"])
+    out: dict = {"in_process": {"runs": sweep, "best": best}}
+    rbody = json.dumps({"instances": [rgb_instance()]}).encode()
+    full = min(int(os.cpu_count() or 1), 2)
+    (target, entry), = start_targets([("serve-resnet", [cli, "serve", "--port", "{port}", "--model", RESNET],
+                                       None, None)], {"targets": []}) or [(None, {"problem": "did not start"})]
+    if target is None:
+        out["serve"] = entry
+        return out
+    try:
+        url = f"{target.url}/v1/models/resnet-bench:predict"
+        entry["scaled"] = warm_to_full(target.url, "resnet-bench", rbody, script, full)
+        print(f"   serve-resnet scaled: {entry['scaled']}", flush=True)
+        serve_runs, local_runs = [], []
+        for _ in range(args.rounds):
+            serve_runs.append(wrk(url, rbody, 32, args.duration * 2, script))
+            local_runs.append(in_process_rate(model, best["threads"], best["batch"], args.duration * 2))
+            print(f"   round: serve {serve_runs[-1]['rps']:.1f}, in-process {local_runs[-1]:.1f} samples/s", flush=True)
+        entry["levels"] = [median_of(serve_runs)]
+        entry["replicas_end"] = replicas(target.url, "resnet-bench")
+        out["in_process"]["best_rounds"] = local_runs
+        out["in_process"]["best_median"] = sorted(local_runs)[len(local_runs) // 2]
+        out["ratio"] = entry["levels"][0]["rps"] / out["in_process"]["best_median"]
+    except RuntimeError as exc:
+        entry["problem"] = str(exc).splitlines()[0]
+    finally:
+        target.stop()
+    out["serve"] = entry
+    return out
 
 
 # ----------------------------------------------------------------------------- report
@@ -328,7 +392,8 @@ def write_report(results: dict) -> None:
     r = results["ratios"]
     lines = [f"# Serve latency and throughput ({results['machine']})", "",
              f"{results['date']}, `{results['command']}`, load average at start {results['load_start']}, "
-             f"at end {results['load_end']}. wrk {results['wrk']}, {results['duration_s']:g} s per level, one "
+             f"at end {results['load_end']}. wrk {results['wrk']}, {results['duration_s']:g} s per measurement, "
+             f"{results['rounds']} rounds per level alternating between the targets (median round shown), one "
              "128x128 PNG digit per request.", "",
              "| target | c | req/s | p50 ms | p99 ms | errors |", "|---|---:|---:|---:|---:|---:|"]
     for t in results["targets"]:
@@ -356,12 +421,13 @@ def write_report(results: dict) -> None:
     if comp:
         best = comp["in_process"]["best"]
         lines += ["", "## Compute-bound model (goal 2)", "",
-                  f"ResNet-18-shaped, 3x224x224 PNG per request, random weights. In-process best: "
-                  f"{best['samples_per_s']:.1f} samples/s (batch {best['batch']}, {best['threads']} torch threads).", "",
+                  f"ResNet-18-shaped, 3x224x224 PNG per request, random weights. In-process sweep best: batch "
+                  f"{best['batch']}, {best['threads']} torch threads; re-measured in rounds alternating with Serve: "
+                  f"{comp['in_process'].get('best_median', best['samples_per_s']):.1f} samples/s (median).", "",
                   "| in process: threads | batch | samples/s |", "|---:|---:|---:|"]
         lines += [f"| {x['threads']} | {x['batch']} | {x['samples_per_s']:.1f} |" for x in comp["in_process"]["runs"]]
         s = comp.get("serve", {})
-        if s.get("levels"):
+        if s.get("levels") and "ratio" in comp:
             lvl = s["levels"][-1]
             lines += ["", f"Serve, default config ({s.get('replicas_end')} replicas x 1 CPU, 1 torch thread each, "
                           f"adaptive batches up to 16), wrk c={lvl['concurrency']}: {lvl['rps']:.1f} samples/s, "
@@ -405,6 +471,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per concurrency level")
     parser.add_argument("--levels", type=int, nargs="+", default=list(LEVELS))
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per level (median reported)")
     parser.add_argument("--skip-compute", action="store_true", help="leave out the compute-bound section")
     parser.add_argument("--baseline-server", nargs=3, metavar=("PORT", "MODEL", "BATCHED"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -424,7 +491,8 @@ def main(argv=None) -> int:
     resolve_weights(spec, train_if_missing=True, progress=True)  # train once, into make's cache
     samples = digit_instances()
     with torch.no_grad():
-        expected = [p["label"] for p in postprocess(spec, load_model(spec)(decode_instances(spec, [s for s, _ in samples])))]
+        outputs = load_model(spec)(decode_instances(spec, [s for s, _ in samples]))
+        expected = [p["label"] for p in postprocess(spec, outputs)]
     body = json.dumps({"instances": [samples[0][0]]}).encode()
 
     OUT.mkdir(parents=True, exist_ok=True)
@@ -434,31 +502,36 @@ def main(argv=None) -> int:
     cli = str(Path(sys.executable).with_name("marcelle-torch"))
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0].strip()
     results = {"machine": f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, {sys.platform}",
-               "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-               "command": "make bench (" + " ".join(["python", "bench/serve_latency.py", *(argv or sys.argv[1:])]) + ")",
-               "wrk": wrk_version, "duration_s": args.duration, "load_start": load_avg(), "targets": []}
-    full = int(os.cpu_count() or 1)
-    serve_cmd = [cli, "serve", "--port", "{port}", "--config", str(serve_config_with_noop(["digits"], tmp))]
+               "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+               "command": "make bench ("
+                          + " ".join(["python", "bench/serve_latency.py", *(argv or sys.argv[1:])]) + ")",
+               "wrk": wrk_version, "duration_s": args.duration, "rounds": args.rounds, "load_start": load_avg(),
+               "targets": []}
+    full = min(int(os.cpu_count() or 1), 2)  # the packaged config's max_replicas
     env = {"PYTHONPATH": str(tmp)}
     check = lambda url: check_correct(url, samples, expected)  # noqa: E731
-    results["targets"].append(run_target("serve", serve_cmd, env, body, "digits", args.levels, args.duration, script,
-                                         check, noop=True, full_replicas=min(full, 2)))
+    plans = [("serve", [cli, "serve", "--port", "{port}", "--config", str(serve_config_with_noop(["digits"], tmp))],
+              env, check)]
     for name, batched in (("starlette", "0"), ("starlette-batched", "1")):
-        cmd = [sys.executable, __file__, "--baseline-server", "{port}", "digits", batched]
-        results["targets"].append(run_target(name, cmd, None, body, "digits", args.levels, args.duration, script,
-                                             check))
+        plans.append((name, [sys.executable, __file__, "--baseline-server", "{port}", "digits", batched], None, check))
+    running = start_targets(plans, results)
+    try:
+        measure_interleaved(running, "digits", body, args.levels, args.duration, args.rounds, script, full)
+        serve = next(((t, e) for t, e in running if e["name"] == "serve"), None)
+        if serve:
+            target, entry = serve
+            entry["replicas_end"] = replicas(target.url, "digits")
+            entry["noop"] = [median_of([wrk(f"{target.url}/noop", body, c, args.duration, script)
+                                        for _ in range(args.rounds)]) | {"concurrency": c} for c in (1, 32)]
+            for r in entry["noop"]:
+                print(f"   no-op c={r['concurrency']:3d}  {r['rps']:8.1f} req/s  p50 {r['p50_ms']:.2f} ms", flush=True)
+    finally:
+        for target, _ in running:
+            target.stop()
     results["ratios"] = ratios(results)
 
     if not args.skip_compute:
-        print("== compute-bound: in process", flush=True)
-        comp = {"in_process": in_process_best(max(3.0, args.duration / 2))}
-        rbody = json.dumps({"instances": [rgb_instance()]}).encode()
-        cmd = [cli, "serve", "--port", "{port}", "--model", RESNET]
-        comp["serve"] = run_target("serve-resnet", cmd, None, rbody, "resnet-bench", [32], args.duration * 2, script,
-                                   full_replicas=min(full, 2))
-        if comp["serve"].get("levels"):
-            comp["ratio"] = comp["serve"]["levels"][-1]["rps"] / comp["in_process"]["best"]["samples_per_s"]
-        results["compute"] = comp
+        results["compute"] = compute_bound(args, cli, script)
     results["load_end"] = load_avg()
     shutil.rmtree(tmp, ignore_errors=True)
     write_report(results)

@@ -1,5 +1,6 @@
 """The RayService runs the project's own serve config: the same file, checked by Ray's schema,
-with only the declared overrides applied (GPUs per model replica, the model replicas' floor)."""
+with only the declared overrides applied (GPUs per model replica, the model replicas' floor, and
+their ceiling sized by the nodes)."""
 
 from __future__ import annotations
 
@@ -23,8 +24,43 @@ def test_chart_copy_is_the_package_file():
     )
 
 
-def test_cpu_render_embeds_the_file_verbatim():
-    assert serve_config_of(render(ci_values("default"))) == PACKAGE_FILE.read_text()
+def model_max_replicas(values: dict) -> int:
+    """The chart's rule (values.yaml ray.modelMaxReplicas): one 1-CPU replica per CPU the nodes give."""
+    if values.get("gpu", {}).get("enabled"):
+        gpu = values["gpu"]
+        return max(1, int(gpu["maxReplicas"] * gpu["gpusPerPod"] // gpu["numGpusPerReplica"]))
+    workers = values["ray"]["cpuWorkers"]
+    cpu = str(workers["resources"]["limits"]["cpu"])
+    cores = int(cpu[:-1]) // 1000 if cpu.endswith("m") else int(float(cpu))
+    return max(1, cores) * workers["maxReplicas"]
+
+
+def chart_values(*overrides: dict) -> dict:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    for extra in overrides:
+        for key, sub in extra.items():
+            values[key] = values.get(key, {}) | sub if isinstance(sub, dict) else sub
+    return values
+
+
+def test_cpu_render_is_the_file_with_model_replicas_sized_by_the_nodes():
+    rendered = yaml.safe_load(serve_config_of(render(ci_values("default"))))
+    expected = yaml.safe_load(PACKAGE_FILE.read_text())
+    default_values = chart_values(yaml.safe_load(ci_values("default").read_text()) or {})
+    for app in expected["applications"]:
+        for dep in app["deployments"]:
+            if dep["name"].startswith("model-"):
+                dep["autoscaling_config"]["max_replicas"] = model_max_replicas(default_values)
+    assert rendered == expected
+    assert model_max_replicas(default_values) == 8  # 2-CPU workers, at most 4 of them
+
+
+def test_model_max_replicas_value_overrides_the_rule(tmp_path):
+    values = tmp_path / "max.yaml"
+    values.write_text("ray: {modelMaxReplicas: 3}\n")
+    config = yaml.safe_load(serve_config_of(render(values)))
+    (model,) = [d for a in config["applications"] for d in a["deployments"] if d["name"].startswith("model-")]
+    assert model["autoscaling_config"]["max_replicas"] == 3
 
 
 def test_gpu_render_changes_only_num_gpus_and_min_replicas_on_model_deployments():
@@ -38,9 +74,11 @@ def test_gpu_render_changes_only_num_gpus_and_min_replicas_on_model_deployments(
     # deployments' floor from gpu.modelMinReplicas (0: the GPU group can scale to 0).
     expected = apply_overrides(original, num_gpus=num_gpus)
     min_replicas = yaml.safe_load((CHART / "values.yaml").read_text())["gpu"]["modelMinReplicas"]
+    max_replicas = model_max_replicas(chart_values(values))
     for dep in (d for a in expected["applications"] for d in a["deployments"]):
         if dep["name"].startswith("model-"):
             dep["autoscaling_config"]["min_replicas"] = min_replicas
+            dep["autoscaling_config"]["max_replicas"] = max_replicas
     assert rendered == expected
     assert rendered != original
     changed = []
@@ -50,9 +88,11 @@ def test_gpu_render_changes_only_num_gpus_and_min_replicas_on_model_deployments(
                 stripped = copy.deepcopy(dep_r)
                 assert stripped["ray_actor_options"].pop("num_gpus") == num_gpus
                 assert stripped["autoscaling_config"].pop("min_replicas") == min_replicas
+                assert stripped["autoscaling_config"].pop("max_replicas") == max_replicas
                 dep_o = copy.deepcopy(dep_o)
                 dep_o.get("ray_actor_options", {}).pop("num_gpus", None)
                 dep_o.get("autoscaling_config", {}).pop("min_replicas", None)
+                dep_o.get("autoscaling_config", {}).pop("max_replicas", None)
                 assert stripped == dep_o
                 changed.append(dep_r["name"])
     assert changed and all(name.startswith("model-") for name in changed)

@@ -145,8 +145,12 @@ imagePullSecrets:
 {{/*
 The packaged Serve config (files/serve_config.yaml, a copy of
 src/marcelle_torch/serving/serve_config.yaml kept in sync by `make chart-sync`).
-Verbatim unless values override it; then the deployment of every model application
-(import_path marcelle_torch.serving.app:build_model_app, one per model) gets, with GPUs, ray_actor_options.num_gpus (the same override as
+The deployment of every model application (import_path
+marcelle_torch.serving.app:build_model_app, one per model) gets autoscaling_config.max_replicas
+from ray.modelMaxReplicas, or by the rule the package's config follows on one machine (one
+1-CPU, 1-thread replica per core; bench/serve_latency.py): without GPUs, the CPU workers' CPU
+limit x cpuWorkers.maxReplicas; with GPUs, gpu.maxReplicas x gpusPerPod / numGpusPerReplica;
+and, with GPUs, ray_actor_options.num_gpus (the same override as
 `marcelle-torch serve --num-gpus`) and autoscaling_config.min_replicas = gpu.modelMinReplicas;
 without GPUs, min_replicas = ray.modelMinReplicas when that is set.
 */}}
@@ -155,9 +159,17 @@ without GPUs, min_replicas = ray.modelMinReplicas when that is set.
 {{- if not $raw }}{{ fail "files/serve_config.yaml is missing from the chart: run `make chart-sync`" }}{{ end -}}
 {{- $minReplicas := .Values.ray.modelMinReplicas -}}
 {{- if .Values.gpu.enabled }}{{ $minReplicas = .Values.gpu.modelMinReplicas }}{{ end -}}
-{{- if and (not .Values.gpu.enabled) (kindIs "invalid" $minReplicas) -}}
-{{- $raw -}}
+{{- $maxReplicas := .Values.ray.modelMaxReplicas -}}
+{{- if kindIs "invalid" $maxReplicas -}}
+{{- if .Values.gpu.enabled -}}
+{{- $maxReplicas = max 1 (floor (divf (mul (int .Values.gpu.maxReplicas) (int .Values.gpu.gpusPerPod)) (float64 .Values.gpu.numGpusPerReplica))) | int -}}
 {{- else -}}
+{{- $cpu := toString .Values.ray.cpuWorkers.resources.limits.cpu -}}
+{{- $cores := 0 -}}
+{{- if hasSuffix "m" $cpu }}{{ $cores = div (int (trimSuffix "m" $cpu)) 1000 }}{{ else }}{{ $cores = int (floor (float64 $cpu)) }}{{ end -}}
+{{- $maxReplicas = max 1 (mul (max 1 $cores) (int .Values.ray.cpuWorkers.maxReplicas)) | int -}}
+{{- end -}}
+{{- end -}}
 {{- $config := fromYaml $raw -}}
 {{- if hasKey $config "Error" }}{{ fail (printf "files/serve_config.yaml: %s" $config.Error) }}{{ end -}}
 {{- range $app := $config.applications -}}
@@ -170,6 +182,12 @@ without GPUs, min_replicas = ray.modelMinReplicas when that is set.
 {{- $_ := set $opts "num_gpus" $.Values.gpu.numGpusPerReplica -}}
 {{- $_ := set $d "ray_actor_options" $opts -}}
 {{- end -}}
+{{- if and (hasKey $d "num_replicas") (ne (toString (get $d "num_replicas")) "auto") -}}
+{{- fail (printf "serve config: deployment %s has a fixed num_replicas; the chart sizes model deployments through their autoscaling_config" (get $d "name")) -}}
+{{- end -}}
+{{- $auto := get $d "autoscaling_config" | default dict -}}
+{{- $_ := set $auto "max_replicas" (int $maxReplicas) -}}
+{{- $_ := set $d "autoscaling_config" $auto -}}
 {{- if not (kindIs "invalid" $minReplicas) -}}
 {{- if and (hasKey $d "num_replicas") (ne (toString (get $d "num_replicas")) "auto") -}}
 {{- fail (printf "serve config: deployment %s has a fixed num_replicas; a minimum of replicas needs its autoscaling_config" (get $d "name")) -}}
@@ -186,7 +204,6 @@ without GPUs, min_replicas = ray.modelMinReplicas when that is set.
 {{- end -}}
 {{- end -}}
 {{- toYaml $config -}}
-{{- end -}}
 {{- end }}
 
 {{/*

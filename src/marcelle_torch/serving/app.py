@@ -39,8 +39,18 @@ from ray import serve
 
 from ..errors import InferenceTimeout, InvalidInput, MarcelleTorchError, ModelNotReady, Overloaded
 from ..models.inputs import parse_predict_body
-from .api import (Health, ModelList, ModelMetadata, PredictRequest, PredictResponse, Readiness, errors_doc,
-                  make_api, read_body, unknown_model)
+from .api import (
+    Health,
+    ModelList,
+    ModelMetadata,
+    PredictRequest,
+    PredictResponse,
+    Readiness,
+    errors_doc,
+    make_api,
+    read_body,
+    unknown_model,
+)
 from .batching import AdaptiveBatcher
 from .config import ConfigError
 from .metrics import ServeMetrics
@@ -109,8 +119,11 @@ class ModelServer:
                     time.monotonic() - started, self.threads)
         self.metrics = ServeMetrics()
         self.config = ModelUserConfig()
+        # Requests answered ok are counted once per pass (a Ray metric update is a call into the
+        # core worker, not free per request).
         self.batcher = AdaptiveBatcher(self._run_batch, self.config.max_batch_size,
-                                       self.config.batch_wait_timeout_s)
+                                       self.config.batch_wait_timeout_s,
+                                       on_delivered=lambda n: self.metrics.outcome(self.spec.name, "ok", n))
         # What this replica has really batched: the observable that batching happens.
         self.stats = {"batches": 0, "instances": 0, "largest_batch_requests": 0, "largest_batch_instances": 0}
         self._tags = {"model": self.spec.name}
@@ -161,14 +174,13 @@ class ModelServer:
                              "replica); retry later")
         try:
             predictions = await asyncio.wait_for(self.batcher.submit(batch, len(batch)), self.args.request_timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise InferenceTimeout(f"model {name} did not answer within {self.args.request_timeout_s:g}s") from None
         except MarcelleTorchError:
             raise
         except Exception as exc:  # a model that fails is the server's fault: 500, said plainly
             logger.error("model %s failed", name, exc_info=exc)
             raise ModelFailed(f"model {name} failed: {type(exc).__name__}") from None
-        self.metrics.outcome(name, "ok")
         return Response(json.dumps({"predictions": predictions}), media_type="application/json")
 
     def _run_batch(self, batches: list) -> list:
@@ -265,7 +277,7 @@ class Router:
         response = self._handle(name).metadata.remote()
         try:
             meta = await asyncio.wait_for(response, METADATA_TIMEOUT_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             response.cancel()
             self._status = (0.0, {})
             await self._check_reachable(name)  # a replica lost meanwhile is a 503, not a 504

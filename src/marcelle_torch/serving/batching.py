@@ -12,6 +12,15 @@ batch as soon as the previous one is handed to a task, before that task gets the
 into batches of one while a pass runs, and with a wait > 0 every lone request pays the wait.
 This loop forms a batch only when the model can take it. ``max_batch_size`` counts instances
 (a request of several instances counts as several; a request larger than the limit runs alone).
+
+Where a pass runs: a short one (its recent mean under ``INLINE_MAX_S``) on the event loop
+itself, a long one in the worker thread. Handing a pass to a thread and back costs two thread
+wake-ups, which on a busy machine are each a trip through the OS scheduler (measured by
+bench/serve_latency.py: the same in-process server answered c=1 in 1.4 ms with the pass on the
+loop and 3.0-4.4 ms with it in a thread, on 2 loaded cores); a loop blocked for a millisecond
+costs less. A long pass (a compute-bound model) goes to the thread, so the loop keeps reading
+requests, health checks and timeouts meanwhile. The first pass runs in the thread (its time is
+not known yet).
 """
 
 from __future__ import annotations
@@ -20,13 +29,18 @@ import asyncio
 import collections
 import concurrent.futures
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
+INLINE_MAX_S = 0.005
 
 class AdaptiveBatcher:
-    def __init__(self, run_batch: Callable[[list], list], max_batch_size: int, batch_wait_timeout_s: float = 0.0):
-        """``run_batch(items) -> results`` runs in one worker thread, one batch at a time."""
+    def __init__(self, run_batch: Callable[[list], list], max_batch_size: int, batch_wait_timeout_s: float = 0.0,
+                 on_delivered: Callable[[int], None] | None = None):
+        """``run_batch(items) -> results`` runs one batch at a time; ``on_delivered(n)`` is told how many
+        requests of each pass got their result (not those whose caller had given up)."""
         self.run_batch = run_batch
+        self.on_delivered = on_delivered
         self.max_batch_size = max_batch_size
         self.batch_wait_timeout_s = batch_wait_timeout_s
         self._queue: collections.deque = collections.deque()
@@ -35,6 +49,7 @@ class AdaptiveBatcher:
         self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
         self.running = False  # a pass is in progress
         self.last_error: BaseException | None = None
+        self.pass_s: float | None = None  # moving mean of a pass's duration
 
     def configure(self, max_batch_size: int, batch_wait_timeout_s: float) -> None:
         self.max_batch_size = max_batch_size
@@ -89,14 +104,18 @@ class AdaptiveBatcher:
                     self._wakeup.clear()
                     try:
                         await asyncio.wait_for(self._wakeup.wait(), deadline - time.monotonic())
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         break
             batch = self._take()
             if not batch:
                 continue
             self.running = True
+            items = [item for item, _ in batch]
             try:
-                results = await loop.run_in_executor(self._thread, self.run_batch, [item for item, _ in batch])
+                if self.pass_s is not None and self.pass_s < INLINE_MAX_S:
+                    results = self._timed(items)
+                else:
+                    results = await loop.run_in_executor(self._thread, self._timed, items)
             except Exception as exc:  # every request of the batch gets the error
                 self.last_error = exc
                 for _, future in batch:
@@ -105,6 +124,20 @@ class AdaptiveBatcher:
                 continue
             finally:
                 self.running = False
-            for (_, future), result in zip(batch, results):
+            delivered = 0
+            for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)
+                    delivered += 1
+            if self.on_delivered is not None and delivered:
+                self.on_delivered(delivered)
+            # Let the loop read what arrived during the pass before the next batch is formed.
+            await asyncio.sleep(0)
+
+    def _timed(self, items: list) -> list:
+        started = time.perf_counter()
+        try:
+            return self.run_batch(items)
+        finally:
+            took = time.perf_counter() - started
+            self.pass_s = took if self.pass_s is None else 0.8 * self.pass_s + 0.2 * took

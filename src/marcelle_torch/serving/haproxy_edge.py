@@ -95,10 +95,10 @@ def frontend_host(lines: list[str]) -> str:
     raise EdgeConfigError("no 'bind host:port' line in 'frontend http_frontend'")
 
 
-def error_page(status: int, reason: str, code: str, message: str) -> str:
+def error_page(status: int, reason: str, code: str, message: str, extra: str = "") -> str:
     body = json.dumps({"error": {"code": code, "message": message}})
     return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nCache-Control: no-cache\r\n"
-            f"Connection: close\r\nContent-Length: {len(body.encode())}\r\n\r\n{body}")
+            f"{extra}Connection: close\r\nContent-Length: {len(body.encode())}\r\n\r\n{body}")
 
 
 def write_error_pages(directory: str, request_timeout_s: int) -> dict[int, str]:
@@ -107,6 +107,15 @@ def write_error_pages(directory: str, request_timeout_s: int) -> dict[int, str]:
         400: error_page(400, "Bad Request", "bad_request", "the request is not valid HTTP"),
         408: error_page(408, "Request Timeout", "request_timeout",
                         f"the request (headers and body) was not received within {request_timeout_s}s"),
+        # Each model application is its own HTTP ingress (serving/app.py), so when no replica of a
+        # model can take a request (the one it was sent to died, none is up yet) HAProxy answers
+        # itself: 502 (the replica went away mid-request) and 503 (no server left after retries)
+        # are both "no live replica now, retry" in the contract's shape, with Retry-After.
+        502: error_page(503, "Service Unavailable", "not_ready",
+                        "no live replica could answer the request now; retry later", "Retry-After: 1\r\n"),
+        503: error_page(503, "Service Unavailable", "not_ready",
+                        "no live replica can take the request now; retry later", "Retry-After: 1\r\n"),
+        504: error_page(504, "Gateway Timeout", "timeout", "the model did not answer in time"),
     }
     paths = {}
     for status, page in pages.items():
@@ -143,8 +152,15 @@ def edit_config(text: str, *, stats_host: str | None, metrics_host: str | None, 
         "    # buffering the body makes the timeout cover it and keeps slow bodies off the replicas.",
         f"    timeout http-request {request_timeout_s}s",
         "    option http-buffer-request",
-        *(f"    errorfile {status} {path}" for status, path in sorted(error_pages.items())),
     ]
+    # The error pages last in the section: Ray's template maps 502/503/504 to a plain-text 500 page
+    # there (ray 2.60.0 serve/_private/haproxy_templates.py, "Normalize 502/503/504 to 500"), and
+    # the last errorfile for a status wins.
+    start, end = _section(lines, "defaults")
+    while end > start and not lines[end - 1].strip():
+        end -= 1
+    lines[end:end] = [f"    {MARKER}: the contract's JSON errors",
+                      *(f"    errorfile {status} {path}" for status, path in sorted(error_pages.items()))]
     return "\n".join(lines)
 
 

@@ -96,6 +96,14 @@ def mode_env(mode: str, workdir: str, host: str = "127.0.0.1") -> dict[str, str]
         # to 0.0.0.0. HAProxy's stdout is a file in this run's private HAProxy directory (ray 2.60.0
         # haproxy.py _start_and_wait_for_haproxy), so its access log lands there, off the network.
         env["RAY_SERVE_HAPROXY_LOG_TARGET"] = os.environ.get("RAY_SERVE_HAPROXY_LOG_TARGET") or "stdout"
+        # A prediction is a pure function of its body, so HAProxy may send it again when the replica
+        # it went to died before answering (empty or broken response, 502), not only when the
+        # connection failed (Ray's default, ray 2.60.0 serve/_private/constants.py
+        # RAY_SERVE_HAPROXY_RETRY_ON = "conn-failure"): it goes to another replica, or to the
+        # fallback proxy, which holds it until a replica is back. The body is buffered (edge
+        # settings), which HAProxy needs to replay it.
+        env["RAY_SERVE_HAPROXY_RETRY_ON"] = (os.environ.get("RAY_SERVE_HAPROXY_RETRY_ON")
+                                             or "conn-failure empty-response junk-response 502")
     return env
 
 

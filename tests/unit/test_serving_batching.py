@@ -1,0 +1,92 @@
+"""The adaptive batcher: no wait when alone, batches while the model is busy, instances counted."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from marcelle_torch.serving.batching import AdaptiveBatcher
+
+
+def run(coro):
+    return asyncio.new_event_loop().run_until_complete(coro)
+
+
+def test_a_lone_request_is_run_at_once():
+    calls = []
+    batcher = AdaptiveBatcher(lambda items: calls.append(items) or items, max_batch_size=16)
+
+    async def main():
+        started = time.perf_counter()
+        result = await batcher.submit("a", 1)
+        return result, time.perf_counter() - started
+
+    result, took = run(main())
+    assert result == "a" and calls == [["a"]]
+    assert took < 0.5
+
+
+def test_requests_arriving_during_a_pass_form_the_next_batch_counting_instances():
+    batches = []
+
+    def slow(items):
+        batches.append([i for i, _ in items])
+        time.sleep(0.05)  # long enough that the others queue meanwhile
+        return items
+
+    batcher = AdaptiveBatcher(slow, max_batch_size=5)
+
+    async def main():
+        first = asyncio.ensure_future(batcher.submit(("first", 1), 1))
+        await asyncio.sleep(0.01)  # the first pass is running
+        rest = [asyncio.ensure_future(batcher.submit((f"r{i}", 2), 2)) for i in range(4)]
+        return await asyncio.gather(first, *rest)
+
+    results = run(main())
+    assert [r[0] for r in results] == ["first", "r0", "r1", "r2", "r3"]
+    # 4 requests of 2 instances with at most 5 instances a pass: 2 + 2, then 2 + 2.
+    assert batches == [["first"], ["r0", "r1"], ["r2", "r3"]]
+
+
+def test_a_failing_pass_fails_its_requests_and_the_loop_goes_on():
+    state = {"fail": True}
+
+    def flaky(items):
+        if state.pop("fail", False):
+            raise RuntimeError("boom")
+        return items
+
+    batcher = AdaptiveBatcher(flaky, max_batch_size=4)
+
+    async def main():
+        with pytest.raises(RuntimeError, match="boom"):
+            await batcher.submit("x", 1)
+        return await batcher.submit("y", 1)
+
+    assert run(main()) == "y"
+    assert batcher.alive()
+
+
+def test_cancelled_requests_are_skipped():
+    seen = []
+
+    def record(items):
+        seen.extend(items)
+        time.sleep(0.02)
+        return items
+
+    batcher = AdaptiveBatcher(record, max_batch_size=8)
+
+    async def main():
+        first = asyncio.ensure_future(batcher.submit("first", 1))
+        await asyncio.sleep(0.005)
+        gone = asyncio.ensure_future(batcher.submit("gone", 1))
+        kept = asyncio.ensure_future(batcher.submit("kept", 1))
+        await asyncio.sleep(0)
+        gone.cancel()
+        return await asyncio.gather(first, kept)
+
+    assert run(main()) == ["first", "kept"]
+    assert "gone" not in seen
