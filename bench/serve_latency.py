@@ -100,6 +100,7 @@ def rgb_instance(size: int = 224) -> dict:
 
 # ----------------------------------------------------------------------------- the single-process baseline
 
+
 def baseline_app(model_ref: str, batched: bool):
     """Starlette app with the serve contract for one model; forward in-process, torch 1 thread."""
     import torch
@@ -141,18 +142,25 @@ def baseline_app(model_ref: str, batched: bool):
     async def readyz(_):
         return JSONResponse({"status": "ready"})
 
-    return Starlette(routes=[Route("/v1/models/{name}:predict", predict, methods=["POST"]),
-                             Route("/readyz", readyz)])
+    return Starlette(routes=[Route("/v1/models/{name}:predict", predict, methods=["POST"]), Route("/readyz", readyz)])
 
 
 def run_baseline(port: int, model_ref: str, batched: bool) -> None:
     import uvicorn
 
-    uvicorn.run(baseline_app(model_ref, batched), host="127.0.0.1", port=port, log_level="warning",
-                loop="uvloop", http="httptools", access_log=False)
+    uvicorn.run(
+        baseline_app(model_ref, batched),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+    )
 
 
 # ----------------------------------------------------------------------------- targets and load
+
 
 class Target(ManagedProcess):
     def __init__(self, name: str, args: list[str], log: Path, env: dict | None = None):
@@ -176,15 +184,22 @@ def serve_config_with_noop(models: list[str], tmp: Path) -> Path:
     from marcelle_torch.serving.config import DEFAULT_CONFIG, apply_overrides
 
     config = apply_overrides(yaml.safe_load(DEFAULT_CONFIG.read_text()), models=models)
-    config["applications"].append({"name": "noop", "route_prefix": "/noop", "import_path": "noop_app:app",
-                                   "deployments": [{"name": "Noop", "ray_actor_options": {"num_cpus": 0}}]})
+    config["applications"].append(
+        {
+            "name": "noop",
+            "route_prefix": "/noop",
+            "import_path": "noop_app:app",
+            "deployments": [{"name": "Noop", "ray_actor_options": {"num_cpus": 0}}],
+        }
+    )
     (tmp / "noop_app.py").write_text(
         "from ray import serve\nfrom starlette.responses import Response\n\n"
         "@serve.deployment\nclass Noop:\n"
         "    async def __call__(self, request):\n"
         "        await request.body()\n"
         "        return Response(b'{\"predictions\": []}', media_type='application/json')\n\n"
-        "app = Noop.bind()\n")
+        "app = Noop.bind()\n"
+    )
     path = tmp / "serve_config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -200,18 +215,35 @@ def drained(result: dict) -> dict:
 def wrk(url: str, body: bytes, concurrency: int, duration: float, script: Path) -> dict:
     body_file = script.with_suffix(".body")
     body_file.write_bytes(body)
-    cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "--timeout", "30s", "-s", str(script),
-           url]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, BODY_FILE=str(body_file)),
-                         timeout=duration + 60)
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{concurrency}",
+        f"-d{max(1, round(duration))}s",
+        "--timeout",
+        "30s",
+        "-s",
+        str(script),
+        url,
+    ]
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, env=dict(os.environ, BODY_FILE=str(body_file)), timeout=duration + 60
+    )
     match = re.search(r"^RESULT (\{.*\})$", out.stdout, re.M)
     if not match:
         raise RuntimeError(f"wrk gave no result: {out.stdout[-300:]} {out.stderr[-300:]}")
     r = json.loads(match.group(1))
     ok = r["requests"] - r["non2xx"]
-    return drained({"concurrency": concurrency, "requests": r["requests"], "errors": r["errors"] + r["non2xx"],
-            "rps": ok / (r["duration_us"] / 1e6), "p50_ms": r["p50_us"] / 1000,
-                    "p99_ms": r["p99_us"] / 1000})
+    return drained(
+        {
+            "concurrency": concurrency,
+            "requests": r["requests"],
+            "errors": r["errors"] + r["non2xx"],
+            "rps": ok / (r["duration_us"] / 1e6),
+            "p50_ms": r["p50_us"] / 1000,
+            "p99_ms": r["p99_us"] / 1000,
+        }
+    )
 
 
 def replicas(url: str, model: str) -> int | None:
@@ -279,8 +311,9 @@ def start_targets(plans, results) -> list:
     return running
 
 
-def measure_interleaved(running, model: str, body: bytes, levels, duration: float, rounds: int, script: Path,
-                        full_replicas: int) -> None:
+def measure_interleaved(
+    running, model: str, body: bytes, levels, duration: float, rounds: int, script: Path, full_replicas: int
+) -> None:
     """Each level in ``rounds`` rounds, the targets one after the other in each round, so a change of
     the machine's load meets them all alike; each figure is the median round."""
     for target, _ in running:
@@ -294,17 +327,21 @@ def measure_interleaved(running, model: str, body: bytes, levels, duration: floa
         runs: dict[str, list] = {entry["name"]: [] for _, entry in running}
         for _ in range(rounds):
             for target, entry in running:
-                runs[entry["name"]].append(wrk(f"{target.url}/v1/models/{model}:predict", body, level, duration,
-                                               script))
+                runs[entry["name"]].append(
+                    wrk(f"{target.url}/v1/models/{model}:predict", body, level, duration, script)
+                )
         for _, entry in running:
             r = median_of(runs[entry["name"]])
             entry["levels"].append(r)
-            print(f"   {entry['name']:18s} c={level:3d}  {r['rps']:8.1f} req/s  p50 {r['p50_ms']:7.2f} ms  "
-                  f"p99 {r['p99_ms']:7.2f} ms  errors {r['errors']}  rounds {[x['rps'] for x in r['rounds']]}",
-                  flush=True)
+            print(
+                f"   {entry['name']:18s} c={level:3d}  {r['rps']:8.1f} req/s  p50 {r['p50_ms']:7.2f} ms  "
+                f"p99 {r['p99_ms']:7.2f} ms  errors {r['errors']}  rounds {[x['rps'] for x in r['rounds']]}",
+                flush=True,
+            )
 
 
 # ----------------------------------------------------------------------------- compute-bound, in process
+
 
 def in_process_rate(model, threads: int, batch: int, duration: float) -> float:
     import torch
@@ -339,8 +376,9 @@ def compute_bound(args, cli: str, script: Path) -> dict:
     out: dict = {"in_process": {"runs": sweep, "best": best}}
     rbody = json.dumps({"instances": [rgb_instance()]}).encode()
     full = min(int(os.cpu_count() or 1), 2)
-    (target, entry), = start_targets([("serve-resnet", [cli, "serve", "--port", "{port}", "--model", RESNET],
-                                       None, None)], {"targets": []}) or [(None, {"problem": "did not start"})]
+    ((target, entry),) = start_targets(
+        [("serve-resnet", [cli, "serve", "--port", "{port}", "--model", RESNET], None, None)], {"targets": []}
+    ) or [(None, {"problem": "did not start"})]
     if target is None:
         out["serve"] = entry
         return out
@@ -368,6 +406,7 @@ def compute_bound(args, cli: str, script: Path) -> dict:
 
 # ----------------------------------------------------------------------------- report
 
+
 def ratios(results: dict) -> dict:
     serve = next((t for t in results["targets"] if t["name"] == "serve" and not t.get("problem")), None)
     bases = [t for t in results["targets"] if t["name"].startswith("starlette") and not t.get("problem")]
@@ -379,10 +418,16 @@ def ratios(results: dict) -> dict:
         at = [(t["name"], next(x for x in t["levels"] if x["concurrency"] == c)) for t in bases]
         best_rps = max(at, key=lambda a: a[1]["rps"])
         best_p50 = min(at, key=lambda a: a[1]["p50_ms"])
-        out[str(c)] = {"serve_rps": lvl["rps"], "baseline_rps": best_rps[1]["rps"], "baseline_rps_by": best_rps[0],
-                       "rps_ratio": lvl["rps"] / best_rps[1]["rps"], "serve_p50_ms": lvl["p50_ms"],
-                       "baseline_p50_ms": best_p50[1]["p50_ms"], "baseline_p50_by": best_p50[0],
-                       "p50_ratio": lvl["p50_ms"] / best_p50[1]["p50_ms"]}
+        out[str(c)] = {
+            "serve_rps": lvl["rps"],
+            "baseline_rps": best_rps[1]["rps"],
+            "baseline_rps_by": best_rps[0],
+            "rps_ratio": lvl["rps"] / best_rps[1]["rps"],
+            "serve_p50_ms": lvl["p50_ms"],
+            "baseline_p50_ms": best_p50[1]["p50_ms"],
+            "baseline_p50_by": best_p50[0],
+            "p50_ratio": lvl["p50_ms"] / best_p50[1]["p50_ms"],
+        }
     return out
 
 
@@ -390,48 +435,72 @@ def write_report(results: dict) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     atomic_write_text(OUT / "serve_latency.json", json.dumps(results, indent=2))
     r = results["ratios"]
-    lines = [f"# Serve latency and throughput ({results['machine']})", "",
-             f"{results['date']}, `{results['command']}`, load average at start {results['load_start']}, "
-             f"at end {results['load_end']}. wrk {results['wrk']}, {results['duration_s']:g} s per measurement, "
-             f"{results['rounds']} rounds per level alternating between the targets (median round shown), one "
-             "128x128 PNG digit per request.", "",
-             "| target | c | req/s | p50 ms | p99 ms | errors |", "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# Serve latency and throughput ({results['machine']})",
+        "",
+        f"{results['date']}, `{results['command']}`, load average at start {results['load_start']}, "
+        f"at end {results['load_end']}. wrk {results['wrk']}, {results['duration_s']:g} s per measurement, "
+        f"{results['rounds']} rounds per level alternating between the targets (median round shown), one "
+        "128x128 PNG digit per request.",
+        "",
+        "| target | c | req/s | p50 ms | p99 ms | errors |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for t in results["targets"]:
         if t.get("problem"):
             lines.append(f"| {t['name']} | - | - | - | - | not correct: {t['problem']} |")
             continue
         for lvl in t["levels"] + t.get("noop", []):
             name = t["name"] + (" (no-op, wrk ceiling)" if lvl in t.get("noop", []) else "")
-            lines.append(f"| {name} | {lvl['concurrency']} | {lvl['rps']:.0f} | {lvl['p50_ms']:.2f} | "
-                         f"{lvl['p99_ms']:.2f} | {lvl['errors']} |")
+            lines.append(
+                f"| {name} | {lvl['concurrency']} | {lvl['rps']:.0f} | {lvl['p50_ms']:.2f} | "
+                f"{lvl['p99_ms']:.2f} | {lvl['errors']} |"
+            )
     if r:
-        lines += ["", "Goal 1 (baseline: the better single-process server at each level):", "",
-                  f"- c=1 p50: Serve {r['1']['serve_p50_ms']:.2f} ms vs {r['1']['baseline_p50_ms']:.2f} ms "
-                  f"({r['1']['baseline_p50_by']}): **{r['1']['p50_ratio']:.2f}x** (goal <= 2x)"]
+        lines += [
+            "",
+            "Goal 1 (baseline: the better single-process server at each level):",
+            "",
+            f"- c=1 p50: Serve {r['1']['serve_p50_ms']:.2f} ms vs {r['1']['baseline_p50_ms']:.2f} ms "
+            f"({r['1']['baseline_p50_by']}): **{r['1']['p50_ratio']:.2f}x** (goal <= 2x)",
+        ]
         for c in ("8", "32"):
             if c in r:
-                lines.append(f"- c={c} throughput: Serve {r[c]['serve_rps']:.0f} req/s vs {r[c]['baseline_rps']:.0f} "
-                             f"({r[c]['baseline_rps_by']}): **{r[c]['rps_ratio']:.2f}x**"
-                             + (" (goal >= 1.5x)" if c == "32" else ""))
+                lines.append(
+                    f"- c={c} throughput: Serve {r[c]['serve_rps']:.0f} req/s vs {r[c]['baseline_rps']:.0f} "
+                    f"({r[c]['baseline_rps_by']}): **{r[c]['rps_ratio']:.2f}x**"
+                    + (" (goal >= 1.5x)" if c == "32" else "")
+                )
         serve = next(t for t in results["targets"] if t["name"] == "serve")
         if serve.get("scaled"):
-            lines.append(f"- Serve replicas during c>1: {serve['scaled']['replicas']} (autoscaled from 1 under load "
-                         f"in {serve['scaled']['warm_s']} s; default config)")
+            lines.append(
+                f"- Serve replicas during c>1: {serve['scaled']['replicas']} (autoscaled from 1 under load "
+                f"in {serve['scaled']['warm_s']} s; default config)"
+            )
     comp = results.get("compute")
     if comp:
         best = comp["in_process"]["best"]
-        lines += ["", "## Compute-bound model (goal 2)", "",
-                  f"ResNet-18-shaped, 3x224x224 PNG per request, random weights. In-process sweep best: batch "
-                  f"{best['batch']}, {best['threads']} torch threads; re-measured in rounds alternating with Serve: "
-                  f"{comp['in_process'].get('best_median', best['samples_per_s']):.1f} samples/s (median).", "",
-                  "| in process: threads | batch | samples/s |", "|---:|---:|---:|"]
+        lines += [
+            "",
+            "## Compute-bound model (goal 2)",
+            "",
+            f"ResNet-18-shaped, 3x224x224 PNG per request, random weights. In-process sweep best: batch "
+            f"{best['batch']}, {best['threads']} torch threads; re-measured in rounds alternating with Serve: "
+            f"{comp['in_process'].get('best_median', best['samples_per_s']):.1f} samples/s (median).",
+            "",
+            "| in process: threads | batch | samples/s |",
+            "|---:|---:|---:|",
+        ]
         lines += [f"| {x['threads']} | {x['batch']} | {x['samples_per_s']:.1f} |" for x in comp["in_process"]["runs"]]
         s = comp.get("serve", {})
         if s.get("levels") and "ratio" in comp:
             lvl = s["levels"][-1]
-            lines += ["", f"Serve, default config ({s.get('replicas_end')} replicas x 1 CPU, 1 torch thread each, "
-                          f"adaptive batches up to 16), wrk c={lvl['concurrency']}: {lvl['rps']:.1f} samples/s, "
-                          f"p50 {lvl['p50_ms']:.0f} ms: **{comp['ratio']:.0%}** of the in-process best (goal >= 90%)."]
+            lines += [
+                "",
+                f"Serve, default config ({s.get('replicas_end')} replicas x 1 CPU, 1 torch thread each, "
+                f"adaptive batches up to 16), wrk c={lvl['concurrency']}: {lvl['rps']:.1f} samples/s, "
+                f"p50 {lvl['p50_ms']:.0f} ms: **{comp['ratio']:.0%}** of the in-process best (goal >= 90%).",
+            ]
         elif s.get("problem"):
             lines += ["", f"Serve: {s['problem']}"]
     atomic_write_text(OUT / "serve_latency.md", "\n".join(lines) + "\n")
@@ -447,12 +516,24 @@ def write_report(results: dict) -> None:
             continue
         c = [lvl["concurrency"] for lvl in t["levels"]]
         ax1.plot(c, [lvl["rps"] for lvl in t["levels"]], marker="o", label=t["name"])
-        line, = ax2.plot(c, [lvl["p50_ms"] for lvl in t["levels"]], marker="o", label=f"{t['name']} p50")
-        ax2.plot(c, [lvl["p99_ms"] for lvl in t["levels"]], marker="x", linestyle="--", color=line.get_color(),
-                 label=f"{t['name']} p99")
+        (line,) = ax2.plot(c, [lvl["p50_ms"] for lvl in t["levels"]], marker="o", label=f"{t['name']} p50")
+        ax2.plot(
+            c,
+            [lvl["p99_ms"] for lvl in t["levels"]],
+            marker="x",
+            linestyle="--",
+            color=line.get_color(),
+            label=f"{t['name']} p99",
+        )
         if t.get("noop"):
-            ax1.plot([x["concurrency"] for x in t["noop"]], [x["rps"] for x in t["noop"]], marker="s", linestyle=":",
-                     color="grey", label="Serve no-op (wrk ceiling)")
+            ax1.plot(
+                [x["concurrency"] for x in t["noop"]],
+                [x["rps"] for x in t["noop"]],
+                marker="s",
+                linestyle=":",
+                color="grey",
+                label="Serve no-op (wrk ceiling)",
+            )
     for ax, title, ylabel in ((ax1, "Throughput", "requests/s"), (ax2, "Latency p50 / p99", "latency (ms)")):
         ax.set(xlabel="concurrent clients (wrk)", ylabel=ylabel, title=title, xscale="log", xticks=LEVELS)
         ax.set_xticklabels([str(x) for x in LEVELS])
@@ -501,17 +582,27 @@ def main(argv=None) -> int:
     script.write_text(WRK_SCRIPT)
     cli = str(Path(sys.executable).with_name("marcelle-torch"))
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0].strip()
-    results = {"machine": f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, {sys.platform}",
-               "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-               "command": "make bench ("
-                          + " ".join(["python", "bench/serve_latency.py", *(argv or sys.argv[1:])]) + ")",
-               "wrk": wrk_version, "duration_s": args.duration, "rounds": args.rounds, "load_start": load_avg(),
-               "targets": []}
+    results = {
+        "machine": f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, {sys.platform}",
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": "make bench (" + " ".join(["python", "bench/serve_latency.py", *(argv or sys.argv[1:])]) + ")",
+        "wrk": wrk_version,
+        "duration_s": args.duration,
+        "rounds": args.rounds,
+        "load_start": load_avg(),
+        "targets": [],
+    }
     full = min(int(os.cpu_count() or 1), 2)  # the packaged config's max_replicas
     env = {"PYTHONPATH": str(tmp)}
     check = lambda url: check_correct(url, samples, expected)  # noqa: E731
-    plans = [("serve", [cli, "serve", "--port", "{port}", "--config", str(serve_config_with_noop(["digits"], tmp))],
-              env, check)]
+    plans = [
+        (
+            "serve",
+            [cli, "serve", "--port", "{port}", "--config", str(serve_config_with_noop(["digits"], tmp))],
+            env,
+            check,
+        )
+    ]
     for name, batched in (("starlette", "0"), ("starlette-batched", "1")):
         plans.append((name, [sys.executable, __file__, "--baseline-server", "{port}", "digits", batched], None, check))
     running = start_targets(plans, results)
@@ -521,8 +612,11 @@ def main(argv=None) -> int:
         if serve:
             target, entry = serve
             entry["replicas_end"] = replicas(target.url, "digits")
-            entry["noop"] = [median_of([wrk(f"{target.url}/noop", body, c, args.duration, script)
-                                        for _ in range(args.rounds)]) | {"concurrency": c} for c in (1, 32)]
+            entry["noop"] = [
+                median_of([wrk(f"{target.url}/noop", body, c, args.duration, script) for _ in range(args.rounds)])
+                | {"concurrency": c}
+                for c in (1, 32)
+            ]
             for r in entry["noop"]:
                 print(f"   no-op c={r['concurrency']:3d}  {r['rps']:8.1f} req/s  p50 {r['p50_ms']:.2f} ms", flush=True)
     finally:

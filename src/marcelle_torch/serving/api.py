@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,8 +21,15 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 
-from ..errors import (InferenceTimeout, InvalidInput, MarcelleTorchError, ModelNotFound, ModelNotReady,
-                      Overloaded, PayloadTooLarge)
+from ..errors import (
+    InferenceTimeout,
+    InvalidInput,
+    MarcelleTorchError,
+    ModelNotFound,
+    ModelNotReady,
+    Overloaded,
+    PayloadTooLarge,
+)
 
 logger = logging.getLogger("ray.serve")
 
@@ -46,10 +54,13 @@ class OriginNotAllowed(MarcelleTorchError):
 
 # ----------------------------------------------------------------------------- schemas
 
+
 class ErrorDetail(BaseModel):
-    code: str = Field(description="machine-readable: invalid_input, model_not_found, not_found, "
-                                  "method_not_allowed, origin_not_allowed, payload_too_large, overloaded, "
-                                  "not_ready, timeout, internal")
+    code: str = Field(
+        description="machine-readable: invalid_input, model_not_found, not_found, "
+        "method_not_allowed, origin_not_allowed, payload_too_large, overloaded, "
+        "not_ready, timeout, internal"
+    )
     message: str = Field(description="what was wrong, for a person")
 
 
@@ -59,9 +70,10 @@ class ErrorResponse(BaseModel):
 
 class PredictRequest(BaseModel):
     instances: list[Any] = Field(
-        description="one item per instance: {\"b64\": <base64 PNG/JPEG>} for image models, or a nested "
-                    "list of the model's input shape (see GET /v1/models/{name}: input)",
-        min_length=1)
+        description='one item per instance: {"b64": <base64 PNG/JPEG>} for image models, or a nested '
+        "list of the model's input shape (see GET /v1/models/{name}: input)",
+        min_length=1,
+    )
 
 
 class Prediction(BaseModel):
@@ -102,11 +114,16 @@ class Readiness(BaseModel):
 
 def errors_doc(*statuses: int) -> dict:
     """OpenAPI ``responses`` for these error statuses, each with the error schema."""
-    described = {400: "invalid input (what was wrong is in the message)", 403: "origin not allowed (preflight)",
-                 404: "unknown model or route", 405: "method not allowed", 413: "request body too large",
-                 500: "a fault of the server (never the client's)",
-                 503: "overloaded or not ready: retry after Retry-After seconds",
-                 504: "the model did not answer within request_timeout_s"}
+    described = {
+        400: "invalid input (what was wrong is in the message)",
+        403: "origin not allowed (preflight)",
+        404: "unknown model or route",
+        405: "method not allowed",
+        413: "request body too large",
+        500: "a fault of the server (never the client's)",
+        503: "overloaded or not ready: retry after Retry-After seconds",
+        504: "the model did not answer within request_timeout_s",
+    }
     doc = {s: {"model": ErrorResponse, "description": described[s]} for s in statuses}
     if 503 in doc:
         doc[503]["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
@@ -114,6 +131,7 @@ def errors_doc(*statuses: int) -> dict:
 
 
 # ----------------------------------------------------------------------------- errors: one mapping
+
 
 def error_status(exc: BaseException) -> MarcelleTorchError:
     """Any exception -> the project error it is answered as."""
@@ -166,6 +184,7 @@ class _ErrorMappingRoute(APIRoute):
 
 # ----------------------------------------------------------------------------- CORS
 
+
 def cors_options(origins: list[str]) -> dict:
     """CORSMiddleware arguments for a config's allow-list: exact origins, ``*``, and ``scheme://host:*``
     (that host on any port, e.g. dev servers that bind port 0)."""
@@ -185,37 +204,53 @@ class JsonCORSMiddleware(CORSMiddleware):
         if response.status_code != 200:
             if not self.is_allowed_origin(origin):
                 err: MarcelleTorchError = OriginNotAllowed(
-                    f"origin {origin!r} is not allowed; set cors_origins in the serve config")
+                    f"origin {origin!r} is not allowed; set cors_origins in the serve config"
+                )
             else:
-                err = InvalidInput(f"CORS preflight refused: {response.body.decode(errors='replace')}")
+                err = InvalidInput(f"CORS preflight refused: {bytes(response.body).decode(errors='replace')}")
             return JSONResponse(err.to_json(), status_code=err.status, headers={"Vary": "Origin"})
         headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
         return Response(status_code=204, headers=headers)
+
+
+async def _no_app(scope, receive, send) -> None:
+    """An ASGI app that is never called (the middleware is only asked about origins)."""
 
 
 def origin_allowed(origins: list[str], origin: str | None) -> bool:
     """Whether ``origin`` passes the allow-list, as the middleware decides it."""
     if origin is None:
         return False
-    middleware = JsonCORSMiddleware(lambda *a: None, allow_methods=["GET", "POST"], **cors_options(origins))
+    middleware = JsonCORSMiddleware(_no_app, allow_methods=["GET", "POST"], **cors_options(origins))
     return middleware.is_allowed_origin(origin)
 
 
 # ----------------------------------------------------------------------------- the app
 
-def make_api(title: str, cors_origins: list[str], *, publish_docs: bool, on_error: Callable | None = None,
-             version: str = "1") -> FastAPI:
-    api = FastAPI(title=title, version=version,
-                  description="PyTorch models for Marcelle apps over HTTP (KServe/TF-Serving v1 shaped). "
-                              "Every error is JSON {\"error\": {\"code\", \"message\"}}.",
-                  openapi_url="/openapi.json" if publish_docs else None,
-                  docs_url="/docs" if publish_docs else None, redoc_url=None)
+
+def make_api(
+    title: str, cors_origins: list[str], *, publish_docs: bool, on_error: Callable | None = None, version: str = "1"
+) -> FastAPI:
+    api = FastAPI(
+        title=title,
+        version=version,
+        description="PyTorch models for Marcelle apps over HTTP (KServe/TF-Serving v1 shaped). "
+        'Every error is JSON {"error": {"code", "message"}}.',
+        openapi_url="/openapi.json" if publish_docs else None,
+        docs_url="/docs" if publish_docs else None,
+        redoc_url=None,
+    )
     api.router.route_class = _ErrorMappingRoute
     api.state.error_response = lambda request, exc: error_response(request, exc, on_error)
     for exc_class in (HTTPException, RequestValidationError, MarcelleTorchError):
         api.add_exception_handler(exc_class, api.state.error_response)
-    api.add_middleware(JsonCORSMiddleware, allow_methods=["GET", "POST", "OPTIONS"], allow_headers=["*"],
-                       max_age=600, **cors_options(cors_origins))
+    api.add_middleware(
+        JsonCORSMiddleware,
+        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_headers=["*"],
+        max_age=600,
+        **cors_options(cors_origins),
+    )
     api.add_middleware(_NoRootPath)
     return api
 

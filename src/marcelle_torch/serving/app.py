@@ -32,6 +32,7 @@ import asyncio
 import json
 import logging
 import time
+from typing import Any, cast
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
@@ -60,12 +61,16 @@ logger = logging.getLogger("ray.serve")
 
 STATUS_CACHE_S = 0.5
 METADATA_TIMEOUT_S = 10.0
-PREDICT_DOC = {
+PREDICT_DOC: dict[str, Any] = {
     "summary": "Predict",
     "description": "Classify each instance. Answered by the model's own application (one hop to its batch).",
     "responses": {200: {"model": PredictResponse}} | errors_doc(400, 404, 405, 413, 500, 503, 504),
-    "openapi_extra": {"requestBody": {"required": True, "content": {"application/json": {
-        "schema": PredictRequest.model_json_schema()}}}},
+    "openapi_extra": {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
+        }
+    },
     "response_model": None,
 }
 
@@ -87,6 +92,7 @@ class ModelFailed(MarcelleTorchError):
 
 
 # ----------------------------------------------------------------------------- one model
+
 
 @serve.deployment(
     # Ray's own queue limits answer in plain text; this replica's queue limit (user_config
@@ -113,17 +119,26 @@ class ModelServer:
         self.threads = torch_threads(cpus)
         torch.set_num_threads(self.threads)
         started = time.monotonic()
-        self.model = load_model(self.spec, device=self.device, train_if_missing=self.args.train_if_missing,
-                                logger=logger)
-        logger.info("model %s loaded on %s in %.1fs (%d torch threads)", self.spec.name, self.device,
-                    time.monotonic() - started, self.threads)
+        self.model = load_model(
+            self.spec, device=self.device, train_if_missing=self.args.train_if_missing, logger=logger
+        )
+        logger.info(
+            "model %s loaded on %s in %.1fs (%d torch threads)",
+            self.spec.name,
+            self.device,
+            time.monotonic() - started,
+            self.threads,
+        )
         self.metrics = ServeMetrics()
         self.config = ModelUserConfig()
         # Requests answered ok are counted once per pass (a Ray metric update is a call into the
         # core worker, not free per request).
-        self.batcher = AdaptiveBatcher(self._run_batch, self.config.max_batch_size,
-                                       self.config.batch_wait_timeout_s,
-                                       on_delivered=lambda n: self.metrics.outcome(self.spec.name, "ok", n))
+        self.batcher = AdaptiveBatcher(
+            self._run_batch,
+            self.config.max_batch_size,
+            self.config.batch_wait_timeout_s,
+            on_delivered=lambda n: self.metrics.outcome(self.spec.name, "ok", n),
+        )
         # What this replica has really batched: the observable that batching happens.
         self.stats = {"batches": 0, "instances": 0, "largest_batch_requests": 0, "largest_batch_instances": 0}
         self._tags = {"model": self.spec.name}
@@ -132,8 +147,12 @@ class ModelServer:
     def __serve_build_asgi_app__(self):
         """The replica's HTTP app (ray 2.60.0 serve/api.py ``ingress``: a class given no app builds
         its own at replica start, so the CORS allow-list comes from this application's args)."""
-        api = make_api(f"marcelle-torch model {self.spec.name}", self.args.cors_origins, publish_docs=False,
-                       on_error=self._count_error)
+        api = make_api(
+            f"marcelle-torch model {self.spec.name}",
+            self.args.cors_origins,
+            publish_docs=False,
+            on_error=self._count_error,
+        )
         api.add_api_route("/v1/models/{name}:predict", self.predict, methods=["POST"], **PREDICT_DOC)
         return api
 
@@ -148,8 +167,12 @@ class ModelServer:
             raise RuntimeError(f"model {self.spec.name}: the batching loop has stopped")
 
     async def metadata(self) -> dict:
-        return self.spec.metadata() | {"device": self.device, "batching": self.config.model_dump(),
-                                       "stats": dict(self.stats), "torch_threads": self.threads}
+        return self.spec.metadata() | {
+            "device": self.device,
+            "batching": self.config.model_dump(),
+            "stats": dict(self.stats),
+            "torch_threads": self.threads,
+        }
 
     def _count_error(self, request: Request, err: MarcelleTorchError) -> None:
         outcome = {400: "bad_input", 500: "error", 504: "timeout"}.get(err.status)
@@ -170,8 +193,9 @@ class ModelServer:
             logger.exception("model %s: decoding failed", name)
             raise DecodeFailed(f"model {name} could not decode the input: {type(exc).__name__}") from None
         if self.batcher.queued >= self.config.max_queued_requests:
-            raise Overloaded(f"model {name} is overloaded ({self.batcher.queued} requests queued in this "
-                             "replica); retry later")
+            raise Overloaded(
+                f"model {name} is overloaded ({self.batcher.queued} requests queued in this replica); retry later"
+            )
         try:
             predictions = await asyncio.wait_for(self.batcher.submit(batch, len(batch)), self.args.request_timeout_s)
         except TimeoutError:
@@ -205,6 +229,7 @@ class ModelServer:
 
 # ----------------------------------------------------------------------------- the router
 
+
 @serve.deployment(num_replicas=1, max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
 @serve.ingress()
 class Router:
@@ -221,16 +246,40 @@ class Router:
 
     def __serve_build_asgi_app__(self):
         api = make_api("marcelle-torch", self.args.cors_origins, publish_docs=True, on_error=self._count_error)
-        api.add_api_route("/healthz", self.healthz, methods=["GET"], response_model=Health, summary="Liveness",
-                          responses=errors_doc(405))
-        api.add_api_route("/readyz", self.readyz, methods=["GET"], response_model=Readiness, summary="Readiness",
-                          description="200 once every model's deployment is healthy (weights loaded).",
-                          responses=errors_doc(405, 503))
-        api.add_api_route("/v1/models", self.list_models, methods=["GET"], response_model=ModelList,
-                          summary="List models", responses=errors_doc(405, 500, 503, 504))
+        api.add_api_route(
+            "/healthz",
+            self.healthz,
+            methods=["GET"],
+            response_model=Health,
+            summary="Liveness",
+            responses=errors_doc(405),
+        )
+        api.add_api_route(
+            "/readyz",
+            self.readyz,
+            methods=["GET"],
+            response_model=Readiness,
+            summary="Readiness",
+            description="200 once every model's deployment is healthy (weights loaded).",
+            responses=errors_doc(405, 503),
+        )
+        api.add_api_route(
+            "/v1/models",
+            self.list_models,
+            methods=["GET"],
+            response_model=ModelList,
+            summary="List models",
+            responses=errors_doc(405, 500, 503, 504),
+        )
         api.add_api_route("/v1/models/{name}:predict", self.predict_fallback, methods=["POST"], **PREDICT_DOC)
-        api.add_api_route("/v1/models/{name}", self.model_metadata, methods=["GET"], response_model=ModelMetadata,
-                          summary="Model metadata", responses=errors_doc(404, 405, 500, 503, 504))
+        api.add_api_route(
+            "/v1/models/{name}",
+            self.model_metadata,
+            methods=["GET"],
+            response_model=ModelMetadata,
+            summary="Model metadata",
+            responses=errors_doc(404, 405, 500, 503, 504),
+        )
         return api
 
     def _count_error(self, request: Request, err: MarcelleTorchError) -> None:
@@ -323,6 +372,7 @@ class Router:
 
 # ----------------------------------------------------------------------------- builders (serve config import paths)
 
+
 def build_app(args: RouterArgs) -> serve.Application:
     """The ``marcelle-torch`` application (route ``/``): ``import_path: marcelle_torch.serving.app:build_app``."""
     from ..models import get_spec
@@ -331,7 +381,8 @@ def build_app(args: RouterArgs) -> serve.Application:
     names = [get_spec(ref).require("serve").name for ref in args.models]  # fail the deploy now, not in a replica
     if len(set(names)) != len(names):
         raise ConfigError("application args: a model is listed twice (two references with one spec name)")
-    return Router.options(name="Router").bind(args.model_dump())
+    # serve.deployment turned the class into a Deployment (mypy sees the class).
+    return cast(Any, Router).options(name="Router").bind(args.model_dump())
 
 
 def build_model_app(args: ModelAppArgs) -> serve.Application:
@@ -341,5 +392,4 @@ def build_model_app(args: ModelAppArgs) -> serve.Application:
 
     args = parse_args(ModelAppArgs, args)
     spec = get_spec(args.model).require("serve")
-    return ModelServer.options(name=model_app_name(spec.name)).bind(args.model_dump())
-
+    return cast(Any, ModelServer).options(name=model_app_name(spec.name)).bind(args.model_dump())

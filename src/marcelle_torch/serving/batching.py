@@ -34,9 +34,15 @@ from typing import Any
 
 INLINE_MAX_S = 0.005
 
+
 class AdaptiveBatcher:
-    def __init__(self, run_batch: Callable[[list], list], max_batch_size: int, batch_wait_timeout_s: float = 0.0,
-                 on_delivered: Callable[[int], None] | None = None):
+    def __init__(
+        self,
+        run_batch: Callable[[list], list],
+        max_batch_size: int,
+        batch_wait_timeout_s: float = 0.0,
+        on_delivered: Callable[[int], None] | None = None,
+    ):
         """``run_batch(items) -> results`` runs one batch at a time; ``on_delivered(n)`` is told how many
         requests of each pass got their result (not those whose caller had given up)."""
         self.run_batch = run_batch
@@ -44,7 +50,7 @@ class AdaptiveBatcher:
         self.max_batch_size = max_batch_size
         self.batch_wait_timeout_s = batch_wait_timeout_s
         self._queue: collections.deque = collections.deque()
-        self._wakeup: asyncio.Event | None = None
+        self._wakeup = asyncio.Event()  # bound to a loop on first use (Python >= 3.10)
         self._task: asyncio.Task | None = None
         self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
         self.running = False  # a pass is in progress
@@ -67,7 +73,6 @@ class AdaptiveBatcher:
         """Queue ``item`` (``size`` instances) and wait for its result."""
         loop = asyncio.get_running_loop()
         if self._task is None:
-            self._wakeup = asyncio.Event()
             self._task = loop.create_task(self._loop())
         future = loop.create_future()
         self._queue.append((item, size, future))
@@ -76,7 +81,8 @@ class AdaptiveBatcher:
 
     def _take(self) -> list:
         """Queued requests up to max_batch_size instances (at least one), skipping cancelled ones."""
-        taken, total = [], 0
+        taken: list[tuple[Any, asyncio.Future]] = []
+        total = 0
         while self._queue:
             item, size, future = self._queue[0]
             if future.cancelled():
