@@ -38,7 +38,7 @@ def digit_inputs(n: int = 10) -> list[str]:
 
 
 def start_workers(backend_url: str, count: int, logs: Path, models: str = "digits") -> list:
-    from marcelle_torch.stack.processes import ManagedProcess
+    from marcelle_torch.processes import ManagedProcess
 
     threads = max(1, len(os.sched_getaffinity(0)) // count)
     workers = []

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from marcelle_torch.files import atomic_write, atomic_write_text
-from marcelle_torch.stack.processes import ManagedProcess, free_port
+from marcelle_torch.processes import ManagedProcess, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "out"

@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("MARCELLE_TORCH_CACHE", str(REPO / ".cache" / "models"))
 
 from marcelle_torch.files import atomic_write, atomic_write_text  # noqa: E402
-from marcelle_torch.stack.processes import ManagedProcess, free_port  # noqa: E402
+from marcelle_torch.processes import ManagedProcess, free_port  # noqa: E402
 
 OUT = REPO / "bench" / "out"
 LEVELS = (1, 8, 32)

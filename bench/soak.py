@@ -70,7 +70,7 @@ def describe(pid: int) -> str:
 
 def processes(groups: dict[str, int]) -> dict[str, dict]:
     """Every live process of each group (group name -> the session leader's pid), by pid."""
-    from marcelle_torch.stack.processes import session_processes
+    from marcelle_torch.processes import session_processes
 
     out = {}
     for group, leader in groups.items():
@@ -360,8 +360,8 @@ def markdown(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from marcelle_torch.files import atomic_write_text
+    from marcelle_torch.processes import ManagedProcess, free_port
     from marcelle_torch.stack.backend import start_backend
-    from marcelle_torch.stack.processes import ManagedProcess, free_port
     from marcelle_torch.stack.webapp import start_webapp
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from marcelle_torch.stack.processes import ManagedProcess, free_port
+from marcelle_torch.processes import ManagedProcess, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("MARCELLE_TORCH_CACHE", str(REPO / ".cache" / "models"))

@@ -66,8 +66,8 @@ class Api:
 def auth_stack(tmp_path):
     """Backend (auth on, sign-up off, admin + worker accounts), Alice and Bob, Bob's first run, a worker."""
     from marcelle_torch.models import get_spec, resolve_weights
+    from marcelle_torch.processes import ManagedProcess
     from marcelle_torch.stack.backend import start_backend
-    from marcelle_torch.stack.processes import ManagedProcess
 
     for name in ("digits", "digits-generator"):
         resolve_weights(get_spec(name), train_if_missing=True)
@@ -112,7 +112,7 @@ def auth_stack(tmp_path):
 
 
 def open_runs_page(page, webapp_factory, backend_url: str) -> None:
-    from marcelle_torch.stack.processes import free_port
+    from marcelle_torch.processes import free_port
 
     nobody = f"http://127.0.0.1:{free_port()}"  # the other pages poll their servers: nothing answers here
     url = webapp_factory(

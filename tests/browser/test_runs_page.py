@@ -26,8 +26,8 @@ HISTORY_ITEM = "[data-testid=runs-history-item]"
 @pytest.fixture
 def backend_and_worker(tmp_path):
     from marcelle_torch.models import get_spec, resolve_weights
+    from marcelle_torch.processes import ManagedProcess
     from marcelle_torch.stack.backend import start_backend
-    from marcelle_torch.stack.processes import ManagedProcess
 
     for name in ("digits", "digits-generator"):
         resolve_weights(get_spec(name), train_if_missing=True)
@@ -51,7 +51,7 @@ def backend_and_worker(tmp_path):
 def test_a_generation_run_created_from_the_page_shows_progress_and_the_digit(
     page, webapp_factory, backend_and_worker, console_errors
 ):
-    from marcelle_torch.stack.processes import free_port
+    from marcelle_torch.processes import free_port
 
     backend, worker = backend_and_worker
     nobody = f"http://127.0.0.1:{free_port()}"  # the other pages poll their servers: nothing answers here

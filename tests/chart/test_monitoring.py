@@ -14,7 +14,7 @@ import httpx
 import yaml
 from k8s_tools import CHART, by_kind, ci_values, one, render
 
-from marcelle_torch.stack.processes import free_port
+from marcelle_torch.processes import free_port
 
 MONITORING_KINDS = {"PodMonitor", "ServiceMonitor", "PrometheusRule"}
 NAMESPACE_MATCHER = re.compile(r'namespace=\\?"marcelle-torch\\?",?')

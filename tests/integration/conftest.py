@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from marcelle_torch.stack.processes import ManagedProcess
+from marcelle_torch.processes import ManagedProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 BACKEND_DIR = ROOT / "services" / "backend"

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from marcelle_torch.probe import HealthProbe
+from marcelle_torch.processes import free_port
 from marcelle_torch.stack import monitoring
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -132,7 +133,7 @@ def test_health_probe_reports_live_and_dead_targets():
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     live = f"http://127.0.0.1:{server.server_address[1]}"
-    dead_port = monitoring.free_port()
+    dead_port = free_port()
     probe = HealthProbe(
         {"live": f"{live}/", "broken": f"{live}/broken", "dead": f"http://127.0.0.1:{dead_port}/"}, timeout=2.0
     )
@@ -152,9 +153,9 @@ def test_down_alerts_fire_when_nothing_answers(tmp_path):
     alerts go pending, and the handle stops Prometheus and its probe."""
     if not monitoring.prometheus_available():
         pytest.fail("Prometheus is missing (apt-get install prometheus, or `make system-deps`)")
-    dead = f"http://127.0.0.1:{monitoring.free_port()}/"
+    dead = f"http://127.0.0.1:{free_port()}/"
     prom = monitoring.start_prometheus(
-        {"ray": [f"127.0.0.1:{monitoring.free_port()}"]}, tmp_path / "prom", health={"backend": dead, "webapp": dead}
+        {"ray": [f"127.0.0.1:{free_port()}"]}, tmp_path / "prom", health={"backend": dead, "webapp": dead}
     )
     try:
         expected = {

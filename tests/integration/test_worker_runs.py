@@ -206,7 +206,7 @@ def test_sigterm_releases_a_long_run_and_the_worker_exits(make_backend, make_wor
 
 @pytest.fixture
 def unused_metrics_port():
-    from marcelle_torch.stack.processes import free_port
+    from marcelle_torch.processes import free_port
 
     return free_port()
 

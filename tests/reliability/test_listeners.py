@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from marcelle_torch.stack.processes import ManagedProcess
+from marcelle_torch.processes import ManagedProcess
 
 HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parents[2]

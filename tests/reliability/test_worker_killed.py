@@ -17,8 +17,8 @@ import pytest
 import yaml
 from faults import FINAL, STEADY, STEADY_ENV, RunEvents, claims, completions, record
 
+from marcelle_torch.processes import free_port
 from marcelle_torch.stack import monitoring
-from marcelle_torch.stack.processes import free_port
 
 pytestmark = pytest.mark.backend
 

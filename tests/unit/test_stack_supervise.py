@@ -12,7 +12,7 @@ import time
 
 from prometheus_client import generate_latest
 
-from marcelle_torch.stack.processes import ManagedProcess
+from marcelle_torch.processes import ManagedProcess
 from marcelle_torch.stack.supervise import Supervisor
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(600)"]
@@ -74,7 +74,7 @@ def test_children_die_with_a_launcher_killed_outright(tmp_path):
             textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from marcelle_torch.stack.processes import ManagedProcess
+        from marcelle_torch.processes import ManagedProcess
         child = ManagedProcess("sleeper", {SLEEPER!r}, Path({str(tmp_path / "child.log")!r}), die_with_parent=True)
         print(child.pid, flush=True)
         time.sleep(600)

@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 
 from ..errors import MarcelleTorchError
-from ..stack.processes import free_port
+from ..processes import free_port
 from .config import our_applications
 from .haproxy_edge import DEFAULT_REQUEST_TIMEOUT_S, REQUEST_TIMEOUT_ENV, launcher_script
 from .modes import DEFAULT_SERVE_MODE, SERVE_MODES

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .processes import ManagedProcess, StartupError, port_or_free
+from ..processes import ManagedProcess, StartupError, port_or_free
 
 SETUP_HINT = "run `npm ci` in services/backend (or `make setup`)"
 

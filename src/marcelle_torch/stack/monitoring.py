@@ -26,7 +26,7 @@ import yaml
 from ..errors import MarcelleTorchError
 from ..files import atomic_write_text
 from ..probe import HealthProbe
-from .processes import ManagedProcess, StartupError, free_port
+from ..processes import ManagedProcess, StartupError, free_port
 
 PROMETHEUS_BIN = os.environ.get("MARCELLE_TORCH_PROMETHEUS", "/usr/bin/prometheus")
 PROBE_JOB = "probe"

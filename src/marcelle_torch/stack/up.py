@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from .processes import ManagedProcess, StartupError, port_or_free
+from ..processes import ManagedProcess, StartupError, port_or_free
 from .supervise import Child, Supervisor
 from .webapp import WebappNotBuilt, start_webapp
 

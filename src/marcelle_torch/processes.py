@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from ..errors import MarcelleTorchError
+from .errors import MarcelleTorchError
 
 
 class StartupError(MarcelleTorchError):

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from marcelle_torch.stack.processes import ManagedProcess, StartupError, port_or_free
+from marcelle_torch.processes import ManagedProcess, StartupError, port_or_free
 
 
 def test_taken_port_is_a_clear_error():
