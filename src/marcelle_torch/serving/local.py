@@ -86,8 +86,12 @@ def mode_env(mode: str, workdir: str, host: str = "127.0.0.1") -> dict[str, str]
             "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": hap,
             "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": os.path.join(hap, "server-state"),
         }
-        for key in ("RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_STATS_PORT",
-                    "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT"):
+        for key in (
+            "RAY_SERVE_HAPROXY_METRICS_PORT",
+            "RAY_SERVE_HAPROXY_STATS_PORT",
+            "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
+            "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT",
+        ):
             env[key] = os.environ.get(key) or str(free_port())
         env["RAY_SERVE_HAPROXY_BINARY_PATH"] = launcher_script(hap)
         env[REQUEST_TIMEOUT_ENV] = os.environ.get(REQUEST_TIMEOUT_ENV) or str(DEFAULT_REQUEST_TIMEOUT_S)
@@ -102,8 +106,9 @@ def mode_env(mode: str, workdir: str, host: str = "127.0.0.1") -> dict[str, str]
         # RAY_SERVE_HAPROXY_RETRY_ON = "conn-failure"): it goes to another replica, or to the
         # fallback proxy, which holds it until a replica is back. The body is buffered (edge
         # settings), which HAProxy needs to replay it.
-        env["RAY_SERVE_HAPROXY_RETRY_ON"] = (os.environ.get("RAY_SERVE_HAPROXY_RETRY_ON")
-                                             or "conn-failure empty-response junk-response 502")
+        env["RAY_SERVE_HAPROXY_RETRY_ON"] = (
+            os.environ.get("RAY_SERVE_HAPROXY_RETRY_ON") or "conn-failure empty-response junk-response 502"
+        )
     return env
 
 
@@ -125,8 +130,16 @@ def http_status(url: str, timeout: float = 5.0) -> int | None:
 class LocalServe:
     """Start a private Ray, deploy ``config`` (a validated serveConfigV2 dict), stop it all."""
 
-    def __init__(self, config: dict, *, mode: str = DEFAULT_SERVE_MODE, metrics_port: int | None = None,
-                 num_cpus: int | None = None, num_gpus: float | None = None, log=print):
+    def __init__(
+        self,
+        config: dict,
+        *,
+        mode: str = DEFAULT_SERVE_MODE,
+        metrics_port: int | None = None,
+        num_cpus: int | None = None,
+        num_gpus: float | None = None,
+        log=print,
+    ):
         self.config = config
         self.mode = mode
         self.metrics_port = metrics_port
@@ -155,11 +168,21 @@ class LocalServe:
         for key, value in env.items():
             self._saved_env[key] = os.environ.get(key)
             os.environ[key] = value
-        self.log(f"starting Ray (serve mode {self.mode}, temp dir {self.workdir}"
-                 + (f", metrics on port {self.metrics_port}" if self.metrics_port else "") + ")")
-        init_kwargs = dict(address="local", _temp_dir=self.workdir, include_dashboard=False,
-                           log_to_driver=False, configure_logging=True, logging_level="warning",
-                           num_cpus=self.num_cpus, runtime_env={"env_vars": env})
+        self.log(
+            f"starting Ray (serve mode {self.mode}, temp dir {self.workdir}"
+            + (f", metrics on port {self.metrics_port}" if self.metrics_port else "")
+            + ")"
+        )
+        init_kwargs = dict(
+            address="local",
+            _temp_dir=self.workdir,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=True,
+            logging_level="warning",
+            num_cpus=self.num_cpus,
+            runtime_env={"env_vars": env},
+        )
         if self.num_gpus is not None:
             init_kwargs["num_gpus"] = self.num_gpus
         if self.metrics_port:
@@ -168,14 +191,17 @@ class LocalServe:
         self._ray_started = True
         node_ip = ray.util.get_node_ip_address()
         if is_loopback(self.host) and not is_loopback(node_ip):
-            self.log(f"warning: Ray's own servers listen on {node_ip} and all interfaces, not only "
-                     f"{self.host}: set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before Ray is imported")
+            self.log(
+                f"warning: Ray's own servers listen on {node_ip} and all interfaces, not only "
+                f"{self.host}: set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before Ray is imported"
+            )
 
         schema = ServeDeploySchema.model_validate(self.config)
-        serve_start(http_options=schema.http_options.model_dump(),
-                    proxy_location=schema.proxy_location or ProxyLocation.EveryNode,
-                    grpc_options=gRPCOptions(**schema.grpc_options.model_dump()),
-                    ).deploy_apps(schema, _blocking=False)
+        serve_start(
+            http_options=schema.http_options.model_dump(),
+            proxy_location=schema.proxy_location or ProxyLocation.EveryNode,
+            grpc_options=gRPCOptions(**schema.grpc_options.model_dump()),
+        ).deploy_apps(schema, _blocking=False)
         self.log("deploying " + ", ".join(a["name"] for a in self.config["applications"]))
         self._wait_ready(serve, ready_timeout_s)
         return self.url
@@ -190,15 +216,17 @@ class LocalServe:
     def _wait_ready(self, serve, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         last = None
-        ready_urls = [self.url + (a.get("route_prefix") or "/").rstrip("/") + "/readyz"
-                      for a in our_applications(self.config)]
+        ready_urls = [
+            self.url + (a.get("route_prefix") or "/").rstrip("/") + "/readyz" for a in our_applications(self.config)
+        ]
         while time.monotonic() < deadline:
             status = serve.status()
             apps = status.applications
             line = "; ".join(
                 f"{name}: {app.status.value}"
                 + "".join(f", {d}={ds.status.value}" for d, ds in sorted(app.deployments.items()))
-                for name, app in sorted(apps.items()))
+                for name, app in sorted(apps.items())
+            )
             if line and line != last:
                 self.log(f"  {line}")
                 last = line
@@ -206,8 +234,10 @@ class LocalServe:
             if failed:
                 name, app = failed[0]
                 message = (app.message or "").strip().splitlines()
-                raise ServeStartError(f"application {name} failed to deploy: "
-                                      f"{message[-1] if message else 'see the Ray logs in ' + self.workdir}")
+                raise ServeStartError(
+                    f"application {name} failed to deploy: "
+                    f"{message[-1] if message else 'see the Ray logs in ' + self.workdir}"
+                )
             running = apps and all(a.status.value == "RUNNING" for a in apps.values())
             if running and all(http_status(u) == 200 for u in ready_urls):
                 return
@@ -251,6 +281,7 @@ def stop_processes_naming(path: str, timeout_s: float = 10.0) -> None:
     Serve's HAProxy (started by its proxy actor, with its config under our private Ray dir)
     outlives ``ray.shutdown()``; left alone it would keep the port and run without a config.
     """
+
     def pids() -> list[int]:
         found = []
         for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
