@@ -56,7 +56,7 @@ class EdgeConfigError(Exception):
 def _sections(lines: list[str]) -> list[tuple[str, int, int]]:
     """(header, first line, end) of each top-level section (a line that starts unindented)."""
     starts = [i for i, line in enumerate(lines) if line and not line[0].isspace() and not line.startswith("#")]
-    return [(lines[s].strip(), s, e) for s, e in zip(starts, starts[1:] + [len(lines)])]
+    return [(lines[s].strip(), s, e) for s, e in zip(starts, starts[1:] + [len(lines)], strict=True)]
 
 
 def _section(lines: list[str], header: str) -> tuple[int, int]:
