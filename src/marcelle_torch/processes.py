@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -87,7 +88,13 @@ class ManagedProcess:
         """Send ``sig`` to the child's whole process group."""
         _signal_group(self.proc.pid, sig)
 
-    def wait_http(self, url: str, timeout: float, expect=(200,), on_wait=None) -> None:
+    def wait_http(
+        self,
+        url: str,
+        timeout: float,
+        expect: tuple[int, ...] = (200,),
+        on_wait: Callable[[], object] | None = None,
+    ) -> None:
         """Poll ``url`` until it answers one of ``expect``; fail early if the process died."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -19,6 +19,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from typing import Any
 
 from ..errors import MarcelleTorchError
 from ..processes import free_port
@@ -173,7 +174,7 @@ class LocalServe:
             + (f", metrics on port {self.metrics_port}" if self.metrics_port else "")
             + ")"
         )
-        init_kwargs = dict(
+        init_kwargs: dict[str, Any] = dict(
             address="local",
             _temp_dir=self.workdir,
             include_dashboard=False,
@@ -236,7 +237,7 @@ class LocalServe:
                 message = (app.message or "").strip().splitlines()
                 raise ServeStartError(
                     f"application {name} failed to deploy: "
-                    f"{message[-1] if message else 'see the Ray logs in ' + self.workdir}"
+                    f"{message[-1] if message else f'see the Ray logs in {self.workdir}'}"
                 )
             running = apps and all(a.status.value == "RUNNING" for a in apps.values())
             if running and all(http_status(u) == 200 for u in ready_urls):
@@ -258,7 +259,8 @@ class LocalServe:
             #   this process, being in its process group).
             # Every process of the cluster names its temp dir (GCS, raylet, workers and actors,
             # Serve's HAProxy): SIGTERM, then SIGKILL what is left after STOP_TIMEOUT_S.
-            stop_processes_naming(self.workdir, timeout_s=STOP_TIMEOUT_S)
+            if self.workdir:
+                stop_processes_naming(self.workdir, timeout_s=STOP_TIMEOUT_S)
             # Ray's exit hook would make the same wait when this interpreter exits (ray 2.60.0,
             # _private/worker.py: atexit.register(shutdown, _exiting_interpreter=True)).
             atexit.unregister(ray.shutdown)
