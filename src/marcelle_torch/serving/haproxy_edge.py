@@ -88,7 +88,7 @@ def _bind_host(host: str) -> str:
 def frontend_host(lines: list[str]) -> str:
     """The host Serve's HTTP frontend binds (Ray renders ``http_options.host``, or ``*``)."""
     start, end = _section(lines, "frontend http_frontend")
-    for line in lines[start + 1:end]:
+    for line in lines[start + 1 : end]:
         m = re.fullmatch(r"bind (\S+):(\d+)", line.strip())
         if m:
             return m.group(1)
@@ -97,24 +97,40 @@ def frontend_host(lines: list[str]) -> str:
 
 def error_page(status: int, reason: str, code: str, message: str, extra: str = "") -> str:
     body = json.dumps({"error": {"code": code, "message": message}})
-    return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nCache-Control: no-cache\r\n"
-            f"{extra}Connection: close\r\nContent-Length: {len(body.encode())}\r\n\r\n{body}")
+    return (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nCache-Control: no-cache\r\n"
+        f"{extra}Connection: close\r\nContent-Length: {len(body.encode())}\r\n\r\n{body}"
+    )
 
 
 def write_error_pages(directory: str, request_timeout_s: int) -> dict[int, str]:
     """HAProxy's own answers in the project's error shape (``{"error": {"code", "message"}}``)."""
     pages = {
         400: error_page(400, "Bad Request", "bad_request", "the request is not valid HTTP"),
-        408: error_page(408, "Request Timeout", "request_timeout",
-                        f"the request (headers and body) was not received within {request_timeout_s}s"),
+        408: error_page(
+            408,
+            "Request Timeout",
+            "request_timeout",
+            f"the request (headers and body) was not received within {request_timeout_s}s",
+        ),
         # Each model application is its own HTTP ingress (serving/app.py), so when no replica of a
         # model can take a request (the one it was sent to died, none is up yet) HAProxy answers
         # itself: 502 (the replica went away mid-request) and 503 (no server left after retries)
         # are both "no live replica now, retry" in the contract's shape, with Retry-After.
-        502: error_page(503, "Service Unavailable", "not_ready",
-                        "no live replica could answer the request now; retry later", "Retry-After: 1\r\n"),
-        503: error_page(503, "Service Unavailable", "not_ready",
-                        "no live replica can take the request now; retry later", "Retry-After: 1\r\n"),
+        502: error_page(
+            503,
+            "Service Unavailable",
+            "not_ready",
+            "no live replica could answer the request now; retry later",
+            "Retry-After: 1\r\n",
+        ),
+        503: error_page(
+            503,
+            "Service Unavailable",
+            "not_ready",
+            "no live replica can take the request now; retry later",
+            "Retry-After: 1\r\n",
+        ),
         504: error_page(504, "Gateway Timeout", "timeout", "the model did not answer in time"),
     }
     paths = {}
@@ -126,8 +142,9 @@ def write_error_pages(directory: str, request_timeout_s: int) -> dict[int, str]:
     return paths
 
 
-def edit_config(text: str, *, stats_host: str | None, metrics_host: str | None, request_timeout_s: int,
-                error_pages: dict[int, str]) -> str:
+def edit_config(
+    text: str, *, stats_host: str | None, metrics_host: str | None, request_timeout_s: int, error_pages: dict[int, str]
+) -> str:
     """Ray's generated HAProxy config with the project's edge settings (see the module doc)."""
     if MARKER in text:  # already edited (Ray rewrites the whole file before every start)
         return text
@@ -137,16 +154,21 @@ def edit_config(text: str, *, stats_host: str | None, metrics_host: str | None, 
     metrics = _bind_host(metrics_host or host)
 
     # Admin socket: only Ray's own user (the proxy actor talks to it) may connect.
-    _replace_one(lines, "global", r"stats socket (\S+) mode 666 level admin(.*)",
-                 lambda m: f"stats socket {m.group(1)} mode 600 level admin{m.group(2)}")
+    _replace_one(
+        lines,
+        "global",
+        r"stats socket (\S+) mode 666 level admin(.*)",
+        lambda m: f"stats socket {m.group(1)} mode 600 level admin{m.group(2)}",
+    )
     _replace_one(lines, "frontend prometheus", r"bind \*?:(\d+)", lambda m: f"bind {metrics}:{m.group(1)}")
     _replace_one(lines, "listen stats", r"bind \*?:(\d+)", lambda m: f"bind {stats}:{m.group(1)}")
 
     start, end = _section(lines, "defaults")
     if any(line.strip().startswith("timeout http-request") for line in lines[start:end]):
-        raise EdgeConfigError("Ray's HAProxy config sets 'timeout http-request' itself; this module "
-                              "would set a second one")
-    lines[start + 1:start + 1] = [
+        raise EdgeConfigError(
+            "Ray's HAProxy config sets 'timeout http-request' itself; this module would set a second one"
+        )
+    lines[start + 1 : start + 1] = [
         f"    {MARKER} (marcelle_torch/serving/haproxy_edge.py):",
         "    # the whole request, headers and body, must arrive within this time, else 408 and close;",
         "    # buffering the body makes the timeout cover it and keeps slow bodies off the replicas.",
@@ -159,8 +181,10 @@ def edit_config(text: str, *, stats_host: str | None, metrics_host: str | None, 
     start, end = _section(lines, "defaults")
     while end > start and not lines[end - 1].strip():
         end -= 1
-    lines[end:end] = [f"    {MARKER}: the contract's JSON errors",
-                      *(f"    errorfile {status} {path}" for status, path in sorted(error_pages.items()))]
+    lines[end:end] = [
+        f"    {MARKER}: the contract's JSON errors",
+        *(f"    errorfile {status} {path}" for status, path in sorted(error_pages.items())),
+    ]
     return "\n".join(lines)
 
 
@@ -213,9 +237,13 @@ def prepare(argv: list[str]) -> None:
         try:
             with open(path) as f:
                 text = f.read()
-            edited = edit_config(text, stats_host=os.environ.get(STATS_HOST_ENV),
-                                 metrics_host=os.environ.get(METRICS_HOST_ENV),
-                                 request_timeout_s=timeout, error_pages=pages)
+            edited = edit_config(
+                text,
+                stats_host=os.environ.get(STATS_HOST_ENV),
+                metrics_host=os.environ.get(METRICS_HOST_ENV),
+                request_timeout_s=timeout,
+                error_pages=pages,
+            )
             if edited != text:
                 tmp = path + ".edge"
                 with open(tmp, "w") as f:
@@ -243,7 +271,7 @@ def launcher_script(directory: str) -> str:
     """Write the executable that RAY_SERVE_HAPROXY_BINARY_PATH names; returns its path."""
     path = os.path.join(directory, "haproxy-edge")
     with open(path, "w") as f:
-        f.write(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m marcelle_torch.serving.haproxy_edge \"$@\"\n")
+        f.write(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m marcelle_torch.serving.haproxy_edge "$@"\n')
     os.chmod(path, 0o700)
     return path
 
