@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,9 @@ class StackOptions:
     admin_password: str | None = None
 
 
+BACKEND = "Marcelle backend"
+
+
 @dataclass
 class Stack:
     """A running local stack: its URLs and how to stop it."""
@@ -81,14 +85,28 @@ class Stack:
         return cast(C, entry.child)
 
     def stop(self, say=lambda msg: None) -> None:
+        """Stop every part at once (each waits on its own processes), then the backend, which
+        the workers still need while they stop (to release the runs they hold)."""
         self.supervisor.stop()  # nothing is restarted while the stack stops
-        while self._stops:
-            name, stop = self._stops.pop()
-            say(f"stopping {name}")
-            try:
-                stop()
-            except Exception as exc:  # keep stopping the rest
-                say(f"  {name}: {exc}")
+        stops, self._stops = self._stops[::-1], []
+        last = [(name, stop) for name, stop in stops if name == BACKEND]
+        for wave in ([(n, s) for n, s in stops if n != BACKEND], last):
+            threads = [
+                threading.Thread(target=self._stop_one, args=(name, stop, say), name=f"stop {name}")
+                for name, stop in wave
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+
+    @staticmethod
+    def _stop_one(name: str, stop: Callable[[], None], say) -> None:
+        say(f"stopping {name}")
+        try:
+            stop()
+        except Exception as exc:  # keep stopping the rest
+            say(f"  {name}: {exc}")
 
 
 def project_root(start: Path | None = None) -> Path:
@@ -206,7 +224,7 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
             f"authentication {'on' if auth else 'off'})"
         )
         backend = stack.supervise(
-            "Marcelle backend",
+            BACKEND,
             lambda: start_backend(
                 workdir / "backend",
                 port=backend_port,
