@@ -37,6 +37,7 @@ from typing import Any, cast
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
+from starlette.routing import Route
 
 from ..errors import InferenceTimeout, InvalidInput, MarcelleTorchError, ModelNotReady, Overloaded
 from ..models.inputs import parse_predict_body
@@ -153,7 +154,18 @@ class ModelServer:
             publish_docs=False,
             on_error=self._count_error,
         )
-        api.add_api_route("/v1/models/{name}:predict", self.predict, methods=["POST"], **PREDICT_DOC)
+        # The hot path as a plain Starlette route in the FastAPI app: the body is read raw (the
+        # parser has its own limits) and nothing is left for FastAPI's dependency solving to do.
+        # Its OpenAPI description is the router's (PREDICT_DOC), which publishes the document.
+        on_error = api.state.error_response
+
+        async def predict(request: Request) -> Response:
+            try:
+                return await self.predict(request.path_params["name"], request)
+            except Exception as exc:
+                return on_error(request, exc)
+
+        api.router.routes.append(Route("/v1/models/{name}:predict", predict, methods=["POST"]))
         return api
 
     def reconfigure(self, config: dict) -> None:

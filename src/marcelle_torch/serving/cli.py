@@ -52,7 +52,7 @@ def register(subparsers) -> None:
         "--serve-mode",
         choices=sorted(SERVE_MODES),
         default=DEFAULT_SERVE_MODE,
-        help=f"how HTTP reaches the app (default {DEFAULT_SERVE_MODE}: fastest measured here)",
+        help=f"how HTTP reaches the app (default {DEFAULT_SERVE_MODE}, the benchmarked one; others for diagnosis)",
     )
     p.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for readiness")
     p.set_defaults(func=cmd_serve)

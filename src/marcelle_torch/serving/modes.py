@@ -13,7 +13,8 @@ SERVE_MODES: dict[str, dict[str, str]] = {
     "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
     "haproxy-throughput": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
 }
-# Measured (bench/serve_latency.py, 2 CPU cores, one PNG digit per request): haproxy-throughput
-# answered 62/144/132 req/s at 1/8/32 clients against 37/76/62 for the default proxy, with no errors
-# and the same answers, so it is the default here.
+# The one configuration served at every load: HAProxy straight to each model's replicas (the
+# model applications are their own HTTP ingress) with Ray's throughput preset. It is what
+# bench/serve_latency.py measures (figures in the README); the other modes are kept for
+# diagnosis and are not benchmarked.
 DEFAULT_SERVE_MODE = "haproxy-throughput"
