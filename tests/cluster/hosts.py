@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 BENCHMARK_NET = ipaddress.ip_network("198.18.0.0/15")
+REPO = Path(__file__).resolve().parents[2]
 PATH_DEFAULT = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -237,6 +238,12 @@ class Pod:
 
     def _container_script(self, c: dict) -> Path:
         lines = ["set -e"]
+        # The checkout and the venv stand in for the image; a volume mounted over a folder that
+        # holds them (an emptyDir at /tmp, with the checkout under /tmp) would hide them. Each is
+        # held by a file descriptor before the mounts and bound back at its path after them.
+        keep = sorted({str(REPO), str(Path(sys.prefix).resolve())})
+        for fd, path in enumerate(keep, start=7):
+            lines.append(f"exec {fd}<{shlex.quote(path)}")
         binds: list[tuple[str, str]] = []
         for source, target, kind in c["mounts"]:
             self._ensure(target, kind == "file", binds)
@@ -246,6 +253,11 @@ class Pod:
                 lines.append(_q(["mount", "-t", "tmpfs", "-o", f"size={source}", "tmpfs", target]))
             else:
                 lines.append(_q(["mount", "--bind", source, target]))
+        for fd, path in enumerate(keep, start=7):
+            covered = any(path == t or path.startswith(t.rstrip("/") + "/") for _, t, _ in c["mounts"])
+            if covered:  # util-linux mount would resolve the /proc link's text, not the fd, unless told
+                lines.append(f"mkdir -p {shlex.quote(path)}")
+                lines.append(f"mount --no-canonicalize --bind /proc/self/fd/{fd} {shlex.quote(path)}")
         lines.append(_q(["cd", c["workdir"]]) if Path(c["workdir"]).exists() else "cd /")
         env = {"PATH": PATH_DEFAULT, "HOSTNAME": self.name, **c["env"]}
         lines.append("exec " + _q(["env", "-i", *[f"{k}={v}" for k, v in env.items()], *c["argv"]]))
