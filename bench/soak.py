@@ -42,16 +42,6 @@ FINAL = ("succeeded", "failed", "canceled")
 # ----------------------------------------------------------------------------- processes
 
 
-def rss_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 def describe(pid: int) -> str:
     try:
         parts = [p.decode(errors="replace") for p in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if p]
@@ -70,7 +60,7 @@ def describe(pid: int) -> str:
 
 def processes(groups: dict[str, int]) -> dict[str, dict]:
     """Every live process of each group (group name -> the session leader's pid), by pid."""
-    from marcelle_torch.processes import session_processes
+    from marcelle_torch.processes import rss_kib, session_processes
 
     out = {}
     for group, leader in groups.items():

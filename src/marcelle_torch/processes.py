@@ -150,6 +150,17 @@ def session_processes(sid: int) -> list[int]:
     return [int(r[0]) for r in rows if len(r) == 3 and r[1] == str(sid) and not r[2].startswith("Z")]
 
 
+def rss_kib(pid: int) -> int:
+    """Resident set size of ``pid`` in KiB, from /proc (0 once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def _sigterm_when_parent_dies() -> None:
     """In the child, before exec: SIGTERM it when its parent dies, even by SIGKILL, so a
     killed launcher leaves no orphans (each child then stops what it started itself)."""

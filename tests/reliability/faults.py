@@ -5,7 +5,6 @@
   the result writes of each run (each accepted write sends exactly one event);
 - ``claims(workers)`` / ``completions(workers)``: per run id, how often the workers' logs say
   they claimed it / wrote its outcome as succeeded (a computation finished);
-- ``rss_kib(pid)``, ``session_rss(pid)``: resident memory from /proc;
 - ``replica_pids(session, deployment)``: the PIDs of a Serve deployment's replica actors (``ps``)
   in one Serve's session;
 - ``record(name, figures)``: a scenario's measured figures into bench/out/reliability/,
@@ -76,17 +75,6 @@ def claims(workers) -> Counter:
 
 def completions(workers) -> Counter:
     return _log_counter(workers, r"run (\S+): succeeded in ")
-
-
-def rss_kib(pid: int) -> int:
-    """Resident set size of ``pid`` in KiB (0 once it is gone)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def process_name(pid: int) -> str:
