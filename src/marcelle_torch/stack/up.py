@@ -57,6 +57,14 @@ class StackOptions:
 BACKEND = "Marcelle backend"
 
 
+def _serialized(say: Callable[[str], None], lock: threading.Lock) -> Callable[[str], None]:
+    def said(msg: str) -> None:
+        with lock:
+            say(msg)
+
+    return said
+
+
 @dataclass
 class Stack:
     """A running local stack: its URLs and how to stop it."""
@@ -89,6 +97,8 @@ class Stack:
         the workers still need while they stop (to release the runs they hold)."""
         self.supervisor.stop()  # nothing is restarted while the stack stops
         stops, self._stops = self._stops[::-1], []
+        lock = threading.Lock()  # one line at a time from the stopping threads
+        say = _serialized(say, lock)
         last = [(name, stop) for name, stop in stops if name == BACKEND]
         for wave in ([(n, s) for n, s in stops if n != BACKEND], last):
             threads = [
