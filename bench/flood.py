@@ -38,7 +38,7 @@ def digit_inputs(n: int = 10) -> list[str]:
 
 
 def start_workers(backend_url: str, count: int, logs: Path, models: str = "digits") -> list:
-    from marcelle_torch.processes import ManagedProcess
+    from marcelle_torch.processes import ManagedProcess, cli_argv
 
     threads = max(1, len(os.sched_getaffinity(0)) // count)
     workers = []
@@ -47,9 +47,7 @@ def start_workers(backend_url: str, count: int, logs: Path, models: str = "digit
             ManagedProcess(
                 f"worker {i + 1}",
                 [
-                    sys.executable,
-                    "-m",
-                    "marcelle_torch.cli",
+                    *cli_argv(),
                     "worker",
                     "--backend",
                     backend_url,

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from marcelle_torch.files import atomic_write, atomic_write_text
-from marcelle_torch.processes import ManagedProcess, free_port
+from marcelle_torch.processes import ManagedProcess, cli_argv, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "out"
@@ -216,9 +216,7 @@ def start_serve(log: Path) -> tuple[ManagedProcess, str]:
     server = ManagedProcess(
         "marcelle-torch serve",
         [
-            sys.executable,
-            "-m",
-            "marcelle_torch.cli",
+            *cli_argv(),
             "serve",
             "--host",
             "127.0.0.1",

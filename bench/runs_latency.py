@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from marcelle_torch.files import atomic_write_text
-from marcelle_torch.processes import ManagedProcess, free_port
+from marcelle_torch.processes import ManagedProcess, cli_argv, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "out"
@@ -157,9 +157,7 @@ def main(argv=None) -> int:
             worker = ManagedProcess(
                 "worker",
                 [
-                    sys.executable,
-                    "-m",
-                    "marcelle_torch.cli",
+                    *cli_argv(),
                     "worker",
                     "--backend",
                     backend.url,

@@ -350,7 +350,7 @@ def markdown(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from marcelle_torch.files import atomic_write_text
-    from marcelle_torch.processes import ManagedProcess, free_port
+    from marcelle_torch.processes import ManagedProcess, cli_argv, free_port
     from marcelle_torch.stack.backend import start_backend
     from marcelle_torch.stack.webapp import start_webapp
 
@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
             port = free_port()
             serve = ManagedProcess(
                 "serve",
-                [sys.executable, "-m", "marcelle_torch.cli", "serve", "--port", str(port)],
+                [*cli_argv(), "serve", "--port", str(port)],
                 workdir / "serve.log",
             )
             started_here.append(serve)
@@ -396,9 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         worker = ManagedProcess(
             "worker",
             [
-                sys.executable,
-                "-m",
-                "marcelle_torch.cli",
+                *cli_argv(),
                 "worker",
                 "--backend",
                 backend.url,

@@ -29,6 +29,7 @@ import urllib.request
 from pathlib import Path
 
 from marcelle_torch.files import atomic_write_text
+from marcelle_torch.processes import cli_argv
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "out"
@@ -48,9 +49,7 @@ def session_pids(sid: int) -> list[int]:
 
 def cycle(workdir: Path, up_args: list[str], log_path: Path, timeout: float = 600.0) -> dict:
     argv = [
-        sys.executable,
-        "-m",
-        "marcelle_torch.cli",
+        *cli_argv(),
         "up",
         "--port",
         "0",

@@ -11,12 +11,11 @@ from __future__ import annotations
 import base64
 import io
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-from marcelle_torch.processes import ManagedProcess, free_port
+from marcelle_torch.processes import ManagedProcess, cli_argv, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("MARCELLE_TORCH_CACHE", str(REPO / ".cache" / "models"))
@@ -83,9 +82,7 @@ class ServeProcess(ManagedProcess):
         self.url = f"http://127.0.0.1:{self.port}"
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         args = [
-            sys.executable,
-            "-m",
-            "marcelle_torch.cli",
+            *cli_argv(),
             "serve",
             "--host",
             "127.0.0.1",

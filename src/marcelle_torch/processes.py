@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,11 @@ from .errors import MarcelleTorchError
 class StartupError(MarcelleTorchError):
     status = 500
     code = "startup_failed"
+
+
+def cli_argv(*args: str) -> list[str]:
+    """The command line that runs ``marcelle-torch ARGS`` in a child process, with this Python."""
+    return [sys.executable, "-m", "marcelle_torch.cli", *args]
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -12,13 +12,12 @@ All are stopped at the end of each test.
 from __future__ import annotations
 
 import re
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from marcelle_torch.processes import ManagedProcess
+from marcelle_torch.processes import ManagedProcess, cli_argv
 
 ROOT = Path(__file__).resolve().parents[2]
 BACKEND_DIR = ROOT / "services" / "backend"
@@ -81,7 +80,7 @@ class WorkerProcess(ManagedProcess):
     def __init__(self, backend_url: str, name: str, log_path: Path, args=(), env=None):
         super().__init__(
             f"worker {name}",
-            [sys.executable, "-m", "marcelle_torch.cli", "worker", "--backend", backend_url, "--name", name, *args],
+            [*cli_argv(), "worker", "--backend", backend_url, "--name", name, *args],
             log_path,
             env=env,
         )

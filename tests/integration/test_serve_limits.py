@@ -70,10 +70,11 @@ def test_a_model_slower_than_the_timeout_is_answered_504_json(tight_serve):
 
 def test_a_generation_model_is_refused_at_once_in_one_line():
     import subprocess
-    import sys
+
+    from marcelle_torch.processes import cli_argv
 
     proc = subprocess.run(
-        [sys.executable, "-m", "marcelle_torch.cli", "serve", "--model", "digits-generator", "--port", "0"],
+        [*cli_argv(), "serve", "--model", "digits-generator", "--port", "0"],
         capture_output=True,
         text=True,
         timeout=300,

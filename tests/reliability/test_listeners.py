@@ -19,13 +19,12 @@ import os
 import re
 import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from marcelle_torch.processes import ManagedProcess
+from marcelle_torch.processes import ManagedProcess, cli_argv
 
 HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,9 +110,7 @@ def stack(tmp_path_factory, trained_digits):
 
     tmp = tmp_path_factory.mktemp("listeners")
     args = [
-        sys.executable,
-        "-m",
-        "marcelle_torch.cli",
+        *cli_argv(),
         "up",
         "--host",
         HOST,

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import os
 import secrets
-import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from ..processes import ManagedProcess, StartupError, port_or_free
+from ..processes import ManagedProcess, StartupError, cli_argv, port_or_free
 from .supervise import Child, Supervisor
 from .webapp import WebappNotBuilt, start_webapp
 
@@ -132,10 +131,6 @@ def project_root(start: Path | None = None) -> Path:
     raise WebappNotBuilt("cannot find the project checkout (services/frontend); run from it or pass --dist")
 
 
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "marcelle_torch.cli", *args]
-
-
 def _auth_settings(options: StackOptions) -> tuple[dict, dict] | None:
     """(start_backend's auth arguments, the admin's login) when ``options.auth``, else None."""
     if not options.auth:
@@ -203,7 +198,7 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
         def start_serve() -> ManagedProcess:
             serve = ManagedProcess(
                 "ray serve",
-                _cli(
+                cli_argv(
                     "serve",
                     "--host",
                     host,
@@ -256,7 +251,7 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
             def start_worker(i=i, port=port) -> ManagedProcess:
                 worker = ManagedProcess(
                     f"worker {i + 1}",
-                    _cli(
+                    cli_argv(
                         "worker",
                         "--backend",
                         backend.url,
