@@ -34,6 +34,25 @@ class ModelNotFound(MarcelleTorchError):
     code = "model_not_found"
 
 
+class NotFound(MarcelleTorchError):
+    """A route the HTTP API does not have."""
+
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(MarcelleTorchError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class OriginNotAllowed(MarcelleTorchError):
+    """A browser origin outside the CORS allow-list."""
+
+    status = 403
+    code = "origin_not_allowed"
+
+
 class PayloadTooLarge(MarcelleTorchError):
     status = 413
     code = "payload_too_large"

@@ -25,8 +25,11 @@ from ..errors import (
     InferenceTimeout,
     InvalidInput,
     MarcelleTorchError,
+    MethodNotAllowed,
     ModelNotFound,
     ModelNotReady,
+    NotFound,
+    OriginNotAllowed,
     Overloaded,
     PayloadTooLarge,
 )
@@ -35,21 +38,6 @@ logger = logging.getLogger("ray.serve")
 
 RETRY_AFTER_S = "1"
 ROUTES_HINT = "see GET /v1/models, POST /v1/models/{name}:predict, /healthz, /readyz, /openapi.json"
-
-
-class NotFound(MarcelleTorchError):
-    status = 404
-    code = "not_found"
-
-
-class MethodNotAllowed(MarcelleTorchError):
-    status = 405
-    code = "method_not_allowed"
-
-
-class OriginNotAllowed(MarcelleTorchError):
-    status = 403
-    code = "origin_not_allowed"
 
 
 # ----------------------------------------------------------------------------- schemas
