@@ -7,7 +7,8 @@
 //   (access.js: in front of every REST request and Socket.IO packet, and app hooks);
 // - creates/updates the worker account (role `worker`) from MARCELLE_WORKER_EMAIL/_PASSWORD
 //   and the app's admin account (role `admin`) from MARCELLE_ADMIN_EMAIL/_PASSWORD;
-// - adds hooks to the `runs` service (validation of new runs, what a client may patch).
+// - adds hooks to the `runs` service (validation of new runs, what a client may patch, and
+//   a new run refused when no connected worker serves its model: workers.js).
 // The package's `marcelle-backend` bin only calls app.listen(); its Feathers `app` (the
 // package's `lib/app` module) is the extension point used here: services and hooks are
 // added with Feathers' own API. Config: backend/config/*.yaml.
@@ -93,6 +94,7 @@ const app = require('@marcellejs/backend/lib/app').default;
 const logger = require('@marcellejs/backend/lib/logger').default;
 const abilities = require('@marcellejs/backend/lib/authentication/abilities');
 const { runsHooks, MAX_INPUT_BYTES } = require('./runs-hooks');
+const { workerRegistry } = require('./workers');
 const feathersExpress = require('@feathersjs/express');
 
 // A request or socket message may carry a run input up to the runs hook's limit, plus the
@@ -247,6 +249,8 @@ async function main() {
     error: { all: [logDenials(logger)] },
   });
   app.service('runs').hooks(runsHooks({ authEnabled, errors: { BadRequest, MethodNotAllowed } }));
+  const workers = workerRegistry(app.io, { authEnabled, BadRequest });
+  app.service('runs').hooks({ before: { create: [workers.refuseUnservedModel] } });
   if (authEnabled) {
     const limits = loginLimits(app.get('marcelleTorch').loginLimits);
     app.service('authentication').hooks({

@@ -10,6 +10,7 @@ import fnmatch
 import json
 import re
 import tomllib
+from pathlib import Path
 
 import pytest
 from k8s_tools import REPO
@@ -362,3 +363,21 @@ def test_backend_image_runs_the_projects_start_script():
     text = DOCKERFILES["backend"].read_text()
     assert "npm ci --omit=dev" in text and 'ENTRYPOINT ["node", "start.js"]' in text
     assert "NODE_CONFIG_DIR=/app/backend/config" in text
+
+
+def test_backend_image_copies_every_local_module_the_start_script_loads():
+    backend = REPO / "services" / "backend"
+    copied = {
+        Path(source).name
+        for word, args in instructions(DOCKERFILES["backend"])
+        if word == "COPY" and "--from=" not in args
+        for source in args.split()[:-1]
+    }
+    needed, todo = set(), ["start.js"]
+    while todo:
+        name = todo.pop()
+        needed.add(name)
+        for module in re.findall(r"require\('\./([\w-]+)'\)", (backend / name).read_text()):
+            if f"{module}.js" not in needed:
+                todo.append(f"{module}.js")
+    assert needed <= copied, f"the backend image does not copy {sorted(needed - copied)}"

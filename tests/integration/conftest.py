@@ -4,7 +4,8 @@ worker subprocesses (`marcelle-torch worker`).
 - ``trained_models``: digits and digits-generator trained into the session cache;
 - ``make_backend(**start_backend kwargs)``: a backend on a free port with its own data dir;
 - ``make_worker(backend_url, name, *args)``: a worker process (own process group, log file);
-- ``connect(url, email=None, password=None)``: a FeathersClient (logged in if asked);
+- ``connect(url, email=None, password=None, serves=None)``: a FeathersClient (logged in if
+  asked; ``serves``: the models it announces, as a worker does);
 - ``wait_until(fn, timeout, what)``: polls ``fn`` until it returns a truthy value.
 All are stopped at the end of each test.
 """
@@ -123,9 +124,9 @@ def connect():
 
     clients = []
 
-    def make(url: str, email: str | None = None, password: str | None = None):
+    def make(url: str, email: str | None = None, password: str | None = None, serves: str | None = None):
         client = FeathersClient(url)
-        client.connect()
+        client.connect(query={"serves": serves} if serves is not None else None)
         clients.append(client)
         if email:
             client.authenticate(email, password)

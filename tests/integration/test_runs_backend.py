@@ -132,3 +132,36 @@ def test_with_auth_the_backend_refuses_to_start_without_a_real_secret(backend_in
     assert done.returncode == 2
     assert message in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_a_run_of_a_model_no_connected_worker_serves_is_refused_at_create(make_backend, connect):
+    backend = make_backend()
+    client = connect(backend.url)
+    # No worker connected: the run is accepted and waits (the workers' pending timeout ends it).
+    assert client.create("runs", {"model": "later", "input": 1})["status"] == "pending"
+    # Connections that announce models, as workers do (services/backend/workers.js); names that
+    # are not model names are ignored.
+    connect(backend.url, serves="digits,../users,")
+    leaving = connect(backend.url, serves="digits-generator")
+    with pytest.raises(
+        BackendError, match='no worker serves the model "later": the connected workers serve digits, digits-generator$'
+    ):
+        client.create("runs", {"model": "later", "input": 1})
+    assert client.create("runs", {"model": "digits", "input": 1})["status"] == "pending"
+    # A worker that has just left (a restart) keeps its models accepted for a while.
+    leaving.disconnect()
+    assert client.create("runs", {"model": "digits-generator", "input": 1})["status"] == "pending"
+    with pytest.raises(BackendError, match="the connected workers serve digits$"):
+        client.create("runs", {"model": "../users", "input": 1})
+
+
+def test_with_auth_only_the_worker_accounts_connections_announce_models(auth_backend, connect):
+    connect(auth_backend.url, serves="digits")  # anonymous
+    alice = sign_up(connect, auth_backend.url, "alice@marcelle.test")
+    sign_up(connect, auth_backend.url, "mallory@marcelle.test")
+    connect(auth_backend.url, "mallory@marcelle.test", "a-user-password", serves="digits")
+    # Neither the anonymous nor the user's connection counts as a worker: the run waits.
+    assert new_run(alice)["status"] == "pending"
+    connect(auth_backend.url, *WORKER, serves="digits")
+    with pytest.raises(BackendError, match='no worker serves the model "digits-generator"'):
+        new_run(alice)

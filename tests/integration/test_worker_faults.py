@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from marcelle_torch.worker.client import BackendError
+
 pytestmark = pytest.mark.backend
 
 SUPPORT = Path(__file__).with_name("support")
@@ -92,9 +94,15 @@ def test_a_run_no_worker_serves_fails_with_a_reason_instead_of_waiting_forever(
     make_backend, make_worker, connect, wait_until
 ):
     backend = make_backend()
-    make_worker(backend.url, "w", *STEADY, "--pending-timeout", "3", env=ENV)
     client = connect(backend.url)
+    # Created while no worker is connected, the run is accepted and waits for one.
     orphan = client.create("runs", {"model": "nobody-serves-this", "input": [0]})
+    make_worker(backend.url, "w", *STEADY, "--pending-timeout", "3", env=ENV)
+    # Once a worker is connected, a new run of a model none serves is refused at once.
+    with pytest.raises(
+        BackendError, match='no worker serves the model "nobody-serves-this": the connected workers serve steady'
+    ):
+        client.create("runs", {"model": "nobody-serves-this", "input": [0]})
     failed = wait_until(lambda: finished(client, orphan), what="the unserved run to fail")
     assert failed["status"] == "failed"
     assert failed["error"] == "no running worker serves model 'nobody-serves-this' (waited 3 s for one)"

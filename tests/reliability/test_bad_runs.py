@@ -1,7 +1,9 @@
 """Bad run requests through the Marcelle backend: malformed documents and oversized inputs are
-refused at create with a JSON error that says what is wrong; an unknown model, inputs out of
-range and absurd params end ``failed`` with a readable error; and the worker keeps serving the
-next run. Real backend, one real worker (the built-in models)."""
+refused at create with a JSON error that says what is wrong, and so is a model the connected
+workers do not serve (a run created while no worker is connected waits, and fails after the
+pending timeout: tests/integration/test_worker_faults.py); inputs out of range and absurd
+params end ``failed`` with a readable error; and the worker keeps serving the next run.
+Real backend, one real worker (the built-in models)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from faults import FINAL, record
 
 pytestmark = pytest.mark.backend
 
-PENDING_TIMEOUT = 4  # seconds a run of a model nobody serves waits before it fails
+PENDING_TIMEOUT = 4  # seconds a run may wait for a worker before it fails
 
 
 def big_png() -> str:
@@ -36,10 +38,11 @@ REFUSED_AT_CREATE = [
     ("no input", {"model": "digits"}, "run.input is missing"),
     ("params as a list", {"model": "digits-generator", "input": {"digit": 1}, "params": [1]}, "run.params"),
     ("params as a string", {"model": "digits-generator", "input": {"digit": 1}, "params": "x"}, "run.params"),
+    # The worker is connected and serves digits and digits-generator (services/backend/workers.js).
+    ("an unknown model", {"model": "no-such-model", "input": [0]}, 'no worker serves the model "no-such-model"'),
 ]
 
 FAILED_BY_THE_WORKER = [
-    ("an unknown model", {"model": "no-such-model", "input": [0]}, "no running worker serves model 'no-such-model'"),
     ("a digit out of range", {"model": "digits-generator", "input": {"digit": 42}}, "input.digit"),
     ("a digit as text", {"model": "digits-generator", "input": {"digit": "seven"}}, "input.digit"),
     ("10^9 steps", {"model": "digits-generator", "input": {"digit": 1}, "params": {"steps": 10**9}}, "params.steps"),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -76,10 +77,13 @@ class FeathersClient:
 
     # -- connection
 
-    def connect(self) -> None:
-        """Connect once; raises BackendUnavailable if the backend does not answer."""
+    def connect(self, query: dict[str, str] | None = None) -> None:
+        """Connect once; raises BackendUnavailable if the backend does not answer. ``query``
+        goes into the handshake URL (the server reads it as ``socket.handshake.query``; the
+        client's reconnections keep it)."""
+        url = f"{self.url}?{urllib.parse.urlencode(query)}" if query else self.url
         try:
-            self.sio.connect(self.url, transports=["websocket"])
+            self.sio.connect(url, transports=["websocket"])
         except (socketio.exceptions.ConnectionError, ValueError) as exc:
             raise BackendUnavailable(f"cannot connect to the Marcelle backend at {self.url}: {exc}") from None
 

@@ -22,7 +22,9 @@ failed | canceled. The protocol, all through the backend (the worker exposes no 
 - Pending runs are claimed oldest first (by ``createdAt``), a run taken back from a dead
   worker included. A run left pending longer than ``pending_timeout`` (no worker serves its
   model, or none was free) is failed with a readable reason, so a page never waits forever.
-- On (re)connection the worker logs in (if credentials are given) and picks up pending runs.
+- On (re)connection the worker names the models it serves (handshake query ``serves``: the
+  backend refuses a new run for a model no connected worker serves), logs in (if credentials
+  are given) and picks up pending runs.
 - SIGTERM/SIGINT: no new claims; the current run may finish within ``grace`` seconds, else
   it is released back to pending; then the worker exits.
 
@@ -216,7 +218,9 @@ class Worker:
         delay = 0.5
         while not self.stopping.is_set():
             try:
-                self.client.connect()
+                # The backend refuses new runs for models no connected worker serves
+                # (services/backend/workers.js): say which this one serves.
+                self.client.connect(query={"serves": ",".join(sorted(self.models))})
                 return
             except BackendUnavailable as exc:
                 log.warning("%s; retrying in %.1fs", exc.message, delay)
