@@ -5,7 +5,6 @@ runs of a small user model (``support/steady_model.py``) that lasts as long as a
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -84,7 +83,9 @@ def test_a_worker_whose_backend_is_gone_exits_on_sigterm(make_backend, make_work
     wait_until(lambda: get(client, run)["progress"] > 0, what="the run to start")
     client.disconnect()
     backend.kill()
-    time.sleep(2)  # the worker notices and starts reconnecting
+    # The worker says so while its run goes on (it used to wait for the run loop: up to a run).
+    wait_until(lambda: "disconnected from" in worker.log(), 30, "the worker to log its disconnection")
+    assert "succeeded in" not in worker.log() and "released back" not in worker.log(), "the run is over already"
     worker.signal(signal.SIGTERM)
     # Generous (a shared machine); before, the process outlived SIGTERM indefinitely.
     assert worker.proc.wait(60) == 0, worker.log()[-2000:]

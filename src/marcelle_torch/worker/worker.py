@@ -165,8 +165,9 @@ class Worker:
         self.events.put(("connect", None))
 
     def _on_disconnect(self) -> None:
+        # Logged here, on the reader thread: the run loop reads its events only between runs.
+        log.warning("disconnected from %s; reconnecting", self.backend_url)
         self.metrics.up.set(0)
-        self.events.put(("disconnect", None))
 
     def _on_run_event(self, run: object) -> None:
         # Reader thread: only look and hand over. A stop request acts at once on the run loop.
@@ -243,8 +244,6 @@ class Worker:
         if kind == "connect":
             log.info("connected to %s as %s", self.backend_url, self.id)
             self._on_connected()
-        elif kind == "disconnect":
-            log.warning("disconnected from %s; reconnecting", self.backend_url)
         elif kind == "run":
             if payload.get("status") == "pending" and payload.get("model") in self.models:
                 self.candidates.setdefault(payload["_id"], created_at(payload))
