@@ -1,7 +1,9 @@
 """The "Backend runs" page in real Chromium, with the real Marcelle backend and a real worker.
 
 A generation run is created from the page; the page must show the progress advancing, an
-intermediate image, and the final digit, which the `digits` classifier recognises.
+intermediate image, and the final digit, which the `digits` classifier recognises. The backend
+killed and restarted while a run waits: the page says it is reconnecting, comes back, and shows
+the run's outcome.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ HISTORY_ITEM = "[data-testid=runs-history-item]"
 
 @pytest.fixture
 def backend_and_worker(tmp_path):
+    """The backend, started, and ``start_worker()``, which starts the worker (once)."""
     from marcelle_torch.models import get_spec, resolve_weights
     from marcelle_torch.processes import ManagedProcess
     from marcelle_torch.stack.backend import start_backend
@@ -35,25 +38,30 @@ def backend_and_worker(tmp_path):
         pytest.fail("the Marcelle backend is not installed: run `npm ci` in services/backend (make setup)")
     backend = start_backend(tmp_path / "backend", log_path=tmp_path / "backend.log")
     cli = str(Path(sys.executable).with_name("marcelle-torch"))
-    # Few progress updates a second, as in production, so the page sees the run advance.
-    worker = ManagedProcess(
-        "worker",
-        [cli, "worker", "--backend", backend.url, "--name", "browser-test", "--max-updates-per-second", "4"],
-        tmp_path / "worker.log",
-    )
+    workers = []
+
+    def start_worker():
+        # Few progress updates a second, as in production, so the page sees the run advance.
+        workers.append(
+            ManagedProcess(
+                "worker",
+                [cli, "worker", "--backend", backend.url, "--name", "browser-test", "--max-updates-per-second", "4"],
+                tmp_path / "worker.log",
+            )
+        )
+
     try:
-        yield backend, worker
+        yield backend, start_worker
     finally:
-        worker.stop()
+        for worker in workers:
+            worker.stop()
         backend.stop()
 
 
-def test_a_generation_run_created_from_the_page_shows_progress_and_the_digit(
-    page, webapp_factory, backend_and_worker, console_errors
-):
+def open_runs_page(page, webapp_factory, backend) -> str:
+    """Open the app's runs page on ``backend``; returns the address the other pages poll."""
     from marcelle_torch.processes import free_port
 
-    backend, worker = backend_and_worker
     nobody = f"http://127.0.0.1:{free_port()}"  # the other pages poll their servers: nothing answers here
     url = webapp_factory(
         {"backendUrl": backend.url, "generatorModel": "digits-generator", "model": "digits", "serveUrl": nobody}
@@ -61,6 +69,15 @@ def test_a_generation_run_created_from_the_page_shows_progress_and_the_digit(
     page.goto(url)
     page.get_by_text(PAGE_TITLE, exact=True).first.click()
     page.wait_for_selector(f"{CONNECTION}[data-status=ready]")
+    return nobody
+
+
+def test_a_generation_run_created_from_the_page_shows_progress_and_the_digit(
+    page, webapp_factory, backend_and_worker, console_errors
+):
+    backend, start_worker = backend_and_worker
+    start_worker()
+    nobody = open_runs_page(page, webapp_factory, backend)
 
     page.locator("[data-testid=runs-digit]").select_option("4")
     page.locator("[data-testid=runs-steps]").fill("600")
@@ -95,6 +112,31 @@ def test_a_generation_run_created_from_the_page_shows_progress_and_the_digit(
     # Only the other pages' refused connections may be logged.
     errors = [e for e in console_errors if nobody not in e and "ERR_CONNECTION_REFUSED" not in e]
     assert errors == [], errors
+
+
+def test_the_page_reconnects_after_a_backend_restart_and_shows_the_final_state(
+    page, webapp_factory, backend_and_worker
+):
+    backend, start_worker = backend_and_worker
+    open_runs_page(page, webapp_factory, backend)
+    page.locator("[data-testid=runs-digit]").select_option("2")
+    page.locator("[data-testid=runs-steps]").fill("50")
+    page.locator("[data-testid=runs-generate]").click()
+    page.wait_for_selector(f"{STATUS}[data-status=pending]")  # no worker yet
+
+    # Killed with the run pending, away longer than socket.io-client's 5 attempts (~15 s) last.
+    backend.kill()
+    page.wait_for_selector(f"{CONNECTION}[data-status=reconnecting]")
+    assert page.locator("[data-testid=runs-generate]").is_disabled()
+    page.wait_for_timeout(20_000)
+    backend.restart()
+    # The worker runs the run as soon as it connects, maybe before the page is back: the page
+    # shows the outcome either way (a reload of the history, not only the events it sees).
+    start_worker()
+    page.wait_for_selector(f"{CONNECTION}[data-status=ready]", timeout=60_000)
+    page.wait_for_selector(f"{RESULT}[data-label]", timeout=120_000)
+    assert page.locator(STATUS).get_attribute("data-status") == "succeeded"
+    assert page.locator(RESULT).get_attribute("data-label") == "2"
 
 
 def classify(png: bytes) -> str:

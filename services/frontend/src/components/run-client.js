@@ -83,6 +83,7 @@ export class RunClient {
       this.runs.on('removed', (run) => this.drop(run));
       this.listening = true;
     }
+    this.watchConnection();
     let user;
     try {
       user = await this.store.connect();
@@ -105,6 +106,35 @@ export class RunClient {
     this.$runs.set((page.data ?? page).map(normalizeRun));
     this.$status.set('ready');
     this.$error.set(null);
+  }
+
+  // A backend restart: say so while it is away, and reload the history when it is back (the
+  // events sent meanwhile, e.g. a run that ended, never reached this page).
+  watchConnection() {
+    if (this.watching) return;
+    this.watching = true;
+    const socket = this.store.feathers.io;
+    // @marcellejs/core 0.6.5 (DataStore) lets socket.io-client 2.5 give up after 5 attempts
+    // (about 15 s), shorter than a backend restart may take: keep trying.
+    socket.io.reconnectionAttempts(Infinity);
+    socket.on('disconnect', () => {
+      if (this.$status.get() === 'ready') this.$status.set('reconnecting');
+    });
+    socket.on('reconnect', () => {
+      if (this.$status.get() === 'reconnecting') this.reload();
+    });
+  }
+
+  async reload() {
+    try {
+      const page = await this.runs.find({ query: { $sort: { createdAt: -1 }, $limit: this.historySize } });
+      for (const run of page.data ?? page) this.upsert(run);
+      this.$status.set('ready');
+      this.$error.set(null);
+    } catch (error) {
+      this.$status.set('error');
+      this.$error.set(`cannot reload the runs from ${this.url}: ${error?.message ?? 'no answer'}`);
+    }
   }
 
   upsert(raw) {

@@ -144,6 +144,7 @@ export class RunPanel extends Component {
         login: 'log in to use the backend',
         'logged-out': 'log in to use the backend',
         ready: `connected to ${this.client.url}`,
+        reconnecting: `lost the connection to the Marcelle backend at ${this.client.url}; reconnecting…`,
       }[status] ??
       error ??
       status;
