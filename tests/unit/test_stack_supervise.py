@@ -100,3 +100,24 @@ def _zombie(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_a_child_launched_beforehand_is_watched_and_restarted_with_start(tmp_path):
+    # `up` launches Ray Serve first and waits for it last; the supervisor takes that child as is.
+    starts = []
+
+    def start():
+        starts.append(ManagedProcess("sleeper", SLEEPER, tmp_path / f"sleeper-{len(starts)}.log"))
+        return starts[-1]
+
+    first = ManagedProcess("sleeper", SLEEPER, tmp_path / "first.log")
+    supervisor = Supervisor(interval=0.1)
+    entry = supervisor.add("sleeper", start, first=first)
+    assert entry.child is first and starts == []
+    supervisor.watch()
+    try:
+        first.signal(signal.SIGKILL)
+        wait_for(lambda: starts and entry.child is starts[0] and entry.child.alive(), what="the restart")
+    finally:
+        supervisor.stop()
+        entry.child.stop(settle=5)

@@ -33,10 +33,10 @@ def exit_code(child: Child) -> int | None:
 
 
 class Supervised:
-    def __init__(self, name: str, start: Callable[[], Child]):
+    def __init__(self, name: str, start: Callable[[], Child], first: Child | None = None):
         self.name = name
         self.start = start
-        self.child: Child | None = start()
+        self.child: Child | None = first if first is not None else start()
         self.started_at = time.monotonic()
         self.quick_failures = 0
         self.due: float | None = None  # when the next start is due, while the child is down
@@ -58,10 +58,10 @@ class Supervisor:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def add(self, name: str, start: Callable[[], Child]) -> Supervised:
-        """Start a child now (errors propagate: a stack that cannot start fails at once) and
-        watch it from then on."""
-        entry = Supervised(name, start)
+    def add(self, name: str, start: Callable[[], Child], first: Child | None = None) -> Supervised:
+        """Start a child now (errors propagate: a stack that cannot start fails at once), or take
+        ``first``, already started, and watch it from then on."""
+        entry = Supervised(name, start, first)
         with self._lock:
             self._children.append(entry)
         return entry

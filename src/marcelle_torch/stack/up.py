@@ -79,9 +79,10 @@ class Stack:
     def add(self, name: str, stop: Callable[[], None]) -> None:
         self._stops.append((name, stop))
 
-    def supervise(self, name: str, start: Callable[[], C]) -> C:
-        """Start a child process and restart it (with backoff) whenever it dies; the first child."""
-        entry = self.supervisor.add(name, start)
+    def supervise(self, name: str, start: Callable[[], C], first: C | None = None) -> C:
+        """Start a child process (or take ``first``, launched already) and restart it (with
+        backoff) whenever it dies; the first child."""
+        entry = self.supervisor.add(name, start, first)
 
         def stop_child() -> None:
             if entry.child is not None:
@@ -192,11 +193,11 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
         else None
     )
     try:
-        say(f"[2/{total}] Ray Serve on port {serve_port} (log: {logs / 'serve.log'})")
+        say(f"[2/{total}] Ray Serve on port {serve_port}, starting while the rest does (log: {logs / 'serve.log'})")
         serve_url = f"http://{host}:{serve_port}"
 
-        def start_serve() -> ManagedProcess:
-            serve = ManagedProcess(
+        def launch_serve() -> ManagedProcess:
+            return ManagedProcess(
                 "ray serve",
                 cli_argv(
                     "serve",
@@ -212,6 +213,8 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
                 logs / "serve.log",
                 die_with_parent=True,
             )
+
+        def serve_ready(serve: ManagedProcess) -> ManagedProcess:
             try:
                 serve.wait_http(f"{serve_url}/readyz", options.ready_timeout)
             except BaseException:
@@ -219,7 +222,9 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
                 raise
             return serve
 
-        stack.supervise("Ray Serve", start_serve)
+        # Ray Serve takes the longest to come up (Ray, then the model replicas): launched first,
+        # it starts while the other parts do, and is waited for last. A restart waits for it.
+        serve = stack.supervise("Ray Serve", lambda: serve_ready(launch_serve()), first=launch_serve())
         stack.urls["serve"] = serve_url
         stack.urls["serve_metrics"] = f"http://{host}:{serve_metrics_port}/metrics"
 
@@ -314,6 +319,9 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
                 )
                 stack.add("Prometheus", prom.stop)
                 stack.urls["prometheus"] = prom.url
+
+        say("waiting for Ray Serve to be ready")
+        serve_ready(serve)
     except BaseException:
         stack.stop(say)
         raise
