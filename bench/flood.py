@@ -38,9 +38,9 @@ def digit_inputs(n: int = 10) -> list[str]:
 
 
 def start_workers(backend_url: str, count: int, logs: Path, models: str = "digits") -> list:
-    from marcelle_torch.processes import ManagedProcess, cli_argv
+    from marcelle_torch.processes import ManagedProcess, cli_argv, threads_per_process
 
-    threads = max(1, len(os.sched_getaffinity(0)) // count)
+    threads = threads_per_process(count)
     workers = []
     for i in range(count):
         workers.append(

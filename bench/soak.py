@@ -350,7 +350,7 @@ def markdown(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from marcelle_torch.files import atomic_write_text
-    from marcelle_torch.processes import ManagedProcess, cli_argv, free_port
+    from marcelle_torch.processes import ManagedProcess, cli_argv, free_port, threads_per_process
     from marcelle_torch.stack.backend import start_backend
     from marcelle_torch.stack.webapp import start_webapp
 
@@ -403,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--name",
                 "soak",
                 "--threads",
-                str(len(os.sched_getaffinity(0))),
+                str(threads_per_process(1)),
             ],
             workdir / "worker.log",
         )

@@ -2,6 +2,7 @@
 
 import os
 import socket
+import subprocess
 import sys
 import time
 
@@ -70,3 +71,17 @@ def test_stop_ends_the_whole_process_tree(tmp_path):
 def test_a_clean_exit_leaves_nothing_to_report(tmp_path):
     proc = ManagedProcess("sleeper", [sys.executable, "-c", "import time; time.sleep(600)"], tmp_path / "s.log")
     assert proc.stop(timeout=10, settle=2) == []
+
+
+@pytest.mark.parametrize("cpus", [1, 2])
+def test_processes_sharing_the_cpus_split_them(cpus):
+    # `up --workers N` and the flood bench size each worker's torch threads this way.
+    allowed = sorted(os.sched_getaffinity(0))[:cpus]
+    if len(allowed) < cpus:
+        pytest.skip(f"this machine lets the tests use {len(allowed)} CPU(s)")
+    code = (
+        f"import os; os.sched_setaffinity(0, {set(allowed)!r}); "
+        "from marcelle_torch.processes import threads_per_process as t; print(t(1), t(2), t(4))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [str(cpus), str(max(1, cpus // 2)), "1"]

@@ -13,7 +13,6 @@ with a generated password, which only ``Stack.login`` holds: ``up`` prints it on
 
 from __future__ import annotations
 
-import os
 import secrets
 import threading
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from ..processes import ManagedProcess, StartupError, cli_argv, port_or_free
+from ..processes import ManagedProcess, StartupError, cli_argv, port_or_free, threads_per_process
 from .supervise import Child, Supervisor
 from .webapp import WebappNotBuilt, start_webapp
 
@@ -248,8 +247,7 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
 
         say(f"[4/{total}] run worker{'s' if options.workers > 1 else ''} ({options.workers})")
         worker_ports = []
-        # Each worker's torch would otherwise use every core: N workers would fight over them.
-        threads = max(1, len(os.sched_getaffinity(0)) // options.workers)
+        threads = threads_per_process(options.workers)
         for i in range(options.workers):
             port = worker_metrics_port if i == 0 else port_or_free(0, host)
 
