@@ -97,13 +97,19 @@ def get(url):
 
 
 @pytest.mark.parametrize(
-    "path", ["/", "/a/client/route", "/assets/index-abc.js", "/onnx/digits/model.onnx", "/config.json"]
+    "path", ["/", "/index.html", "/assets/index-abc.js", "/onnx/digits/model.onnx", "/config.json"]
 )
 def test_app_files_are_cross_origin_isolated(nginx, path):
     status, headers, _ = get(nginx + path)
     assert status == 200
     for name, value in ISOLATED.items():
         assert headers[name] == value, f"{path}: {name} is {headers[name]!r}"
+
+
+@pytest.mark.parametrize("path", ["/a/client/route", "/assets/index-missing.js", "/onnx/other/model.onnx"])
+def test_a_path_that_is_no_file_is_a_404_not_the_app(nginx, path):
+    status, _, body = get(nginx + path)
+    assert status == 404 and b"<title>app</title>" not in body
 
 
 def test_locations_with_their_own_headers_keep_them(nginx):
