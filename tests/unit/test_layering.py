@@ -130,3 +130,12 @@ def test_help_imports_no_heavy_dependency(argv):
     *help_text, loaded = result.stdout.strip().splitlines()
     assert "usage: marcelle-torch" in "\n".join(help_text)
     assert json.loads(loaded) == [], f"`marcelle-torch {' '.join(argv)}` imported {json.loads(loaded)}"
+
+
+def test_the_serve_application_module_does_not_import_torch():
+    # The router replica imports it (Ray loads a deployment's class by its module) and never runs
+    # a model: torch would cost it seconds at start and a few hundred MiB.
+    code = "import sys, marcelle_torch.serving.app; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

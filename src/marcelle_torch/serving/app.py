@@ -40,7 +40,6 @@ from ray import serve
 from starlette.routing import Route
 
 from ..errors import InferenceTimeout, InvalidInput, MarcelleTorchError, ModelNotReady, Overloaded
-from ..models.inputs import parse_predict_body
 from .api import (
     Health,
     ModelList,
@@ -195,6 +194,7 @@ class ModelServer:
         if name != self.spec.name:  # the route prefix is this model's predict path: only by a misroute
             raise unknown_model(name, [self.spec.name])
         from ..models import decode_instances
+        from ..models.inputs import parse_predict_body
 
         instances = parse_predict_body(await read_body(request, self.args.max_body_bytes))
         try:
@@ -247,11 +247,11 @@ class ModelServer:
 class Router:
     """Health, readiness, the model list and metadata, the OpenAPI document; never a prediction's hop."""
 
-    def __init__(self, args: RouterArgs):
-        from ..models import get_spec
-
+    def __init__(self, args: RouterArgs, models: list[str]):
+        # The model names come resolved from build_app: this replica never imports the models
+        # (nor torch, which would cost it seconds at start and a few hundred MiB).
         self.args = parse_args(RouterArgs, args)
-        self.models = [get_spec(ref).name for ref in self.args.models]
+        self.models = models
         self.metrics = ServeMetrics()
         self._handles: dict = {}
         self._status: tuple[float, dict] = (0.0, {})
@@ -394,7 +394,7 @@ def build_app(args: RouterArgs) -> serve.Application:
     if len(set(names)) != len(names):
         raise ConfigError("application args: a model is listed twice (two references with one spec name)")
     # serve.deployment turned the class into a Deployment (mypy sees the class).
-    return cast(Any, Router).options(name="Router").bind(args.model_dump())
+    return cast(Any, Router).options(name="Router").bind(args.model_dump(), names)
 
 
 def build_model_app(args: ModelAppArgs) -> serve.Application:
