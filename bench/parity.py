@@ -39,16 +39,10 @@ from marcelle_torch.processes import ManagedProcess, cli_argv, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "out"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+
+# The browser tests' Chromium (path and flags), so that this bench measures the page as they drive it.
+sys.path.insert(0, str(REPO / "tests" / "browser"))
+from chromium import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 
 
 def make_inputs(n: int, seed: int = 0):
@@ -343,7 +337,7 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--bundle", type=Path, default=REPO / "services/frontend/public/onnx/digits")
     parser.add_argument("--dist", type=Path, default=REPO / "services/frontend/dist")
-    parser.add_argument("--chromium", default=os.environ.get("MARCELLE_TORCH_CHROMIUM", "/usr/bin/chromium"))
+    parser.add_argument("--chromium", default=CHROMIUM, help=f"Chromium to run (default: {CHROMIUM})")
     args = parser.parse_args(argv)
 
     import onnxruntime

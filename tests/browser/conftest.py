@@ -21,23 +21,17 @@ import base64
 import io
 import math
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from chromium import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 DIST = Path(os.environ.get("MARCELLE_TORCH_WEBAPP_DIST", ROOT / "services" / "frontend" / "dist"))
-CHROMIUM = os.environ.get("MARCELLE_TORCH_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 # The machine is shared and slow: generous, never part of an assertion.
 TIMEOUT_MS = 120_000
 
