@@ -7,6 +7,9 @@ Fixtures:
 - ``webapp_dist``: the built app's folder (the tests skip, saying so, when it is not built);
 - ``webapp_factory(config)``: serves ``services/frontend/dist`` with ``/config.json`` = config,
   returns the app's URL; stopped after the test.
+- ``runs_backend(**start_backend_options) -> (backend, start_worker)``: the real Marcelle
+  backend, and ``start_worker(env=None)`` to start a real worker on it when the test says;
+- ``open_runs_page(backend_url) -> nobody``: ``page`` on the app's "Backend runs" page.
 
 - ``drawing_input``: drives the app's shared input (components/drawing-input.js):
   ``draw_digit`` / ``draw_strokes`` on the Marcelle sketchpad with real mouse moves,
@@ -38,6 +41,7 @@ TIMEOUT_MS = 120_000
 SKETCH = "[data-testid=drawing-input-sketch]"
 UPLOAD = "[data-testid=drawing-input-upload]"
 PREVIEW_IMG = "[data-testid=drawing-input-image]"
+RUNS_PAGE_TITLE = "Backend runs"
 
 
 def pytest_collection_modifyitems(items):
@@ -104,6 +108,79 @@ def webapp_factory(webapp_dist):
     yield make
     for stop in reversed(stops):
         stop()
+
+
+# --- the "Backend runs" page -----------------------------------------------------------
+
+
+@pytest.fixture
+def runs_backend(tmp_path):
+    """``start(**options) -> (backend, start_worker)``: the real Marcelle backend, started by
+    ``start_backend`` with ``options``, and ``start_worker(env=None)``, which starts a real
+    `marcelle-torch worker` on it (when the test says: after creating accounts, or a restart).
+    Both are stopped after the test."""
+    from marcelle_torch.models import get_spec, resolve_weights
+    from marcelle_torch.processes import ManagedProcess
+    from marcelle_torch.stack.backend import start_backend
+
+    for name in ("digits", "digits-generator"):
+        resolve_weights(get_spec(name), train_if_missing=True)
+    if not (ROOT / "services" / "backend" / "node_modules" / "@marcellejs" / "backend").is_dir():
+        pytest.fail("the Marcelle backend is not installed: run `npm ci` in services/backend (make setup)")
+    cli = str(Path(sys.executable).with_name("marcelle-torch"))
+    backends, workers = [], []
+
+    def start(**options):
+        backend = start_backend(tmp_path / "backend", log_path=tmp_path / "backend.log", **options)
+        backends.append(backend)
+
+        def start_worker(env: dict | None = None) -> None:
+            # Few progress updates a second, as in production, so the page sees the run advance.
+            workers.append(
+                ManagedProcess(
+                    "worker",
+                    [
+                        cli,
+                        "worker",
+                        "--backend",
+                        backend.url,
+                        "--name",
+                        "browser-test",
+                        "--max-updates-per-second",
+                        "4",
+                    ],
+                    tmp_path / "worker.log",
+                    env=env,
+                )
+            )
+
+        return backend, start_worker
+
+    try:
+        yield start
+    finally:
+        for worker in workers:
+            worker.stop()
+        for backend in backends:
+            backend.stop()
+
+
+@pytest.fixture
+def open_runs_page(page, webapp_factory):
+    """``open_runs_page(backend_url) -> nobody``: ``page`` on the app's "Backend runs" page, the
+    app set up with that backend; the other pages' servers are at ``nobody``, where nothing answers."""
+    from marcelle_torch.processes import free_port
+
+    def open_page(backend_url: str) -> str:
+        nobody = f"http://127.0.0.1:{free_port()}"  # the other pages poll their servers: nothing answers here
+        url = webapp_factory(
+            {"backendUrl": backend_url, "generatorModel": "digits-generator", "model": "digits", "serveUrl": nobody}
+        )
+        page.goto(url)
+        page.get_by_text(RUNS_PAGE_TITLE, exact=True).first.click()
+        return nobody
+
+    return open_page
 
 
 # --- drawing and uploading -------------------------------------------------------------

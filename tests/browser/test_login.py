@@ -11,16 +11,13 @@ shows Marcelle's login error and no runs; so does a registration while sign-up i
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
 pytestmark = pytest.mark.backend
 
-ROOT = Path(__file__).resolve().parents[2]
 PAGE_TITLE = "Backend runs"
 CONNECTION = "[data-testid=runs-connection]"
 PROGRESS = "[data-testid=runs-progress]"
@@ -63,19 +60,9 @@ class Api:
 
 
 @pytest.fixture
-def auth_stack(tmp_path):
+def auth_stack(runs_backend):
     """Backend (auth on, sign-up off, admin + worker accounts), Alice and Bob, Bob's first run, a worker."""
-    from marcelle_torch.models import get_spec, resolve_weights
-    from marcelle_torch.processes import ManagedProcess
-    from marcelle_torch.stack.backend import start_backend
-
-    for name in ("digits", "digits-generator"):
-        resolve_weights(get_spec(name), train_if_missing=True)
-    if not (ROOT / "services" / "backend" / "node_modules" / "@marcellejs" / "backend").is_dir():
-        pytest.fail("the Marcelle backend is not installed: run `npm ci` in services/backend (make setup)")
-    backend = start_backend(
-        tmp_path / "backend",
-        log_path=tmp_path / "backend.log",
+    backend, start_worker = runs_backend(
         auth=True,
         secret=SECRET,
         worker_email=WORKER[0],
@@ -84,7 +71,7 @@ def auth_stack(tmp_path):
         admin_password=ADMIN[1],
         allow_signup=False,
     )
-    apis, worker = [], None
+    apis = []
     try:
         admin = Api(backend.url, *ADMIN)
         apis.append(admin)
@@ -95,31 +82,11 @@ def auth_stack(tmp_path):
         bob_first = bob.call(
             "POST", "/runs", json={"model": "digits-generator", "input": {"digit": 7}, "params": {"steps": 10}}
         )
-        cli = str(Path(sys.executable).with_name("marcelle-torch"))
-        worker = ManagedProcess(
-            "worker",
-            [cli, "worker", "--backend", backend.url, "--name", "browser-test", "--max-updates-per-second", "4"],
-            tmp_path / "worker.log",
-            env={"MARCELLE_WORKER_EMAIL": WORKER[0], "MARCELLE_WORKER_PASSWORD": WORKER[1]},
-        )
+        start_worker(env={"MARCELLE_WORKER_EMAIL": WORKER[0], "MARCELLE_WORKER_PASSWORD": WORKER[1]})
         yield {"backend": backend, "admin": admin, "bob": bob, "bob_first": bob_first}
     finally:
-        if worker is not None:
-            worker.stop()
         for api in apis:
             api.close()
-        backend.stop()
-
-
-def open_runs_page(page, webapp_factory, backend_url: str) -> None:
-    from marcelle_torch.processes import free_port
-
-    nobody = f"http://127.0.0.1:{free_port()}"  # the other pages poll their servers: nothing answers here
-    url = webapp_factory(
-        {"backendUrl": backend_url, "generatorModel": "digits-generator", "model": "digits", "serveUrl": nobody}
-    )
-    page.goto(url)
-    page.get_by_text(PAGE_TITLE, exact=True).first.click()
 
 
 def log_in(page, email: str, password: str) -> None:
@@ -142,9 +109,9 @@ def wait_run(api: Api, run_id: str, status: str, timeout: float = 300) -> dict:
         time.sleep(0.5)
 
 
-def test_a_user_logs_in_with_marcelles_dialog_generates_and_sees_only_their_runs(page, webapp_factory, auth_stack):
+def test_a_user_logs_in_with_marcelles_dialog_generates_and_sees_only_their_runs(page, open_runs_page, auth_stack):
     backend, admin, bob = auth_stack["backend"], auth_stack["admin"], auth_stack["bob"]
-    open_runs_page(page, webapp_factory, backend.url)
+    open_runs_page(backend.url)
 
     # Authentication is on and there is no session: Marcelle's login dialog, nothing usable behind it.
     page.locator(DIALOG).wait_for()
@@ -215,9 +182,9 @@ def test_a_user_logs_in_with_marcelles_dialog_generates_and_sees_only_their_runs
     assert history_ids(page) == []
 
 
-def test_a_wrong_password_shows_marcelles_error_and_no_runs(page, webapp_factory, auth_stack):
+def test_a_wrong_password_shows_marcelles_error_and_no_runs(page, open_runs_page, auth_stack):
     backend, bob_first = auth_stack["backend"], auth_stack["bob_first"]
-    open_runs_page(page, webapp_factory, backend.url)
+    open_runs_page(backend.url)
     page.locator(DIALOG).wait_for()
 
     log_in(page, BOB[0], "not-bobs-password")

@@ -9,15 +9,11 @@ the run's outcome.
 from __future__ import annotations
 
 import base64
-import sys
-from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.backend
 
-ROOT = Path(__file__).resolve().parents[2]
-PAGE_TITLE = "Backend runs"
 CONNECTION = "[data-testid=runs-connection]"
 PROGRESS = "[data-testid=runs-progress]"
 STATUS = "[data-testid=runs-status]"
@@ -26,58 +22,18 @@ HISTORY_ITEM = "[data-testid=runs-history-item]"
 
 
 @pytest.fixture
-def backend_and_worker(tmp_path):
+def backend_and_worker(runs_backend):
     """The backend, started, and ``start_worker()``, which starts the worker (once)."""
-    from marcelle_torch.models import get_spec, resolve_weights
-    from marcelle_torch.processes import ManagedProcess
-    from marcelle_torch.stack.backend import start_backend
-
-    for name in ("digits", "digits-generator"):
-        resolve_weights(get_spec(name), train_if_missing=True)
-    if not (ROOT / "services" / "backend" / "node_modules" / "@marcellejs" / "backend").is_dir():
-        pytest.fail("the Marcelle backend is not installed: run `npm ci` in services/backend (make setup)")
-    backend = start_backend(tmp_path / "backend", log_path=tmp_path / "backend.log")
-    cli = str(Path(sys.executable).with_name("marcelle-torch"))
-    workers = []
-
-    def start_worker():
-        # Few progress updates a second, as in production, so the page sees the run advance.
-        workers.append(
-            ManagedProcess(
-                "worker",
-                [cli, "worker", "--backend", backend.url, "--name", "browser-test", "--max-updates-per-second", "4"],
-                tmp_path / "worker.log",
-            )
-        )
-
-    try:
-        yield backend, start_worker
-    finally:
-        for worker in workers:
-            worker.stop()
-        backend.stop()
-
-
-def open_runs_page(page, webapp_factory, backend) -> str:
-    """Open the app's runs page on ``backend``; returns the address the other pages poll."""
-    from marcelle_torch.processes import free_port
-
-    nobody = f"http://127.0.0.1:{free_port()}"  # the other pages poll their servers: nothing answers here
-    url = webapp_factory(
-        {"backendUrl": backend.url, "generatorModel": "digits-generator", "model": "digits", "serveUrl": nobody}
-    )
-    page.goto(url)
-    page.get_by_text(PAGE_TITLE, exact=True).first.click()
-    page.wait_for_selector(f"{CONNECTION}[data-status=ready]")
-    return nobody
+    return runs_backend()
 
 
 def test_a_generation_run_created_from_the_page_shows_progress_and_the_digit(
-    page, webapp_factory, backend_and_worker, console_errors
+    page, open_runs_page, backend_and_worker, console_errors
 ):
     backend, start_worker = backend_and_worker
     start_worker()
-    nobody = open_runs_page(page, webapp_factory, backend)
+    nobody = open_runs_page(backend.url)
+    page.wait_for_selector(f"{CONNECTION}[data-status=ready]")
 
     page.locator("[data-testid=runs-digit]").select_option("4")
     page.locator("[data-testid=runs-steps]").fill("600")
@@ -115,10 +71,11 @@ def test_a_generation_run_created_from_the_page_shows_progress_and_the_digit(
 
 
 def test_the_page_reconnects_after_a_backend_restart_and_shows_the_final_state(
-    page, webapp_factory, backend_and_worker
+    page, open_runs_page, backend_and_worker
 ):
     backend, start_worker = backend_and_worker
-    open_runs_page(page, webapp_factory, backend)
+    open_runs_page(backend.url)
+    page.wait_for_selector(f"{CONNECTION}[data-status=ready]")
     page.locator("[data-testid=runs-digit]").select_option("2")
     page.locator("[data-testid=runs-steps]").fill("50")
     page.locator("[data-testid=runs-generate]").click()
