@@ -29,7 +29,7 @@ import urllib.request
 from pathlib import Path
 
 from marcelle_torch.files import atomic_write_text
-from marcelle_torch.processes import cli_argv
+from marcelle_torch.processes import cli_argv, session_processes
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "out"
@@ -39,12 +39,6 @@ GOAL_STOP_S = 5.0
 
 def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def session_pids(sid: int) -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid=,sid=,stat="], capture_output=True, text=True).stdout
-    rows = (line.split() for line in out.splitlines())
-    return [int(r[0]) for r in rows if len(r) == 3 and r[1] == str(sid) and not r[2].startswith("Z")]
 
 
 def cycle(workdir: Path, up_args: list[str], log_path: Path, timeout: float = 600.0) -> dict:
@@ -105,9 +99,9 @@ def cycle(workdir: Path, up_args: list[str], log_path: Path, timeout: float = 60
         proc.wait(timeout)
         exited = time.perf_counter() - t_term
         # Everything it started gone too (Ray's workers, HAProxy, node, the worker).
-        while session_pids(proc.pid) and time.perf_counter() - t_term < 120:
+        while session_processes(proc.pid) and time.perf_counter() - t_term < 120:
             time.sleep(0.05)
-        left = session_pids(proc.pid)
+        left = session_processes(proc.pid)
         result.update(
             stop_exit_s=round(exited, 3),
             stop_all_gone_s=round(time.perf_counter() - t_term, 3),
@@ -120,7 +114,7 @@ def cycle(workdir: Path, up_args: list[str], log_path: Path, timeout: float = 60
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(30)
-        for pid in session_pids(proc.pid):
+        for pid in session_processes(proc.pid):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
