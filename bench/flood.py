@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import sys
 import threading
 import time
@@ -196,6 +197,8 @@ def problems(figures: dict) -> list[str]:
 def run_one(workers_count: int, runs: int, clients: int, workdir: Path) -> dict:
     from marcelle_torch.stack.backend import start_backend
 
+    # A fresh backend each round: runs left by an earlier invocation would be counted.
+    shutil.rmtree(workdir / "backend", ignore_errors=True)
     workdir.mkdir(parents=True, exist_ok=True)
     backend = start_backend(workdir / "backend", log_path=workdir / "backend.log")
     workers = []

@@ -366,7 +366,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve-pid", type=int, default=None, help="its process (session leader), for its RSS")
     parser.add_argument("--workdir", type=Path, default=REPO / "var" / "bench-soak")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument(
+        "--table-only",
+        action="store_true",
+        help="rewrite soak.md from the last soak.json and the scenarios' current figures; run nothing",
+    )
     args = parser.parse_args(argv)
+    if args.table_only:
+        report = json.loads((args.out / "soak.json").read_text())
+        atomic_write_text(args.out / "soak.md", markdown(report))
+        print(markdown(report))
+        return 0
     os.environ.setdefault("MARCELLE_TORCH_CACHE", str(REPO / ".cache" / "models"))
     if not (DIST / "onnx" / "digits" / "model.onnx").is_file():
         print(f"the web app is not built with its ONNX bundle ({DIST}); run `make webapp`", file=sys.stderr)
