@@ -123,7 +123,7 @@ class ManagedProcess:
                 pass
             if on_wait:
                 on_wait()
-            time.sleep(0.5)
+            time.sleep(0.2)
         raise StartupError(f"{self.name} did not become ready at {url} within {timeout:.0f}s; see {self.log_path}")
 
     def stop(self, timeout: float = 60.0, settle: float = 30.0) -> list[int]:

@@ -242,7 +242,7 @@ class LocalServe:
             running = apps and all(a.status.value == "RUNNING" for a in apps.values())
             if running and all(http_status(u) == 200 for u in ready_urls):
                 return
-            time.sleep(1.0)
+            time.sleep(0.2)  # serve.status() is one call to the controller: polling costs little
         raise ServeStartError(f"not ready after {timeout_s:.0f}s; Ray logs are in {self.workdir}")
 
     def stop(self) -> None:
