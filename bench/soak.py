@@ -263,7 +263,8 @@ def reliability_rows() -> list[tuple[str, str, str, str]]:
                 "Replica killed under load",
                 r["fault"],
                 f"{r['failed_503_json_retry_after']} of {r['requests_after_kill']} requests after the kill: "
-                f"JSON 503 + Retry-After; 0 other errors, 0 resets",
+                f"JSON 503 + Retry-After; {r['connection_errors']} lost the connection at the kill; "
+                f"{r['failed_other']} other errors",
                 f"no success for {r['gap_s']} s; slowest request {r['slowest_request_s']} s (limit 30 s)",
             )
         )

@@ -1,0 +1,140 @@
+"""The Marcelle backend's memory under many runs: a leak grows with the runs, a heap that sizes
+itself levels off.
+
+The soak (bench/soak.py) sends a run every 2 s; at that pace ten minutes are a few hundred runs,
+and node's resident memory is still growing when the soak ends. This bench sends runs twenty
+times faster (classifier and generator in turn, done by a real ``marcelle-torch worker``) into a
+fresh real backend, samples the backend's RSS every ``--every`` seconds, and compares the growth
+over the second half of the runs with the first half: a leak keeps its pace, a heap that has
+found its size stops. The runs' own data (NeDB keeps them in memory) is reported beside it.
+
+Writes bench/out/backend_memory.{json,md}:
+    .venv/bin/python bench/backend_memory.py [--seconds 360] [--rate 10] [--every 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "bench" / "out"
+
+
+def live_runs_mib(path: Path) -> float:
+    """The JSON size of the runs as stored now (NeDB's file appends every write; the last line
+    of each id is the run, the one NeDB holds in memory)."""
+    runs = {}
+    for line in path.read_text().splitlines():
+        doc = json.loads(line)
+        if "_id" in doc:
+            runs[doc["_id"]] = line
+    return sum(len(line) for line in runs.values()) / 2**20
+
+
+def main(argv: list[str] | None = None) -> int:
+    from serve_latency import digit_instances
+
+    from marcelle_torch.files import atomic_write_text
+    from marcelle_torch.processes import ManagedProcess, cli_argv, rss_kib, threads_per_process
+    from marcelle_torch.stack.backend import start_backend
+    from marcelle_torch.worker.client import FeathersClient
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=360.0)
+    parser.add_argument("--rate", type=float, default=10.0, help="runs created per second")
+    parser.add_argument("--every", type=float, default=20.0, help="seconds between RSS samples")
+    parser.add_argument("--workdir", type=Path, default=REPO / "var" / "bench-backend-memory")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("MARCELLE_TORCH_CACHE", str(REPO / ".cache" / "models"))
+
+    shutil.rmtree(args.workdir / "backend", ignore_errors=True)  # a fresh backend: no earlier runs
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    images = [instance for instance, _label in digit_instances(10)]
+    backend = start_backend(args.workdir / "backend", log_path=args.workdir / "backend.log")
+    worker = ManagedProcess(
+        "worker",
+        [*cli_argv(), "worker", "--backend", backend.url, "--name", "memory", "--threads", str(threads_per_process(1))],
+        args.workdir / "worker.log",
+    )
+    samples = []
+    try:
+        deadline = time.monotonic() + 300
+        while "connected to" not in worker.log_text():
+            if not worker.alive() or time.monotonic() > deadline:
+                print(f"the worker did not connect:\n{worker.log_tail()}", file=sys.stderr)
+                return 1
+            time.sleep(0.5)
+        client = FeathersClient(backend.url)
+        client.connect()
+        t0 = time.monotonic()
+        created, next_sample = 0, t0
+        while (now := time.monotonic()) < t0 + args.seconds:
+            if now >= next_sample:
+                samples.append(
+                    {"s": round(now - t0), "runs": created, "rss_mib": round(rss_kib(backend.process.pid) / 1024, 1)}
+                )
+                print(samples[-1], flush=True)
+                next_sample += args.every
+            if created % 2:
+                client.create("runs", {"model": "digits", "input": images[created % len(images)]})
+            else:
+                client.create(
+                    "runs", {"model": "digits-generator", "input": {"digit": created % 10}, "params": {"steps": 20}}
+                )
+            created += 1
+            time.sleep(max(0.0, t0 + created / args.rate - time.monotonic()))
+        samples.append(
+            {
+                "s": round(time.monotonic() - t0),
+                "runs": created,
+                "rss_mib": round(rss_kib(backend.process.pid) / 1024, 1),
+            }
+        )
+        client.disconnect()
+    finally:
+        worker.stop()
+        backend.stop()
+    live_mib = live_runs_mib(args.workdir / "backend" / "runs.db")
+
+    half = len(samples) // 2
+    first, middle, last = samples[0], samples[half], samples[-1]
+    first_half, second_half = middle["rss_mib"] - first["rss_mib"], last["rss_mib"] - middle["rss_mib"]
+    report = {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "command": "python bench/backend_memory.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "runs": created,
+        "rate_per_s": args.rate,
+        "samples": samples,
+        "growth_first_half_mib": round(first_half, 1),
+        "growth_second_half_mib": round(second_half, 1),
+        "runs_json_mib": round(live_mib, 2),
+    }
+    lines = [
+        f"# The backend's memory under many runs ({report['date']})",
+        "",
+        f"`{report['command']}`: {created} runs at {args.rate:g}/s (classifier and generator in turn), "
+        f"a fresh backend; the runs it holds at the end are {live_mib:.2f} MiB of JSON (NeDB keeps them in memory).",
+        "",
+        "| seconds | runs created | backend RSS (MiB) |",
+        "|---:|---:|---:|",
+        *[f"| {s['s']} | {s['runs']} | {s['rss_mib']} |" for s in samples],
+        "",
+        f"RSS growth over the first half of the runs: **{first_half:+.1f} MiB**; over the second half: "
+        f"**{second_half:+.1f} MiB**.",
+    ]
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out / "backend_memory.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(args.out / "backend_memory.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
