@@ -169,7 +169,9 @@ def test_down_alerts_fire_when_nothing_answers(tmp_path):
             lambda: expected <= {(a["metric"]["alertname"], a["metric"].get("target")) for a in prom.query("ALERTS")},
             timeout=120,
         )
-        assert prom.query('up{job="ray"}')[0]["value"][1] == "0"
+        # The rules can go pending before the ray target's first scrape (absent() needs none).
+        scraped = wait_for("the ray target's first scrape", lambda: prom.query('up{job="ray"}'), timeout=60)
+        assert scraped[0]["value"][1] == "0"
         with pytest.raises(monitoring.PrometheusError, match="parse error"):
             prom.query("sum(")
     finally:
