@@ -5,11 +5,13 @@ runs of a small user model (``support/steady_model.py``) that lasts as long as a
 from __future__ import annotations
 
 import signal
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from marcelle_torch.worker.client import BackendError
+from marcelle_torch.worker.worker import Worker, WorkerOptions, iso, utc_now
 
 pytestmark = pytest.mark.backend
 
@@ -31,25 +33,87 @@ def finished(client, run):
     return current if current["status"] in ("succeeded", "failed", "canceled") else None
 
 
+def held_by(client, run, worker: str, heartbeat_at: str):
+    """Make ``run`` look held by ``worker`` with that last heartbeat (auth is off: any caller
+    may write what a worker writes)."""
+    return client.patch("runs", run["_id"], {"status": "running", "worker": worker, "heartbeatAt": heartbeat_at})
+
+
+def dead_workers_run(client):
+    """A run whose worker died long ago. Made from a new run, which a worker may claim first."""
+    for _ in range(10):
+        run = steady_run(client, 0.1)
+        try:
+            return client.patch(
+                "runs",
+                run["_id"],
+                {"status": "running", "worker": "ghost-000000", "heartbeatAt": "2000-01-01T00:00:00.000Z"},
+                {"status": "pending"},
+            )
+        except BackendError as exc:
+            if exc.name != "NotFound":
+                raise
+    raise AssertionError("the workers claimed every run before it could be made a dead worker's")
+
+
+def log_time(line: str) -> datetime:
+    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+
+
 def test_a_backend_outage_longer_than_the_lease_throws_no_work_away(make_backend, make_worker, connect, wait_until):
     # The lease must outlast a reconnection (the client retries at most every ~5 s).
-    lease = ("--heartbeat", "1", "--lease-timeout", "8")
+    lease_timeout = 8
+    lease = ("--heartbeat", "1", "--lease-timeout", str(lease_timeout))
     backend = make_backend()
     holder = make_worker(backend.url, "holder", *STEADY, *lease, env=ENV)
     client = connect(backend.url)
-    run = steady_run(client, 25)
+    run = steady_run(client, 30)
     wait_until(lambda: get(client, run)["progress"] > 0, what="the holder to start the run")
     sweeper = make_worker(backend.url, "sweeper", *STEADY, *lease, env=ENV)
 
     client.disconnect()
     backend.restart(down_for=12)  # longer than the lease, while the holder's run goes on
     client = connect(backend.url)
+    # Taken back, but only once every live worker has had lease_timeout to reconnect, the
+    # one busy with a run included.
+    ghost = dead_workers_run(client)
     done = wait_until(lambda: finished(client, run), what="the run to finish after the outage")
+    redone = wait_until(lambda: finished(client, ghost), what="the dead worker's run to be redone")
+    assert redone["status"] == "succeeded", redone
 
+    assert f"run {run['_id']}: worker" not in holder.log() + sweeper.log(), "the holder's run was taken back"
     assert done["status"] == "succeeded" and done["worker"].startswith("holder-"), done
-    assert holder.claimed() == [run["_id"]]
-    assert sweeper.claimed() == [], "the run was computed twice"
-    assert "back to pending" not in sweeper.log()
+    assert holder.claimed().count(run["_id"]) == 1, "the holder claimed its run twice"
+    assert run["_id"] not in sweeper.claimed(), "the run was computed twice"
+    assert (holder.claimed() + sweeper.claimed()).count(ghost["_id"]) == 1
+    for worker in (holder, sweeper):
+        lines = worker.log().splitlines()
+        taken_back = f"run {ghost['_id']}: worker ghost-000000 stopped renewing"
+        took = [i for i, line in enumerate(lines) if taken_back in line]
+        if took:
+            connected = [line for line in lines[: took[0]] if " connected to " in line][-1]
+            waited = (log_time(lines[took[0]]) - log_time(connected)).total_seconds()
+            assert waited >= lease_timeout, f"{worker.worker_name} took it back {waited:.1f}s after reconnecting"
+            break
+    else:
+        raise AssertionError("no worker took the dead worker's run back")
+
+
+def test_a_worker_never_takes_back_its_own_run(make_backend, connect):
+    # Its heartbeat can be late (a slow backend, a reconnection) while it computes the run.
+    backend = make_backend()
+    worker = Worker(backend.url, ["steady"], name="self", options=WorkerOptions(lease_timeout=1))
+    worker.client.connect(query={"serves": "steady"})
+    try:
+        client = connect(backend.url)
+        long_ago = "2000-01-01T00:00:00.000Z"
+        own = held_by(client, steady_run(client, 1), worker.id, long_ago)
+        dead = held_by(client, steady_run(client, 1), "ghost-000000", long_ago)
+        alive = held_by(client, steady_run(client, 1), "other-000000", iso(utc_now()))
+        worker._requeue_stale()
+        assert [get(client, r)["status"] for r in (own, dead, alive)] == ["running", "pending", "running"]
+    finally:
+        worker.client.disconnect()
 
 
 def test_a_killed_workers_run_is_taken_back_at_once_and_done_before_newer_runs(

@@ -16,8 +16,9 @@ failed | canceled. The protocol, all through the backend (the worker exposes no 
   it runs a model), for running runs whose heartbeat is older than ``lease_timeout`` and puts
   them back to pending (conditionally on that same stale heartbeat), so a run held by a dead
   worker is done by another. A worker only judges leases once it has itself been connected
-  for ``lease_timeout``: after a backend outage every live worker gets that long to reconnect
-  and renew, so a run is taken back only from a worker that is really gone.
+  for ``lease_timeout`` (counted from the connection itself, also while it runs a model):
+  after a backend outage every live worker gets that long to reconnect and renew, so a run
+  is taken back only from a worker that is really gone. A worker never takes back its own.
   Worker clocks are assumed in sync (NTP) to well within ``lease_timeout``.
 - Pending runs are claimed oldest first (by ``createdAt``), a run taken back from a dead
   worker included. A run left pending longer than ``pending_timeout`` (no worker serves its
@@ -157,6 +158,10 @@ class Worker:
         self.client.on(f"{SERVICE} patched", lambda run: self._on_run_event(run))
 
     def _on_connect(self) -> None:
+        # Set here, on the reader thread: the run loop sees the connect event only between
+        # runs, and a worker busy with a run must also give the others time to reconnect.
+        self._judge_leases_from = time.monotonic() + self.options.lease_timeout
+        log.info("connected to %s as %s", self.backend_url, self.id)
         if self._connected_once:
             self.metrics.reconnects.inc()
         self._connected_once = True
@@ -165,8 +170,10 @@ class Worker:
         self.events.put(("connect", None))
 
     def _on_disconnect(self) -> None:
-        # Logged here, on the reader thread: the run loop reads its events only between runs.
+        # Logged here, on the reader thread (as the connection): the run loop reads its events
+        # only between runs.
         log.warning("disconnected from %s; reconnecting", self.backend_url)
+        self._judge_leases_from = float("inf")
         self.metrics.up.set(0)
 
     def _on_run_event(self, run: object) -> None:
@@ -242,7 +249,6 @@ class Worker:
 
     def _handle_event(self, kind: str, payload: Any) -> None:
         if kind == "connect":
-            log.info("connected to %s as %s", self.backend_url, self.id)
             self._on_connected()
         elif kind == "run":
             if payload.get("status") == "pending" and payload.get("model") in self.models:
@@ -280,7 +286,6 @@ class Worker:
             log.warning("log in failed (%s); will retry on reconnection", exc.message)
             return
         self._next_sweep = 0.0  # pick up pending runs now
-        self._judge_leases_from = time.monotonic() + self.options.lease_timeout
 
     # ------------------------------------------------------------------ finding and claiming
 
@@ -324,6 +329,8 @@ class Worker:
             {
                 "status": "running",
                 "heartbeatAt": {"$lt": cutoff},
+                # Never its own run: this worker is alive; its heartbeat is only late.
+                "worker": {"$ne": self.id},
                 "$limit": 100,
                 "$select": ["_id", "worker", "heartbeatAt"],
             },
