@@ -11,7 +11,7 @@ import importlib
 import sys
 
 from . import __version__
-from .errors import MarcelleTorchError
+from .errors import MarcelleTorchError, cli_error_line
 
 # One module per part; each has register(subparsers). Heavy imports stay inside commands.
 COMMAND_MODULES = (
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except MarcelleTorchError as exc:
-        print(f"marcelle-torch {args.command}: error: {exc.message}", file=sys.stderr)
+        print(cli_error_line(args.command, exc), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"marcelle-torch {args.command}: interrupted", file=sys.stderr)

@@ -17,6 +17,11 @@ class MarcelleTorchError(Exception):
         return {"error": {"code": self.code, "message": self.message}}
 
 
+def cli_error_line(command: str, exc: MarcelleTorchError) -> str:
+    """How a CLI command reports a failure: one line on stderr, then exit status 2."""
+    return f"marcelle-torch {command}: error: {exc.message}"
+
+
 class InvalidInput(MarcelleTorchError):
     status = 400
     code = "invalid_input"

@@ -59,7 +59,7 @@ def register(subparsers) -> None:
 
 
 def cmd_serve(args) -> int:
-    from ..errors import InvalidInput
+    from ..errors import InvalidInput, MarcelleTorchError, cli_error_line
     from .extra import require_ray
     from .local import LocalServe, free_port, use_ray_host_env, wait_for_signal
 
@@ -96,6 +96,7 @@ def cmd_serve(args) -> int:
         num_gpus=args.num_gpus,
         log=lambda m: print(m, flush=True),
     )
+    status = 0
     try:
         url = server.start(ready_timeout_s=args.ready_timeout)
         print(f"Ray metrics on http://127.0.0.1:{metrics_port}/metrics", flush=True)
@@ -104,11 +105,16 @@ def cmd_serve(args) -> int:
         print(f"signal {signum}: shutting down", flush=True)
     except KeyboardInterrupt:
         print("interrupted: shutting down", flush=True)
+    except MarcelleTorchError as exc:
+        # Reported here, not by cli.main: the exit below does not return there.
+        print(cli_error_line("serve", exc), file=sys.stderr, flush=True)
+        status = 2
     finally:
         server.stop()
     print("stopped", flush=True)
     # Ray's driver (its C++ core worker) takes ~20 s to wind down at interpreter exit once its
-    # cluster is gone (measured with ray 2.60.0 after a SIGTERM to this process alone); the
-    # cluster was ended by server.stop(), so nothing is left to wind down: exit now.
+    # cluster is gone (measured with ray 2.60.0 after a SIGTERM to this process alone), or
+    # crashes (SIGSEGV, seen after a failed start); the cluster was ended by server.stop(),
+    # so nothing is left to wind down: exit now.
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(status)

@@ -148,6 +148,7 @@ class LocalServe:
         self.num_gpus = num_gpus
         self.log = log
         self.workdir: str | None = None
+        self.start_failed = False  # then stop() keeps Ray's logs, which the error points to
         self._ray_started = False
         self._saved_env: dict[str, str | None] = {}
         http = config.get("http_options") or {}
@@ -156,15 +157,22 @@ class LocalServe:
         self.url = display_url(self.host, self.port)
 
     def start(self, ready_timeout_s: float = 600.0) -> str:
+        self._check_port_free()
+        # Short: Ray's unix socket paths under it must stay below ~107 characters.
+        self.workdir = tempfile.mkdtemp(prefix="mt-ray-")
+        try:
+            return self._start(ready_timeout_s)
+        except Exception:
+            self.start_failed = True
+            raise
+
+    def _start(self, ready_timeout_s: float) -> str:
         import ray
         from ray import serve
         from ray.serve._private.api import serve_start
         from ray.serve.config import ProxyLocation, gRPCOptions
         from ray.serve.schema import ServeDeploySchema
 
-        self._check_port_free()
-        # Short: Ray's unix socket paths under it must stay below ~107 characters.
-        self.workdir = tempfile.mkdtemp(prefix="mt-ray-")
         env = mode_env(self.mode, self.workdir, self.host)
         for key, value in env.items():
             self._saved_env[key] = os.environ.get(key)
@@ -273,7 +281,10 @@ class LocalServe:
         self._saved_env.clear()
         if self.workdir:
             stop_processes_naming(self.workdir, timeout_s=STOP_TIMEOUT_S)
-            shutil.rmtree(self.workdir, ignore_errors=True)
+            if self.start_failed:
+                self.log(f"Ray's logs are kept in {os.path.join(self.workdir, 'session_latest', 'logs')}")
+            else:
+                shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
 
 
