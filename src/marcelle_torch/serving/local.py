@@ -161,30 +161,30 @@ class LocalServe:
         # Short: Ray's unix socket paths under it must stay below ~107 characters.
         self.workdir = tempfile.mkdtemp(prefix="mt-ray-")
         try:
-            return self._start(ready_timeout_s)
+            return self._start(self.workdir, ready_timeout_s)
         except Exception:
             self.start_failed = True
             raise
 
-    def _start(self, ready_timeout_s: float) -> str:
+    def _start(self, workdir: str, ready_timeout_s: float) -> str:
         import ray
         from ray import serve
         from ray.serve._private.api import serve_start
         from ray.serve.config import ProxyLocation, gRPCOptions
         from ray.serve.schema import ServeDeploySchema
 
-        env = mode_env(self.mode, self.workdir, self.host)
+        env = mode_env(self.mode, workdir, self.host)
         for key, value in env.items():
             self._saved_env[key] = os.environ.get(key)
             os.environ[key] = value
         self.log(
-            f"starting Ray (serve mode {self.mode}, temp dir {self.workdir}"
+            f"starting Ray (serve mode {self.mode}, temp dir {workdir}"
             + (f", metrics on port {self.metrics_port}" if self.metrics_port else "")
             + ")"
         )
         init_kwargs: dict[str, Any] = dict(
             address="local",
-            _temp_dir=self.workdir,
+            _temp_dir=workdir,
             include_dashboard=False,
             log_to_driver=False,
             configure_logging=True,
