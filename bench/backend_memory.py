@@ -8,8 +8,11 @@ fresh real backend, samples the backend's RSS every ``--every`` seconds, and com
 over the second half of the runs with the first half: a leak keeps its pace, a heap that has
 found its size stops. The runs' own data (NeDB keeps them in memory) is reported beside it.
 
-Writes bench/out/backend_memory.{json,md}:
-    .venv/bin/python bench/backend_memory.py [--seconds 360] [--rate 10] [--every 20]
+With ``--keep-runs SECONDS`` the backend removes finished runs that old (its retention
+setting), so it holds a bounded number of runs: what is left of the growth is node's own.
+
+Writes bench/out/backend_memory.{json,md} (backend_memory_kept.{json,md} with --keep-runs):
+    .venv/bin/python bench/backend_memory.py [--seconds 360] [--rate 10] [--every 20] [--keep-runs 30]
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ def live_runs_mib(path: Path) -> float:
     runs = {}
     for line in path.read_text().splitlines():
         doc = json.loads(line)
-        if "_id" in doc:
+        if doc.get("$$deleted"):  # a removal (the retention setting)
+            runs.pop(doc["_id"], None)
+        elif "_id" in doc:
             runs[doc["_id"]] = line
     return sum(len(line) for line in runs.values()) / 2**20
 
@@ -49,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=360.0)
     parser.add_argument("--rate", type=float, default=10.0, help="runs created per second")
     parser.add_argument("--every", type=float, default=20.0, help="seconds between RSS samples")
+    parser.add_argument("--keep-runs", type=int, default=0, help="the backend's retention of finished runs (s)")
     parser.add_argument("--workdir", type=Path, default=REPO / "var" / "bench-backend-memory")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
@@ -57,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(args.workdir / "backend", ignore_errors=True)  # a fresh backend: no earlier runs
     args.workdir.mkdir(parents=True, exist_ok=True)
     images = [instance for instance, _label in digit_instances(10)]
-    backend = start_backend(args.workdir / "backend", log_path=args.workdir / "backend.log")
+    backend = start_backend(
+        args.workdir / "backend", log_path=args.workdir / "backend.log", keep_finished_runs_s=args.keep_runs
+    )
     worker = ManagedProcess(
         "worker",
         [*cli_argv(), "worker", "--backend", backend.url, "--name", "memory", "--threads", str(threads_per_process(1))],
@@ -111,16 +119,19 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python bench/backend_memory.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "runs": created,
         "rate_per_s": args.rate,
+        "keep_finished_runs_s": args.keep_runs,
         "samples": samples,
         "growth_first_half_mib": round(first_half, 1),
         "growth_second_half_mib": round(second_half, 1),
         "runs_json_mib": round(live_mib, 2),
     }
+    kept = f" removing finished runs after {args.keep_runs} s" if args.keep_runs else " keeping every run"
     lines = [
         f"# The backend's memory under many runs ({report['date']})",
         "",
         f"`{report['command']}`: {created} runs at {args.rate:g}/s (classifier and generator in turn), "
-        f"a fresh backend; the runs it holds at the end are {live_mib:.2f} MiB of JSON (NeDB keeps them in memory).",
+        f"a fresh backend{kept}; the runs it holds at the end are {live_mib:.2f} MiB of JSON "
+        "(NeDB keeps them in memory).",
         "",
         "| seconds | runs created | backend RSS (MiB) |",
         "|---:|---:|---:|",
@@ -130,8 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         f"**{second_half:+.1f} MiB**.",
     ]
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / "backend_memory.json", json.dumps(report, indent=2) + "\n")
-    atomic_write_text(args.out / "backend_memory.md", "\n".join(lines) + "\n")
+    name = "backend_memory_kept" if args.keep_runs else "backend_memory"
+    atomic_write_text(args.out / f"{name}.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(args.out / f"{name}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

@@ -8,7 +8,8 @@
 // - creates/updates the worker account (role `worker`) from MARCELLE_WORKER_EMAIL/_PASSWORD
 //   and the app's admin account (role `admin`) from MARCELLE_ADMIN_EMAIL/_PASSWORD;
 // - adds hooks to the `runs` service (validation of new runs, what a client may patch, and
-//   a new run refused when no connected worker serves its model: workers.js).
+//   a new run refused when no connected worker serves its model: workers.js);
+// - removes finished runs older than marcelleTorch.keepFinishedRunsSeconds (retention.js).
 // The package's `marcelle-backend` bin only calls app.listen(); its Feathers `app` (the
 // package's `lib/app` module) is the extension point used here: services and hooks are
 // added with Feathers' own API. Config: backend/config/*.yaml.
@@ -62,6 +63,12 @@ function checkConfig(config) {
       fail(`marcelleTorch.loginLimits.${key} must be {attempts, seconds} (positive integers)`);
     }
   }
+  const keep = config.get('marcelleTorch.keepFinishedRunsSeconds');
+  if (!(Number.isInteger(keep) && keep >= 0)) {
+    fail(
+      `marcelleTorch.keepFinishedRunsSeconds (MARCELLE_RUNS_KEEP_FINISHED_S) must be 0 (keep every run) or a number of seconds, got ${JSON.stringify(keep)}`,
+    );
+  }
   const proxies = config.get('marcelleTorch.trustedProxies');
   if (!(Number.isInteger(proxies) && proxies >= 0)) {
     fail(
@@ -95,6 +102,7 @@ const logger = require('@marcellejs/backend/lib/logger').default;
 const abilities = require('@marcellejs/backend/lib/authentication/abilities');
 const { runsHooks, MAX_INPUT_BYTES } = require('./runs-hooks');
 const { workerRegistry } = require('./workers');
+const { runRetention } = require('./retention');
 const feathersExpress = require('@feathersjs/express');
 
 // A request or socket message may carry a run input up to the runs hook's limit, plus the
@@ -264,6 +272,8 @@ async function main() {
     const users = app.service('users');
     users.options.whitelist = [...new Set([...(users.options.whitelist || []), '$and'])];
   }
+  const keepSeconds = app.get('marcelleTorch').keepFinishedRunsSeconds;
+  if (keepSeconds > 0) runRetention(app.service('runs'), { keepSeconds, logger }).start();
   process.on('unhandledRejection', (reason) => logger.error('Unhandled Rejection: %s', reason));
 
   // The accounts exist before the first request is accepted.

@@ -131,6 +131,13 @@ def test_env_names_are_the_ones_the_backend_config_maps():
             assert name in text, f"{name} is not mapped by {mapping.name}"
 
 
+def test_finished_runs_are_kept_unless_a_retention_is_set():
+    # services/backend/retention.js reads it (start.js refuses anything but whole seconds >= 0).
+    assert value(backend_env(render(ci_values("default"))), "MARCELLE_RUNS_KEEP_FINISHED_S") == "0"
+    week = backend_env(render(ci_values("default"), sets=("backend.keepFinishedRunsSeconds=604800",)))
+    assert value(week, "MARCELLE_RUNS_KEEP_FINISHED_S") == "604800"
+
+
 def test_service_targets_the_backend_port():
     objects = render(ci_values("default"))
     service = one(objects, "Service", "-backend")

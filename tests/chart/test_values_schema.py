@@ -15,6 +15,7 @@ BAD = [
     (("backend.database=mongodb",), "at '/backend/mongodb': 'anyOf' failed"),
     (("backend.mongodb.url=http://db",), "at '/backend/mongodb/url': 'http://db' does not match pattern"),
     (("gpu.enable=true",), "at '/gpu': additional properties 'enable' not allowed"),
+    (("backend.keepFinishedRunsSeconds=-1",), "at '/backend/keepFinishedRunsSeconds': minimum: got -1, want 0"),
     (("gpu.gpusPerPod=0",), "at '/gpu/gpusPerPod': minimum: got 0, want 1"),
     (("monitoring.interval=soon",), "at '/monitoring/interval'"),
     (("imagePullPolicy=Sometimes",), "at '/imagePullPolicy'"),

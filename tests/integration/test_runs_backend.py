@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -165,3 +166,48 @@ def test_with_auth_only_the_worker_accounts_connections_announce_models(auth_bac
     connect(auth_backend.url, *WORKER, serves="digits")
     with pytest.raises(BackendError, match='no worker serves the model "digits-generator"'):
         new_run(alice)
+
+
+def test_finished_runs_are_removed_after_the_kept_time_and_active_ones_never(make_backend, connect, wait_until):
+    # With authentication on: the removal is the backend's own (no caller's rights apply).
+    backend = make_backend(
+        auth=True,
+        secret=SECRET,
+        worker_email=WORKER[0],
+        worker_password=WORKER[1],
+        allow_signup=True,
+        keep_finished_runs_s=2,
+    )
+    alice = sign_up(connect, backend.url, "alice@marcelle.test")
+    worker = connect(backend.url, *WORKER)
+    removed = []
+    alice.on("runs removed", lambda run: removed.append(run["_id"]))
+    runs = {status: new_run(alice) for status in ("succeeded", "failed", "canceled", "running", "pending")}
+    for status in ("running", "succeeded", "failed"):
+        worker.patch("runs", runs[status]["_id"], {"status": status, "worker": "w"}, {"status": "pending"})
+    alice.patch("runs", runs["canceled"]["_id"], {"status": "canceled"})
+
+    finished = {runs[s]["_id"] for s in ("succeeded", "failed", "canceled")}
+    # Watching pages are told, as for any removal.
+    wait_until(lambda: finished <= set(removed), 60, "the finished runs to be removed")
+    for status in ("succeeded", "failed", "canceled"):
+        with pytest.raises(BackendError, match="NotFound"):
+            alice.get("runs", runs[status]["_id"])
+    # Active runs stay, however old: a few more sweeps (one a second here) leave them alone.
+    wait_until(lambda: backend.log_path.read_text().count("removed ") >= 1, 30, "the removal in the log")
+    time.sleep(3)
+    assert {r["_id"]: r["status"] for r in worker.find("runs")["data"]} == {
+        runs["running"]["_id"]: "running",
+        runs["pending"]["_id"]: "pending",
+    }
+    assert set(removed) == finished
+
+
+@pytest.mark.parametrize("value", ["-1", "1.5", '"a day"'])
+def test_the_backend_refuses_a_kept_time_that_is_not_whole_seconds(backend_installed, tmp_path, value):
+    env = {**os.environ, "MARCELLE_BACKEND_DATA": str(tmp_path), "PORT": "0", "MARCELLE_RUNS_KEEP_FINISHED_S": value}
+    done = subprocess.run(
+        ["node", "start.js"], cwd=backend_installed, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2, done
+    assert "MARCELLE_RUNS_KEEP_FINISHED_S) must be 0 (keep every run) or a number of seconds" in done.stderr

@@ -78,6 +78,7 @@ def start_backend(
     admin_email: str | None = None,
     admin_password: str | None = None,
     allow_signup: bool = False,
+    keep_finished_runs_s: int = 0,
     mongodb_url: str | None = None,
     log_path: str | Path | None = None,
     package_dir: str | Path | None = None,
@@ -90,7 +91,8 @@ def start_backend(
     free one. With ``auth`` a ``secret`` (16+ characters) is required, as in a deployment;
     ``worker_email``/``worker_password`` create the worker account, ``admin_email``/
     ``admin_password`` the app's admin account (start.js creates or resets both at each start);
-    ``allow_signup`` lets clients create their own (role ``editor``) accounts.
+    ``allow_signup`` lets clients create their own (role ``editor``) accounts;
+    ``keep_finished_runs_s`` > 0 removes finished runs that much after their last change.
     """
     node = shutil.which("node")
     if node is None:
@@ -112,6 +114,7 @@ def start_backend(
         "MARCELLE_BACKEND_DATABASE": "mongodb" if mongodb_url else "nedb",
         "MARCELLE_BACKEND_AUTH": "true" if auth else "false",
         "MARCELLE_BACKEND_ALLOW_SIGNUP": "true" if allow_signup else "false",
+        "MARCELLE_RUNS_KEEP_FINISHED_S": str(keep_finished_runs_s),
         **({"MONGODB_URL": mongodb_url} if mongodb_url else {}),
         **({"MARCELLE_BACKEND_SECRET": secret} if secret else {}),
         **(

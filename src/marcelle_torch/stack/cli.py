@@ -32,6 +32,13 @@ def register(subparsers) -> None:
         action="store_true",
         help="also start a local Prometheus (Debian's prometheus) scraping the stack",
     )
+    p.add_argument(
+        "--keep-runs",
+        type=int,
+        default=0,
+        metavar="SECONDS",
+        help="remove finished runs this long after their last change; 0 keeps every run (default: %(default)s)",
+    )
     p.add_argument("--prometheus-port", type=int, default=9090, help="Prometheus port (default: %(default)s)")
     p.add_argument(
         "--workdir", type=Path, default=Path("var/stack"), help="logs and backend data (default: %(default)s)"
@@ -49,6 +56,8 @@ def cmd_up(args) -> int:
 
     if args.workers < 1:
         raise InvalidInput("--workers must be at least 1")
+    if args.keep_runs < 0:
+        raise InvalidInput("--keep-runs must be 0 (keep every run) or a number of seconds")
     options = StackOptions(
         workdir=args.workdir.resolve(),
         host=args.host,
@@ -62,6 +71,7 @@ def cmd_up(args) -> int:
         auth=args.auth,
         admin_email=os.environ.get("MARCELLE_ADMIN_EMAIL") or None,
         admin_password=os.environ.get("MARCELLE_ADMIN_PASSWORD") or None,
+        keep_finished_runs_s=args.keep_runs,
     )
     stop = threading.Event()
     # SIGTERM stops as cleanly as Ctrl-C (e.g. from a process manager).

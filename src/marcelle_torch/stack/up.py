@@ -50,6 +50,7 @@ class StackOptions:
     auth: bool = False
     admin_email: str | None = None
     admin_password: str | None = None
+    keep_finished_runs_s: int = 0
 
 
 BACKEND = "Marcelle backend"
@@ -240,6 +241,7 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
                 host=host,
                 log_path=logs / "backend.log",
                 **backend_auth,
+                keep_finished_runs_s=options.keep_finished_runs_s,
                 package_dir=options.backend_dir,
             ),
         )
