@@ -23,7 +23,6 @@ def test_a_failed_start_keeps_rays_logs_and_leaves_no_process(trained_digits, tm
         [*cli_argv(), "serve", "--port", str(free_port()), "--metrics-port", str(free_port()), "--ready-timeout", "1"],
         tmp_path / "serve.log",
     )
-    workdir = None
     try:
         assert server.proc.wait(300) == 2, server.log_tail(40)
         log = server.log_text()
@@ -36,6 +35,9 @@ def test_a_failed_start_keeps_rays_logs_and_leaves_no_process(trained_digits, tm
         assert {"gcs_server.out", "raylet.out"} <= logs, sorted(logs)
         assert not server.stop(timeout=30), "processes left after a failed start"
     finally:
-        if workdir is not None:
-            stop_processes_naming(str(workdir), timeout_s=5)
-            shutil.rmtree(workdir, ignore_errors=True)
+        server.stop(timeout=30)
+        # Whatever failed: the temp dir is named when Ray starts.
+        started = re.search(r"temp dir (/[^,)\s]+)", server.log_text())
+        if started:
+            stop_processes_naming(started.group(1), timeout_s=5)
+            shutil.rmtree(started.group(1), ignore_errors=True)
