@@ -6,12 +6,14 @@
 // clients, do not apply), so watching pages get a `runs removed` event like any removal.
 'use strict';
 
-const FINISHED = ['succeeded', 'failed', 'canceled'];
+const { FINISHED } = require('./runs-hooks');
+
 const BATCH = 500; // runs removed per sweep at most: a sweep never holds the event loop long
 
-function runRetention(runs, { keepSeconds, logger, now = () => new Date() }) {
+/** Sweeps every tenth of the age (at least 1 s, at most a minute) for as long as the process runs. */
+function startRunRetention(runs, { keepSeconds, logger }) {
   async function sweep() {
-    const cutoff = new Date(now().getTime() - keepSeconds * 1000);
+    const cutoff = new Date(Date.now() - keepSeconds * 1000);
     const old = await runs.find({
       query: { status: { $in: FINISHED }, updatedAt: { $lt: cutoff }, $select: ['_id'], $limit: BATCH },
       paginate: false,
@@ -26,28 +28,14 @@ function runRetention(runs, { keepSeconds, logger, now = () => new Date() }) {
       }
     }
     if (removed > 0) logger.info('removed %d finished runs older than %ds', removed, keepSeconds);
-    return removed;
   }
 
-  let timer = null;
-  return {
-    sweep,
-    /** Sweeps every tenth of the age (at least 1 s, at most a minute), until stop(). */
-    start() {
-      const every = Math.min(60, Math.max(1, keepSeconds / 10)) * 1000;
-      const tick = () =>
-        sweep()
-          .catch((err) => logger.error('cannot remove old runs: %s', err.message))
-          .finally(() => {
-            if (timer !== null) timer = setTimeout(tick, every).unref();
-          });
-      timer = setTimeout(tick, every).unref();
-    },
-    stop() {
-      clearTimeout(timer);
-      timer = null;
-    },
-  };
+  const every = Math.min(60, Math.max(1, keepSeconds / 10)) * 1000;
+  const tick = () =>
+    sweep()
+      .catch((err) => logger.error('cannot remove old runs: %s', err.message))
+      .finally(() => setTimeout(tick, every).unref());
+  setTimeout(tick, every).unref();
 }
 
-module.exports = { runRetention, FINISHED };
+module.exports = { startRunRetention };

@@ -11,6 +11,7 @@ const crypto = require('crypto');
 
 const STATUSES = ['pending', 'running', 'succeeded', 'failed', 'canceled'];
 const ACTIVE = ['pending', 'running'];
+const FINISHED = STATUSES.filter((status) => !ACTIVE.includes(status));
 const MAX_MODEL_LENGTH = 200;
 const MAX_INPUT_BYTES = 4 * 1024 * 1024;
 
@@ -125,4 +126,4 @@ function runsHooks({ authEnabled, errors }) {
   };
 }
 
-module.exports = { runsHooks, STATUSES, MAX_INPUT_BYTES };
+module.exports = { runsHooks, STATUSES, FINISHED, MAX_INPUT_BYTES };

@@ -63,14 +63,15 @@ function checkConfig(config) {
       fail(`marcelleTorch.loginLimits.${key} must be {attempts, seconds} (positive integers)`);
     }
   }
+  const isWholeNumber = (value) => Number.isInteger(value) && value >= 0;
   const keep = config.get('marcelleTorch.keepFinishedRunsSeconds');
-  if (!(Number.isInteger(keep) && keep >= 0)) {
+  if (!isWholeNumber(keep)) {
     fail(
       `marcelleTorch.keepFinishedRunsSeconds (MARCELLE_RUNS_KEEP_FINISHED_S) must be 0 (keep every run) or a number of seconds, got ${JSON.stringify(keep)}`,
     );
   }
   const proxies = config.get('marcelleTorch.trustedProxies');
-  if (!(Number.isInteger(proxies) && proxies >= 0)) {
+  if (!isWholeNumber(proxies)) {
     fail(
       `marcelleTorch.trustedProxies (MARCELLE_BACKEND_TRUSTED_PROXIES) must be 0, 1, 2, ..., got ${JSON.stringify(proxies)}`,
     );
@@ -102,7 +103,7 @@ const logger = require('@marcellejs/backend/lib/logger').default;
 const abilities = require('@marcellejs/backend/lib/authentication/abilities');
 const { runsHooks, MAX_INPUT_BYTES } = require('./runs-hooks');
 const { workerRegistry } = require('./workers');
-const { runRetention } = require('./retention');
+const { startRunRetention } = require('./retention');
 const feathersExpress = require('@feathersjs/express');
 
 // A request or socket message may carry a run input up to the runs hook's limit, plus the
@@ -273,7 +274,7 @@ async function main() {
     users.options.whitelist = [...new Set([...(users.options.whitelist || []), '$and'])];
   }
   const keepSeconds = app.get('marcelleTorch').keepFinishedRunsSeconds;
-  if (keepSeconds > 0) runRetention(app.service('runs'), { keepSeconds, logger }).start();
+  if (keepSeconds > 0) startRunRetention(app.service('runs'), { keepSeconds, logger });
   process.on('unhandledRejection', (reason) => logger.error('Unhandled Rejection: %s', reason));
 
   // The accounts exist before the first request is accepted.
