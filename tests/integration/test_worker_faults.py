@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from marcelle_torch.worker.client import BackendError
+from marcelle_torch.worker.client import BackendError, is_not_found
 from marcelle_torch.worker.worker import Worker, WorkerOptions, iso, utc_now
 
 pytestmark = pytest.mark.backend
@@ -33,25 +33,22 @@ def finished(client, run):
     return current if current["status"] in ("succeeded", "failed", "canceled") else None
 
 
-def held_by(client, run, worker: str, heartbeat_at: str):
+LONG_AGO = "2000-01-01T00:00:00.000Z"
+
+
+def held_by(client, run, worker: str, heartbeat_at: str, where: dict | None = None):
     """Make ``run`` look held by ``worker`` with that last heartbeat (auth is off: any caller
-    may write what a worker writes)."""
-    return client.patch("runs", run["_id"], {"status": "running", "worker": worker, "heartbeatAt": heartbeat_at})
+    may write what a worker writes); ``where``: only if the run matches it."""
+    return client.patch("runs", run["_id"], {"status": "running", "worker": worker, "heartbeatAt": heartbeat_at}, where)
 
 
 def dead_workers_run(client):
     """A run whose worker died long ago. Made from a new run, which a worker may claim first."""
     for _ in range(10):
-        run = steady_run(client, 0.1)
         try:
-            return client.patch(
-                "runs",
-                run["_id"],
-                {"status": "running", "worker": "ghost-000000", "heartbeatAt": "2000-01-01T00:00:00.000Z"},
-                {"status": "pending"},
-            )
+            return held_by(client, steady_run(client, 0.1), "ghost-000000", LONG_AGO, {"status": "pending"})
         except BackendError as exc:
-            if exc.name != "NotFound":
+            if not is_not_found(exc):
                 raise
     raise AssertionError("the workers claimed every run before it could be made a dead worker's")
 
@@ -108,9 +105,8 @@ def test_a_worker_never_takes_back_its_own_run(make_backend, connect):
     worker.client.connect(query={"serves": "steady"})
     try:
         client = connect(backend.url)
-        long_ago = "2000-01-01T00:00:00.000Z"
-        own = held_by(client, steady_run(client, 1), worker.id, long_ago)
-        dead = held_by(client, steady_run(client, 1), "ghost-000000", long_ago)
+        own = held_by(client, steady_run(client, 1), worker.id, LONG_AGO)
+        dead = held_by(client, steady_run(client, 1), "ghost-000000", LONG_AGO)
         alive = held_by(client, steady_run(client, 1), "other-000000", iso(utc_now()))
         worker._requeue_stale()
         assert [get(client, r)["status"] for r in (own, dead, alive)] == ["running", "pending", "running"]
