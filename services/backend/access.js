@@ -7,16 +7,19 @@
 //    directory, `/runs.db%2Fx` crashed the process. `restGuard` (in front of the whole Express
 //    app) and `socketGuard` (on every Socket.IO packet) let through only the names this app
 //    serves; anything else is a JSON 404 that never reaches the package.
-// 2. Access. `accessPolicy` is an application `before` hook, so it runs before every service
-//    hook of the package (Feathers 4 runs app before-hooks first). It authenticates the caller
-//    and decides, per role, what the table in README.md#security says.
-// 3. Logins. `loginLimits` counts password attempts per client and per account
-//    (rate-limiter-flexible) and answers 429 with Retry-After.
+//    Both also refuse a Host that is not one of the backend's names (DNS rebinding) and a
+//    browser Origin that is not the web app's (CORS, and websockets, which have no CORS).
+// 2. Access. `accessPolicy` is the first application `before` hook: the edge checks of
+//    validation.js on every external call, then authentication (tokens of a logged-out
+//    account refused), then, per role, what the table in README.md#security says.
+// 3. Logins. `loginLimits` counts password attempts per client address and per account and
+//    address (rate-limiter-flexible) and answers 429 with Retry-After.
 'use strict';
 
 const { RateLimiterMemory } = require('rate-limiter-flexible');
 const errors = require('@feathersjs/errors');
 const { authenticate } = require('@feathersjs/authentication').hooks;
+const { checkShape, checkCall } = require('./validation');
 
 const { BadRequest, Forbidden, MethodNotAllowed, NotAuthenticated, NotFound, TooManyRequests } = errors;
 
@@ -32,8 +35,39 @@ const RESERVED = new Set([
   'onnx-models',
   'feathers-debugger',
 ]);
-// The Feathers 4 socket methods (@feathersjs/transport-commons lib/socket/index.js).
-const SOCKET_METHODS = new Set(['find', 'get', 'create', 'update', 'patch', 'remove']);
+// The Feathers 4 socket methods (@feathersjs/transport-commons lib/socket/index.js) and their
+// arguments after the service name.
+const SOCKET_ARGUMENTS = {
+  find: ['query'],
+  get: ['id', 'query'],
+  create: ['data', 'query'],
+  update: ['id', 'data', 'query'],
+  patch: ['id', 'data', 'query'],
+  remove: ['id', 'query'],
+};
+const SOCKET_METHODS = new Set(Object.keys(SOCKET_ARGUMENTS));
+
+/**
+ * What @feathersjs/feathers 4 lib/hooks/base.js would refuse with a plain Error (a 500): an id
+ * missing, data that is not an object. Said here as the client's mistake; null if none.
+ */
+function socketArgumentsProblem(method, args) {
+  const names = SOCKET_ARGUMENTS[method];
+  if (args.length > names.length) return `too many arguments (${names.join(', ')})`;
+  for (const [i, name] of names.entries()) {
+    const value = args[i];
+    if (name === 'id' && value === undefined) return 'an id must be given (null for many)';
+    if (name === 'data' && (value === null || typeof value !== 'object')) return 'the data must be an object';
+    if (
+      name === 'query' &&
+      value !== undefined &&
+      (value === null || typeof value !== 'object' || Array.isArray(value))
+    ) {
+      return 'the query must be an object';
+    }
+  }
+  return null;
+}
 
 /** Checks whitelist.services; returns an error message, or null when it is a list of safe names. */
 function checkServiceNames(services) {
@@ -78,6 +112,47 @@ function clientAddress(remoteAddress, headers, trustedProxies) {
   return remoteAddress || 'unknown';
 }
 
+/**
+ * The Host header names one of `allowedHosts` ("*": any). A page of another site whose name
+ * is made to resolve to 127.0.0.1 (DNS rebinding) sends its own name, so it is refused.
+ */
+function hostAllowed(host, allowedHosts) {
+  if (allowedHosts.includes('*')) return true;
+  if (typeof host !== 'string') return false;
+  const name = host.startsWith('[') ? host.slice(0, host.indexOf(']') + 1) : host.split(':')[0];
+  return allowedHosts.includes(name.toLowerCase());
+}
+
+/**
+ * A browser's Origin header is one of `origins` (`scheme://host:*`: any port of that host, as
+ * Serve's cors_origins); a request without one is no browser page's.
+ */
+function originAllowed(origin, origins) {
+  if (origin === undefined || origins.includes(origin)) return true;
+  const anyPort = origin.replace(/:\d+$/, ':*');
+  return anyPort !== origin && origins.includes(anyPort);
+}
+
+/** The Origin names the backend itself (websocket clients such as Python's send that). */
+function sameOrigin(origin, host) {
+  try {
+    return typeof host === 'string' && new URL(origin).host === host.toLowerCase();
+  } catch {
+    return false;
+  }
+}
+
+/** Why a request's Host or Origin is refused, or null. */
+function refusedOrigin(headers, { allowedHosts, corsOrigins }) {
+  if (!hostAllowed(headers.host, allowedHosts)) {
+    return `Host ${JSON.stringify(headers.host || '')} is not one of this backend's names (MARCELLE_BACKEND_ALLOWED_HOSTS)`;
+  }
+  if (!originAllowed(headers.origin, corsOrigins) && !sameOrigin(headers.origin, headers.host)) {
+    return `Origin ${JSON.stringify(headers.origin)} is not allowed (MARCELLE_BACKEND_CORS_ORIGINS)`;
+  }
+  return null;
+}
+
 function sendError(res, error) {
   const body = JSON.stringify(error.toJSON());
   res.writeHead(error.code, {
@@ -92,8 +167,13 @@ function sendError(res, error) {
  * `/<served name>/<id>` go on. The raw (still encoded) first segment must be a served name
  * exactly, so no encoding, dot, slash or case variant of a name gets through.
  */
-function restGuard(served, { trustedProxies }) {
+function restGuard(served, { trustedProxies, allowedHosts, corsOrigins }) {
   return (req, res, next) => {
+    const refused = refusedOrigin(req.headers, { allowedHosts, corsOrigins });
+    if (refused) {
+      sendError(res, new Forbidden(refused));
+      return;
+    }
     const pathname = (req.url || '').split('?')[0];
     const segments = pathname.split('/');
     if (segments.length > 2 && segments[segments.length - 1] === '') segments.pop(); // trailing slash
@@ -122,7 +202,10 @@ function restGuard(served, { trustedProxies }) {
  * any, and dropped. Socket.IO 2 packet middleware (`socket.use`) sees the acknowledgement as
  * the packet's last element (socket.io 2.5 lib/socket.js onevent/dispatch).
  */
-function socketGuard(io, served, { trustedProxies }) {
+function socketGuard(io, served, { trustedProxies, allowedHosts, corsOrigins }) {
+  // engine.io 3.6 lib/server.js verify() asks allowRequest before every handshake (polling
+  // and websocket): a websocket has no CORS, so this is what keeps other sites' pages out.
+  io.eio.allowRequest = (req, done) => done(null, refusedOrigin(req.headers, { allowedHosts, corsOrigins }) === null);
   io.use((socket, next) => {
     // @feathersjs/socketio 4 lib/middleware.js has set socket.feathers (the call params).
     if (socket.feathers) {
@@ -134,12 +217,18 @@ function socketGuard(io, served, { trustedProxies }) {
     }
     socket.use((packet, nextPacket) => {
       const [event, path] = packet;
-      if (SOCKET_METHODS.has(event) && typeof path === 'string' && served.has(path)) {
-        nextPacket();
+      const ack = packet[packet.length - 1];
+      const answer = (error) => {
+        if (packet.length > 1 && typeof ack === 'function') ack(error.toJSON());
+      };
+      if (!(SOCKET_METHODS.has(event) && typeof path === 'string' && served.has(path))) {
+        answer(notServed(served));
         return;
       }
-      const ack = packet[packet.length - 1];
-      if (packet.length > 1 && typeof ack === 'function') ack(notServed(served).toJSON());
+      const args = packet.slice(2, typeof ack === 'function' ? -1 : undefined);
+      const problem = socketArgumentsProblem(event, args);
+      if (problem) answer(new BadRequest(`${path}.${event}: ${problem}`));
+      else nextPacket();
     });
     next();
   });
@@ -148,13 +237,19 @@ function socketGuard(io, served, { trustedProxies }) {
 const who = (user) => (user ? `${user.role || 'no-role'} ${user._id}` : 'anonymous');
 
 /**
- * The access policy (application before-hook). With authentication off every caller is
- * trusted (the local demo) and only many-at-once writes are refused.
+ * The access policy (application before-hook, run before every other hook): the edge checks
+ * (validation.js) on every external call, authentication, then who may do what. With
+ * authentication off every caller is trusted as the worker is (the local demo), and only
+ * many-at-once writes are refused.
  */
 function accessPolicy({ authEnabled, allowSignup, abilityFor }) {
   const jwt = authenticate('jwt');
 
   async function authenticateCaller(context) {
+    // A login reads its account through here, already authenticated by its strategy, before
+    // its token exists (@feathersjs/authentication 4.5 lib/core.js authenticate() sets
+    // `authenticated`; no transport does).
+    const duringLogin = context.params.authenticated === true;
     try {
       await jwt(context);
     } catch (error) {
@@ -162,8 +257,9 @@ function accessPolicy({ authEnabled, allowSignup, abilityFor }) {
       if (error.code === 404) throw new NotAuthenticated('The account of this token no longer exists');
       throw error;
     }
-    const { user } = context.params;
+    const { user, authentication } = context.params;
     if (!user) throw new NotAuthenticated('Not authenticated');
+    if (!duringLogin) checkTokenVersion(authentication && authentication.payload, user);
     // The package's CASL hooks read params.ability, which only Socket.IO connections carry
     // (set at login); it sets it for REST calls on data services only
     // (@marcellejs/backend 0.6.5 lib/utils/permission-hooks.js), not on `users`.
@@ -181,9 +277,7 @@ function accessPolicy({ authEnabled, allowSignup, abilityFor }) {
     }
   }
 
-  async function runs(context) {
-    const user = authEnabled ? await authenticateCaller(context) : null;
-    oneAtATime(context, 'runs');
+  function runs(context, user) {
     if (!authEnabled) return;
     const { method } = context;
     const role = user.role;
@@ -202,17 +296,14 @@ function accessPolicy({ authEnabled, allowSignup, abilityFor }) {
     throw new Forbidden(`The role ${JSON.stringify(role)} has no access to runs`);
   }
 
-  async function users(context) {
+  function users(context, user) {
     const { method, id } = context;
     if (method === 'create') {
       // With sign-up on anyone may make an account (the package makes it an `editor`).
       if (allowSignup) return;
-      const user = await authenticateCaller(context);
       if (user.role !== 'admin') throw new Forbidden('Sign-up is off: only the admin account creates accounts');
       return;
     }
-    const user = await authenticateCaller(context);
-    oneAtATime(context, 'accounts');
     const isAdmin = user.role === 'admin';
     const self = String(user._id);
     if (method === 'find') {
@@ -226,21 +317,33 @@ function accessPolicy({ authEnabled, allowSignup, abilityFor }) {
     if (user.role !== 'editor') {
       throw new Forbidden(`The ${user.role} account is managed by the deployment (environment), not through the API`);
     }
-    if (method === 'patch') {
-      const data = context.data && typeof context.data === 'object' ? context.data : {};
-      const keys = Object.keys(data);
-      if (keys.length === 0 || keys.some((k) => k !== 'password') || typeof data.password !== 'string') {
-        throw new BadRequest('An account may only change its password: patch it with {password}');
-      }
-    }
   }
+
+  const needsCaller = ({ path, method }) =>
+    authEnabled && (path === 'runs' || (path === 'users' && !(method === 'create' && allowSignup)));
 
   return async (context) => {
     if (!context.params.provider) return context; // calls made inside the backend
-    if (context.path === 'runs') await runs(context);
-    else if (context.path === 'users') await users(context);
+    checkShape(context);
+    const user = needsCaller(context) ? await authenticateCaller(context) : null;
+    if (context.path === 'runs') oneAtATime(context, 'runs');
+    if (context.path === 'users' && context.method !== 'create') oneAtATime(context, 'accounts');
+    checkCall(context, user ? user.role : null);
+    if (context.path === 'runs') runs(context, user);
+    else if (context.path === 'users') users(context, user);
     return context;
   };
+}
+
+/**
+ * Tokens carry their account's `tokenVersion` (claim `tv`); logout, a password change and a
+ * reset from the environment raise it, so every earlier token stops working at once.
+ */
+function checkTokenVersion(payload, user) {
+  const version = user.tokenVersion || 0;
+  if (!payload || (payload.tv || 0) !== version) {
+    throw new NotAuthenticated('This token is no longer valid (logged out or password changed): log in again');
+  }
 }
 
 /** Application error-hook: one line per refused external call (the decision, not the rules). */
@@ -267,9 +370,12 @@ function logDenials(logger) {
 
 /**
  * Login throttling, as hooks of the `authentication` service (REST and Socket.IO alike):
- * every password attempt (strategy `local`) costs a point per client address and per account;
- * a successful one, or one refused here, gives them back. Past the budget: 429 with Retry-After (REST header, and
- * `data.retryAfter` in the error for Socket.IO clients).
+ * every password attempt (strategy `local`) costs a point of its client address's budget and
+ * of the budget of that account *from that address*; a successful one, or one refused here,
+ * gives them back. Past either: 429 with Retry-After (REST header, and `data.retryAfter` in
+ * the error for Socket.IO clients). An account's budget is per address so that a stranger's
+ * wrong passwords never lock out the right one sent from elsewhere; guessing is bounded per
+ * address by both budgets and by the cost of bcrypt.
  */
 function loginLimits({ perClient, perAccount }) {
   const clients = new RateLimiterMemory({
@@ -289,7 +395,7 @@ function loginLimits({ perClient, perAccount }) {
   async function before(context) {
     if (!isPasswordLogin(context)) return context;
     const client = context.params.clientAddress || 'unknown';
-    const account = accountOf(context.data);
+    const account = JSON.stringify([accountOf(context.data), client]);
     const results = await Promise.allSettled([clients.consume(client), accounts.consume(account)]);
     const refused = results.filter((r) => r.status === 'rejected').map((r) => r.reason);
     if (refused.length > 0) {
@@ -315,4 +421,14 @@ function loginLimits({ perClient, perAccount }) {
   return { before, after };
 }
 
-module.exports = { checkServiceNames, servedNames, restGuard, socketGuard, accessPolicy, logDenials, loginLimits };
+module.exports = {
+  checkServiceNames,
+  servedNames,
+  restGuard,
+  socketGuard,
+  accessPolicy,
+  checkTokenVersion,
+  originAllowed,
+  logDenials,
+  loginLimits,
+};

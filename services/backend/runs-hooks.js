@@ -1,10 +1,10 @@
 // Hooks of the `runs` service, added after the package's own (authentication, ownership
 // through `userId`, timestamps). A run document:
-//   {model, input, params, status, progress, partial, result, error, worker,
+//   {model, input, inputBytes, params, status, progress, partial, result, error, worker,
 //    heartbeatAt, revision, createdAt, updatedAt, userId (when authentication is on)}
 // Clients create runs and may cancel them; the worker account updates everything else.
-// Who may call which method on which run is decided before these hooks (access.js); these
-// check the shapes. With authentication off every caller is trusted (local demo).
+// Who may call which method on which run, and the shapes of what they send, are decided
+// before these hooks (access.js, validation.js); these make the stored documents.
 'use strict';
 
 const crypto = require('crypto');
@@ -12,37 +12,24 @@ const crypto = require('crypto');
 const STATUSES = ['pending', 'running', 'succeeded', 'failed', 'canceled'];
 const ACTIVE = ['pending', 'running'];
 const FINISHED = STATUSES.filter((status) => !ACTIVE.includes(status));
-const MAX_MODEL_LENGTH = 200;
 const MAX_INPUT_BYTES = 4 * 1024 * 1024;
 
-function runsHooks({ authEnabled, errors }) {
-  const { BadRequest, MethodNotAllowed } = errors;
+function runsHooks({ authEnabled, errors, payloadTooLarge }) {
+  const { MethodNotAllowed } = errors;
 
-  const isWorker = (params) => !authEnabled || (params.user && params.user.role === 'worker');
-
-  function validateCreate(context) {
+  // The shapes are checked at the edge (validation.js); these hooks make the stored document.
+  function newRun(context) {
     if (!context.params.provider) return context;
-    const data = context.data;
-    if (Array.isArray(data) || data === null || typeof data !== 'object') {
-      throw new BadRequest('create one run at a time: send an object {model, input, params}');
-    }
-    const { model, input, params = {} } = data;
-    if (typeof model !== 'string' || model.length === 0 || model.length > MAX_MODEL_LENGTH) {
-      throw new BadRequest('run.model must be a model name (a non-empty string)');
-    }
-    if (input === undefined) {
-      throw new BadRequest('run.input is missing');
-    }
-    if (params === null || typeof params !== 'object' || Array.isArray(params)) {
-      throw new BadRequest('run.params must be an object');
-    }
-    if (JSON.stringify(input).length > MAX_INPUT_BYTES) {
-      throw new BadRequest(`run.input is larger than ${MAX_INPUT_BYTES} bytes`);
+    const { model, input, params = {}, createdAt, updatedAt, userId } = context.data;
+    const inputBytes = Buffer.byteLength(JSON.stringify(input));
+    if (inputBytes > MAX_INPUT_BYTES) {
+      throw payloadTooLarge(`run.input is ${inputBytes} bytes: larger than ${MAX_INPUT_BYTES} bytes`);
     }
     // A new run always starts pending and empty, whatever the client sent.
     context.data = {
       model,
       input,
+      inputBytes,
       params,
       status: 'pending',
       progress: 0,
@@ -51,39 +38,22 @@ function runsHooks({ authEnabled, errors }) {
       error: null,
       worker: null,
       heartbeatAt: null,
-      createdAt: data.createdAt,
-      updatedAt: data.updatedAt,
+      createdAt,
+      updatedAt,
     };
-    if (data.userId !== undefined) context.data.userId = data.userId;
+    if (userId !== undefined) context.data.userId = userId;
     return context;
   }
 
-  function validatePatch(context) {
+  function patchRules(context) {
     if (!context.params.provider) return context;
-    if (context.id === null || context.id === undefined) {
-      throw new MethodNotAllowed('runs are patched one at a time (give an id)');
-    }
-    const data = context.data || {};
-    if ('status' in data && !STATUSES.includes(data.status)) {
-      throw new BadRequest(`run.status must be one of ${STATUSES.join(', ')}`);
-    }
-    if ('progress' in data && (typeof data.progress !== 'number' || !(data.progress >= 0 && data.progress <= 1))) {
-      throw new BadRequest('run.progress must be a number from 0 to 1');
-    }
-    if (data.status === 'canceled') {
+    if (context.data.status === 'canceled') {
       // Only a run that has not finished can be canceled (NotFound otherwise).
       context.params.query = { ...(context.params.query || {}), status: { $in: ACTIVE } };
     }
     // The package stamps the caller's id on every write (lib/utils/permission-hooks.js
     // setField); a run keeps its owner's, whoever patches it (worker, admin).
-    if (authEnabled) delete data.userId;
-    if (isWorker(context.params)) return context;
-    // An owner (or the admin) may only cancel.
-    const allowed = new Set(['status', 'updatedAt']);
-    const extra = Object.keys(data).filter((k) => !allowed.has(k));
-    if (extra.length > 0 || data.status !== 'canceled') {
-      throw new BadRequest("a client may only cancel a run: patch it with {status: 'canceled'}");
-    }
+    if (authEnabled) delete context.data.userId;
     return context;
   }
 
@@ -119,9 +89,9 @@ function runsHooks({ authEnabled, errors }) {
 
   return {
     before: {
-      create: [validateCreate],
+      create: [newRun],
       update: [refuseUpdate],
-      patch: [validatePatch, exactConditionalPatch],
+      patch: [patchRules, exactConditionalPatch],
     },
   };
 }

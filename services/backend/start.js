@@ -3,8 +3,13 @@
 // configuration and the rules it needs:
 // - refuses to start with authentication on and no (or the example) JWT secret, or with a
 //   whitelist.services that is not a list of safe names;
-// - serves only the names the app uses, answers who may do what, throttles logins
-//   (access.js: in front of every REST request and Socket.IO packet, and app hooks);
+// - removes the `__proto__` accessor once every module is loaded (defence in depth against
+//   prototype pollution: validation.js);
+// - serves only the names the app uses, to the allowed Host names and origins, checks every
+//   call's shape, answers who may do what, throttles logins (access.js, validation.js: in
+//   front of every REST request and Socket.IO packet, and the first app hook);
+// - tokens end at logout and password change; accounts take their runs with them
+//   (accounts.js); per-user quotas on new runs (quotas.js);
 // - creates/updates the worker account (role `worker`) from MARCELLE_WORKER_EMAIL/_PASSWORD
 //   and the app's admin account (role `admin`) from MARCELLE_ADMIN_EMAIL/_PASSWORD;
 // - adds hooks to the `runs` service (validation of new runs, what a client may patch, and
@@ -70,6 +75,33 @@ function checkConfig(config) {
       `marcelleTorch.keepFinishedRunsSeconds (MARCELLE_RUNS_KEEP_FINISHED_S) must be 0 (keep every run) or a number of seconds, got ${JSON.stringify(keep)}`,
     );
   }
+  const { runsPerMinute, pendingInputBytes } = config.get('marcelleTorch.runQuotas') || {};
+  if (!(Number.isInteger(runsPerMinute) && runsPerMinute > 0)) {
+    fail(
+      `marcelleTorch.runQuotas.runsPerMinute (MARCELLE_RUNS_PER_MINUTE) must be a positive integer, got ${JSON.stringify(runsPerMinute)}`,
+    );
+  }
+  if (!(Number.isInteger(pendingInputBytes) && pendingInputBytes > 0)) {
+    fail(
+      `marcelleTorch.runQuotas.pendingInputBytes (MARCELLE_RUNS_PENDING_BYTES) must be a positive integer, got ${JSON.stringify(pendingInputBytes)}`,
+    );
+  }
+  const origins = config.get('marcelleTorch.corsOrigins');
+  if (!Array.isArray(origins) || !origins.every((o) => typeof o === 'string' && /^https?:\/\/[^/\s]+$/.test(o))) {
+    fail(
+      `marcelleTorch.corsOrigins (MARCELLE_BACKEND_CORS_ORIGINS) must be a list of origins such as "http://localhost:8080" (or "http://localhost:*", any port), got ${JSON.stringify(origins)}`,
+    );
+  }
+  const hosts = config.get('marcelleTorch.allowedHosts');
+  if (
+    !Array.isArray(hosts) ||
+    hosts.length === 0 ||
+    !hosts.every((h) => typeof h === 'string' && /^(\*|[A-Za-z0-9.-]+|\[[0-9a-fA-F:]+\])$/.test(h))
+  ) {
+    fail(
+      `marcelleTorch.allowedHosts (MARCELLE_BACKEND_ALLOWED_HOSTS) must be a list of host names (or ["*"]), got ${JSON.stringify(hosts)}`,
+    );
+  }
   const proxies = config.get('marcelleTorch.trustedProxies');
   if (!isWholeNumber(proxies)) {
     fail(
@@ -86,6 +118,7 @@ const {
   accessPolicy,
   logDenials,
   loginLimits,
+  originAllowed,
 } = require('./access');
 
 let config;
@@ -97,11 +130,15 @@ try {
 checkConfig(config);
 
 const http = require('http');
-const { BadRequest, FeathersError, MethodNotAllowed, NotAuthenticated } = require('@feathersjs/errors');
+const { BadRequest, MethodNotAllowed, NotAuthenticated } = require('@feathersjs/errors');
 const app = require('@marcellejs/backend/lib/app').default;
 const logger = require('@marcellejs/backend/lib/logger').default;
 const abilities = require('@marcellejs/backend/lib/authentication/abilities');
 const { runsHooks, MAX_INPUT_BYTES } = require('./runs-hooks');
+const { runQuotas, payloadTooLarge } = require('./quotas');
+const { ensureAccounts, installAccountRules } = require('./accounts');
+const cors = require('cors');
+const { removeProtoAccessor } = require('./validation');
 const { workerRegistry } = require('./workers');
 const { startRunRetention } = require('./retention');
 const feathersExpress = require('@feathersjs/express');
@@ -129,13 +166,7 @@ function clientErrorsFromBodyParsers(expressApp) {
         if (!err) return next();
         const tooLarge = err.type === 'entity.too.large';
         const error = tooLarge
-          ? // @feathersjs/errors 4 has no class for 413: its base class, as its own classes use it.
-            new FeathersError(
-              `the request body is over ${MAX_MESSAGE_BYTES} bytes`,
-              'PayloadTooLarge',
-              413,
-              'payload-too-large',
-            )
+          ? payloadTooLarge(`the request body is over ${MAX_MESSAGE_BYTES} bytes`)
           : new BadRequest(
               `the request body is not valid ${layer.name === 'jsonParser' ? 'JSON' : 'form data'}: ${err.message}`,
             );
@@ -152,6 +183,15 @@ function clientErrorsFromBodyParsers(expressApp) {
         req.resume();
       });
   }
+}
+
+// The package answers every origin (@marcellejs/backend 0.6.5 lib/app.js: `app.use(cors())`,
+// Access-Control-Allow-Origin: *), so any website could read and write the local demo's runs.
+// Replaced in place: only the configured origins (the web app's) get CORS answers.
+function corsForAllowedOrigins(expressApp, origins) {
+  const layers = expressApp._router.stack.filter((layer) => layer.name === 'corsMiddleware');
+  if (layers.length !== 1) fail('the backend package no longer has its cors middleware');
+  layers[0].handle = cors({ origin: (origin, done) => done(null, originAllowed(origin, origins)) });
 }
 
 // @marcellejs/backend 0.6.5 lib/authentication/abilities.js logs the whole permissions
@@ -183,42 +223,6 @@ abilities.defineRulesFor = (user, theApp) => {
   }
 };
 
-/** Creates or updates an account the deployment owns (password and role from the environment). */
-async function ensureAccount(role, email, password, names) {
-  if (!email && !password) return false;
-  if (!email || !password) fail(`set both ${names[0]} and ${names[1]}, or neither`);
-  if (app.get('database') === 'mongodb') {
-    await app.get('mongoClient');
-  }
-  const [local] = app.service('authentication').getStrategies('local');
-  const hashed = await local.hashPassword(password, {});
-  const users = app.service('users');
-  // Underscore methods skip the service hooks, which force every account to `editor`.
-  const found = await users._find({ query: { email }, paginate: false });
-  if (found.length > 0) {
-    await users._patch(found[0]._id, { password: hashed, role });
-  } else {
-    await users._create({ email, password: hashed, role });
-  }
-  logger.info('%s account %s is ready', role, email);
-  return true;
-}
-
-async function ensureAccounts() {
-  const { workerEmail, workerPassword, adminEmail, adminPassword } = app.get('marcelleTorch') || {};
-  if (workerEmail && adminEmail && workerEmail.trim().toLowerCase() === adminEmail.trim().toLowerCase()) {
-    fail('MARCELLE_ADMIN_EMAIL and MARCELLE_WORKER_EMAIL must be two different accounts');
-  }
-  if (
-    !(await ensureAccount('worker', workerEmail, workerPassword, ['MARCELLE_WORKER_EMAIL', 'MARCELLE_WORKER_PASSWORD']))
-  ) {
-    logger.warn('authentication is on and no worker account is configured (MARCELLE_WORKER_EMAIL/_PASSWORD)');
-  }
-  if (!(await ensureAccount('admin', adminEmail, adminPassword, ['MARCELLE_ADMIN_EMAIL', 'MARCELLE_ADMIN_PASSWORD']))) {
-    logger.warn('authentication is on and no admin account is configured (MARCELLE_ADMIN_EMAIL/_PASSWORD)');
-  }
-}
-
 // A valid token (strategy jwt) of an account that no longer exists: the JWT strategy's
 // users.get answers NotFound; the caller is not authenticated.
 function deletedAccountIsNotAuthenticated(context) {
@@ -233,18 +237,20 @@ async function main() {
   const allowSignup = app.get('authentication').allowSignup === true;
   const host = app.get('host');
   const port = app.get('port');
-  const trustedProxies = app.get('marcelleTorch').trustedProxies;
+  const { trustedProxies, corsOrigins, allowedHosts, runQuotas: quotas } = app.get('marcelleTorch');
   const services = app.get('whitelist').services;
   const served = servedNames(services, authEnabled);
+  const edge = { trustedProxies, allowedHosts, corsOrigins };
 
   // What the package's bin does with app.listen(port), but with the guard in front of the
   // whole Express app (@feathersjs/express 4.5 lib/index.js: listen = http server + setup).
   // setup() attaches Socket.IO, which takes its own /socket.io/ requests before this handler.
-  const guard = restGuard(served, { trustedProxies });
+  const guard = restGuard(served, edge);
   clientErrorsFromBodyParsers(app);
+  corsForAllowedOrigins(app, corsOrigins);
   const server = http.createServer((req, res) => guard(req, res, () => app(req, res)));
   app.setup(server);
-  socketGuard(app.io, served, { trustedProxies });
+  socketGuard(app.io, served, edge);
   // engine.io 3.6 (lib/server.js) reads maxHttpBufferSize (1 MB by default) into its websocket
   // server when it is made: set it, then make that server again.
   app.io.eio.maxHttpBufferSize = MAX_MESSAGE_BYTES;
@@ -253,14 +259,27 @@ async function main() {
   // setup() has run: make the data services now, before any request.
   for (const name of services) app.service(':serviceName').getService(name);
   const abilityFor = (user) => abilities.defineAbilitiesFor(user, app);
-  app.hooks({
-    before: { all: [accessPolicy({ authEnabled, allowSignup, abilityFor })] },
-    error: { all: [logDenials(logger)] },
-  });
-  app.service('runs').hooks(runsHooks({ authEnabled, errors: { BadRequest, MethodNotAllowed } }));
+  // The policy runs first, before the package's own app hooks (registered when lib/app was
+  // loaded): @feathersjs/commons 4.5 lib/hooks.js keeps each method's app before-hooks in
+  // app.__hooks.before[method], run in order.
+  const policy = accessPolicy({ authEnabled, allowSignup, abilityFor });
+  for (const method of ['find', 'get', 'create', 'update', 'patch', 'remove']) {
+    const hooks = app.__hooks.before[method];
+    if (!Array.isArray(hooks)) fail(`the backend package no longer keeps its ${method} app hooks where expected`);
+    hooks.unshift(policy);
+  }
+  app.hooks({ error: { all: [logDenials(logger)] } });
+  const runs = app.service('runs');
+  runs.hooks(runsHooks({ authEnabled, errors: { MethodNotAllowed }, payloadTooLarge }));
   const workers = workerRegistry(app.io, { authEnabled, BadRequest });
-  app.service('runs').hooks({ before: { create: [workers.refuseUnservedModel] } });
+  const quota = runQuotas(quotas, runs);
+  runs.hooks({
+    before: { create: [workers.refuseUnservedModel, quota.before] },
+    after: { create: [quota.release] },
+    error: { create: [quota.release] },
+  });
   if (authEnabled) {
+    await installAccountRules(app, runs);
     const limits = loginLimits(app.get('marcelleTorch').loginLimits);
     app.service('authentication').hooks({
       before: { create: [limits.before] },
@@ -277,9 +296,14 @@ async function main() {
   if (keepSeconds > 0) startRunRetention(app.service('runs'), { keepSeconds, logger });
   process.on('unhandledRejection', (reason) => logger.error('Unhandled Rejection: %s', reason));
 
+  // Every module is loaded and set up: from here on `__proto__` is an ordinary key.
+  removeProtoAccessor();
+
   // The accounts exist before the first request is accepted.
   if (authEnabled) {
-    await ensureAccounts().catch((err) => fail(`cannot set up the worker and admin accounts: ${err.message}`));
+    await ensureAccounts(app, { fail, logger }).catch((err) =>
+      fail(`cannot set up the worker and admin accounts: ${err.message}`),
+    );
   }
   server.listen(port, host);
   await new Promise((resolve, reject) => {

@@ -152,13 +152,10 @@ def test_the_admin_account_comes_from_the_environment_and_makes_editor_accounts(
     assert admin["user"]["role"] == "admin"
     assert "password" not in admin["user"]
     email = f"made-{uuid.uuid4().hex[:6]}@marcelle.test"
-    reply = rest_call(
-        auth_backend.url,
-        "POST",
-        "/users",
-        {"email": email, "password": "pw-0123456789", "role": "admin"},
-        token=admin["accessToken"],
-    )
+    body = {"email": email, "password": "pw-0123456789"}
+    reply = rest_call(auth_backend.url, "POST", "/users", {**body, "role": "admin"}, token=admin["accessToken"])
+    assert reply.status == 400 and '"role" is not allowed' in reply.json["message"], reply
+    reply = rest_call(auth_backend.url, "POST", "/users", body, token=admin["accessToken"])
     assert reply.status == 201, reply
     assert reply.json["role"] == "editor" and "password" not in reply.json
     assert login(auth_backend.url, email, "pw-0123456789")["user"]["role"] == "editor"

@@ -4,10 +4,12 @@ on or off, waited for until it answers, stopped and restarted on the same port a
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +69,15 @@ class BackendHandle:
         self._start()
 
 
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+
+
+def default_allowed_hosts(host: str) -> list[str]:
+    """The loopback names, and ``host`` when it is a name of its own (not a wildcard address)."""
+    extra = [] if host in ("0.0.0.0", "::", *LOOPBACK_NAMES) else [f"[{host}]" if ":" in host else host]
+    return [*LOOPBACK_NAMES, *extra]
+
+
 def start_backend(
     data_dir: str | Path,
     port: int = 0,
@@ -79,6 +90,8 @@ def start_backend(
     admin_password: str | None = None,
     allow_signup: bool = False,
     keep_finished_runs_s: int = 0,
+    cors_origins: Sequence[str] | None = None,
+    allowed_hosts: Sequence[str] | None = None,
     mongodb_url: str | None = None,
     log_path: str | Path | None = None,
     package_dir: str | Path | None = None,
@@ -92,7 +105,10 @@ def start_backend(
     ``worker_email``/``worker_password`` create the worker account, ``admin_email``/
     ``admin_password`` the app's admin account (start.js creates or resets both at each start);
     ``allow_signup`` lets clients create their own (role ``editor``) accounts;
-    ``keep_finished_runs_s`` > 0 removes finished runs that much after their last change.
+    ``keep_finished_runs_s`` > 0 removes finished runs that much after their last change;
+    ``cors_origins`` are the web pages that may call it (the web app's origin), and
+    ``allowed_hosts`` the names its Host header may carry (by default the loopback names and
+    ``host``); anything else is refused (403).
     """
     node = shutil.which("node")
     if node is None:
@@ -115,6 +131,8 @@ def start_backend(
         "MARCELLE_BACKEND_AUTH": "true" if auth else "false",
         "MARCELLE_BACKEND_ALLOW_SIGNUP": "true" if allow_signup else "false",
         "MARCELLE_RUNS_KEEP_FINISHED_S": str(keep_finished_runs_s),
+        "MARCELLE_BACKEND_ALLOWED_HOSTS": json.dumps(list(allowed_hosts or default_allowed_hosts(host))),
+        **({"MARCELLE_BACKEND_CORS_ORIGINS": json.dumps(list(cors_origins))} if cors_origins is not None else {}),
         **({"MONGODB_URL": mongodb_url} if mongodb_url else {}),
         **({"MARCELLE_BACKEND_SECRET": secret} if secret else {}),
         **(

@@ -132,6 +132,15 @@ def project_root(start: Path | None = None) -> Path:
     raise WebappNotBuilt("cannot find the project checkout (services/frontend); run from it or pass --dist")
 
 
+def webapp_origins(host: str, port: int) -> list[str]:
+    """The web app's origin as a browser writes it (first: the one the stack prints); a loopback
+    page may be opened as localhost or 127.0.0.1, and the backend must accept both."""
+    first = f"http://{host}:{port}"
+    if host in ("127.0.0.1", "localhost"):
+        return [first, *(f"http://{name}:{port}" for name in ("localhost", "127.0.0.1") if name != host)]
+    return [first]
+
+
 def _auth_settings(options: StackOptions) -> tuple[dict, dict] | None:
     """(start_backend's auth arguments, the admin's login) when ``options.auth``, else None."""
     if not options.auth:
@@ -177,7 +186,7 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
     serve_port = port_or_free(options.serve_port, host)
     serve_metrics_port = port_or_free(options.serve_metrics_port, host)
     worker_metrics_port = port_or_free(options.worker_metrics_port, host)
-    webapp_origin = f"http://{host}:{webapp_port}"
+    webapp_origin = webapp_origins(host, webapp_port)[0]
 
     stack = Stack(logs=logs, supervisor=Supervisor(say))
     auth = _auth_settings(options)
@@ -242,6 +251,7 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
                 log_path=logs / "backend.log",
                 **backend_auth,
                 keep_finished_runs_s=options.keep_finished_runs_s,
+                cors_origins=webapp_origins(host, webapp_port),
                 package_dir=options.backend_dir,
             ),
         )
