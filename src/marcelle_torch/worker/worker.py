@@ -274,18 +274,28 @@ class Worker:
         return getattr(self.client, method)(SERVICE, *args)
 
     def _on_connected(self) -> None:
-        try:
-            self._login()
-        except BackendError as exc:
-            # Wrong credentials will not fix themselves: stop with a clear message.
-            log.error("cannot log in to the backend as %s: %s", self.email, exc.message)
-            self.fatal = f"cannot log in to the backend as {self.email}: {exc.message}"
-            self.stopping.set()
-            return
-        except BackendUnavailable as exc:
-            log.warning("log in failed (%s); will retry on reconnection", exc.message)
-            return
-        self._next_sweep = 0.0  # pick up pending runs now
+        # Throttled (429), the backend failing (5xx) or not answering: wait and try again, for as
+        # long as it takes; only refused credentials (401) are fatal.
+        delay = 1.0
+        while not self.stopping.is_set():
+            try:
+                self._login()
+                self._next_sweep = 0.0  # pick up pending runs now
+                return
+            except BackendError as exc:
+                if exc.http_code != 429 and (exc.http_code or 0) < 500:
+                    log.error("cannot log in to the backend as %s: %s", self.email, exc.message)
+                    self.fatal = f"cannot log in to the backend as {self.email}: {exc.message}"
+                    self.stopping.set()
+                    return
+                log.warning("log in refused for now (%s); retrying in %.0fs", exc.message, delay)
+            except BackendUnavailable as exc:
+                if not self.client.connected:
+                    log.warning("log in failed (%s); will retry on reconnection", exc.message)
+                    return
+                log.warning("log in failed (%s); retrying in %.0fs", exc.message, delay)
+            self.stopping.wait(delay)
+            delay = min(delay * 2, 60.0)
 
     # ------------------------------------------------------------------ finding and claiming
 
