@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 
 from k8s_tools import by_kind, ci_values, one, render, render_text
 
@@ -131,11 +132,21 @@ def test_env_names_are_the_ones_the_backend_config_maps():
             assert name in text, f"{name} is not mapped by {mapping.name}"
 
 
-def test_finished_runs_are_kept_unless_a_retention_is_set():
+def test_finished_runs_are_removed_after_a_week_unless_set_otherwise():
     # services/backend/retention.js reads it (start.js refuses anything but whole seconds >= 0).
-    assert value(backend_env(render(ci_values("default"))), "MARCELLE_RUNS_KEEP_FINISHED_S") == "0"
-    week = backend_env(render(ci_values("default"), sets=("backend.keepFinishedRunsSeconds=604800",)))
-    assert value(week, "MARCELLE_RUNS_KEEP_FINISHED_S") == "604800"
+    assert value(backend_env(render(ci_values("default"))), "MARCELLE_RUNS_KEEP_FINISHED_S") == "604800"
+    keep_all = backend_env(render(ci_values("default"), sets=("backend.keepFinishedRunsSeconds=0",)))
+    assert value(keep_all, "MARCELLE_RUNS_KEEP_FINISHED_S") == "0"
+
+
+def test_quotas_and_host_names_reach_the_backend():
+    # services/backend/quotas.js and access.js read them (start.js checks their shapes).
+    env = backend_env(render(ci_values("default")))
+    assert value(env, "MARCELLE_RUNS_PER_MINUTE") == "600"
+    assert value(env, "MARCELLE_RUNS_PENDING_BYTES") == "67108864"
+    assert json.loads(value(env, "MARCELLE_BACKEND_ALLOWED_HOSTS")) == ["*"]
+    named = backend_env(render(ci_values("default"), sets=("backend.allowedHosts={demo.example.org}",)))
+    assert json.loads(value(named, "MARCELLE_BACKEND_ALLOWED_HOSTS")) == ["demo.example.org"]
 
 
 def test_service_targets_the_backend_port():
