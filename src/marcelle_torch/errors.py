@@ -58,6 +58,13 @@ class OriginNotAllowed(MarcelleTorchError):
     code = "origin_not_allowed"
 
 
+class HostNotAllowed(MarcelleTorchError):
+    """A Host header that is not one of the server's names (DNS rebinding)."""
+
+    status = 403
+    code = "host_not_allowed"
+
+
 class PayloadTooLarge(MarcelleTorchError):
     status = 413
     code = "payload_too_large"

@@ -171,6 +171,20 @@ def test_cors_allow_list(serve_url):
     assert "access-control-allow-origin" not in other.headers
 
 
+def test_a_page_of_another_site_is_refused_by_its_host_name(serve_url, make_digit):
+    """DNS rebinding: another site's name made to resolve to this loopback server. Its Host is
+    refused by every application (metadata, and the predict route of a model's own application)."""
+    port = serve_url.rsplit(":", 1)[1]
+    evil = {"Host": f"evil.example:{port}"}
+    meta = httpx.get(f"{serve_url}/v1/models/digits", headers=evil, timeout=TIMEOUT)
+    assert meta.status_code == 403 and meta.json()["error"]["code"] == "host_not_allowed", meta.text
+    body = {"instances": [make_digit(3)[0]]}
+    predict = post(f"{serve_url}/v1/models/digits:predict", json=body, headers=evil)
+    assert predict.status_code == 403 and predict.json()["error"]["code"] == "host_not_allowed", predict.text
+    mine = post(f"{serve_url}/v1/models/digits:predict", json=body, headers={"Host": f"localhost:{port}"})
+    assert mine.status_code == 200, mine.text
+
+
 def _metric(text: str, name: str, **labels) -> float:
     total = 0.0
     for line in text.splitlines():

@@ -1,6 +1,6 @@
 """The package's layers, read from its source (every import, lazy ones included).
 
-    errors, files, processes, probe    the bottom: no other part of the package
+    errors, files, hosts, processes, probe    the bottom: no other part of the package
     models                             the one model definition
     serving | onnx | worker            the three ways a model runs; none imports another
     stack                              the local launcher, over the three
@@ -26,6 +26,7 @@ LAYERS = {
     "": 0,  # the package's __init__ (its version)
     "errors": 0,
     "files": 0,
+    "hosts": 0,
     "processes": 0,
     "probe": 0,
     "models": 1,

@@ -77,6 +77,28 @@ def test_overrides_are_applied_and_validated():
     assert yaml.safe_load(DEFAULT_CONFIG.read_text())["http_options"]["port"] == 8000
 
 
+def test_a_loopback_server_answers_only_its_own_host_names():
+    for host in ("127.0.0.1", "localhost"):
+        for app in load_serve_config(host=host)["applications"]:
+            assert app["args"]["allowed_hosts"] == ["localhost", "127.0.0.1", "[::1]"], app["name"]
+    # Listening for other machines (a cluster: nginx passes the browser's Host), any name.
+    for app in load_serve_config(host="0.0.0.0")["applications"]:
+        assert app["args"]["allowed_hosts"] == ["*"], app["name"]
+
+
+def test_host_names_are_matched_without_the_port():
+    from marcelle_torch.hosts import host_allowed, local_host_names
+
+    names = local_host_names("127.0.0.1")
+    assert host_allowed("localhost:8000", names) and host_allowed("[::1]:8000", names)
+    assert host_allowed("LOCALHOST", names)
+    assert not host_allowed("evil.example:8000", names) and not host_allowed("127.0.0.1.evil.example", names)
+    assert host_allowed(None, names), "a request without Host is no browser's"
+    assert host_allowed("anything", ["*"])
+    assert local_host_names("demo.lan") == [*names, "demo.lan"]
+    assert local_host_names("::1") == names and local_host_names("0.0.0.0") == names
+
+
 def test_gpu_override_adds_settings_for_a_model_without_any(tmp_path, monkeypatch):
     (tmp_path / "gpu_user_model.py").write_text(
         "from torch import nn\nfrom marcelle_torch.models import ModelSpec, TensorInput\n"

@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from ..errors import (
+    HostNotAllowed,
     InferenceTimeout,
     InvalidInput,
     MarcelleTorchError,
@@ -33,6 +34,7 @@ from ..errors import (
     Overloaded,
     PayloadTooLarge,
 )
+from ..hosts import host_allowed
 
 logger = logging.getLogger("ray.serve")
 
@@ -216,8 +218,30 @@ def origin_allowed(origins: list[str], origin: str | None) -> bool:
 # ----------------------------------------------------------------------------- the app
 
 
+class _HostCheck:
+    """Refuses (403, JSON) a request whose Host header is not one of ``allowed``."""
+
+    def __init__(self, app, allowed: list[str]):
+        self.app, self.allowed = app, allowed
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            host = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"host"), None)
+            if not host_allowed(host, self.allowed):
+                err = HostNotAllowed(f"Host {host!r} is not one of this server's names; set allowed_hosts")
+                await JSONResponse(err.to_json(), status_code=err.status)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def make_api(
-    title: str, cors_origins: list[str], *, publish_docs: bool, on_error: Callable | None = None, version: str = "1"
+    title: str,
+    cors_origins: list[str],
+    *,
+    publish_docs: bool,
+    on_error: Callable | None = None,
+    version: str = "1",
+    allowed_hosts: list[str] | None = None,
 ) -> FastAPI:
     api = FastAPI(
         title=title,
@@ -240,6 +264,8 @@ def make_api(
         **cors_options(cors_origins),
     )
     api.add_middleware(_NoRootPath)
+    # Outermost: a foreign Host gets no answer of the app's, CORS preflights included.
+    api.add_middleware(_HostCheck, allowed=list(allowed_hosts or ["*"]))
     return api
 
 

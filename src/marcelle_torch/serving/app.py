@@ -152,6 +152,7 @@ class ModelServer:
             self.args.cors_origins,
             publish_docs=False,
             on_error=self._count_error,
+            allowed_hosts=self.args.allowed_hosts,
         )
         # The hot path as a plain Starlette route in the FastAPI app: the body is read raw (the
         # parser has its own limits) and nothing is left for FastAPI's dependency solving to do.
@@ -257,7 +258,13 @@ class Router:
         self._status: tuple[float, dict] = (0.0, {})
 
     def __serve_build_asgi_app__(self):
-        api = make_api("marcelle-torch", self.args.cors_origins, publish_docs=True, on_error=self._count_error)
+        api = make_api(
+            "marcelle-torch",
+            self.args.cors_origins,
+            publish_docs=True,
+            on_error=self._count_error,
+            allowed_hosts=self.args.allowed_hosts,
+        )
         api.add_api_route(
             "/healthz",
             self.healthz,

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from ..errors import MarcelleTorchError
+from ..hosts import is_loopback, local_host_names
 
 DEFAULT_CONFIG = Path(__file__).with_name("serve_config.yaml")
 APP_IMPORT_PATH = "marcelle_torch.serving.app:build_app"
@@ -82,6 +83,9 @@ def apply_overrides(config: dict, *, host=None, port=None, cors_origins=None, nu
         app["args"] = args
         if cors_origins is not None:
             args["cors_origins"] = list(cors_origins)
+        # On loopback, only this machine's names: no other site's page gets in by DNS rebinding.
+        if host is not None and is_loopback(host) and args.get("allowed_hosts", ["*"]) == ["*"]:
+            args["allowed_hosts"] = local_host_names(host)
     if num_gpus is not None:
         for app in model_applications(config):
             for d in app.setdefault("deployments", []) or [{"name": app["name"]}]:

@@ -9,7 +9,6 @@ they are set before ``ray.init`` (Kubernetes: the container env of the Ray pods)
 from __future__ import annotations
 
 import atexit
-import ipaddress
 import os
 import shutil
 import signal
@@ -22,6 +21,7 @@ import urllib.request
 from typing import Any
 
 from ..errors import MarcelleTorchError
+from ..hosts import is_loopback
 from ..processes import free_port
 from .config import our_applications
 from .haproxy_edge import DEFAULT_REQUEST_TIMEOUT_S, REQUEST_TIMEOUT_ENV, launcher_script
@@ -34,15 +34,6 @@ STOP_TIMEOUT_S = 1.0
 class ServeStartError(MarcelleTorchError):
     status = 500
     code = "serve_start"
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def ray_host_env(host: str) -> dict[str, str]:

@@ -55,6 +55,12 @@ class HttpArgs(_Strict):
         default=list(DEFAULT_CORS_ORIGINS),
         description="origins allowed to call the API from a browser ('*' for any; 'http://host:*' for any port)",
     )
+    allowed_hosts: list[str] = Field(
+        default=["*"],
+        min_length=1,
+        description="names the Host header may carry (no port), '*' for any; `marcelle-torch serve` on "
+        "loopback sets the loopback names, so no other site's page reaches it by DNS rebinding",
+    )
     max_body_bytes: int = Field(
         default=DEFAULT_MAX_BODY_BYTES, ge=1, description="larger request bodies are refused with 413"
     )

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..hosts import local_host_names
 from ..processes import ManagedProcess, StartupError, port_or_free
 
 SETUP_HINT = "run `npm ci` in services/backend (or `make setup`)"
@@ -69,15 +70,6 @@ class BackendHandle:
         self._start()
 
 
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
-
-
-def default_allowed_hosts(host: str) -> list[str]:
-    """The loopback names, and ``host`` when it is a name of its own (not a wildcard address)."""
-    extra = [] if host in ("0.0.0.0", "::", *LOOPBACK_NAMES) else [f"[{host}]" if ":" in host else host]
-    return [*LOOPBACK_NAMES, *extra]
-
-
 def start_backend(
     data_dir: str | Path,
     port: int = 0,
@@ -131,7 +123,7 @@ def start_backend(
         "MARCELLE_BACKEND_AUTH": "true" if auth else "false",
         "MARCELLE_BACKEND_ALLOW_SIGNUP": "true" if allow_signup else "false",
         "MARCELLE_RUNS_KEEP_FINISHED_S": str(keep_finished_runs_s),
-        "MARCELLE_BACKEND_ALLOWED_HOSTS": json.dumps(list(allowed_hosts or default_allowed_hosts(host))),
+        "MARCELLE_BACKEND_ALLOWED_HOSTS": json.dumps(list(allowed_hosts or local_host_names(host))),
         **({"MARCELLE_BACKEND_CORS_ORIGINS": json.dumps(list(cors_origins))} if cors_origins is not None else {}),
         **({"MONGODB_URL": mongodb_url} if mongodb_url else {}),
         **({"MARCELLE_BACKEND_SECRET": secret} if secret else {}),
