@@ -96,15 +96,18 @@ function condition(value, ops) {
   return { anyOf: [value, { ...object(operators), minProperties: 1 }] };
 }
 
-/** A find query over `fields` ({name: condition schema}), with paging, sort and select. */
-function query(fields) {
+/**
+ * A find query over `fields` ({name: condition schema}), sorted by those fields, and selecting
+ * any of `selectable` (every field a document shows).
+ */
+function query(fields, selectable) {
   const names = Object.keys(fields);
   return object({
     ...fields,
     $limit: count,
     $skip: count,
     $sort: { type: 'object', propertyNames: { enum: names }, additionalProperties: direction },
-    $select: { type: 'array', items: { enum: names }, maxItems: names.length },
+    $select: { type: 'array', items: { enum: selectable }, maxItems: selectable.length },
   });
 }
 
@@ -125,7 +128,10 @@ const runFields = {
 };
 
 const schemas = {
-  runsQuery: query(runFields),
+  runsQuery: query(runFields, [
+    ...Object.keys(runFields),
+    ...['input', 'inputBytes', 'params', 'progress', 'partial', 'result', 'error', 'revision'],
+  ]),
   runCreate: object({ model: text(200, 1), input: {}, params: { type: 'object' } }, ['model', 'input']),
   // What the worker writes: claim, progress, partial, result, error, heartbeat, release.
   workerPatch: {
@@ -141,12 +147,15 @@ const schemas = {
     minProperties: 1,
   },
   // No operator and no field but these: never `password` (its hash could be searched for).
-  usersQuery: query({
-    _id: idValue,
-    email: text(254),
-    role: text(64),
-    createdAt: condition(text(64), ORDER),
-  }),
+  usersQuery: query(
+    {
+      _id: idValue,
+      email: text(254),
+      role: text(64),
+      createdAt: condition(text(64), ORDER),
+    },
+    ['_id', 'email', 'role', 'createdAt', 'updatedAt'],
+  ),
   userCreate: object(
     { email: { type: 'string', pattern: '^[^\\s@]+@[^\\s@]+$', maxLength: 254 }, password: text(72, 8) },
     ['email', 'password'],

@@ -253,12 +253,9 @@ def traffic(stack):
                 "model": "digits-generator",
                 "input": {"digit": 3},
                 "params": {"steps": 10, "seed": 0},
-                "status": "pending",
             },
         ).json()
-        wrong = client.post(
-            runs, json={"model": "digits-generator", "input": {"digit": 42}, "params": {}, "status": "pending"}
-        ).json()
+        wrong = client.post(runs, json={"model": "digits-generator", "input": {"digit": 42}, "params": {}}).json()
         for run, expected in ((good, "succeeded"), (wrong, "failed")):
             final = wait_for(
                 f"run {run['_id']} to finish",

@@ -5,7 +5,9 @@ section prints the same table (a test compares them). Print it with
 ``.venv/bin/python tests/reliability/access_table.py``.
 
 Each operation acts on a run of user A (``runs``) or on user A's account (``users``).
-A cell is the HTTP status; ``own``/``all`` say what a successful find returns.
+A cell is the HTTP status; ``own``/``all`` say what a successful find returns. An operation
+``(service, method, with an id?, attack)`` with an attack sends the body or query of ATTACKS
+instead of a plain one (the findings of the security review: validation.js refuses them).
 """
 
 from __future__ import annotations
@@ -16,7 +18,25 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 BEGIN = "<!-- access-table:begin (generated from tests/reliability/access_table.py) -->"
 END = "<!-- access-table:end -->"
 
-# (service, method, with an id?) in the order of the table.
+
+def nested_list(depth: int) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+# What each attack sends: a body (data) or a query, in place of the operation's plain one.
+ATTACKS = {
+    "update operator": {"body": {"$set": {"status": "canceled"}}},
+    "`__proto__` key": {"body": {"__proto__.authenticated": True}},
+    "deep input": {"body": {"model": "digits", "input": nested_list(40)}},
+    "constructor query": {"query": {"status": {"constructor": "x", "$where": "1"}}},
+    "chosen id": {"body": {"_id": "chosen-id", "email": "chosen@marcelle.test", "password": "a-user-password-1"}},
+    "password query": {"query": {"password": {"$gte": "$2"}}},
+}
+
+# (service, method, with an id?[, attack]) in the order of the table.
 OPERATIONS = [
     ("runs", "find", False),
     ("runs", "get", True),
@@ -34,6 +54,12 @@ OPERATIONS = [
     ("users", "patch", False),
     ("users", "remove", True),
     ("users", "remove", False),
+    ("runs", "patch", True, "update operator"),
+    ("runs", "patch", True, "`__proto__` key"),
+    ("runs", "create", False, "deep input"),
+    ("runs", "find", False, "constructor query"),
+    ("users", "create", False, "chosen id"),
+    ("users", "find", False, "password query"),
 ]
 
 # Callers: "auth off" is anyone when authentication is off (the local default); the others
@@ -43,7 +69,7 @@ OPERATIONS = [
 CALLERS = ["auth off", "anonymous", "user A", "user B", "worker", "admin", "bad token"]
 BAD_TOKENS = ["forged", "expired", "alg none", "other secret"]
 
-EXPECTED: dict[tuple[str, str, bool], dict[str, str]] = {}
+EXPECTED: dict[tuple, dict[str, str]] = {}
 
 
 def _row(op, *cells):
@@ -68,16 +94,26 @@ _row(("users", "patch", True), "404", "401", "200", "404", "404", "403", "401")
 _row(("users", "patch", False), "404", "401", "405", "405", "405", "405", "401")
 _row(("users", "remove", True), "404", "401", "200", "404", "404", "403", "401")
 _row(("users", "remove", False), "404", "401", "405", "405", "405", "405", "401")
+# Attacks: the shape of data and queries is checked first, for every caller, before who it is;
+# the schema of a role's writes after authentication.
+_row(("runs", "patch", True, "update operator"), "400", "400", "400", "400", "400", "400", "400")
+_row(("runs", "patch", True, "`__proto__` key"), "400", "400", "400", "400", "400", "400", "400")
+_row(("runs", "create", False, "deep input"), "400", "400", "400", "400", "400", "400", "400")
+_row(("runs", "find", False, "constructor query"), "400", "400", "400", "400", "400", "400", "400")
+_row(("users", "create", False, "chosen id"), "404", "401", "400", "400", "400", "400", "401")
+_row(("users", "find", False, "password query"), "404", "401", "400", "400", "400", "400", "401")
 
 
 def op_name(op) -> str:
-    service, method, with_id = op
+    service, method, with_id, attack = (*op, None)[:4]
     target = {"runs": "A's run", "users": "A's account"}[service]
     if method in ("find", "create"):
-        return f"`{service}` {method}"
-    if not with_id:
-        return f"`{service}` {method}, no id (many)"
-    return f"`{service}` {method} ({target})"
+        name = f"`{service}` {method}"
+    elif not with_id:
+        name = f"`{service}` {method}, no id (many)"
+    else:
+        name = f"`{service}` {method} ({target})"
+    return f"{name}, {attack}" if attack else name
 
 
 def markdown() -> str:

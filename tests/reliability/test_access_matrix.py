@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from urllib.parse import quote
 
 import access_table
 import pytest
@@ -30,9 +31,26 @@ def new_run(url, token=None):
     return reply.json["_id"]
 
 
+def query_string(query: dict) -> str:
+    """qs notation (Express's query parser) of a query of nested objects: a[b]=v."""
+    pairs = []
+
+    def walk(prefix, value):
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}[{key}]" if prefix else key, item)
+        else:
+            pairs.append(f"{quote(prefix)}={quote(str(value))}")
+
+    walk("", query)
+    return "&".join(pairs)
+
+
 def rest_sender(url, token):
-    def send(method, service, id_, body):
+    def send(method, service, id_, body, query=None):
         path = f"/{service}/{id_}" if id_ is not None else f"/{service}"
+        if query:
+            path = f"{path}?{query_string(query)}"
         reply = rest_call(
             url, METHODS[method], path, None if method in ("find", "get", "remove") else body, token=token
         )
@@ -42,14 +60,15 @@ def rest_sender(url, token):
 
 
 def socket_sender(client):
-    def send(method, service, id_, body):
+    def send(method, service, id_, body, query=None):
+        query = query or {}
         args = {
-            "find": ({},),
-            "get": (id_, {}),
-            "create": (body, {}),
-            "update": (id_, body, {}),
-            "patch": (id_, body, {}),
-            "remove": (id_, {}),
+            "find": (query,),
+            "get": (id_, query),
+            "create": (body, query),
+            "update": (id_, body, query),
+            "patch": (id_, body, query),
+            "remove": (id_, query),
         }[method]
         try:
             result = client.call(method, service, *args, timeout=15)
@@ -67,7 +86,7 @@ class Cell:
         self.url, self.tokens, self.ids = url, tokens, ids  # ids: caller -> account id
 
     def outcome(self, op, caller, send):
-        service, method, with_id = op
+        service, method, with_id, attack = (*op, None)[:4]
         own = set()
         if service == "runs":
             run_a = new_run(self.url, self.tokens.get("user A"))
@@ -88,7 +107,11 @@ class Cell:
                 body = {"email": f"new-{uuid.uuid4().hex[:8]}@marcelle.test", "password": PASSWORD}
             if method == "update":
                 body = {"email": "a@marcelle.test", "password": PASSWORD}
-        status, payload, json_error, text = send(method, service, target if with_id else None, body)
+        query = None
+        if attack:
+            body = access_table.ATTACKS[attack].get("body", body)
+            query = access_table.ATTACKS[attack].get("query")
+        status, payload, json_error, text = send(method, service, target if with_id else None, body, query)
         if not json_error:
             return f"{status} (not a JSON error: {text!r})"
         if method == "find" and status == 200:
