@@ -3,7 +3,9 @@
 Fixtures:
 - ``browser``: one Chromium for the session (Playwright gives it a fresh throw-away profile);
 - ``page``: a new page in a fresh context (no shared storage between tests), long timeouts,
-  and its console errors / uncaught exceptions collected in ``console_errors``;
+  and its console errors / uncaught exceptions collected in ``console_errors``. Every test that
+  uses it also fails if the page broke its Content-Security-Policy (``csp_violations``), or if a
+  page of an app ``webapp_factory`` served came without that app's security headers;
 - ``webapp_dist``: the built app's folder (the tests skip, saying so, when it is not built);
 - ``webapp_factory(config)``: serves ``services/frontend/dist`` with ``/config.json`` = config,
   returns the app's URL; stopped after the test.
@@ -26,6 +28,7 @@ import math
 import os
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -42,6 +45,13 @@ SKETCH = "[data-testid=drawing-input-sketch]"
 UPLOAD = "[data-testid=drawing-input-upload]"
 PREVIEW_IMG = "[data-testid=drawing-input-image]"
 RUNS_PAGE_TITLE = "Backend runs"
+
+# Hands every CSP violation of a document to the test as it happens (a page's own list would be
+# lost when it navigates); a worker's violations show in its console only.
+CSP_LISTENER = """
+document.addEventListener('securitypolicyviolation', (e) =>
+  window.__cspViolation(`${e.effectiveDirective} blocked ${e.blockedURI} (${e.sourceFile}:${e.lineNumber})`));
+"""
 
 
 def pytest_collection_modifyitems(items):
@@ -73,16 +83,60 @@ def console_errors() -> list[str]:
 
 
 @pytest.fixture
-def page(browser, console_errors):
+def csp_violations() -> list[str]:
+    """The Content-Security-Policy violations of ``page`` (filled as they happen). ``page`` fails
+    the test with any left at its end: a test that provokes one on purpose clears it."""
+    return []
+
+
+@pytest.fixture
+def served_apps() -> dict[str, dict[str, str]]:
+    """The origin of each app ``webapp_factory`` serves -> the headers its pages must come with."""
+    return {}
+
+
+@pytest.fixture
+def page(browser, console_errors, csp_violations, served_apps):
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     context.set_default_timeout(TIMEOUT_MS)
+    context.expose_function("__cspViolation", lambda violation: csp_violations.append(violation))
+    context.add_init_script(CSP_LISTENER)
     page = context.new_page()
-    page.on("console", lambda msg: console_errors.append(f"console: {msg.text}") if msg.type == "error" else None)
+
+    def on_console(msg, where: str = "console") -> None:
+        if msg.type == "error" and where == "console":
+            console_errors.append(f"console: {msg.text}")
+        if "Content Security Policy" in msg.text:
+            csp_violations.append(f"{where}: {msg.text}")
+
+    page.on("console", on_console)
+    page.on("worker", lambda worker: worker.on("console", lambda msg: on_console(msg, f"worker {worker.url}")))
     page.on("pageerror", lambda exc: console_errors.append(f"uncaught: {exc}"))
+    documents = []  # the responses of every document the page loaded
+    page.on("response", lambda r: documents.append(r) if r.request.resource_type == "document" else None)
     try:
         yield page
+        if not page.is_closed():
+            page.evaluate("0")  # a round trip: the page's last reports reach csp_violations
+        assert_security_headers(documents, served_apps)
+        assert csp_violations == [], "the page broke its Content-Security-Policy"
     finally:
         context.close()
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def assert_security_headers(documents, served_apps: dict[str, dict[str, str]]) -> None:
+    """Each page of a served app came with that app's security headers, its CSP above all."""
+    ours = [r for r in documents if _origin(r.url) in served_apps]
+    assert ours or not served_apps, "the test served the app but the page loaded none of its pages"
+    for response in ours:
+        headers = response.all_headers()
+        expected = served_apps[_origin(response.url)]
+        assert {name: headers.get(name.lower()) for name in expected} == expected, response.url
 
 
 @pytest.fixture(scope="session")
@@ -94,15 +148,16 @@ def webapp_dist() -> Path:
 
 
 @pytest.fixture
-def webapp_factory(webapp_dist):
+def webapp_factory(webapp_dist, served_apps):
     """``make(config) -> url`` of the built app served with that /config.json."""
-    from marcelle_torch.stack.webapp import start_webapp
+    from marcelle_torch.stack.webapp import connect_sources, security_headers, start_webapp
 
     stops = []
 
     def make(config: dict | None = None) -> str:
         url, stop = start_webapp(webapp_dist, config or {})
         stops.append(stop)
+        served_apps[_origin(url)] = security_headers(connect_sources(config or {}))
         return url
 
     yield make
@@ -131,6 +186,8 @@ def runs_backend(tmp_path):
     backends, workers = [], []
 
     def start(**options):
+        # The page is served on a port picked later (webapp_factory): any loopback port's origin.
+        options.setdefault("cors_origins", ["http://127.0.0.1:*"])
         backend = start_backend(tmp_path / "backend", log_path=tmp_path / "backend.log", **options)
         backends.append(backend)
 

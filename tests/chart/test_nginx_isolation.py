@@ -1,7 +1,8 @@
 """The web app image's nginx template, run by the real nginx binary: every file of the app is
-served cross-origin isolated (COOP same-origin + COEP require-corp, as the local server does),
-including the locations that set their own headers (nginx drops server-level add_header there),
-and the JSON 503s for an unreachable Serve or backend are still answered."""
+served cross-origin isolated (COOP same-origin + COEP require-corp) and with the CSP and the other
+security headers, as the local server does, including the locations that set their own headers
+(nginx drops server-level add_header there); nginx does not show its version; and the JSON 503s
+for an unreachable Serve or backend are still answered."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from marcelle_torch.stack.webapp import security_headers
 
 REPO = Path(__file__).resolve().parents[2]
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
@@ -104,6 +107,16 @@ def test_app_files_are_cross_origin_isolated(nginx, path):
     assert status == 200
     for name, value in ISOLATED.items():
         assert headers[name] == value, f"{path}: {name} is {headers[name]!r}"
+
+
+@pytest.mark.parametrize(
+    "path", ["/", "/assets/index-abc.js", "/onnx/digits/model.onnx", "/config.json", "/assets/index-missing.js"]
+)
+def test_app_files_have_the_local_servers_security_headers(nginx, path):
+    _, headers, _ = get(nginx + path)
+    for name, value in security_headers().items():  # connect-src 'self': Serve and the backend are proxied
+        assert headers.get_all(name) == [value], f"{path}: {name} is {headers.get_all(name)!r}"
+    assert headers["Server"] == "nginx", "server_tokens off: no version"
 
 
 @pytest.mark.parametrize("path", ["/a/client/route", "/assets/index-missing.js", "/onnx/other/model.onnx"])

@@ -1,16 +1,27 @@
-"""The web app's static server: config.json, no SPA fallback, MIME types, caching, missing build."""
+"""The web app's static server: config.json, no SPA fallback, MIME types, caching, missing build,
+and the security headers, the same as the chart's nginx (services/frontend/nginx.conf) sends."""
 
 from __future__ import annotations
 
 import json
+import re
 import socket
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from marcelle_torch.errors import MarcelleTorchError
-from marcelle_torch.stack.webapp import WebappNotBuilt, content_type, start_webapp
+from marcelle_torch.stack.webapp import (
+    WebappNotBuilt,
+    connect_sources,
+    content_type,
+    security_headers,
+    start_webapp,
+)
+
+NGINX_CONF = Path(__file__).resolve().parents[2] / "services" / "frontend" / "nginx.conf"
 
 CONFIG = {"serveUrl": "http://127.0.0.1:8000", "model": "digits"}
 WASM = b"\x00asm\x01\x00\x00\x00"
@@ -181,9 +192,71 @@ def test_content_type_fallback():
         "/missing.js",
     ],
 )
-def test_every_response_is_cross_origin_isolated(server, path):
+def test_every_response_is_cross_origin_isolated_and_has_the_csp(server, path):
     # The page and the scripts its workers start: onnxruntime-web gets threads only in a
-    # cross-origin isolated page (the browser test checks `crossOriginIsolated` itself).
+    # cross-origin isolated page (the browser test checks `crossOriginIsolated` itself), and a
+    # worker runs under its own script's CSP.
     _, headers, _ = get(f"{server}{path}")
     assert headers["Cross-Origin-Opener-Policy"] == "same-origin"
     assert headers["Cross-Origin-Embedder-Policy"] == "require-corp"
+    for name, value in security_headers(connect_sources(CONFIG)).items():
+        assert headers.get_all(name) == [value], f"{path}: {name}"
+    csp = headers["Content-Security-Policy"]
+    # CONFIG's Serve, and the app's default backend (no backendUrl given), REST and socket.io.
+    assert "connect-src 'self' http://127.0.0.1:8000 http://127.0.0.1:3030 ws://127.0.0.1:3030;" in csp
+
+
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        # The app's defaults (services/frontend/src/config.js) when the keys are missing.
+        ({}, ["http://127.0.0.1:8000", "http://127.0.0.1:3030", "ws://127.0.0.1:3030"]),
+        (
+            {"serveUrl": "http://localhost:9000/", "backendUrl": "https://marcelle.example/api"},
+            ["http://localhost:9000", "https://marcelle.example", "wss://marcelle.example"],
+        ),
+        # Same origin as the page (the chart's /serve and /backend): 'self' covers them.
+        ({"serveUrl": "/serve", "backendUrl": "/backend", "onnxBundle": "onnx/digits/"}, []),
+        (
+            {"serveUrl": "/serve", "backendUrl": "/backend", "onnxBundle": "https://cdn.example/m/"},
+            ["https://cdn.example"],
+        ),
+        ({"serveUrl": "http://h:1", "backendUrl": "http://h:1"}, ["http://h:1", "ws://h:1"]),
+    ],
+)
+def test_connect_src_has_the_origins_the_config_points_the_app_to(config, expected):
+    assert connect_sources(config) == expected
+    csp = security_headers(connect_sources(config))["Content-Security-Policy"]
+    assert "connect-src " + " ".join(["'self'", *expected]) + ";" in csp
+
+
+def nginx_add_headers() -> dict[str, dict[str, str]]:
+    """The add_header lines of nginx.conf, by block ("server" or the location's argument)."""
+    blocks: dict[str, dict[str, str]] = {}
+    stack: list[str] = []
+    for line in NGINX_CONF.read_text().splitlines():
+        code = re.sub(r"\"[^\"]*\"|'[^']*'", '""', line).split("#", 1)[0]  # braces in strings are no blocks
+        if header := re.match(r'\s*add_header\s+(\S+)\s+("[^"]*"|\S+)(\s+always)?\s*;', line):
+            name, value, always = header.groups()
+            # Without `always`, nginx leaves the header off its error responses.
+            blocks.setdefault(stack[-1], {})[name] = value.strip('"') + ("" if always else " (without always)")
+        if opened := re.match(r"\s*(server|location\s+(.+?))\s*\{", code):
+            stack.append(opened.group(2) or "server")
+        elif code.count("{") > code.count("}"):
+            stack.append("other")
+        stack = stack[: len(stack) - max(0, code.count("}") - code.count("{"))]
+    return blocks
+
+
+def test_nginx_sends_the_same_security_headers():
+    # nginx drops the server's add_header lines in a location with its own: each location that
+    # serves the app's files must repeat them. Its connect-src is 'self' (same-origin proxying).
+    expected = security_headers()
+    blocks = nginx_add_headers()
+    assert {name: blocks["server"].get(name) for name in expected} == expected
+    for location in ("= /config.json", "/onnx/"):
+        assert {name: blocks[location].get(name) for name in expected} == expected, location
+    for location, headers in blocks.items():
+        if not location.startswith("@"):  # the JSON 503s of an unreachable Serve / backend
+            assert set(expected) <= set(headers), f"location {location} drops {set(expected) - set(headers)}"
+    assert re.search(r"^\s*server_tokens off;", NGINX_CONF.read_text(), re.M), "nginx must not show its version"

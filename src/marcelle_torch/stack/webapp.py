@@ -4,7 +4,8 @@ Starlette's ``StaticFiles`` serves the Vite build and one route serves ``/config
 dict given at start, so one build runs against any Serve / backend URLs. Marcelle's dashboard
 routes in the URL's hash, so every page is ``/`` and a path that is not a file is a 404 (no
 single-page fallback). It runs under uvicorn in a thread of the calling process (``marcelle-torch
-up``, the tests); in Kubernetes nginx serves the same files with the same headers.
+up``, the tests); in Kubernetes nginx serves the same files with the same headers (its CSP's
+connect-src is the page's own origin, where it proxies Serve and the backend).
 
 Build the app first::
 
@@ -23,6 +24,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from ..errors import MarcelleTorchError
 
@@ -77,6 +79,56 @@ REVALIDATE_CACHE = "no-cache"
 # The chart's nginx (services/frontend/nginx.conf) sends the same two headers.
 ISOLATION_HEADERS = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp"}
 
+# What the page may load, and no framing or MIME sniffing, also on every response (a worker's
+# policy is its script's response's). The twin of these headers is services/frontend/nginx.conf,
+# whose connect-src is 'self' alone (Serve and the backend are under /serve/ and /backend/ there);
+# tests/unit/test_webapp_server.py checks that the two agree.
+CSP_DIRECTIVES = {
+    "default-src": "'self'",
+    # onnxruntime-web compiles its WebAssembly; no JavaScript eval. Its worker threads run the
+    # app's own .mjs (worker-src falls back to script-src).
+    "script-src": "'self' 'wasm-unsafe-eval'",
+    # Inline styles are needed by what Marcelle bundles: Svelte's transitions add a <style>
+    # element, vidstack parses a template with a style attribute when it loads, and Marcelle's
+    # components (and the app's HTML strings) set style attributes.
+    "style-src": "'self' 'unsafe-inline'",
+    "img-src": "'self' data: blob:",
+    "connect-src": "'self'",
+    "object-src": "'none'",
+    "base-uri": "'self'",
+    "form-action": "'self'",
+    "frame-ancestors": "'none'",
+}
+SECURITY_HEADERS = {"X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+
+# The config keys whose URLs the app calls: the app's default for a missing key
+# (services/frontend/src/config.js, DEFAULT_CONFIG), and whether it opens a websocket there.
+CONNECT_KEYS = {
+    "serveUrl": ("http://127.0.0.1:8000", False),
+    "backendUrl": ("http://127.0.0.1:3030", True),  # socket.io
+    "onnxBundle": ("onnx/digits/", False),
+}
+
+
+def connect_sources(config: dict) -> list[str]:
+    """The other origins the app calls with ``config``; a relative URL is the page's own ('self')."""
+    sources: list[str] = []
+    for key, (default, websocket) in CONNECT_KEYS.items():
+        value = config.get(key, default)
+        url = urlsplit(value) if isinstance(value, str) else None
+        if url is None or url.scheme not in ("http", "https") or not url.netloc:
+            continue
+        schemes = [url.scheme, "wss" if url.scheme == "https" else "ws"] if websocket else [url.scheme]
+        sources += [origin for scheme in schemes if (origin := f"{scheme}://{url.netloc}") not in sources]
+    return sources
+
+
+def security_headers(connect: list[str] | tuple[str, ...] = ()) -> dict[str, str]:
+    """The headers on every response, the CSP's connect-src being 'self' and ``connect``."""
+    directives = {**CSP_DIRECTIVES, "connect-src": " ".join([CSP_DIRECTIVES["connect-src"], *connect])}
+    csp = "; ".join(f"{name} {value}" for name, value in directives.items())
+    return {**ISOLATION_HEADERS, **SECURITY_HEADERS, "Content-Security-Policy": csp}
+
 
 class WebappNotBuilt(MarcelleTorchError):
     status = 500
@@ -122,6 +174,7 @@ def start_webapp(
         config_body = json.dumps(config, indent=2).encode()
     except (TypeError, ValueError) as exc:
         raise WebappError(f"the web app config is not JSON-serialisable: {exc}") from None
+    headers = security_headers(connect_sources(config))
 
     # Bound here, not by uvicorn: a port in use is one clear error now, and port 0's pick is known.
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
@@ -136,7 +189,7 @@ def start_webapp(
 
     server = uvicorn.Server(
         uvicorn.Config(
-            webapp_asgi(dist, config_body),
+            webapp_asgi(dist, config_body, headers),
             log_config=None,  # leave the process's logging as it is
             log_level="warning",
             access_log=False,
@@ -172,8 +225,9 @@ def start_webapp(
     return url, stop
 
 
-def webapp_asgi(dist: Path, config_body: bytes) -> ASGIApp:
-    """The ASGI app: ``/config.json`` and the files of ``dist``, every answer with the headers below."""
+def webapp_asgi(dist: Path, config_body: bytes, headers: dict[str, str]) -> ASGIApp:
+    """The ASGI app: ``/config.json`` and the files of ``dist``, every answer with ``headers``
+    (``security_headers``) and the cache headers."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import Response
@@ -198,11 +252,11 @@ def webapp_asgi(dist: Path, config_body: bytes) -> ASGIApp:
             Mount("/", Files(directory=dist, html=True)),
         ]
     )
-    return _headers(app)
+    return _headers(app, headers)
 
 
-def _headers(app: ASGIApp) -> ASGIApp:
-    """Adds the isolation, nosniff and cache headers to every response (a pure ASGI middleware)."""
+def _headers(app: ASGIApp, security: dict[str, str]) -> ASGIApp:
+    """Adds ``security`` and the cache headers to every response (a pure ASGI middleware)."""
 
     async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -213,7 +267,7 @@ def _headers(app: ASGIApp) -> ASGIApp:
             if message["type"] == "http.response.start":
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"allow"]
                 names = {k.lower() for k, _ in headers}
-                added = {**ISOLATION_HEADERS, "X-Content-Type-Options": "nosniff"}
+                added = dict(security)
                 if b"cache-control" not in names:
                     cache = IMMUTABLE_CACHE if path.startswith(IMMUTABLE_PREFIX) else REVALIDATE_CACHE
                     added["Cache-Control"] = cache
