@@ -127,12 +127,16 @@ const runFields = {
   userId: condition(idValue, EQUALITY),
 };
 
+// Marcelle's own client (@marcellejs/core 0.6.5 dataStore, its app hook on `create`) stamps
+// `createdAt` and `updatedAt` on everything it creates, logins included.
+const stamps = { createdAt: text(64), updatedAt: text(64) };
+
 const schemas = {
   runsQuery: query(runFields, [
     ...Object.keys(runFields),
     ...['input', 'inputBytes', 'params', 'progress', 'partial', 'result', 'error', 'revision'],
   ]),
-  runCreate: object({ model: text(200, 1), input: {}, params: { type: 'object' } }, ['model', 'input']),
+  runCreate: object({ model: text(200, 1), input: {}, params: { type: 'object' }, ...stamps }, ['model', 'input']),
   // What the worker writes: claim, progress, partial, result, error, heartbeat, release.
   workerPatch: {
     ...object({
@@ -157,16 +161,16 @@ const schemas = {
     ['_id', 'email', 'role', 'createdAt', 'updatedAt'],
   ),
   userCreate: object(
-    { email: { type: 'string', pattern: '^[^\\s@]+@[^\\s@]+$', maxLength: 254 }, password: text(72, 8) },
+    { email: { type: 'string', pattern: '^[^\\s@]+@[^\\s@]+$', maxLength: 254 }, password: text(72, 8), ...stamps },
     ['email', 'password'],
   ),
   userPatch: object({ password: text(72, 8) }, ['password']),
-  loginLocal: object({ strategy: { const: 'local' }, email: text(254, 1), password: text(1024, 1) }, [
+  loginLocal: object({ strategy: { const: 'local' }, email: text(254, 1), password: text(1024, 1), ...stamps }, [
     'strategy',
     'email',
     'password',
   ]),
-  loginJwt: object({ strategy: { const: 'jwt' }, accessToken: text(4096, 1) }, ['strategy', 'accessToken']),
+  loginJwt: object({ strategy: { const: 'jwt' }, accessToken: text(4096, 1), ...stamps }, ['strategy', 'accessToken']),
   empty: object({}),
 };
 
