@@ -4,6 +4,8 @@ Every user-facing failure is one of these: the HTTP layer turns it into
 ``{"error": {"code", "message"}}`` with ``status``; the CLI prints ``message`` on one line.
 """
 
+import re
+
 
 class MarcelleTorchError(Exception):
     status = 500
@@ -15,6 +17,12 @@ class MarcelleTorchError(Exception):
 
     def to_json(self) -> dict:
         return {"error": {"code": self.code, "message": self.message}}
+
+
+def first_line(exc: BaseException) -> str:
+    """Another library's error, said in one line (its first, without terminal colours)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip() or type(exc).__name__
+    return " ".join(text.splitlines()[0].split())[:400]
 
 
 def cli_error_line(command: str, exc: MarcelleTorchError) -> str:

@@ -122,6 +122,9 @@ class ModelSpec:
     # what the ONNX parity check runs besides random tensors (e.g. digits drawn as the app's
     # sketchpad draws them), so checks need not know any dataset.
     examples: Callable[[int, int], Any] | None = None
+    # The ONNX exporter this model needs: torch.export's ("dynamo"), or "torchscript" for a
+    # TorchScript module, which torch.export cannot trace into.
+    onnx_exporter: str = "dynamo"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not NAME_RE.match(self.name):

@@ -8,13 +8,13 @@ is still written.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..errors import first_line
 from ..models.spec import ModelSpec
 from . import webops
 from .settings import DEFAULT_MAX_MB
@@ -284,8 +284,3 @@ def check_size(path: Path, max_mb: float = DEFAULT_MAX_MB) -> CheckResult:
             data=data,
         )
     return CheckResult("size", True, f"{mb:.2f} MB (limit {max_mb:g} MB)", data=data)
-
-
-def first_line(exc: BaseException) -> str:
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip() or type(exc).__name__  # no terminal colours
-    return " ".join(text.splitlines()[0].split())[:400]

@@ -16,7 +16,7 @@ def register(subparsers) -> None:
         "parity with PyTorch and size, then write OUT/model.onnx and OUT/model.json. A failed check "
         "publishes nothing.",
     )
-    p.add_argument("model", help="built-in name or package.module:factory")
+    p.add_argument("model", help="built-in name, model folder (or archive, URL#sha256=...), or package.module:factory")
     p.add_argument(
         "--out", type=Path, default=None, help="bundle directory (default: services/frontend/public/onnx/<model>/)"
     )
@@ -36,10 +36,79 @@ def register(subparsers) -> None:
     p.add_argument(
         "--exporter",
         choices=EXPORTERS,
-        default="dynamo",
-        help="torch's ONNX exporter (default dynamo; torchscript for models torch.export cannot trace)",
+        default=None,
+        help="torch's ONNX exporter (default: the one the model needs, dynamo unless it is TorchScript)",
     )
     p.set_defaults(func=cmd_export_onnx)
+
+    # `model init` writes a model folder and `model check` checks it the way each path runs it,
+    # ONNX included: the group lives here, in the part that may use both models and ONNX.
+    model = subparsers.add_parser(
+        "model",
+        help="make and check a model folder: your model, with no Python to write",
+        description="A model folder holds marcelle-model.yaml beside the weights (torch.export .pt2, "
+        "TorchScript .pt, or a state_dict with its module class). Every command that takes a model "
+        "takes a folder, a .tar.gz/.zip of one, or URL#sha256=<hex> of such an archive.",
+    )
+    commands = model.add_subparsers(dest="model_command", metavar="SUBCOMMAND", required=True)
+    p = commands.add_parser("init", help="write a model folder from a weights file, and check it loads")
+    p.add_argument("weights", type=Path, help="a torch.export .pt2, a TorchScript .pt/.ts, or a state_dict")
+    p.add_argument("--name", required=True, help="the model's name ([a-z0-9-], max 63)")
+    p.add_argument("--labels", required=True, help="comma-separated labels, or a text file (one per line)")
+    p.add_argument("--input", required=True, dest="input_text", help="image:HxWxC (e.g. image:64x64x3) or tensor:AxB")
+    p.add_argument("--output", required=True, choices=("logits", "probabilities"), help="what the module answers")
+    p.add_argument(
+        "--mean", type=_floats, default=None, help="per-channel mean on [0,1] pixels, e.g. 0.485,0.456,0.406"
+    )
+    p.add_argument("--std", type=_floats, default=None, help="per-channel std, e.g. 0.229,0.224,0.225")
+    p.add_argument("--module", default=None, help="package.module:Class, for a state_dict")
+    p.add_argument("--description", default=None)
+    p.add_argument("--out", type=Path, default=None, help="the folder to write (default: ./NAME)")
+    p.set_defaults(func=cmd_model_init)
+    p = commands.add_parser("check", help="load a model and check it on the three paths (Serve, worker, ONNX)")
+    p.add_argument("model", help="a model folder, an archive, URL#sha256=<hex>, or any model reference")
+    p.set_defaults(func=cmd_model_check)
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def cmd_model_init(args) -> int:
+    from ..models.folder import write_folder
+
+    out = args.out or Path(args.name)
+    spec = write_folder(
+        args.weights,
+        out,
+        name=args.name,
+        labels=args.labels,
+        input_text=args.input_text,
+        output=args.output,
+        mean=args.mean,
+        std=args.std,
+        module=args.module,
+        description=args.description,
+    )
+    print(f"{spec.name}: wrote {out}/ ({len(spec.labels)} labels, input {spec.input.to_json()['shape']}, loads)")
+    print(f"next: marcelle-torch model check {out}")
+    return 0
+
+
+def cmd_model_check(args) -> int:
+    from ..models.folder import canonical_ref
+    from .model_check import check_model
+
+    ref = canonical_ref(args.model)
+    spec = check_model(ref, say=lambda line: print(line, flush=True))
+    print("next:")
+    print(f"  marcelle-torch serve --model {ref}          # Ray Serve: POST /v1/models/{spec.name}:predict")
+    print(f"  marcelle-torch export-onnx {ref} --out services/frontend/public/onnx/{spec.name}   # the browser")
+    print(f"  marcelle-torch worker --models {ref}        # runs through the Marcelle backend")
+    return 0
 
 
 def cmd_export_onnx(args) -> int:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InvalidInput, MarcelleTorchError
+from ..errors import InvalidInput, MarcelleTorchError, first_line
 from ..models import ModelSpec, get_spec, load_model
 from . import checks as C
 from .settings import DEFAULT_OPSET, EXPORTERS
@@ -106,7 +106,7 @@ def export_onnx(
         cause = _root_cause(exc)
         raise ExportFailed(
             f"model {spec.name} cannot be exported to ONNX ({exporter} exporter, opset {opset}): "
-            f"{type(cause).__name__}: {C.first_line(cause)}"
+            f"{type(cause).__name__}: {first_line(cause)}"
         ) from exc
 
 
@@ -209,12 +209,13 @@ def export_bundle(
     opset: int = DEFAULT_OPSET,
     max_mb: float = C.DEFAULT_MAX_MB,
     check: bool = True,
-    exporter: str = "dynamo",
+    exporter: str | None = None,
     parity_inputs: torch.Tensor | None = None,
     on_step: Callable[[str], None] = lambda _msg: None,
     on_check: Callable[[C.CheckResult], None] = lambda _r: None,
 ) -> BundleResult:
-    """Export ``ref`` (built-in name or ``package.module:factory``), check it, write the bundle.
+    """Export ``ref`` (built-in name, model folder or ``package.module:factory``), check it, write
+    the bundle; ``exporter`` None is the one the model needs (``ModelSpec.onnx_exporter``).
 
     Raises ExportRefused (nothing written) when a blocking check fails.
     """
@@ -224,8 +225,9 @@ def export_bundle(
     def step(msg):
         on_step(f"[{next(n)}/{steps}] {msg}")
 
-    _check_options(opset, exporter)
     spec = get_spec(ref).require("onnx")
+    exporter = exporter or spec.onnx_exporter
+    _check_options(opset, exporter)
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(spec.name)
     _check_writable(out_dir)
     step(f"load {spec.name} v{spec.version} (weights: {spec.weights.describe})")

@@ -30,10 +30,12 @@ class ConfigError(MarcelleTorchError):
 
 
 def model_deployment_name(model: str) -> str:
-    """The deployment serving ``model``, a name or a ``pkg.mod:factory`` reference (its settings
+    """The deployment serving ``model``, a name, a folder or a ``pkg.mod:factory`` reference (its settings
     sit under this name in the config): ``model-<spec name>``, so two references whose factories
     have the same name (``a.models:spec``, ``b.models:spec``) never share a deployment."""
-    if ":" in model:
+    from ..models.folder import is_folder_ref
+
+    if ":" in model or is_folder_ref(model):  # an import path, a folder or a URL: its spec's name
         from ..models import get_spec
 
         model = get_spec(model).name
@@ -109,6 +111,9 @@ def _model_app(ref: str, template: dict | None) -> dict:
 
 def _set_models(config: dict, models: list[str]) -> dict:
     """``config`` serving exactly ``models``: the router's list, and one application each."""
+    from ..models.folder import canonical_ref
+
+    models = [canonical_ref(ref) for ref in models]
     existing = model_applications(config)
     by_ref = {(a.get("args") or {}).get("model"): a for a in existing}
     template = existing[0] if existing else None

@@ -80,7 +80,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
             logging.getLogger(noisy).setLevel(logging.WARNING)
     if not args.backend.startswith(("http://", "https://")):
         raise InvalidInput(f"--backend must be an http(s) URL, got {args.backend!r}")
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    from ..models.folder import canonical_ref
+
+    models = [canonical_ref(m.strip()) for m in args.models.split(",") if m.strip()]
     if not models:
         raise InvalidInput("--models is empty")
     if bool(args.email) != bool(args.password):
