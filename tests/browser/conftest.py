@@ -368,6 +368,37 @@ def digits_model(trained_digits) -> InProcessDigits:
     return InProcessDigits()
 
 
+# What the runs page shows while a run goes, recorded by the page itself from before the run is
+# made: a generation can end in well under a second, so a transient state (running, a progress
+# value) is read from this record, never waited for.
+RUN_WATCHER = """() => {
+    window.__statuses = [];
+    window.__progress = [];
+    const status = document.querySelector('[data-testid=runs-status]');
+    new MutationObserver(() => window.__statuses.push(status.dataset.status))
+        .observe(status, { attributes: true, attributeFilter: ['data-status'] });
+    const box = document.querySelector('[data-testid=runs-progress]');
+    new MutationObserver(() => window.__progress.push(Number(box.dataset.progress)))
+        .observe(box, { attributes: true, attributeFilter: ['data-progress'] });
+}"""
+
+
+def watch_run(page) -> None:
+    """Start recording the runs page's status and progress (read them with ``run_record``)."""
+    page.evaluate(RUN_WATCHER)
+
+
+def run_record(page) -> tuple[list[str], list[float]]:
+    """(statuses, progress values) the runs page showed since ``watch_run``, in order."""
+    return page.evaluate("[window.__statuses, window.__progress]")
+
+
+@pytest.fixture
+def run_watcher():
+    """``(watch_run, run_record)`` for the runs page."""
+    return watch_run, run_record
+
+
 def wait_for_label(page, selector: str, previous: str | None = None) -> tuple[str, float]:
     """The (label, confidence) a page shows in ``selector``; with ``previous``, wait for a new one."""
     label = page.locator(selector)

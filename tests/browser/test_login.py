@@ -20,7 +20,6 @@ pytestmark = pytest.mark.backend
 
 PAGE_TITLE = "Backend runs"
 CONNECTION = "[data-testid=runs-connection]"
-PROGRESS = "[data-testid=runs-progress]"
 STATUS = "[data-testid=runs-status]"
 RESULT = "[data-testid=runs-result]"
 HISTORY_ITEM = "[data-testid=runs-history-item]"
@@ -109,7 +108,10 @@ def wait_run(api: Api, run_id: str, status: str, timeout: float = 300) -> dict:
         time.sleep(0.5)
 
 
-def test_a_user_logs_in_with_marcelles_dialog_generates_and_sees_only_their_runs(page, open_runs_page, auth_stack):
+def test_a_user_logs_in_with_marcelles_dialog_generates_and_sees_only_their_runs(
+    page, open_runs_page, auth_stack, run_watcher
+):
+    watch_run, run_record = run_watcher
     backend, admin, bob = auth_stack["backend"], auth_stack["admin"], auth_stack["bob"]
     open_runs_page(backend.url)
 
@@ -123,21 +125,18 @@ def test_a_user_logs_in_with_marcelles_dialog_generates_and_sees_only_their_runs
     assert ALICE[0] in page.locator(ACCOUNT).inner_text()
     assert history_ids(page) == []  # Bob's first run exists, and is not hers
 
-    # Every run id the history ever shows from now on, and every progress value.
+    # Every run id the history ever shows from now on, and every status and progress value.
     page.evaluate(
-        """([historySel, progressSel]) => {
+        """(historySel) => {
         window.__seen = new Set();
-        window.__progress = [];
         const record = () => document.querySelectorAll(historySel + ' [data-id]')
             .forEach((item) => window.__seen.add(item.dataset.id));
         new MutationObserver(record).observe(document.querySelector(historySel),
             { childList: true, subtree: true, attributes: true });
-        const box = document.querySelector(progressSel);
-        new MutationObserver(() => window.__progress.push(Number(box.dataset.progress)))
-            .observe(box, { attributes: true, attributeFilter: ['data-progress'] });
     }""",
-        ["[data-testid=runs-history]", PROGRESS],
+        "[data-testid=runs-history]",
     )
+    watch_run(page)
     # Bob makes a run while Alice is connected: the worker takes it first (creation order), so
     # its created and patched events go out while she waits for hers.
     bob_live = bob.call(
@@ -145,14 +144,14 @@ def test_a_user_logs_in_with_marcelles_dialog_generates_and_sees_only_their_runs
     )
 
     page.locator("[data-testid=runs-digit]").select_option("4")
-    page.locator("[data-testid=runs-steps]").fill("300")
+    page.locator("[data-testid=runs-steps]").fill("1000")
     page.locator(GENERATE).click()
-    page.wait_for_selector(f"{STATUS}[data-status=running]")
     page.wait_for_selector("[data-testid=runs-partial][src^='data:image/png;base64,']", state="attached")
     page.wait_for_selector(f"{RESULT}[data-label]")
     assert page.locator(STATUS).get_attribute("data-status") == "succeeded"
     assert page.locator(RESULT).get_attribute("data-label") == "4"
-    seen_progress = page.evaluate("window.__progress")
+    statuses, seen_progress = run_record(page)
+    assert "running" in statuses and statuses[-1] == "succeeded", statuses
     assert len({p for p in seen_progress if 0 < p < 1}) >= 2, seen_progress
 
     # The run is Alice's (the backend stamped her id), and it is the only one she was shown.

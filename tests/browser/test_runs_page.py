@@ -15,7 +15,6 @@ import pytest
 pytestmark = pytest.mark.backend
 
 CONNECTION = "[data-testid=runs-connection]"
-PROGRESS = "[data-testid=runs-progress]"
 STATUS = "[data-testid=runs-status]"
 RESULT = "[data-testid=runs-result]"
 HISTORY_ITEM = "[data-testid=runs-history-item]"
@@ -28,33 +27,25 @@ def backend_and_worker(runs_backend):
 
 
 def test_a_generation_run_created_from_the_page_shows_progress_and_the_digit(
-    page, open_runs_page, backend_and_worker, console_errors
+    page, open_runs_page, backend_and_worker, console_errors, run_watcher
 ):
+    watch_run, run_record = run_watcher
     backend, start_worker = backend_and_worker
     start_worker()
     nobody = open_runs_page(backend.url)
     page.wait_for_selector(f"{CONNECTION}[data-status=ready]")
 
+    # The status and the progress the page shows while the run goes (recorded by the page itself).
+    watch_run(page)
     page.locator("[data-testid=runs-digit]").select_option("4")
-    page.locator("[data-testid=runs-steps]").fill("600")
+    page.locator("[data-testid=runs-steps]").fill("1000")
     page.locator("[data-testid=runs-generate]").click()
-
-    # The progress goes up in several steps while the run goes (recorded by the page itself).
-    page.evaluate(
-        """(sel) => {
-        window.__progress = [];
-        const box = document.querySelector(sel);
-        new MutationObserver(() => window.__progress.push(Number(box.dataset.progress)))
-            .observe(box, { attributes: true, attributeFilter: ['data-progress'] });
-    }""",
-        PROGRESS,
-    )
-    page.wait_for_selector(f"{STATUS}[data-status=running]")
     page.wait_for_selector("[data-testid=runs-partial][src^='data:image/png;base64,']", state="attached")
     page.wait_for_selector(f"{RESULT}[data-label]")
     assert page.locator(STATUS).get_attribute("data-status") == "succeeded"
     assert page.locator(RESULT).get_attribute("data-label") == "4"
-    seen = page.evaluate("window.__progress")
+    statuses, seen = run_record(page)
+    assert "running" in statuses and statuses[-1] == "succeeded", statuses
     intermediate = sorted({p for p in seen if 0 < p < 1})
     assert len(intermediate) >= 2, seen
     assert seen == sorted(seen) and seen[-1] == 1
