@@ -51,9 +51,13 @@ class Target:
     credentials: tuple[str, str] | None = None
     # The local stack itself (its supervised children); None on a cluster.
     stack: object | None = None
+    # A model added beside the built-ins (a model folder made by the tests), by its name.
+    user_model: str | None = None
 
 
-@pytest.fixture(scope="session", params=["local", "kind"])
+# Module-scoped: only test_e2e.py uses it, and the stack (its own Ray) is stopped once those
+# scenarios are done instead of loading the machine under every later test.
+@pytest.fixture(scope="module", params=["local", "kind"])
 def target(request, tmp_path_factory):
     if request.param == "local":
         yield from _local_target(tmp_path_factory.mktemp("stack"))
@@ -64,9 +68,41 @@ def target(request, tmp_path_factory):
 # ---------------------------------------------------------------------------------- local
 
 
+USER_MODEL = "e2e-shapes"
+
+
+def _user_model_folder(workdir: Path) -> Path:
+    """A user's model as `model init` makes it: an RGB classifier exported with torch.export,
+    normalised outside the module, answering logits (not a built-in)."""
+    import torch
+
+    from marcelle_torch.models.folder import write_folder
+
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2), torch.nn.Flatten(), torch.nn.LazyLinear(3))
+    net(torch.zeros(1, 3, 16, 16))
+    program = torch.export.export(
+        net.eval(), (torch.rand(2, 3, 16, 16),), dynamic_shapes=({0: torch.export.Dim("batch")},)
+    )
+    torch.export.save(program, workdir / "shapes.pt2")
+    folder = workdir / USER_MODEL
+    write_folder(
+        workdir / "shapes.pt2",
+        folder,
+        name=USER_MODEL,
+        labels="circle,square,triangle",
+        input_text="image:16x16x3",
+        output="logits",
+        mean=[0.5, 0.5, 0.5],
+        std=[0.25, 0.25, 0.25],
+    )
+    return folder
+
+
 def _local_target(workdir: Path):
     from marcelle_torch.stack.up import StackOptions, WebappNotBuilt, start_stack
 
+    workdir.mkdir(parents=True, exist_ok=True)
     options = StackOptions(
         workdir=workdir,
         webapp_port=0,
@@ -75,6 +111,7 @@ def _local_target(workdir: Path):
         serve_metrics_port=0,
         worker_metrics_port=0,
         prometheus_port=0,
+        models=(str(_user_model_folder(workdir)),),
     )
     try:
         stack = start_stack(options, say=lambda msg: print(f"[stack] {msg}", flush=True))
@@ -90,6 +127,7 @@ def _local_target(workdir: Path):
             socketio_path="/socket.io",
             metrics={"serve": urls["serve_metrics"], "worker": urls["worker_metrics"]},
             stack=stack,
+            user_model=USER_MODEL,
         )
     finally:
         stack.stop(say=lambda msg: print(f"[stack] {msg}", flush=True))
