@@ -199,3 +199,50 @@ def predictions_while(target, make_digit, busy, interval_s: float = 0.2, timeout
             failures.append(f"{time.strftime('%H:%M:%S')} {type(exc).__name__}: {exc}")
         time.sleep(interval_s)
     return {"sent": sent, "failed": len(failures), "failures": failures[:20]}
+
+
+def user_model_on_three_paths(target, timeout_s: float = 300) -> None:
+    """The model added beside the built-ins (a user's model folder) answers the same numbers on
+    the three paths: Ray Serve, its ONNX bundle from the web app in onnxruntime, and a run."""
+    import base64
+    import io
+
+    import numpy as np
+    import onnxruntime as ort
+    from PIL import Image
+
+    name = target.user_model
+    status, _, body = http("GET", f"{target.serve}/v1/models/{name}")
+    assert status == 200, f"{name} metadata: HTTP {status}: {body[:300]!r}"
+    metadata = json.loads(body)
+    labels, size = metadata["labels"], metadata["input"]["size"]
+    pixels = np.random.default_rng(4).integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buffer, format="PNG")
+    instance = {"b64": base64.b64encode(buffer.getvalue()).decode()}
+
+    status, _, body = http("POST", f"{target.serve}/v1/models/{name}:predict", {"instances": [instance]})
+    assert status == 200, f"{name} predict: HTTP {status}: {body[:300]!r}"
+    served = [json.loads(body)["predictions"][0]["confidences"][label] for label in labels]
+
+    status, _, model = http("GET", f"{target.webapp}/onnx/{name}/model.onnx")
+    assert status == 200, f"{name}'s ONNX bundle: HTTP {status}"
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    x = (pixels.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]
+    (browser,) = session.run(None, {session.get_inputs()[0].name: x})
+    assert np.allclose(browser[0], served, atol=1e-4), f"ONNX {browser[0].tolist()} vs Serve {served}"
+
+    status, _, body = http("POST", f"{target.backend}/runs", {"model": name, "input": instance})
+    assert status in (200, 201), f"create run: HTTP {status}: {body[:300]!r}"
+    run_id = json.loads(body)["_id"]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status, _, body = http("GET", f"{target.backend}/runs/{run_id}")
+        run = json.loads(body)
+        if run.get("status") in ("succeeded", "failed", "canceled"):
+            break
+        assert time.monotonic() < deadline, f"run of {name} not finished after {timeout_s}s: {run}"
+        time.sleep(0.5)
+    assert run["status"] == "succeeded", f"run of {name} ended {run['status']}: {run.get('error')}"
+    ran = [run["result"]["confidences"][label] for label in labels]
+    assert np.allclose(ran, served, atol=1e-5), f"run {ran} vs Serve {served}"

@@ -21,6 +21,12 @@ def test_backend_run_completes_with_progress(target):
     scenarios.backend_run_completes_with_progress(target)
 
 
+def test_a_users_model_answers_alike_on_the_three_paths(target):
+    if target.user_model is None:
+        pytest.skip("local launcher only: models are not chart values yet (up --model adds them locally)")
+    scenarios.user_model_on_three_paths(target)
+
+
 def test_metrics_endpoints_answer(target, make_digit):
     scenarios.metrics_answer(target, make_digit)
 

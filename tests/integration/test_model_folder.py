@@ -279,7 +279,7 @@ def test_a_run_of_a_folders_model_goes_through_the_backend(user, tmp_path, make_
 
 def test_the_readmes_three_commands_run_verbatim(tmp_path):
     """The "Your model" section's commands, as a user pastes them, on a 64x64 RGB model saved
-    as shapes.pt2 in the current directory (the third, serve, is run with a folder above)."""
+    as shapes.pt2 in the current directory (the third, up --model, runs in tests/e2e)."""
     import re
     import shlex
 
@@ -289,7 +289,7 @@ def test_the_readmes_three_commands_run_verbatim(tmp_path):
     assert [c.split()[:3] for c in commands] == [
         ["marcelle-torch", "model", "init"],
         ["marcelle-torch", "model", "check"],
-        ["marcelle-torch", "serve", "--model"],
+        ["marcelle-torch", "up", "--model"],
     ]
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=4), torch.nn.Flatten(), torch.nn.LazyLinear(3))

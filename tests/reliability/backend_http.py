@@ -4,7 +4,9 @@
   exactly as given (http.client: no dot-segment removal, no re-quoting), answered as a
   ``Reply`` (status, headers, parsed JSON or None, raw body);
 - ``make_jwt(payload, secret, alg="HS256")``: a JWT signed here (HS256) or unsigned (``none``);
-- ``login(url, email, password)``: POST /authentication (strategy local).
+- ``login(url, email, password)``: POST /authentication (strategy local);
+- ``METHODS``, ``query_string(query)`` and ``socket_args(...)``: one Feathers call as REST (verb,
+  qs query string) or as Socket.IO arguments.
 """
 
 from __future__ import annotations
@@ -15,12 +17,47 @@ import hmac
 import http.client
 import json
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 SECRET = "a-test-secret-of-some-length-0123456789"
 WORKER = ("worker@marcelle.test", "worker-password-1")
 ADMIN = ("admin@marcelle.test", "admin-password-1")
 ADMIN_ENV = {"MARCELLE_ADMIN_EMAIL": ADMIN[0], "MARCELLE_ADMIN_PASSWORD": ADMIN[1]}
+
+
+# Feathers' methods as REST verbs (@feathersjs/express 4 lib/rest).
+METHODS = {"find": "GET", "get": "GET", "create": "POST", "update": "PUT", "patch": "PATCH", "remove": "DELETE"}
+
+
+def query_string(query: dict) -> str:
+    """A nested query in qs notation (Express's query parser): a[b][0]=v."""
+    pairs = []
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}[{key}]" if prefix else str(key), item)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                walk(f"{prefix}[{i}]", item)
+        else:
+            text = "" if value is None else value if isinstance(value, str) else json.dumps(value)
+            pairs.append(f"{quote(prefix)}={quote(text)}")
+
+    walk("", query)
+    return "&".join(pairs)
+
+
+def socket_args(method: str, id_, data, query: dict) -> tuple:
+    """A Feathers method's arguments after the service name, as a Socket.IO client sends them."""
+    return {
+        "find": (query,),
+        "get": (id_, query),
+        "create": (data, query),
+        "update": (id_, data, query),
+        "patch": (id_, data, query),
+        "remove": (id_, query),
+    }[method]
 
 
 @dataclass

@@ -11,39 +11,34 @@ from __future__ import annotations
 
 import time
 import uuid
-from urllib.parse import quote
 
 import access_table
 import pytest
-from backend_http import ADMIN, ADMIN_ENV, SECRET, WORKER, jwt_payload, login_reply, make_jwt, rest_call
+from backend_http import (
+    ADMIN,
+    ADMIN_ENV,
+    METHODS,
+    SECRET,
+    WORKER,
+    jwt_payload,
+    login_reply,
+    make_jwt,
+    query_string,
+    rest_call,
+    socket_args,
+)
 
 from marcelle_torch.worker.client import BackendError
 
 pytestmark = pytest.mark.backend
 
 PASSWORD = "a-user-password-1"
-METHODS = {"find": "GET", "get": "GET", "create": "POST", "update": "PUT", "patch": "PATCH", "remove": "DELETE"}
 
 
 def new_run(url, token=None):
     reply = rest_call(url, "POST", "/runs", {"model": "digits", "input": [0], "params": {}}, token=token)
     assert reply.status == 201, f"a run for the table: {reply}"
     return reply.json["_id"]
-
-
-def query_string(query: dict) -> str:
-    """qs notation (Express's query parser) of a query of nested objects: a[b]=v."""
-    pairs = []
-
-    def walk(prefix, value):
-        if isinstance(value, dict):
-            for key, item in value.items():
-                walk(f"{prefix}[{key}]" if prefix else key, item)
-        else:
-            pairs.append(f"{quote(prefix)}={quote(str(value))}")
-
-    walk("", query)
-    return "&".join(pairs)
 
 
 def rest_sender(url, token):
@@ -61,17 +56,8 @@ def rest_sender(url, token):
 
 def socket_sender(client):
     def send(method, service, id_, body, query=None):
-        query = query or {}
-        args = {
-            "find": (query,),
-            "get": (id_, query),
-            "create": (body, query),
-            "update": (id_, body, query),
-            "patch": (id_, body, query),
-            "remove": (id_, query),
-        }[method]
         try:
-            result = client.call(method, service, *args, timeout=15)
+            result = client.call(method, service, *socket_args(method, id_, body, query or {}), timeout=15)
         except BackendError as exc:
             return exc.http_code, None, isinstance(exc.http_code, int), str(exc)[:80]
         return (201 if method == "create" else 200), result, True, ""

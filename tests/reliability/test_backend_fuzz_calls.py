@@ -7,11 +7,8 @@ changed role."""
 
 from __future__ import annotations
 
-import json
-from urllib.parse import quote
-
 import pytest
-from backend_http import ADMIN, ADMIN_ENV, SECRET, WORKER, login, rest_call
+from backend_http import ADMIN, ADMIN_ENV, METHODS, SECRET, WORKER, login, query_string, rest_call, socket_args
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -21,7 +18,6 @@ pytestmark = pytest.mark.backend
 
 PASSWORD = "a-user-password-1"
 ROLES = ("anonymous", "user A", "user B", "worker", "admin")
-METHODS = {"find": "GET", "get": "GET", "create": "POST", "update": "PUT", "patch": "PATCH", "remove": "DELETE"}
 KEYS = st.sampled_from(
     [
         "__proto__",
@@ -83,24 +79,6 @@ CALLS = st.tuples(
     DATA,
     st.dictionaries(KEYS, TREES, max_size=3),
 )
-
-
-def query_string(query: dict) -> str:
-    """qs (Express's query parser) notation: a[b][0]=v."""
-    pairs = []
-
-    def walk(prefix: str, value):
-        if isinstance(value, dict):
-            for key, item in value.items():
-                walk(f"{prefix}[{key}]" if prefix else str(key), item)
-        elif isinstance(value, list):
-            for i, item in enumerate(value):
-                walk(f"{prefix}[{i}]", item)
-        else:
-            pairs.append(f"{quote(prefix)}={quote('' if value is None else json.dumps(value).strip(chr(34)))}")
-
-    walk("", query)
-    return "&".join(pairs)
 
 
 @pytest.fixture(scope="module")
@@ -167,16 +145,8 @@ def send(world, call) -> int:
         body = data if method in ("create", "update", "patch") else None
         token = world["tokens"].get(role)
         return rest_call(world["url"], METHODS[method], f"{path}?{qs}" if qs else path, body, token=token).status
-    args = {
-        "find": (query,),
-        "get": (id_, query),
-        "create": (data, query),
-        "update": (id_, data, query),
-        "patch": (id_, data, query),
-        "remove": (id_, query),
-    }[method]
     try:
-        world["clients"][role].call(method, service, *args, timeout=15)
+        world["clients"][role].call(method, service, *socket_args(method, id_, data, query), timeout=15)
     except BackendError as exc:
         return exc.http_code if isinstance(exc.http_code, int) else 500
     except BackendUnavailable:

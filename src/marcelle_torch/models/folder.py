@@ -26,7 +26,6 @@ Normalisation and softmax are wrapped around the user's module here, in one plac
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import shutil
@@ -229,11 +228,9 @@ def _labels(raw: Any, folder: Path) -> tuple[str, ...]:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    from .weights import sha256_of  # imports torch: only when a folder is loaded
+
+    return sha256_of(path)
 
 
 # ----------------------------------------------------------------------------- the module

@@ -44,6 +44,15 @@ def register(subparsers) -> None:
         "--workdir", type=Path, default=Path("var/stack"), help="logs and backend data (default: %(default)s)"
     )
     p.add_argument("--dist", type=Path, default=None, help="built web app (default: services/frontend/dist)")
+    p.add_argument(
+        "--model",
+        action="append",
+        dest="models",
+        default=[],
+        metavar="MODEL",
+        help="add your model beside the built-ins (repeatable): a model folder, an archive, URL#sha256=<hex> or "
+        "package.module:factory; served by Ray Serve, exported to the web app's ONNX bundles, run by the workers",
+    )
     p.set_defaults(func=cmd_up)
 
 
@@ -72,6 +81,7 @@ def cmd_up(args) -> int:
         admin_email=os.environ.get("MARCELLE_ADMIN_EMAIL") or None,
         admin_password=os.environ.get("MARCELLE_ADMIN_PASSWORD") or None,
         keep_finished_runs_s=args.keep_runs,
+        models=tuple(args.models),
     )
     stop = threading.Event()
     # SIGTERM stops as cleanly as Ctrl-C (e.g. from a process manager).

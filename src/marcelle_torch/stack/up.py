@@ -51,6 +51,9 @@ class StackOptions:
     admin_email: str | None = None
     admin_password: str | None = None
     keep_finished_runs_s: int = 0
+    # Models added to the built-ins (folders, archives, URL#sha256, package.module:factory): each
+    # is served by Ray Serve, exported into the web app's ONNX bundles, and run by the workers.
+    models: tuple[str, ...] = ()
 
 
 BACKEND = "Marcelle backend"
@@ -158,6 +161,27 @@ def _auth_settings(options: StackOptions) -> tuple[dict, dict] | None:
     return backend, login
 
 
+def _user_models(refs: tuple[str, ...], workdir: Path, say: Callable[[str], None]) -> tuple[list[str], dict[str, Path]]:
+    """The added models, checked and resolved (absolute paths), and their ONNX bundles, exported
+    now under ``workdir/onnx`` (``{name: folder}``, served at ``/onnx/<name>/``)."""
+    from ..errors import InvalidInput
+    from ..models import get_spec
+    from ..models.folder import canonical_ref
+    from ..onnx.export import export_bundle
+
+    resolved: list[str] = []
+    bundles: dict[str, Path] = {}
+    for ref in map(canonical_ref, refs):
+        spec = get_spec(ref).require("serve")
+        if spec.name in (CLASSIFIER, GENERATOR, *bundles):
+            raise InvalidInput(f"--model {ref}: the name {spec.name!r} is taken (rename it in its manifest)")
+        say(f"      {spec.name} v{spec.version}: {ref}; its ONNX bundle for the web app:")
+        export_bundle(ref, out_dir=workdir / "onnx" / spec.name, on_step=lambda msg: say(f"        {msg}"))
+        resolved.append(ref)
+        bundles[spec.name] = workdir / "onnx" / spec.name
+    return resolved, bundles
+
+
 def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: None) -> Stack:
     from ..models import get_spec, resolve_weights
     from .backend import start_backend
@@ -181,6 +205,7 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
     say(f"[1/{total}] models: {CLASSIFIER}, {GENERATOR} (trained once, then cached)")
     for name in (CLASSIFIER, GENERATOR):
         resolve_weights(get_spec(name), train_if_missing=True, progress=True)
+    extra, bundles = _user_models(options.models, workdir, say)
 
     webapp_port = port_or_free(options.webapp_port, host)
     serve_port = port_or_free(options.serve_port, host)
@@ -218,6 +243,7 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
                     webapp_origin,
                     "--metrics-port",
                     str(serve_metrics_port),
+                    *(arg for ref in ([CLASSIFIER, *extra] if extra else []) for arg in ("--model", ref)),
                 ),
                 logs / "serve.log",
                 die_with_parent=True,
@@ -278,6 +304,8 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
                         host,
                         "--threads",
                         str(threads),
+                        "--models",
+                        ",".join([CLASSIFIER, GENERATOR, *extra]),
                     ),
                     logs / f"worker-{i + 1}.log",
                     env=worker_env,
@@ -302,9 +330,12 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
             "generatorModel": GENERATOR,
             "onnxBundle": f"onnx/{CLASSIFIER}/",
         }
-        url, stop_webapp = start_webapp(dist, config, host=host, port=webapp_port)
+        url, stop_webapp = start_webapp(dist, config, host=host, port=webapp_port, bundles=bundles)
         stack.add("web app", stop_webapp)
         stack.urls["webapp"] = url
+        for name in bundles:  # the added models: where each path reaches them (runs: model NAME)
+            stack.urls[f"{name} (Serve)"] = f"{serve_url}/v1/models/{name}:predict"
+            stack.urls[f"{name} (ONNX)"] = f"{url.rstrip('/')}/onnx/{name}/model.json"
 
         if options.monitoring:
             from .monitoring import prometheus_available, start_prometheus

@@ -160,9 +160,14 @@ def check_dist(dist_dir: str | Path) -> Path:
 
 
 def start_webapp(
-    dist_dir: str | Path, config: dict, host: str = "127.0.0.1", port: int = 0
+    dist_dir: str | Path,
+    config: dict,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    bundles: dict[str, Path] | None = None,
 ) -> tuple[str, Callable[[], None]]:
-    """Serve ``dist_dir`` and ``/config.json`` (= ``config``) on ``host:port`` in a daemon thread.
+    """Serve ``dist_dir`` and ``/config.json`` (= ``config``) on ``host:port`` in a daemon thread;
+    ``bundles`` (``{name: folder}``) are ONNX bundles made at start, served at ``/onnx/<name>/``.
 
     ``port=0`` picks a free port. Returns ``(url, stop)``; ``stop()`` closes the server and
     may be called more than once.
@@ -189,7 +194,7 @@ def start_webapp(
 
     server = uvicorn.Server(
         uvicorn.Config(
-            webapp_asgi(dist, config_body, headers),
+            webapp_asgi(dist, config_body, headers, bundles),
             log_config=None,  # leave the process's logging as it is
             log_level="warning",
             access_log=False,
@@ -225,9 +230,11 @@ def start_webapp(
     return url, stop
 
 
-def webapp_asgi(dist: Path, config_body: bytes, headers: dict[str, str]) -> ASGIApp:
-    """The ASGI app: ``/config.json`` and the files of ``dist``, every answer with ``headers``
-    (``security_headers``) and the cache headers."""
+def webapp_asgi(
+    dist: Path, config_body: bytes, headers: dict[str, str], bundles: dict[str, Path] | None = None
+) -> ASGIApp:
+    """The ASGI app: ``/config.json``, the ``bundles`` at ``/onnx/<name>/``, and the files of
+    ``dist``, every answer with ``headers`` (``security_headers``) and the cache headers."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import Response
@@ -249,6 +256,7 @@ def webapp_asgi(dist: Path, config_body: bytes, headers: dict[str, str]) -> ASGI
     app = Starlette(
         routes=[
             Route("/config.json", config_json, methods=["GET", "HEAD"]),
+            *(Mount(f"/onnx/{name}", Files(directory=folder)) for name, folder in (bundles or {}).items()),
             Mount("/", Files(directory=dist, html=True)),
         ]
     )
