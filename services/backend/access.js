@@ -199,7 +199,8 @@ function restGuard(served, { trustedProxies, allowedHosts, corsOrigins }) {
  * On each Socket.IO connection: only `find|get|create|update|patch|remove` events whose
  * first argument is a served name are dispatched; anything else (other names, legacy
  * `<path>::<method>` events) is answered with a NotFound through its acknowledgement, if
- * any, and dropped. Socket.IO 2 packet middleware (`socket.use`) sees the acknowledgement as
+ * any, and dropped; a call whose arguments Feathers would refuse with a plain Error (a 500) is
+ * answered BadRequest. Socket.IO 2 packet middleware (`socket.use`) sees the acknowledgement as
  * the packet's last element (socket.io 2.5 lib/socket.js onevent/dispatch).
  */
 function socketGuard(io, served, { trustedProxies, allowedHosts, corsOrigins }) {
