@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 
+from .options import WorkerOptions
+
 DEFAULT_MODELS = "digits,digits-generator"
+DEFAULTS = WorkerOptions()
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -39,30 +42,37 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="address the metrics listen on (default %(default)s, for a container; "
         "`marcelle-torch up` passes its --host)",
     )
-    p.add_argument("--heartbeat", type=float, default=5.0, help="seconds between lease renewals (default 5)")
+    p.add_argument(
+        "--heartbeat",
+        type=float,
+        default=DEFAULTS.heartbeat,
+        help=f"seconds between lease renewals (default {DEFAULTS.heartbeat:g})",
+    )
     p.add_argument(
         "--lease-timeout",
         type=float,
-        default=30.0,
-        help="a running run whose lease is older goes back to pending (default 30)",
+        default=DEFAULTS.lease_timeout,
+        help=f"a running run whose lease is older goes back to pending (default {DEFAULTS.lease_timeout:g})",
     )
     p.add_argument(
         "--grace",
         type=float,
-        default=20.0,
-        help="on SIGTERM, seconds the current run may take before it is released (default 20)",
+        default=DEFAULTS.grace,
+        help=f"on SIGTERM, seconds the current run may take before it is released (default {DEFAULTS.grace:g})",
     )
     p.add_argument(
         "--pending-timeout",
         type=float,
-        default=600.0,
-        help="fail a run that no worker took within this many seconds, saying why (default 600; 0 = never)",
+        default=DEFAULTS.pending_timeout,
+        help="fail a run that no worker took within this many seconds, saying why "
+        f"(default {DEFAULTS.pending_timeout:g}; 0 = never)",
     )
     p.add_argument(
         "--max-updates-per-second",
         type=float,
-        default=20.0,
-        help="progress updates per run, at most; sent from a background thread, the newest only (default 20)",
+        default=DEFAULTS.max_updates_per_second,
+        help="progress updates per run, at most; sent from a background thread, the newest only "
+        f"(default {DEFAULTS.max_updates_per_second:g})",
     )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -101,7 +111,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
 
     from .metrics import WorkerMetrics
-    from .worker import Worker, WorkerOptions, default_name
+    from .worker import Worker, default_name
 
     metrics = WorkerMetrics()
     if args.metrics_port:

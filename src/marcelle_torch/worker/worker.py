@@ -54,6 +54,7 @@ from typing import Any
 from ..errors import InvalidInput, MarcelleTorchError
 from .client import BackendError, BackendUnavailable, FeathersClient, is_not_found
 from .metrics import WorkerMetrics
+from .options import WorkerOptions
 
 log = logging.getLogger("marcelle_torch.worker")
 
@@ -72,17 +73,6 @@ class Stop(Exception):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason  # canceled | lost | released
-
-
-@dataclass
-class WorkerOptions:
-    heartbeat: float = 5.0  # seconds between lease renewals (and stale-run sweeps)
-    lease_timeout: float = 30.0  # a running run whose heartbeat is older goes back to pending
-    grace: float = 20.0  # on SIGTERM, how long the current run may take before it is released
-    max_updates_per_second: float = 20.0  # progress patches per run, at most
-    call_timeout: float = 30.0
-    finish_timeout: float = 120.0  # how long a finished result is retried while the backend is away
-    pending_timeout: float = 600.0  # a run pending longer (since its last change) fails; 0: never
 
 
 @dataclass
