@@ -11,6 +11,8 @@ const crypto = require('crypto');
 const { NotAuthenticated } = require('@feathersjs/errors');
 const { checkTokenVersion } = require('./access');
 
+const nextTokenVersion = (account) => (account.tokenVersion || 0) + 1;
+
 /** Creates or resets an account the deployment owns (password and role from the environment). */
 async function ensureAccount(app, { role, email, password, names, fail, logger }) {
   if (!email && !password) return false;
@@ -29,7 +31,7 @@ async function ensureAccount(app, { role, email, password, names, fail, logger }
       // Never promote (or demote) an account someone made through the API.
       fail(`${names[0]} is the email of an existing ${account.role} account: choose another email for the ${role}`);
     }
-    await users._patch(account._id, { password: hashed, tokenVersion: (account.tokenVersion || 0) + 1 });
+    await users._patch(account._id, { password: hashed, tokenVersion: nextTokenVersion(account) });
   } else {
     await users._create({ email, password: hashed, role, tokenVersion: 0 });
   }
@@ -42,28 +44,20 @@ async function ensureAccounts(app, { fail, logger }) {
   if (workerEmail && adminEmail && workerEmail.trim().toLowerCase() === adminEmail.trim().toLowerCase()) {
     fail('MARCELLE_ADMIN_EMAIL and MARCELLE_WORKER_EMAIL must be two different accounts');
   }
-  const worker = { role: 'worker', email: workerEmail, password: workerPassword };
-  if (
-    !(await ensureAccount(app, {
-      ...worker,
-      names: ['MARCELLE_WORKER_EMAIL', 'MARCELLE_WORKER_PASSWORD'],
-      fail,
-      logger,
-    }))
-  ) {
-    logger.warn('authentication is on and no worker account is configured (MARCELLE_WORKER_EMAIL/_PASSWORD)');
-  }
-  const admin = { role: 'admin', email: adminEmail, password: adminPassword };
-  if (
-    !(await ensureAccount(app, { ...admin, names: ['MARCELLE_ADMIN_EMAIL', 'MARCELLE_ADMIN_PASSWORD'], fail, logger }))
-  ) {
-    logger.warn('authentication is on and no admin account is configured (MARCELLE_ADMIN_EMAIL/_PASSWORD)');
+  const accounts = [
+    { role: 'worker', email: workerEmail, password: workerPassword, variable: 'MARCELLE_WORKER' },
+    { role: 'admin', email: adminEmail, password: adminPassword, variable: 'MARCELLE_ADMIN' },
+  ];
+  for (const { variable, ...account } of accounts) {
+    const names = [`${variable}_EMAIL`, `${variable}_PASSWORD`];
+    if (!(await ensureAccount(app, { ...account, names, fail, logger }))) {
+      logger.warn(`authentication is on and no ${account.role} account is configured (${variable}_EMAIL/_PASSWORD)`);
+    }
   }
 }
 
 async function raiseTokenVersion(users, id) {
-  const account = await users._get(id);
-  await users._patch(id, { tokenVersion: (account.tokenVersion || 0) + 1 });
+  await users._patch(id, { tokenVersion: nextTokenVersion(await users._get(id)) });
 }
 
 /** The hooks and strategy settings above; `runs` is the runs service. */
@@ -123,8 +117,7 @@ async function installAccountRules(app, runs) {
       patch: [
         async (context) => {
           if (context.params.provider) {
-            const account = await users._get(context.id);
-            context.data = { ...context.data, tokenVersion: (account.tokenVersion || 0) + 1 };
+            context.data = { ...context.data, tokenVersion: nextTokenVersion(await users._get(context.id)) };
           }
           return context;
         },
