@@ -76,7 +76,8 @@ def resolve_folder(ref: str) -> Path:
         match = URL_RE.match(ref)
         if not match:
             raise InvalidSpec(f"model URL {ref!r}: write it URL#sha256=<64 hex digits> (the archive's sha256)")
-        return _unpacked(_downloaded(*match.groups()))
+        url, sha256 = match.groups()
+        return _unpacked(_downloaded(url, sha256), sha256)
     path = Path(ref).expanduser()
     if path.is_dir():
         return path
@@ -97,19 +98,22 @@ def _downloaded(url: str, sha256: str) -> Path:
     return target
 
 
-def _unpacked(archive: Path) -> Path:
-    """The archive unpacked under the cache (by its sha256); a folder inside it is the model's."""
+def _unpacked(archive: Path, sha256: str | None = None) -> Path:
+    """The archive unpacked under the cache (by its sha256, hashed here unless a download has
+    just checked it); a folder inside it is the model's."""
     from .weights import cache_dir, sha256_of
 
-    target = cache_dir() / "folders" / sha256_of(archive)
+    target = cache_dir() / "folders" / (sha256 or sha256_of(archive))
     if not target.is_dir():
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".unpack-"))
         try:
             _extract(archive, tmp)
             tmp.rename(target)
-        except FileExistsError:
-            pass  # another process unpacked the same archive meanwhile
+        except OSError:
+            # rename(2) onto a directory another process unpacked meanwhile: EEXIST or ENOTEMPTY.
+            if not target.is_dir():
+                raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     if (target / MANIFEST).is_file():

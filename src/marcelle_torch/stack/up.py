@@ -176,9 +176,9 @@ def _user_models(refs: tuple[str, ...], workdir: Path, say: Callable[[str], None
         if spec.name in (CLASSIFIER, GENERATOR, *bundles):
             raise InvalidInput(f"--model {ref}: the name {spec.name!r} is taken (rename it in its manifest)")
         say(f"      {spec.name} v{spec.version}: {ref}; its ONNX bundle for the web app:")
-        export_bundle(ref, out_dir=workdir / "onnx" / spec.name, on_step=lambda msg: say(f"        {msg}"))
-        resolved.append(ref)
         bundles[spec.name] = workdir / "onnx" / spec.name
+        export_bundle(ref, out_dir=bundles[spec.name], on_step=lambda msg: say(f"        {msg}"))
+        resolved.append(ref)
     return resolved, bundles
 
 
@@ -211,7 +211,7 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
     serve_port = port_or_free(options.serve_port, host)
     serve_metrics_port = port_or_free(options.serve_metrics_port, host)
     worker_metrics_port = port_or_free(options.worker_metrics_port, host)
-    webapp_origin = webapp_origins(host, webapp_port)[0]
+    origins = webapp_origins(host, webapp_port)
 
     stack = Stack(logs=logs, supervisor=Supervisor(say))
     auth = _auth_settings(options)
@@ -240,7 +240,7 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
                     "--port",
                     str(serve_port),
                     "--cors-origin",
-                    webapp_origin,
+                    origins[0],
                     "--metrics-port",
                     str(serve_metrics_port),
                     *(arg for ref in ([CLASSIFIER, *extra] if extra else []) for arg in ("--model", ref)),
@@ -277,7 +277,7 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
                 log_path=logs / "backend.log",
                 **backend_auth,
                 keep_finished_runs_s=options.keep_finished_runs_s,
-                cors_origins=webapp_origins(host, webapp_port),
+                cors_origins=origins,
                 package_dir=options.backend_dir,
             ),
         )
