@@ -23,6 +23,9 @@ SECRET = "a-test-secret-of-some-length-0123456789"
 WORKER = ("worker@marcelle.test", "worker-password-1")
 ADMIN = ("admin@marcelle.test", "admin-password-1")
 ADMIN_ENV = {"MARCELLE_ADMIN_EMAIL": ADMIN[0], "MARCELLE_ADMIN_PASSWORD": ADMIN[1]}
+# start_backend's arguments for the backend as the chart runs it: authentication on, the
+# worker's account from the environment.
+AUTH_ON = {"auth": True, "secret": SECRET, "worker_email": WORKER[0], "worker_password": WORKER[1]}
 
 
 # Feathers' methods as REST verbs (@feathersjs/express 4 lib/rest).

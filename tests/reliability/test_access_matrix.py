@@ -17,8 +17,8 @@ import pytest
 from backend_http import (
     ADMIN,
     ADMIN_ENV,
+    AUTH_ON,
     METHODS,
-    SECRET,
     WORKER,
     jwt_payload,
     login_reply,
@@ -157,7 +157,7 @@ def test_the_access_table(make_backend, connect, transport):
     mismatches = check_table([("anyone", "auth off")], senders_for(off.url, {"anyone": None}, {}), {}, {}, off.url)
 
     # Authentication on: A and B sign up while sign-up is on, then it is turned off.
-    kwargs = dict(auth=True, secret=SECRET, worker_email=WORKER[0], worker_password=WORKER[1], extra_env=ADMIN_ENV)
+    kwargs = dict(**AUTH_ON, extra_env=ADMIN_ENV)
     first = make_backend(allow_signup=True, **kwargs)
     ids = {"user A": sign_up(first.url, "a@marcelle.test"), "user B": sign_up(first.url, "b@marcelle.test")}
     first.stop()

@@ -10,7 +10,7 @@ import subprocess
 import uuid
 
 import pytest
-from backend_http import ADMIN, ADMIN_ENV, SECRET, WORKER, login, login_reply, rest_call
+from backend_http import ADMIN, ADMIN_ENV, AUTH_ON, SECRET, WORKER, login, login_reply, rest_call
 
 from marcelle_torch.worker.client import BackendError
 
@@ -23,9 +23,7 @@ PER_CLIENT = 10
 
 @pytest.fixture
 def auth_backend(make_backend):
-    return make_backend(
-        auth=True, secret=SECRET, worker_email=WORKER[0], worker_password=WORKER[1], extra_env=ADMIN_ENV
-    )
+    return make_backend(**AUTH_ON, extra_env=ADMIN_ENV)
 
 
 def assert_throttled(reply):
@@ -90,10 +88,7 @@ def test_x_forwarded_for_is_ignored_unless_proxies_are_trusted(auth_backend):
 
 def test_behind_trusted_proxies_each_client_has_its_own_budget(make_backend):
     backend = make_backend(
-        auth=True,
-        secret=SECRET,
-        worker_email=WORKER[0],
-        worker_password=WORKER[1],
+        **AUTH_ON,
         extra_env={"MARCELLE_BACKEND_TRUSTED_PROXIES": "2"},
     )
     # The header behind an Ingress controller and nginx: what the client wrote itself, the
@@ -109,9 +104,7 @@ def test_successful_logins_are_not_throttled(auth_backend):
 
 
 def test_a_valid_token_of_a_deleted_account_is_not_authenticated(make_backend, connect):
-    backend = make_backend(
-        auth=True, secret=SECRET, worker_email=WORKER[0], worker_password=WORKER[1], allow_signup=True
-    )
+    backend = make_backend(**AUTH_ON, allow_signup=True)
     email, password = "gone@marcelle.test", "a-user-password-1"
     assert rest_call(backend.url, "POST", "/users", {"email": email, "password": password}).status == 201
     session = login(backend.url, email, password)

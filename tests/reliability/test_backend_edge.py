@@ -17,7 +17,7 @@ import uuid
 from urllib.parse import urlsplit
 
 import pytest
-from backend_http import ADMIN, ADMIN_ENV, SECRET, WORKER, login, login_reply, rest_call
+from backend_http import ADMIN, ADMIN_ENV, AUTH_ON, WORKER, login, login_reply, rest_call
 
 from marcelle_torch.worker.client import BackendError
 
@@ -30,10 +30,7 @@ POLLUTION = {"__proto__.authenticated": True, "__proto__.user": {"_id": "evil", 
 @pytest.fixture
 def auth_backend(make_backend):
     return make_backend(
-        auth=True,
-        secret=SECRET,
-        worker_email=WORKER[0],
-        worker_password=WORKER[1],
+        **AUTH_ON,
         allow_signup=True,
         extra_env=ADMIN_ENV,
     )
@@ -42,9 +39,7 @@ def auth_backend(make_backend):
 @pytest.fixture
 def closed_backend(make_backend):
     """As the chart runs it: sign-up off, the admin makes accounts."""
-    return make_backend(
-        auth=True, secret=SECRET, worker_email=WORKER[0], worker_password=WORKER[1], extra_env=ADMIN_ENV
-    )
+    return make_backend(**AUTH_ON, extra_env=ADMIN_ENV)
 
 
 def make_user(url: str, admin_token: str | None = None) -> dict:
@@ -176,10 +171,7 @@ def test_3_login_fields_must_be_strings_and_unknown_accounts_answer_as_wrong_pas
 
 def test_4_wrong_passwords_from_one_address_do_not_lock_out_another(make_backend):
     backend = make_backend(
-        auth=True,
-        secret=SECRET,
-        worker_email=WORKER[0],
-        worker_password=WORKER[1],
+        **AUTH_ON,
         extra_env={**ADMIN_ENV, "MARCELLE_BACKEND_TRUSTED_PROXIES": "1"},
     )
 
@@ -199,10 +191,7 @@ def test_4_a_throttled_worker_waits_and_logs_in(make_backend, make_worker, wait_
     # Two attempts per account and address a few seconds: the test spends them first.
     limits = {"marcelleTorch": {"loginLimits": {"perAccount": {"attempts": 2, "seconds": 4}}}}
     backend = make_backend(
-        auth=True,
-        secret=SECRET,
-        worker_email=WORKER[0],
-        worker_password=WORKER[1],
+        **AUTH_ON,
         extra_env={"NODE_CONFIG": json.dumps(limits)},
     )
     for _ in range(2):
@@ -301,10 +290,7 @@ def test_7_nobody_searches_password_hashes(auth_backend, connect):
 
 def test_8_quotas_bound_what_one_user_queues(make_backend):
     backend = make_backend(
-        auth=True,
-        secret=SECRET,
-        worker_email=WORKER[0],
-        worker_password=WORKER[1],
+        **AUTH_ON,
         allow_signup=True,
         extra_env={"MARCELLE_RUNS_PER_MINUTE": "4", "MARCELLE_RUNS_PENDING_BYTES": "3000"},
     )

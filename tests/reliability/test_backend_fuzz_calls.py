@@ -8,7 +8,7 @@ changed role."""
 from __future__ import annotations
 
 import pytest
-from backend_http import ADMIN, ADMIN_ENV, METHODS, SECRET, WORKER, login, query_string, rest_call, socket_args
+from backend_http import ADMIN, ADMIN_ENV, AUTH_ON, METHODS, WORKER, login, query_string, rest_call, socket_args
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -89,10 +89,7 @@ def world(tmp_path_factory, backend_installed):
     where = tmp_path_factory.mktemp("fuzz-calls")
     backend = start_backend(
         where / "data",
-        auth=True,
-        secret=SECRET,
-        worker_email=WORKER[0],
-        worker_password=WORKER[1],
+        **AUTH_ON,
         log_path=where / "backend.log",
         package_dir=backend_installed,
         extra_env={**ADMIN_ENV, "MARCELLE_RUNS_PER_MINUTE": "100000"},

@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from backend_http import ADMIN_ENV, SECRET, WORKER, login, rest_call
+from backend_http import ADMIN_ENV, AUTH_ON, WORKER, login, rest_call
 
 from marcelle_torch.worker.client import BackendError, BackendUnavailable
 
@@ -193,9 +193,7 @@ def test_traversal_names_with_authentication_off(make_backend, connect):
 
 
 def test_traversal_names_with_authentication_on(make_backend, connect):
-    backend = make_backend(
-        auth=True, secret=SECRET, worker_email=WORKER[0], worker_password=WORKER[1], extra_env=ADMIN_ENV
-    )
+    backend = make_backend(**AUTH_ON, extra_env=ADMIN_ENV)
     token = login(backend.url, *WORKER)["accessToken"]
     before = tree(backend.data_dir.parent)
     problems = rest_corpus(backend.url, NAMES)
