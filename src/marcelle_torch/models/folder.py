@@ -441,6 +441,40 @@ def parse_input(text: str) -> dict:
     raise InvalidSpec(f"--input {text!r}: write image:HxWxC (e.g. image:64x64x3) or tensor:AxB (e.g. tensor:8x16)")
 
 
+def fetch_folder(ref: str, out: Path, name: str | None = None) -> ModelSpec:
+    """Resolves ``ref`` (a folder, an archive or ``URL#sha256=...``), loads it as every path
+    will (manifest, weights, output contract) and only then places a copy of its folder at
+    ``out``: written beside it and renamed, so ``out`` is the whole checked folder or what it
+    was before. ``name``: the name the manifest must give (a deployment expects it). A model
+    folder already at ``out`` (an earlier fetch) is replaced; anything else there is refused."""
+    out = Path(out)
+    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / MANIFEST).is_file())):
+        raise InvalidSpec(f"--out {out} exists and is not a model folder: choose another, or remove it first")
+    source = resolve_folder(ref)
+    spec = load_folder(source)
+    if name is not None and spec.name != name:
+        raise InvalidSpec(f"{MANIFEST} names the model {spec.name!r}, not {name!r}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part"))
+    old = None
+    try:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+        tmp.chmod(0o755)  # mkdtemp makes it private; the other containers read it
+        if out.exists():
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
+            out.rename(old / "folder")
+        tmp.rename(out)
+    except OSError as exc:
+        if old is not None and not out.exists():
+            (old / "folder").rename(out)
+        raise InvalidSpec(f"cannot write {out}: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    return spec
+
+
 def write_folder(
     weights: Path,
     out: Path,

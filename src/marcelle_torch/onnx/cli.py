@@ -45,7 +45,7 @@ def register(subparsers) -> None:
     # ONNX included: the group lives here, in the part that may use both models and ONNX.
     model = subparsers.add_parser(
         "model",
-        help="make and check a model folder: your model, with no Python to write",
+        help="make, check and fetch a model folder: your model, with no Python to write",
         description="A model folder holds marcelle-model.yaml beside the weights (torch.export .pt2, "
         "TorchScript .pt, or a state_dict with its module class). Every command that takes a model "
         "takes a folder, a .tar.gz/.zip of one, or URL#sha256=<hex> of such an archive.",
@@ -68,6 +68,18 @@ def register(subparsers) -> None:
     p = commands.add_parser("check", help="load a model and check it on the three paths (Serve, worker, ONNX)")
     p.add_argument("model", help="a model folder, an archive, URL#sha256=<hex>, or any model reference")
     p.set_defaults(func=cmd_model_check)
+    p = commands.add_parser(
+        "fetch",
+        help="check a model and copy its folder to --out (a Kubernetes init container's step)",
+        description="Resolve MODEL (a folder, a .tar.gz/.zip of one, or URL#sha256=<hex>: downloaded and "
+        "checked by its sha256), load it as Serve and the worker will (manifest, weights, output "
+        "contract), then place a copy of its folder at OUT in one rename. A refused model leaves "
+        "nothing at OUT; a model folder already there (an earlier fetch) is replaced.",
+    )
+    p.add_argument("model", help="a model folder, an archive, or URL#sha256=<hex>")
+    p.add_argument("--out", type=Path, required=True, help="where the model folder goes")
+    p.add_argument("--name", default=None, help="refuse the model unless its manifest's name is NAME")
+    p.set_defaults(func=cmd_model_fetch)
 
 
 def _floats(text: str) -> list[float]:
@@ -108,6 +120,26 @@ def cmd_model_check(args) -> int:
     print(f"  marcelle-torch serve --model {ref}          # Ray Serve: POST /v1/models/{spec.name}:predict")
     print(f"  marcelle-torch export-onnx {ref} --out services/frontend/public/onnx/{spec.name}   # the browser")
     print(f"  marcelle-torch worker --models {ref}        # runs through the Marcelle backend")
+    return 0
+
+
+def cmd_model_fetch(args) -> int:
+    from ..errors import InvalidSpec, MarcelleTorchError
+    from ..models.folder import fetch_folder
+
+    try:
+        spec = fetch_folder(args.model, args.out, name=args.name)
+    except MarcelleTorchError as exc:
+        # One line naming the model and its reference (in a Pod's init container, what
+        # `kubectl describe` shows), unless the message already names the reference.
+        where = args.model if args.name is None else f"{args.name} ({args.model})"
+        if args.model in exc.message:
+            where = args.name
+        raise InvalidSpec(f"model {where}: {exc.message}" if where else exc.message) from None
+    print(
+        f"{spec.name}: {args.model} -> {args.out}/ ({len(spec.labels)} labels, input "
+        f"{spec.input.to_json()['shape']}, version {spec.version}; loads)"
+    )
     return 0
 
 
