@@ -34,6 +34,7 @@ const RESERVED = new Set([
   'tfjs-models',
   'onnx-models',
   'feathers-debugger',
+  'served-models',
 ]);
 // The Feathers 4 socket methods (@feathersjs/transport-commons lib/socket/index.js) and their
 // arguments after the service name.
@@ -86,9 +87,12 @@ function checkServiceNames(services) {
   return null;
 }
 
-/** The names clients may call: the data services, `info`, and `users`/`authentication` with auth on. */
+/**
+ * The names clients may call: the data services, `info`, `served-models` (workers.js), and
+ * `users`/`authentication` with auth on.
+ */
 function servedNames(services, authEnabled) {
-  return new Set([...services, 'info', ...(authEnabled ? ['users', 'authentication'] : [])]);
+  return new Set([...services, 'info', 'served-models', ...(authEnabled ? ['users', 'authentication'] : [])]);
 }
 
 function notServed(served) {

@@ -194,6 +194,20 @@ function corsForAllowedOrigins(expressApp, origins) {
   layers[0].handle = cors({ origin: (origin, done) => done(null, originAllowed(origin, origins)) });
 }
 
+// The `served-models` service (workers.js): find only. Its REST routes are moved ahead of the
+// package's on-demand `/:serviceName` route and its 404 handler (@marcellejs/backend 0.6.5
+// lib/app.js registers them when it loads; Express tries routes in order).
+function serveServedModels(expressApp, workers) {
+  expressApp.use('served-models', { find: async () => workers.list() });
+  const stack = expressApp._router.stack;
+  const routeOf = (layer) => (layer.route ? layer.route.path : '');
+  const dynamic = stack.findIndex((layer) => routeOf(layer) === '/:serviceName');
+  const mine = stack.filter((layer) => routeOf(layer).startsWith('/served-models'));
+  if (dynamic < 0 || mine.length === 0) fail('the backend package no longer routes its services as expected');
+  for (const layer of mine) stack.splice(stack.indexOf(layer), 1);
+  stack.splice(dynamic, 0, ...mine);
+}
+
 // @marcellejs/backend 0.6.5 lib/authentication/abilities.js logs the whole permissions
 // object (`console.log('permissions', ...)`) each time it computes a caller's rules (every
 // REST call with a token, every login). It reads `exports.defineRulesFor` at call time, so
@@ -272,6 +286,7 @@ async function main() {
   const runs = app.service('runs');
   runs.hooks(runsHooks({ authEnabled, errors: { MethodNotAllowed }, payloadTooLarge }));
   const workers = workerRegistry(app.io, { authEnabled, BadRequest });
+  serveServedModels(app, workers);
   const quota = runQuotas(quotas, runs);
   runs.hooks({
     before: { create: [workers.refuseUnservedModel, quota.before] },

@@ -220,6 +220,8 @@ function checkCall(context, role) {
     validate(method === 'find' ? 'usersQuery' : 'empty', q, `users.${method} query`);
     if (method === 'create') validate('userCreate', data, 'users.create');
     if (method === 'patch') validate('userPatch', data, 'users.patch');
+  } else if (path === 'served-models') {
+    validate('empty', q, `served-models.${method} query`);
   } else if (path === 'authentication') {
     validate('empty', q, `authentication.${method} query`);
     if (method === 'create') {

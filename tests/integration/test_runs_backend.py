@@ -161,6 +161,47 @@ def test_a_run_of_a_model_no_connected_worker_serves_is_refused_at_create(make_b
         client.create("runs", {"model": "../users", "input": 1})
 
 
+def test_served_models_lists_what_the_connected_workers_announce(make_backend, connect, wait_until):
+    """`served-models` (find, REST and Socket.IO): each model once, with its task, an image
+    classifier's channels and size, and how many workers serve it; what is not announced as a
+    model (a bad name, an unknown task, a bad image, extra fields) is left out or left blank."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    backend = make_backend()
+    client = connect(backend.url)
+    assert client.find("served-models") == []
+    connect(backend.url, serves="digits:classification:1x128,shapes:classification:3x64,digits-generator:generation")
+    second = connect(
+        backend.url, serves="shapes:classification:3x64,odd:painting:9,bad:classification:2x9,../x,a:b:c:d,y"
+    )
+    blank = {"task": None, "channels": None, "size": None, "workers": 1}
+    want = [
+        {"name": "bad", "task": "classification", "channels": None, "size": None, "workers": 1},
+        {"name": "digits", "task": "classification", "channels": 1, "size": 128, "workers": 1},
+        {"name": "digits-generator", "task": "generation", "channels": None, "size": None, "workers": 1},
+        {"name": "odd", **blank},
+        {"name": "shapes", "task": "classification", "channels": 3, "size": 64, "workers": 2},
+        {"name": "y", **blank},
+    ]
+    assert client.find("served-models") == want
+    with urllib.request.urlopen(f"{backend.url}/served-models", timeout=10) as response:
+        assert json.loads(response.read()) == want
+    # Read-only, and its query takes nothing.
+    for method, url, body in [
+        ("POST", f"{backend.url}/served-models", b"{}"),
+        ("GET", f"{backend.url}/served-models?name=digits", None),
+    ]:
+        request = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code in (400, 405), (method, url, refused.value.code)
+    second.disconnect()
+    wait_until(lambda: [m["name"] for m in client.find("served-models")] == ["digits", "digits-generator", "shapes"])
+    assert client.find("served-models")[-1]["workers"] == 1
+
+
 def test_with_auth_only_the_worker_accounts_connections_announce_models(auth_backend, connect):
     connect(auth_backend.url, serves="digits")  # anonymous
     alice = sign_up(connect, auth_backend.url, "alice@marcelle.test")

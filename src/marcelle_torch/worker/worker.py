@@ -141,6 +141,17 @@ class Worker:
             self.models[spec.name] = (spec.require("worker"), module, spec.run)
             log.info("model %s ready (%s)", spec.name, spec.task)
 
+    def announcement(self) -> str:
+        """The handshake's ``serves``: ``name:task[:CxS]`` per model (an image classifier's
+        channels and size, so that a page offers the right input and sends it at that size)."""
+        from ..models.spec import ImageInput
+
+        items = []
+        for name, (spec, _module, _run) in sorted(self.models.items()):
+            image = spec.input if spec.task == "classification" and isinstance(spec.input, ImageInput) else None
+            items.append(f"{name}:{spec.task}" + (f":{image.channels}x{image.size}" if image else ""))
+        return ",".join(items)
+
     def _install_handlers(self) -> None:
         self.client.on("connect", self._on_connect)
         self.client.on("disconnect", self._on_disconnect)
@@ -216,9 +227,9 @@ class Worker:
         delay = 0.5
         while not self.stopping.is_set():
             try:
-                # The backend refuses new runs for models no connected worker serves
-                # (services/backend/workers.js): say which this one serves.
-                self.client.connect(query={"serves": ",".join(sorted(self.models))})
+                # The backend refuses new runs for models no connected worker serves, and
+                # lists them for pages (services/backend/workers.js): say which this one serves.
+                self.client.connect(query={"serves": self.announcement()})
                 return
             except BackendUnavailable as exc:
                 log.warning("%s; retrying in %.1fs", exc.message, delay)
