@@ -52,7 +52,7 @@ with the generated password above (NOTES print both commands). The backend serve
 data service only (`backend.services`).
 
 Value sets tested in CI are in `ci/` (CPU default, GPU, MongoDB, auth, Ingress, HTTPRoute,
-monitoring). The serve config is `files/serve_config.yaml`, a copy of
+monitoring, models). The serve config is `files/serve_config.yaml`, a copy of
 `src/marcelle_torch/serving/serve_config.yaml` kept identical by `make chart-sync` (a test
 fails when they differ). The chart changes only the model deployments: with `gpu.enabled`,
 `ray_actor_options.num_gpus` and `autoscaling_config.min_replicas` (`gpu.modelMinReplicas`,
@@ -77,6 +77,16 @@ Things to know:
   generate new ones on every render: create a Secret with the keys `jwt-secret`,
   `worker-email`, `worker-password`, `admin-email`, `admin-password` and set
   `backend.existingSecret` to pin them. For MongoDB prefer `backend.mongodb.existingSecret`.
+- **Models are values** (`models`): a model folder (`marcelle-model.yaml` beside its weights),
+  as an http(s) archive checked by its `sha256` or on a PersistentVolumeClaim, is served beside
+  the built-ins with no image rebuild: `POST /serve/v1/models/<name>:predict`, runs of
+  `model: <name>`, and its ONNX bundle at `/onnx/<name>/`. Init containers (the Ray image) run
+  `marcelle-torch model fetch` in each Pod that needs it; a bad download or model stops that Pod
+  at `Init:Error` with a one-line reason naming the model (`kubectl describe pod`), never a
+  Serve app that answers 503. The NetworkPolicies restrict ingress only, so the downloads need
+  no rule here; a cluster that denies egress must allow DNS and the model host to these Pods.
+  Changing `models` changes the Ray Pods, so it rolls out as an upgrade (a new Ray cluster with
+  `NewCluster`).
 - **Monitoring**: alert rules and dashboard queries match the release's namespace, so several
   releases share one Prometheus without answering for each other.
 

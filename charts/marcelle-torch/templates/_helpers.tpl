@@ -153,6 +153,10 @@ limit x cpuWorkers.maxReplicas; with GPUs, gpu.maxReplicas x gpusPerPod / numGpu
 and, with GPUs, ray_actor_options.num_gpus (the same override as
 `marcelle-torch serve --num-gpus`) and autoscaling_config.min_replicas = gpu.modelMinReplicas;
 without GPUs, min_replicas = ray.modelMinReplicas when that is set.
+Each of `models` adds an application copied from the file's first model application
+(`model-<name>`, route /v1/models/<name>:predict, args.model /models/<name>, the same other
+args and deployment settings) and its folder to the router's args.models; its own
+minReplicas, maxReplicas, numGpus and maxBatchSize override the rules above.
 */}}
 {{- define "mt.serveConfig" -}}
 {{- $raw := .Files.Get "files/serve_config.yaml" -}}
@@ -172,32 +176,65 @@ without GPUs, min_replicas = ray.modelMinReplicas when that is set.
 {{- end -}}
 {{- $config := fromYaml $raw -}}
 {{- if hasKey $config "Error" }}{{ fail (printf "files/serve_config.yaml: %s" $config.Error) }}{{ end -}}
+{{- include "mt.checkModels" . -}}
+{{- $modelApp := "marcelle_torch.serving.app:build_model_app" -}}
+{{- $template := dict -}}
 {{- range $app := $config.applications -}}
-{{- if eq (get $app "import_path") "marcelle_torch.serving.app:build_model_app" -}}
+{{- if and (not $template) (eq (get $app "import_path") $modelApp) }}{{ $template = deepCopy $app }}{{ end -}}
+{{- end -}}
+{{- $byApp := dict -}}
+{{- $paths := list -}}
+{{- range $m := .Values.models -}}
+{{- if not $template }}{{ fail (printf "files/serve_config.yaml has no %s application to copy for models" $modelApp) }}{{ end -}}
+{{- $name := printf "model-%s" $m.name -}}
+{{- $app := deepCopy $template -}}
+{{- $args := get $app "args" | default dict -}}
+{{- $_ := set $args "model" (include "mt.modelPath" $m.name) -}}
+{{- $deployment := first (get $app "deployments" | default (list (dict))) -}}
+{{- $_ := set $deployment "name" $name -}}
+{{- $_ := set $app "name" $name -}}
+{{- $_ := set $app "route_prefix" (printf "/v1/models/%s:predict" $m.name) -}}
+{{- $_ := set $app "args" $args -}}
+{{- $_ := set $app "deployments" (list $deployment) -}}
+{{- $_ := set $config "applications" (append $config.applications $app) -}}
+{{- $_ := set $byApp $name $m -}}
+{{- $paths = append $paths (include "mt.modelPath" $m.name) -}}
+{{- end -}}
+{{- range $app := $config.applications -}}
+{{- if and $paths (eq (get $app "import_path") "marcelle_torch.serving.app:build_app") -}}
+{{- $args := get $app "args" | default dict -}}
+{{- $_ := set $args "models" (concat (get $args "models" | default list) $paths) -}}
+{{- $_ := set $app "args" $args -}}
+{{- end -}}
+{{- if eq (get $app "import_path") $modelApp -}}
+{{- $m := get $byApp (get $app "name") | default (dict) -}}
 {{- $deployments := get $app "deployments" | default list -}}
 {{- if not $deployments }}{{ $deployments = list (dict "name" (get $app "name")) }}{{ end -}}
 {{- range $d := $deployments -}}
-{{- if $.Values.gpu.enabled -}}
+{{- if or $.Values.gpu.enabled (hasKey $m "numGpus") -}}
 {{- $opts := get $d "ray_actor_options" | default dict -}}
-{{- $_ := set $opts "num_gpus" $.Values.gpu.numGpusPerReplica -}}
+{{- $_ := set $opts "num_gpus" (hasKey $m "numGpus" | ternary $m.numGpus $.Values.gpu.numGpusPerReplica) -}}
 {{- $_ := set $d "ray_actor_options" $opts -}}
 {{- end -}}
 {{- if and (hasKey $d "num_replicas") (ne (toString (get $d "num_replicas")) "auto") -}}
 {{- fail (printf "serve config: deployment %s has a fixed num_replicas; the chart sizes model deployments through their autoscaling_config" (get $d "name")) -}}
 {{- end -}}
+{{- $max := hasKey $m "maxReplicas" | ternary $m.maxReplicas $maxReplicas -}}
+{{- $min := hasKey $m "minReplicas" | ternary $m.minReplicas $minReplicas -}}
 {{- $auto := get $d "autoscaling_config" | default dict -}}
-{{- $_ := set $auto "max_replicas" (int $maxReplicas) -}}
+{{- $_ := set $auto "max_replicas" (int $max) -}}
 {{- $_ := set $d "autoscaling_config" $auto -}}
-{{- if not (kindIs "invalid" $minReplicas) -}}
-{{- if and (hasKey $d "num_replicas") (ne (toString (get $d "num_replicas")) "auto") -}}
-{{- fail (printf "serve config: deployment %s has a fixed num_replicas; a minimum of replicas needs its autoscaling_config" (get $d "name")) -}}
+{{- if not (kindIs "invalid" $min) -}}
+{{- $_ := set $auto "min_replicas" (int $min) -}}
+{{- if lt (int $max) (int $min) -}}
+{{- if hasKey $m "maxReplicas" }}{{ fail (printf "models: %s: maxReplicas (%v) is below the chart's minimum of replicas (%v): set its minReplicas too" $m.name $max $min) }}{{ end -}}
+{{- $_ := set $auto "max_replicas" (int $min) -}}
 {{- end -}}
-{{- $auto := get $d "autoscaling_config" | default dict -}}
-{{- $_ := set $auto "min_replicas" (int $minReplicas) -}}
-{{- if lt (int (get $auto "max_replicas" | default 1)) (max 1 (int $minReplicas) | int) -}}
-{{- $_ := set $auto "max_replicas" (max 1 (int $minReplicas) | int) -}}
 {{- end -}}
-{{- $_ := set $d "autoscaling_config" $auto -}}
+{{- if hasKey $m "maxBatchSize" -}}
+{{- $user := get $d "user_config" | default dict -}}
+{{- $_ := set $user "max_batch_size" (int $m.maxBatchSize) -}}
+{{- $_ := set $d "user_config" $user -}}
 {{- end -}}
 {{- end -}}
 {{- $_ := set $app "deployments" $deployments -}}

@@ -35,6 +35,10 @@
       affinity:
         {{- toYaml . | nindent 8 }}
       {{- end }}
+      {{- with include "mt.modelInitContainers" (dict "ctx" $ctx "image" .image) }}
+      initContainers:
+        {{- . | trim | nindent 8 }}
+      {{- end }}
       containers:
         - name: ray-worker
           image: {{ .image }}
@@ -67,7 +71,13 @@
             {{- .ctrSec | nindent 12 }}
           volumeMounts:
             - {name: ray-logs, mountPath: /tmp/ray}
+            {{- with include "mt.modelMounts" $ctx }}
+            {{- . | trim | nindent 12 }}
+            {{- end }}
       volumes:
         - name: ray-logs
           emptyDir: {}
+        {{- with include "mt.modelVolumes" (dict "ctx" $ctx) }}
+        {{- . | trim | nindent 8 }}
+        {{- end }}
 {{- end }}
