@@ -7,6 +7,8 @@ import os
 import re
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -89,6 +91,7 @@ class Cluster:
         self.head: Pod | None = None
         self.ray_workers: list[Pod] = []
         self.events: list[tuple[float, str]] = []
+        self.file_hosts: list[subprocess.Popen] = []
         # The Services of the render, plus the three KubeRay creates for a RayService.
         for svc in by_kind(objects, "Service"):
             self._add_service(
@@ -129,6 +132,29 @@ class Cluster:
         self.services[name] = {"vip": vip, "selector": dict(selector), "ports": ports, "headless": headless}
         if vip:
             self.dns.set(name, self.namespace, self.domain, [vip])
+
+    def start_file_host(self, name: str, directory: Path, port: int) -> str:
+        """A plain HTTP server of ``directory``'s files as a host of its own on the network (e.g. a
+        model store that the chart's values point at), answering to the Service-style name
+        ``name`` in the namespace; returns its address once it accepts connections."""
+        ip = self.network.address()
+        ns = self.network.add_netns(name, [ip])
+        log = open(self.workdir / f"{name}.log", "ab")
+        argv = [sys.executable, "-m", "http.server", str(port), "--bind", ip, "--directory", str(directory)]
+        self.file_hosts.append(
+            subprocess.Popen(
+                ["ip", "netns", "exec", ns, *argv], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        )
+        self.dns.set(name, self.namespace, self.domain, [ip])
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection((ip, port), timeout=1).close()
+                return ip
+            except OSError:
+                assert time.monotonic() < deadline, f"file host {name} did not start: {self.workdir / f'{name}.log'}"
+                time.sleep(0.2)
 
     # ------------------------------------------------------------------ containers
 
@@ -203,6 +229,9 @@ class Cluster:
                 vdir = pod_dir / "volumes" / vm["name"]
                 vdir.mkdir(parents=True, exist_ok=True)
                 os.chmod(vdir, 0o1777)
+                if vm.get("subPath"):  # the kubelet makes a missing subPath folder
+                    vdir = vdir / vm["subPath"]
+                    vdir.mkdir(parents=True, exist_ok=True)
                 mounts.append((str(vdir), target, "bind"))
             elif "persistentVolumeClaim" in volume:
                 vdir = self.workdir / "pv" / volume["persistentVolumeClaim"]["claimName"]
@@ -494,7 +523,7 @@ class Cluster:
         problems = []
         for pod in self.pods:
             pod.kill()
-        for proc in (self.proxy,):
+        for proc in (self.proxy, *self.file_hosts):
             proc.kill()
             proc.wait(10)
         self.dns.stop()

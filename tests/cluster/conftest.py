@@ -51,8 +51,22 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def objects():
-    return render_objects()
+def user_model(tmp_path_factory):
+    """A user's model given as a chart value (`models`): its folder made here, its archive on a
+    model store of its own (tests/e2e/model_store.py), started with the cluster."""
+    import model_store
+
+    model = model_store.build(tmp_path_factory.mktemp("user-model"))
+    model.value = model_store.chart_value(model, NAMESPACE)
+    model.url = model.value["uri"]
+    return model
+
+
+@pytest.fixture(scope="session")
+def objects(user_model):
+    import model_store
+
+    return render_objects(sets=tuple(model_store.helm_sets(user_model.value)))
 
 
 def say(msg: str) -> None:
@@ -60,8 +74,9 @@ def say(msg: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def cluster(objects, request):
+def cluster(objects, user_model, request):
     import kuberay
+    import model_store
     from cluster import WEIGHTS, Cluster
     from render import by_kind, container_port
 
@@ -95,6 +110,8 @@ def cluster(objects, request):
     try:
         c.controller.start()
         say(f"network {c.network.subnet} on bridge {c.network.bridge}; Ray cluster {c.ray_cluster}")
+        store = c.start_file_host(model_store.NAME, user_model.store, model_store.PORT)
+        say(f"model store at {store}: {user_model.url}")
         head = c.start_ray_pod("head", None)
         groups = [
             g for g in rs["spec"]["rayClusterConfig"].get("workerGroupSpecs", []) if int(g.get("replicas", 0)) > 0
@@ -155,7 +172,7 @@ def cluster(objects, request):
 
 
 @pytest.fixture(scope="session")
-def target(cluster):
+def target(cluster, user_model):
     """The scenario target: the web app Pod's host:port only, as `kubectl port-forward svc/<webapp>`
     reaches it, plus the metrics endpoints the PodMonitors scrape."""
     from types import SimpleNamespace
@@ -180,6 +197,7 @@ def target(cluster):
         socketio_path=config["backendUrl"] + "/socket.io",
         metrics={"serve": serve_metrics, "worker": worker_metrics},
         credentials=first_user(cluster),
+        user_model=user_model.name,
     )
 
 

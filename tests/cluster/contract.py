@@ -35,7 +35,8 @@ def _ray_reads(name: str) -> bool:
 
 
 def containers(objects: list[dict]):
-    """(owner, container, pod meta) for every Deployment container and each Ray group's Ray container."""
+    """(owner, container, pod meta, is_ray) for every container and init container of every
+    Deployment and Ray group (is_ray: a Ray group's Ray container, started by KubeRay's command)."""
     for deployment in by_kind(objects, "Deployment"):
         meta = {
             "metadata": {
@@ -46,17 +47,21 @@ def containers(objects: list[dict]):
             "status": {"podIP": "198.18.0.2"},
             "spec": {},
         }
-        for c in deployment["spec"]["template"]["spec"]["containers"]:
+        pod = deployment["spec"]["template"]["spec"]
+        for c in pod.get("initContainers", []) + pod["containers"]:
             yield f"Deployment/{deployment['metadata']['name']}/{c['name']}", c, meta, False
     ray = one(objects, "RayService")
     spec = ray["spec"]["rayClusterConfig"]
     for group in [spec["headGroupSpec"], *spec.get("workerGroupSpecs", [])]:
-        for c in group["template"]["spec"]["containers"]:
-            meta = {
-                "metadata": {"name": "ray-pod", "namespace": "ns", "labels": {}},
-                "status": {"podIP": "198.18.0.2"},
-                "spec": {},
-            }
+        meta = {
+            "metadata": {"name": "ray-pod", "namespace": "ns", "labels": {}},
+            "status": {"podIP": "198.18.0.2"},
+            "spec": {},
+        }
+        pod = group["template"]["spec"]
+        for c in pod.get("initContainers", []):
+            yield f"RayService/{group.get('groupName', 'head')}/{c['name']}", c, meta, False
+        for c in pod["containers"]:
             yield f"RayService/{group.get('groupName', 'head')}/{c['name']}", c, meta, True
 
 

@@ -29,8 +29,8 @@ RELEASE, NAMESPACE = "mt", "marcelle-torch"
 SETS = ("monitoring.enabled=true",)
 
 
-def render_objects(release: str = RELEASE, namespace: str = NAMESPACE) -> list[dict]:
-    text = render_text(KIND_VALUES, sets=SETS, release=release, namespace=namespace).stdout
+def render_objects(release: str = RELEASE, namespace: str = NAMESPACE, sets: tuple[str, ...] = ()) -> list[dict]:
+    text = render_text(KIND_VALUES, sets=SETS + sets, release=release, namespace=namespace).stdout
     return [doc for doc in yaml.safe_load_all(text) if doc]
 
 
@@ -376,11 +376,13 @@ def argparse_options(argv: list[str]) -> tuple[set[str], list[str], int] | None:
     if argv and Path(argv[0]).name == "marcelle-torch":
         from marcelle_torch.cli import build_parser
 
-        parser = build_parser()
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        command = sub.choices.get(argv[1]) if len(argv) > 1 else None
-        if command is None:
-            return set(), [], 1
+        # The command's parser, through nested commands (`model fetch ...`).
+        command, depth = build_parser(), 1
+        while sub := next((a for a in command._actions if isinstance(a, argparse._SubParsersAction)), None):
+            command = sub.choices.get(argv[depth]) if len(argv) > depth else None
+            depth += 1
+            if command is None:
+                return set(), [], 1
         actions = command._actions
     elif len(argv) > 2 and argv[1] == "-m":
         source = REPO / "src" / (argv[2].replace(".", "/") + ".py")

@@ -85,6 +85,81 @@ def test_scenario_metrics(target, make_digit):
     scenarios.metrics_answer(target, make_digit)
 
 
+def test_scenario_user_model_given_as_a_chart_value(target):
+    scenarios.user_model_on_three_paths(target)
+
+
+def test_user_model_answers_through_the_web_app_as_in_process(target, user_model):
+    """The model given as a value (`models`, fetched from the model store by each Pod's init
+    container) answers through the web app's /serve/ what the project's own in-process path
+    answers for the same images (the `predict` command's decode and postprocess)."""
+    import base64
+    import io
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from marcelle_torch.models import decode_instances, get_spec, load_model, postprocess
+
+    spec = get_spec(str(user_model.folder))
+    rng = np.random.default_rng(11)
+    instances = []
+    for size in (spec.input.size, 3 * spec.input.size):  # the model's size, and one resized on the way
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8), "RGB").save(buffer, format="PNG")
+        instances.append({"b64": base64.b64encode(buffer.getvalue()).decode()})
+    with torch.no_grad():
+        expected = postprocess(spec, load_model(spec)(decode_instances(spec, instances)))
+    status, _, body = scenarios.http(
+        "POST", f"{target.serve}/v1/models/{user_model.name}:predict", {"instances": instances}
+    )
+    assert status == 200, f"HTTP {status}: {body[:300]!r}"
+    served = json.loads(body)["predictions"]
+    for got, want in zip(served, expected, strict=True):
+        assert got["label"] == want["label"], (got, want)
+        labels = list(spec.labels)
+        assert np.allclose([got["confidences"][k] for k in labels], [want["confidences"][k] for k in labels], atol=1e-4)
+
+
+def test_a_wrong_sha256_stops_the_pod_at_its_init_container(cluster, objects, user_model):
+    """Re-break: the run worker's Pod with the model's sha256 wrong. Its init container fails with
+    one line naming the model and saying what is wrong (the termination message `kubectl
+    describe pod` shows: FallbackToLogsOnError, the log's end), the Pod's containers never start
+    (Init:Error), and nothing is left where the model or the download would have gone."""
+    from render import by_kind
+
+    deployment = deep(next(d for d in by_kind(objects, "Deployment") if d["metadata"]["name"].endswith("-worker")))
+    deployment["metadata"]["name"] += "-badsha"
+    deployment["spec"]["template"]["metadata"]["labels"] = {"cluster-tier": "bad-sha256"}
+    (fetch,) = [c for c in deployment["spec"]["template"]["spec"]["initContainers"] if c["name"].startswith("fetch-")]
+    assert fetch["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    wrong = "0" * 64
+    ref = fetch["command"][3]
+    assert ref == f"{user_model.url}#sha256={user_model.sha256}", ref
+    fetch["command"][3] = f"{user_model.url}#sha256={wrong}"
+    pod = cluster.start_deployment(deployment)
+    try:
+        deadline = time.monotonic() + 300
+        while pod.alive():
+            assert time.monotonic() < deadline, f"the Pod still runs:\n{pod.log(fetch['name'])}"
+            time.sleep(1)
+        log = pod.log(fetch["name"], 5).strip().splitlines()
+        assert log, "the init container said nothing"
+        message = log[-1]
+        assert message.startswith("marcelle-torch model: error: model shapes (http://"), message
+        assert "sha256" in message and user_model.sha256 in message and wrong in message, message
+        assert not [line for line in log if "Traceback" in line], log
+        main = deployment["spec"]["template"]["spec"]["containers"][0]["name"]
+        assert not (pod.dir / f"{main}.log").exists(), "a container started after the init container failed"
+        volumes = pod.dir / "volumes"
+        assert not any((volumes / "models").iterdir()), "something was left where the model goes"
+        left = [p for p in (volumes / "models-tmp").rglob("*") if p.is_file()]
+        assert not left, f"a download refused by its sha256 was kept: {left}"
+    finally:
+        pod.delete()
+
+
 def test_every_podmonitor_target_answers(cluster):
     """Each endpoint of each PodMonitor, on each Pod it selects, answers Prometheus text. The
     head's autoscaler port is served by the autoscaler sidecar, which needs the Kubernetes API

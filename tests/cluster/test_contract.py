@@ -71,6 +71,36 @@ def test_unknown_argument_is_caught(objects):
     assert any("is read by no code" in p for p in contract.problems(broken))
 
 
+def test_init_containers_commands_are_checked(objects):
+    """Re-break: each model init container's --out renamed, and `model fetch`'s required --out
+    dropped (a nested CLI command's own options): each is reported."""
+    inits = [
+        (d["metadata"]["name"], c)
+        for d in by_kind(objects, "Deployment")
+        for c in d["spec"]["template"]["spec"].get("initContainers", [])
+    ]
+    assert {c["command"][1] for _, c in inits} == {"model", "export-onnx"}, "the render has no models init containers"
+    for owner, container in inits:
+        for change in ("typo", "drop") if container["command"][1] == "model" else ("typo",):
+            broken = deep(objects)
+            c = next(
+                c
+                for d in by_kind(broken, "Deployment")
+                if d["metadata"]["name"] == owner
+                for c in d["spec"]["template"]["spec"]["initContainers"]
+                if c["name"] == container["name"]
+            )
+            at = c["command"].index("--out")
+            if change == "typo":
+                c["command"][at] = "--output"
+                words = "argument --output is read by no code"
+            else:
+                del c["command"][at : at + 2]
+                words = "required argument --out is not rendered"
+            found = contract.problems(broken)
+            assert any(container["name"] in p and words in p for p in found), (owner, change, found)
+
+
 def test_required_variable_missing_is_caught(objects):
     """A variable the backend's config requires (no value in its config files) left unset."""
     from render import backend_env_map, backend_env_required, image_of, resolve_env

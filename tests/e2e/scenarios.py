@@ -84,6 +84,20 @@ def onnx_bundle_served_by_webapp(target) -> None:
     assert out.shape[-1] == 10, f"ONNX output shape {out.shape}"
 
 
+def log_in(target) -> str | None:
+    """A JWT of the target's backend user (Feathers' local strategy over REST), or None when the
+    target's backend has authentication off."""
+    credentials = getattr(target, "credentials", None)
+    if not credentials:
+        return None
+    email, password = credentials
+    status, _, body = http(
+        "POST", f"{target.backend}/authentication", {"strategy": "local", "email": email, "password": password}
+    )
+    assert status in (200, 201), f"log in as {email}: HTTP {status}: {body[:300]!r}"
+    return json.loads(body)["accessToken"]
+
+
 def backend_run_completes_with_progress(target, steps: int = 12, timeout_s: float = 600) -> dict:
     """A client creates a run; the worker claims it and reports progress until it succeeds.
     Progress is followed live over the backend's socket.io events, as the web app does."""
@@ -106,16 +120,10 @@ def backend_run_completes_with_progress(target, steps: int = 12, timeout_s: floa
     client.connect(f"{origin.scheme}://{origin.netloc}", socketio_path=target.socketio_path, transports=["websocket"])
     auth = {}
     try:
-        credentials = getattr(target, "credentials", None)
-        if credentials:
-            # Feathers' local strategy over REST gives a JWT; the socket logs in with it so that
-            # the backend's channels send it this user's `runs patched` events.
-            email, password = credentials
-            status, _, body = http(
-                "POST", f"{target.backend}/authentication", {"strategy": "local", "email": email, "password": password}
-            )
-            assert status in (200, 201), f"log in as {email}: HTTP {status}: {body[:300]!r}"
-            token = json.loads(body)["accessToken"]
+        token = log_in(target)
+        if token:
+            # The socket logs in with the JWT so that the backend's channels send it this user's
+            # `runs patched` events.
             auth = {"Authorization": f"Bearer {token}"}
             answer = client.call(
                 "create", ("authentication", {"strategy": "jwt", "accessToken": token}), timeout=HTTP_TIMEOUT_S
@@ -203,7 +211,8 @@ def predictions_while(target, make_digit, busy, interval_s: float = 0.2, timeout
 
 def user_model_on_three_paths(target, timeout_s: float = 300) -> None:
     """The model added beside the built-ins (a user's model folder) answers the same numbers on
-    the three paths: Ray Serve, its ONNX bundle from the web app in onnxruntime, and a run."""
+    the three paths: Ray Serve, its ONNX bundle from the web app in onnxruntime (listed in the
+    app's /config.json), and a run."""
     import base64
     import io
 
@@ -225,6 +234,12 @@ def user_model_on_three_paths(target, timeout_s: float = 300) -> None:
     assert status == 200, f"{name} predict: HTTP {status}: {body[:300]!r}"
     served = [json.loads(body)["predictions"][0]["confidences"][label] for label in labels]
 
+    status, _, body = http("GET", f"{target.webapp}/config.json")
+    bundles = json.loads(body).get("onnxBundles", []) if status == 200 else []
+    assert f"onnx/{name}/" in bundles, f"/config.json: HTTP {status}, onnxBundles {bundles}"
+    status, _, body = http("GET", f"{target.webapp}/onnx/{name}/model.json")
+    assert status == 200, f"{name}'s ONNX bundle manifest: HTTP {status}"
+    assert json.loads(body)["labels"] == labels, body[:300]
     status, _, model = http("GET", f"{target.webapp}/onnx/{name}/model.onnx")
     assert status == 200, f"{name}'s ONNX bundle: HTTP {status}"
     session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
@@ -232,12 +247,14 @@ def user_model_on_three_paths(target, timeout_s: float = 300) -> None:
     (browser,) = session.run(None, {session.get_inputs()[0].name: x})
     assert np.allclose(browser[0], served, atol=1e-4), f"ONNX {browser[0].tolist()} vs Serve {served}"
 
-    status, _, body = http("POST", f"{target.backend}/runs", {"model": name, "input": instance})
+    token = log_in(target)
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
+    status, _, body = http("POST", f"{target.backend}/runs", {"model": name, "input": instance}, headers=auth)
     assert status in (200, 201), f"create run: HTTP {status}: {body[:300]!r}"
     run_id = json.loads(body)["_id"]
     deadline = time.monotonic() + timeout_s
     while True:
-        status, _, body = http("GET", f"{target.backend}/runs/{run_id}")
+        status, _, body = http("GET", f"{target.backend}/runs/{run_id}", headers=auth)
         run = json.loads(body)
         if run.get("status") in ("succeeded", "failed", "canceled"):
             break
@@ -245,4 +262,5 @@ def user_model_on_three_paths(target, timeout_s: float = 300) -> None:
         time.sleep(0.5)
     assert run["status"] == "succeeded", f"run of {name} ended {run['status']}: {run.get('error')}"
     ran = [run["result"]["confidences"][label] for label in labels]
+    assert run["result"]["label"] == labels[int(np.argmax(ran))], run["result"]
     assert np.allclose(ran, served, atol=1e-5), f"run {ran} vs Serve {served}"
