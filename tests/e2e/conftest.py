@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -205,6 +206,7 @@ class Kind:
             "-f",
             str(HERE / "kind-values.yaml"),
             *self.image_sets,
+            *self.install_args,
             *extra,
             "--wait",
             "--timeout",
@@ -312,6 +314,21 @@ def kind_cluster(tmp_path_factory):
             "--timeout",
             "10m",
         )
+        # A user's model given as a chart value (`models`), from a model store beside the release.
+        import model_store
+
+        user_model = model_store.build(tmp_path_factory.mktemp("user-model"))
+        store = tmp_path_factory.mktemp("model-store") / "objects.json"
+        objects = model_store.kubernetes_objects(user_model, NAMESPACE, f"marcelle-torch/ray:{E2E_TAG}")
+        store.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
+        cluster.run(cluster.kubectl, "create", "namespace", NAMESPACE)
+        cluster.run(cluster.kubectl, "apply", "-f", str(store))
+        cluster.run(
+            cluster.kubectl, "-n", NAMESPACE, "rollout", "status", f"deployment/{model_store.NAME}", "--timeout=300s"
+        )
+        for item in model_store.helm_sets(model_store.chart_value(user_model, NAMESPACE)):
+            cluster.install_args += ["--set", item]
+
         cluster.helm_upgrade()
         cluster.kube.wait_rayservice(NAMESPACE, fullname(), RAYSERVICE_READY_S)
         # The generated secrets must survive an upgrade (the chart looks them up).
@@ -337,6 +354,7 @@ def kind_cluster(tmp_path_factory):
             socketio_path="/backend/socket.io",
             metrics={"serve": f"{serve_metrics}/metrics", "worker": f"{worker_metrics}/metrics"},
             credentials=credentials,
+            user_model=user_model.name,
         )
         yield cluster
     except BaseException:

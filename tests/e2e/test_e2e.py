@@ -22,8 +22,7 @@ def test_backend_run_completes_with_progress(target):
 
 
 def test_a_users_model_answers_alike_on_the_three_paths(target):
-    if target.user_model is None:
-        pytest.skip("local launcher only: models are not chart values yet (up --model adds them locally)")
+    # Added by `up --model` locally, and by the chart's `models` value on kind.
     scenarios.user_model_on_three_paths(target)
 
 
