@@ -168,7 +168,7 @@ def run_browser(dist: Path, labels, canvases, chromium: str, threads="auto"):
             page.goto(url)
             page.get_by_text("ONNX in the browser", exact=True).first.click()
             page.wait_for_selector("[data-testid=onnx-model-status][data-status=ready]")
-            upload = page.locator("[data-testid=drawing-input-upload] input[type=file]")
+            upload = page.locator("[data-testid=image-input-upload] input[type=file]")
             label = "[data-testid=onnx-label]"
             started = time.perf_counter()
             for i, canvas in enumerate(canvases, start=1):

@@ -8,7 +8,12 @@ export default [
   js.configs.recommended,
   {
     files: ['src/**/*.js'],
-    languageOptions: { ecmaVersion: 2022, sourceType: 'module', globals: globals.browser },
+    // __ONNX_BUNDLES__: defined by vite.config.js at build time.
+    languageOptions: {
+      ecmaVersion: 2022,
+      sourceType: 'module',
+      globals: { ...globals.browser, __ONNX_BUNDLES__: 'readonly' },
+    },
   },
   {
     files: ['vite.config.js', 'eslint.config.js'],

@@ -13,7 +13,7 @@ Fixtures:
   backend, and ``start_worker(env=None)`` to start a real worker on it when the test says;
 - ``open_runs_page(backend_url) -> nobody``: ``page`` on the app's "Backend runs" page.
 
-- ``drawing_input``: drives the app's shared input (components/drawing-input.js):
+- ``drawing_input``: drives the app's shared input (components/image-input.js):
   ``draw_digit`` / ``draw_strokes`` on the Marcelle sketchpad with real mouse moves,
   ``upload`` into the Marcelle image upload, ``model_input_png`` / ``sketchpad_png`` to read
   back what the page has;
@@ -41,9 +41,9 @@ DIST = Path(os.environ.get("MARCELLE_TORCH_WEBAPP_DIST", ROOT / "services" / "fr
 # The machine is shared and slow: generous, never part of an assertion.
 TIMEOUT_MS = 120_000
 
-SKETCH = "[data-testid=drawing-input-sketch]"
-UPLOAD = "[data-testid=drawing-input-upload]"
-PREVIEW_IMG = "[data-testid=drawing-input-image]"
+SKETCH = "[data-testid=image-input-sketch]"
+UPLOAD = "[data-testid=image-input-upload]"
+PREVIEW_IMG = "[data-testid=image-input-image]"
 RUNS_PAGE_TITLE = "Backend runs"
 
 # Hands every CSP violation of a document to the test as it happens (a page's own list would be
@@ -261,7 +261,7 @@ DIGIT_STROKES: dict[str, list[list[tuple[float, float]]]] = {
 class DrawingInput:
     """Drives the app's shared input (sketchpad + upload + model-input preview) on ``page``.
 
-    ``root`` selectors are the stable hooks that components/drawing-input.js puts on its parts.
+    ``root`` selectors are the stable hooks that components/image-input.js puts on its parts.
     """
 
     def __init__(self, page, sketch: str = SKETCH, upload: str = UPLOAD, preview: str = PREVIEW_IMG):

@@ -222,6 +222,15 @@ def test_every_response_is_cross_origin_isolated_and_has_the_csp(server, path):
             ["https://cdn.example"],
         ),
         ({"serveUrl": "http://h:1", "backendUrl": "http://h:1"}, ["http://h:1", "ws://h:1"]),
+        # Added bundles: each one's origin, once.
+        (
+            {
+                "serveUrl": "/s",
+                "backendUrl": "/b",
+                "onnxBundles": ["onnx/x/", "https://m.example/a/", "https://m.example/b/"],
+            },
+            ["https://m.example"],
+        ),
     ],
 )
 def test_connect_src_has_the_origins_the_config_points_the_app_to(config, expected):

@@ -9,9 +9,12 @@
 export const DEFAULT_CONFIG = Object.freeze({
   serveUrl: 'http://127.0.0.1:8000',
   backendUrl: 'http://127.0.0.1:3030',
-  model: 'digits',
-  generatorModel: 'digits-generator',
-  onnxBundle: 'onnx/digits/',
+  // The models each page picks first, when served (null: the first one listed).
+  model: null,
+  generatorModel: null,
+  onnxBundle: null,
+  // ONNX bundles served beside those built into the app, e.g. ["onnx/shapes/"].
+  onnxBundles: [],
 });
 
 /** Fetch `config.json` next to the app and merge it over the defaults (never throws). */

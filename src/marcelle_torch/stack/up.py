@@ -329,6 +329,7 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
             "model": CLASSIFIER,
             "generatorModel": GENERATOR,
             "onnxBundle": f"onnx/{CLASSIFIER}/",
+            "onnxBundles": [f"onnx/{name}/" for name in bundles],
         }
         url, stop_webapp = start_webapp(dist, config, host=host, port=webapp_port, bundles=bundles)
         stack.add("web app", stop_webapp)

@@ -103,10 +103,11 @@ SECURITY_HEADERS = {"X-Frame-Options": "DENY", "X-Content-Type-Options": "nosnif
 
 # The config keys whose URLs the app calls: the app's default for a missing key
 # (services/frontend/src/config.js, DEFAULT_CONFIG), and whether it opens a websocket there.
-CONNECT_KEYS = {
+CONNECT_KEYS: dict[str, tuple[str | list[str] | None, bool]] = {
     "serveUrl": ("http://127.0.0.1:8000", False),
     "backendUrl": ("http://127.0.0.1:3030", True),  # socket.io
-    "onnxBundle": ("onnx/digits/", False),
+    "onnxBundle": (None, False),
+    "onnxBundles": ([], False),  # a list of bundle folders
 }
 
 
@@ -115,11 +116,12 @@ def connect_sources(config: dict) -> list[str]:
     sources: list[str] = []
     for key, (default, websocket) in CONNECT_KEYS.items():
         value = config.get(key, default)
-        url = urlsplit(value) if isinstance(value, str) else None
-        if url is None or url.scheme not in ("http", "https") or not url.netloc:
-            continue
-        schemes = [url.scheme, "wss" if url.scheme == "https" else "ws"] if websocket else [url.scheme]
-        sources += [origin for scheme in schemes if (origin := f"{scheme}://{url.netloc}") not in sources]
+        for item in value if isinstance(value, list) else [value]:
+            url = urlsplit(item) if isinstance(item, str) else None
+            if url is None or url.scheme not in ("http", "https") or not url.netloc:
+                continue
+            schemes = [url.scheme, "wss" if url.scheme == "https" else "ws"] if websocket else [url.scheme]
+            sources += [origin for scheme in schemes if (origin := f"{scheme}://{url.netloc}") not in sources]
     return sources
 
 

@@ -5,7 +5,7 @@
  * predicts offline.
  *
  * ```js
- * const classifier = onnxClassifier({ bundle: 'onnx/digits/' });
+ * const classifier = onnxClassifier({ bundle: 'onnx/digits/' });   // setBundle('onnx/other/') to switch
  * const $predictions = input.$images
  *   .map((img) => classifier.predict(img).catch(() => null)) // errors are shown in its view
  *   .awaitPromises()
@@ -62,6 +62,14 @@ export function wasmThreads(threads = 'auto') {
   return Math.max(1, Math.min(Number.isFinite(wanted) ? Math.floor(wanted) : 1, cores, 16));
 }
 
+/** A bundle folder's URL, relative to the page (so the app works under any base path). */
+function bundleUrl(bundle) {
+  return new URL(bundle.endsWith('/') ? bundle : `${bundle}/`, window.location.href).href;
+}
+
+/** A bundle load overtaken by a newer one. */
+class Superseded extends Error {}
+
 async function sha256Hex(bytes) {
   if (!globalThis.crypto?.subtle) return null; // not a secure context (plain http on a remote host)
   const digest = await crypto.subtle.digest('SHA-256', bytes);
@@ -69,10 +77,10 @@ async function sha256Hex(bytes) {
 }
 
 export class OnnxClassifier extends ServedModel {
-  constructor({ bundle = 'onnx/digits/', title, threads = 'auto' } = {}) {
+  constructor({ bundle, title, threads = 'auto' } = {}) {
     super('onnxClassifier', 'the model is a static ONNX bundle served by the app');
-    // Relative to the page, so the app works under any base path.
-    this.bundleUrl = new URL(bundle.endsWith('/') ? bundle : `${bundle}/`, window.location.href).href;
+    if (!bundle) throw new Error('onnxClassifier: `bundle` (the folder of model.json and model.onnx) is required');
+    this.bundleUrl = bundleUrl(bundle);
     this.title = title ?? 'onnx model (in the browser)';
     this.serviceName = 'onnx-bundles';
     this.labels = [];
@@ -95,13 +103,32 @@ export class OnnxClassifier extends ServedModel {
     this.loaded = this.loadBundle().catch(() => null);
   }
 
+  /** Load another bundle and predict with it from now on (a load under way is abandoned). */
+  setBundle(bundle) {
+    const url = bundleUrl(bundle);
+    if (url === this.bundleUrl) return this.loaded;
+    this.bundleUrl = url;
+    this.loaded = this.loadBundle().catch(() => null);
+    return this.loaded;
+  }
+
   /** model.json, then model.onnx (with download progress and its sha256 checked), then the session. */
   async loadBundle() {
     const started = performance.now();
+    const url = this.bundleUrl;
+    // A newer setBundle() wins: this load then stops at its next step and changes nothing.
+    const current = () => {
+      if (url !== this.bundleUrl) throw new Superseded();
+    };
+    this.session = null;
+    this.$metadata.set(null);
+    this.$loadTime.set(null);
+    this.$progress.set(0);
     this.$training.set({ status: 'loading' });
     this.$status.set('loading');
     try {
-      const metadata = await this.fetchJson(new URL('model.json', this.bundleUrl).href);
+      const metadata = await this.fetchJson(new URL('model.json', url).href);
+      current();
       const onnx = metadata.onnx ?? {};
       if (!Array.isArray(metadata.labels) || !onnx.file || !onnx.input_name || !onnx.output_name) {
         throw new Error(`${this.bundleUrl}model.json is not a marcelle-torch ONNX bundle (labels, onnx.file, names)`);
@@ -113,7 +140,8 @@ export class OnnxClassifier extends ServedModel {
       }
       this.$metadata.set(metadata);
       this.labels = metadata.labels;
-      const bytes = await this.fetchBytes(new URL(onnx.file, this.bundleUrl).href, onnx.bytes);
+      const bytes = await this.fetchBytes(new URL(onnx.file, url).href, onnx.bytes);
+      current();
       const digest = await sha256Hex(bytes);
       if (digest !== null && onnx.sha256 && digest !== onnx.sha256) {
         throw new Error(
@@ -123,22 +151,27 @@ export class OnnxClassifier extends ServedModel {
       }
       if (!runtimeStarted) ort.env.wasm.numThreads = wasmThreads(this.threads);
       runtimeStarted = true;
-      this.session = await ort.InferenceSession.create(bytes, {
+      const session = await ort.InferenceSession.create(bytes, {
         executionProviders: ['wasm'],
         graphOptimizationLevel: 'all',
       });
+      current();
+      this.session = session;
       const simd = ort.env.wasm.simd !== false;
       const threads = ort.env.wasm.numThreads; // ORT sets it back to 1 when threads are not possible
       this.$runtime.set({ ep: 'wasm', threads, simd, isolated: Boolean(globalThis.crossOriginIsolated) });
       this.$backend.set(`wasm (${simd ? 'SIMD' : 'no SIMD'}, ${threads} thread${threads === 1 ? '' : 's'})`);
       await this.warmUp();
+      current();
       this.$loadTime.set(performance.now() - started);
-      this.$training.set({ status: 'loaded', data: { source: 'url', url: this.bundleUrl } });
+      this.$training.set({ status: 'loaded', data: { source: 'url', url } });
       this.$error.set(null);
       this.$status.set('ready');
       this.$ready.set(true);
       return metadata;
     } catch (error) {
+      // Overtaken by a newer bundle (its own load reports its own errors).
+      if (error instanceof Superseded || url !== this.bundleUrl) return null;
       const message = error?.message ?? String(error);
       this.$error.set(message);
       this.$status.set('error');

@@ -14,8 +14,11 @@
  * dash.page('Ray Serve').sidebar(input).use(classifier, confidencePlot($predictions));
  * ```
  *
+ * `model` may be left out: the model is then the first image model Serve lists. `setModel(name)`
+ * switches to another one (a picker fed by `$models`).
+ *
  * HTTP contract (KServe v1 style; the README's "Solution 1: Ray Serve" has the full table):
- * - `GET  {url}/v1/models/{model}` -> metadata (labels, input schema, version, device);
+ * - `GET  {url}/v1/models` -> `{models: [metadata]}` (labels, input schema, version, device);
  *   polled until it answers, so the view says when the model is ready;
  * - `POST {url}/v1/models/{model}:predict` `{"instances": [x]}` -> `{"predictions": [{label, confidences}]}`;
  * - errors are JSON `{"error": {"code", "message"}}`: the message is shown as is.
@@ -29,6 +32,8 @@
  * - `$ready`: boolean, true once the model answered (metadata or a prediction)
  * - `$error`: the last error message, or null after a success
  * - `$metadata`: the model's metadata (null until known)
+ * - `$models`: the metadata of every model Serve lists ([] until known)
+ * - `$model`: the model's name (null until one is picked)
  * - `$predictions`: every prediction made, as ClassifierResults
  * - `$training`: Marcelle's training status ('loading' -> 'loaded' | 'error'); it cannot be trained here.
  */
@@ -59,11 +64,10 @@ export class RayServeError extends Error {
 }
 
 export class RayModel extends ServedModel {
-  constructor({ url, model, inputSize = INPUT_SIZE, timeout = 30000, title } = {}) {
+  constructor({ url, model = null, inputSize = INPUT_SIZE, timeout = 30000, title } = {}) {
     super('rayModel', 'the model lives in Ray Serve');
     if (!url) throw new Error('rayModel: `url` (the Ray Serve address) is required');
-    if (!model) throw new Error('rayModel: `model` (the served model name) is required');
-    this.title = title ?? `ray serve model: ${model}`;
+    this.title = title ?? 'ray serve model';
     this.serviceName = 'ray-serve-models';
     // Relative URLs ("/serve" behind the chart's nginx) resolve against the page.
     this.url = new URL(url, window.location.href).href.replace(/\/+$/, '');
@@ -75,6 +79,8 @@ export class RayModel extends ServedModel {
     this.$ready = new Stream(false, true);
     this.$error = new Stream(null, true);
     this.$metadata = new Stream(null, true);
+    this.$models = new Stream([], true);
+    this.$model = new Stream(model, true);
     this.$predictions = new Stream(Stream.never(), false);
     this.$latency = new Stream(null, true);
     this.view = text('');
@@ -88,14 +94,27 @@ export class RayModel extends ServedModel {
     return `${this.url}/v1/models/${encodeURIComponent(this.model)}`;
   }
 
-  /** Ask Serve for the model's metadata; on failure, say why and try again later (backing off). */
+  /**
+   * Ask Serve for its models and this model's metadata; on failure, say why and try again
+   * later (backing off).
+   */
   async connect() {
     clearTimeout(this.retryTimer);
     this.$training.set({ status: 'loading' });
     try {
-      const metadata = await this.request(this.endpoint, { method: 'GET' });
-      this.labels = Array.isArray(metadata.labels) ? metadata.labels : [];
-      this.$metadata.set(metadata);
+      const listing = await this.request(`${this.url}/v1/models`, { method: 'GET' });
+      const models = Array.isArray(listing.models) ? listing.models.filter((m) => m && typeof m.name === 'string') : [];
+      if (this.model === null) {
+        const first = models.find((m) => m.input?.kind === 'image');
+        if (!first) throw new RayServeError(`Ray Serve at ${this.url} serves no image model`, { status: 404 });
+        this.model = first.name;
+      }
+      this.$models.set(models);
+      if (this.$model.get() !== this.model) this.$model.set(this.model);
+      // A model Serve does not list: its own answer says why (404, naming the models it has).
+      const metadata =
+        models.find((m) => m.name === this.model) ?? (await this.request(this.endpoint, { method: 'GET' }));
+      this.useMetadata(metadata);
       this.markReady();
       this.$training.set({ status: 'loaded', data: { source: 'url', url: this.endpoint } });
       this.retryDelay = RETRY_MIN_MS;
@@ -114,7 +133,26 @@ export class RayModel extends ServedModel {
     }
   }
 
+  useMetadata(metadata) {
+    this.labels = Array.isArray(metadata.labels) ? metadata.labels : [];
+    // Images are sent at the model's own size: the server then has nothing to resize.
+    if (metadata.input?.kind === 'image' && Number.isInteger(metadata.input.size)) this.inputSize = metadata.input.size;
+    this.$metadata.set(metadata);
+  }
+
+  /** Predict with another of Serve's models from now on. */
+  setModel(name) {
+    if (!name || name === this.model) return;
+    this.model = name;
+    this.$model.set(name);
+    this.$metadata.set(null);
+    this.$status.set('connecting');
+    this.connect();
+  }
+
   async predict(x) {
+    if (this.model === null) await this.connect();
+    if (this.model === null) throw new RayServeError(this.$error.get() ?? 'no model to predict with yet');
     const instance = isDrawable(x) ? toInstance(x, this.inputSize) : x;
     this.$status.set('predicting');
     const started = performance.now();
@@ -226,7 +264,7 @@ export class RayModel extends ServedModel {
     const latency = this.$latency.get();
     const rows = [
       ['server', this.url],
-      ['model', this.model],
+      ['model', this.model ?? '(the first image model Serve lists)'],
     ];
     if (meta) {
       rows.push(['version', meta.version ?? '?']);
@@ -238,7 +276,7 @@ export class RayModel extends ServedModel {
     if (latency !== null) rows.push(['last request', `${latency.toFixed(0)} ms`]);
     return this.renderPanel({
       testid: 'ray-model',
-      attributes: ` data-model="${escapeHtml(this.model)}"`,
+      attributes: ` data-model="${escapeHtml(this.model ?? '')}"`,
       status,
       error,
       rows,

@@ -18,7 +18,9 @@
  * Streams: `$status` 'idle' | 'connecting' | 'login' | 'logged-out' | 'ready' | 'error';
  * `$error` (message or null); `$runs` (the recent runs this user can see, newest first, each
  * with `id`); `$user` (the logged-in account's `{email, ...}`, or null when the backend has no
- * authentication or nobody is logged in).
+ * authentication or nobody is logged in); `$models` (what the connected workers serve, from
+ * the backend's `served-models`: `[{name, task, channels, workers}]`, refreshed every
+ * MODELS_REFRESH_MS while connected).
  * The connection opens on `start()` (the page calls it when first shown), not on import, so
  * an app without a backend shows no error until the runs page is used.
  *
@@ -33,6 +35,8 @@ import { Stream, dataStore } from '@marcellejs/core';
 import './login-dialog.css';
 
 export const ACTIVE = ['pending', 'running'];
+// Workers come and go: how often the page asks which models they serve.
+const MODELS_REFRESH_MS = 5000;
 
 /** The backend answers `_id`; Marcelle's dataStore renames it `id` (events keep `_id`). */
 export function normalizeRun(run) {
@@ -51,7 +55,9 @@ export class RunClient {
     this.$error = new Stream(null, true);
     this.$runs = new Stream([], true);
     this.$user = new Stream(null, true);
+    this.$models = new Stream([], true);
     this.ready = null;
+    this.modelsTimer = null;
   }
 
   /** Connect once (idempotent); resolves when the history is loaded. */
@@ -106,6 +112,23 @@ export class RunClient {
     this.$runs.set((page.data ?? page).map(normalizeRun));
     this.$status.set('ready');
     this.$error.set(null);
+    this.refreshModels();
+  }
+
+  /** Ask the backend which models the connected workers serve; again every MODELS_REFRESH_MS. */
+  async refreshModels() {
+    clearTimeout(this.modelsTimer);
+    try {
+      const models = await this.store.feathers.service('served-models').find();
+      const changed = JSON.stringify(models) !== JSON.stringify(this.$models.get());
+      if (Array.isArray(models) && changed) this.$models.set(models);
+    } catch (error) {
+      console.warn(`runs: cannot list the served models: ${error?.message ?? error}`);
+    } finally {
+      this.modelsTimer = setTimeout(() => {
+        if (this.$status.get() === 'ready') this.refreshModels();
+      }, MODELS_REFRESH_MS);
+    }
   }
 
   // A backend restart: say so while it is away, and reload the history when it is back (the
@@ -131,6 +154,7 @@ export class RunClient {
       for (const run of page.data ?? page) this.upsert(run);
       this.$status.set('ready');
       this.$error.set(null);
+      this.refreshModels();
     } catch (error) {
       this.$status.set('error');
       this.$error.set(`cannot reload the runs from ${this.url}: ${error?.message ?? 'no answer'}`);

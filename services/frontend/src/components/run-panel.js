@@ -3,13 +3,16 @@
  *
  * ```js
  * const client = runClient({ backendUrl: config.backendUrl });
- * const panel = runPanel({ client, generatorModel: 'digits-generator', classifierModel: 'digits', input });
+ * const panel = runPanel({ client, input });   // input: an imageInput
  * dash.page('Backend runs').sidebar(input).use(panel, runHistory(client));
  * ```
  *
- * runPanel: pick a digit and a number of denoising steps and generate it, or send the drawing
- * of `input` (a drawingInput) to the classifier; then follow the run: Marcelle's progressBar,
- * the intermediate image, the status, a Cancel button and the final digit.
+ * runPanel offers the models the connected workers serve (`client.$models`): with a generation
+ * model, pick a digit and a number of denoising steps and generate it; with a classifier, send
+ * the image of `input` to it (the input follows the classifier's channels: drawing or RGB).
+ * Then it follows the run: Marcelle's progressBar, the intermediate image, the status, a Cancel
+ * button and the result. `generatorModel` and `classifierModel` are the models picked first
+ * when served, and offered while no worker is connected (a run then waits for one).
  * Streams: `$run` (the followed run, or null), `$progress` ({type, message, progress} for progressBar).
  *
  * With the backend's authentication on, the client opens Marcelle's login dialog; the panel
@@ -17,7 +20,7 @@
  * dialog was closed without logging in. With authentication off none of this is shown.
  *
  * Stable hooks for tests (`data-testid`): runs-connection, runs-account, runs-login,
- * runs-logout, runs-digit, runs-steps,
+ * runs-logout, runs-generator-model, runs-classifier-model (selects), runs-digit, runs-steps,
  * runs-generate, runs-classify, runs-cancel, runs-progress (data-progress), runs-status
  * (data-status), runs-partial, runs-result (data-label), runs-result-image, runs-error,
  * runs-history, runs-history-item (data-status, data-id).
@@ -47,17 +50,20 @@ const STATUS_TEXT = {
 
 function describe(run) {
   if (run.model && run.input && typeof run.input.digit !== 'undefined') return `${run.model}: digit ${run.input.digit}`;
-  return `${run.model}: drawing`;
+  return `${run.model}: image`;
+}
+
+/** `<option>`s for `select`, keeping its value when still offered (else `preferred`, else the first). */
+function fillSelect(select, names, preferred) {
+  const current = select.value;
+  select.replaceChildren(...names.map((name) => el('option', { value: name }, name)));
+  const keep = [current, preferred].find((name) => names.includes(name));
+  if (keep) select.value = keep;
+  return select.value;
 }
 
 export class RunPanel extends Component {
-  constructor({
-    client,
-    generatorModel = 'digits-generator',
-    classifierModel = 'digits',
-    input = null,
-    defaultSteps = 200,
-  } = {}) {
+  constructor({ client, generatorModel = null, classifierModel = null, input = null, defaultSteps = 200 } = {}) {
     super();
     this.title = 'backend runs';
     this.client = client;
@@ -86,6 +92,7 @@ export class RunPanel extends Component {
     client.$status.subscribe(() => this.renderConnection());
     client.$error.subscribe(() => this.renderConnection());
     client.$user.subscribe(() => this.renderConnection());
+    client.$models.subscribe(() => this.renderModels());
     this.start();
   }
 
@@ -106,15 +113,47 @@ export class RunPanel extends Component {
       this.showError('steps must be a whole number from 1 to 1000');
       return;
     }
-    this.submit(this.generatorModel, { digit }, { steps });
+    this.submit(this.nodes.generatorModel.value, { digit }, { steps });
   }
 
   classify() {
     if (!this.lastImage) {
-      this.showError('draw or upload a digit first (left panel)');
+      this.showError('draw, upload or capture an image first (left panel)');
       return;
     }
-    this.submit(this.classifierModel, toInstance(this.lastImage), {});
+    // At the input's own size (the classifier's, when its worker said): nothing to resize again.
+    this.submit(this.nodes.classifierModel.value, toInstance(this.lastImage, this.lastImage.width), {});
+  }
+
+  /** The served models of each kind (the preferred ones while no worker is connected). */
+  modelChoices() {
+    const served = this.client.$models.get();
+    const names = (task) => served.filter((m) => m.task === task).map((m) => m.name);
+    if (served.length > 0) return { generation: names('generation'), classification: names('classification') };
+    return {
+      generation: this.generatorModel ? [this.generatorModel] : [],
+      classification: this.classifierModel ? [this.classifierModel] : [],
+    };
+  }
+
+  renderModels() {
+    if (!this.nodes) return;
+    const n = this.nodes;
+    const { generation, classification } = this.modelChoices();
+    fillSelect(n.generatorModel, generation, this.generatorModel);
+    const classifier = fillSelect(n.classifierModel, classification, this.classifierModel);
+    n.generateRow.style.display = generation.length ? 'flex' : 'none';
+    n.classifyRow.style.display = classification.length ? 'flex' : 'none';
+    n.noModels.style.display = generation.length || classification.length ? 'none' : '';
+    this.followClassifier(classifier);
+  }
+
+  /** The input offers what the chosen classifier takes (its channels and size, as its worker said). */
+  followClassifier(name) {
+    const model = this.client.$models.get().find((m) => m.name === name);
+    if (this.input && model?.channels) {
+      this.input.follow({ kind: 'image', channels: model.channels, size: model.size ?? this.input.size });
+    }
   }
 
   async cancel() {
@@ -213,8 +252,11 @@ export class RunPanel extends Component {
     const classify = el(
       'button',
       { className: 'btn', 'data-testid': 'runs-classify', disabled: true },
-      `Classify the drawing (${this.classifierModel})`,
+      'Classify the image',
     );
+    const generatorModel = el('select', { 'data-testid': 'runs-generator-model' });
+    const classifierModel = el('select', { 'data-testid': 'runs-classifier-model' });
+    classifierModel.addEventListener('change', () => this.followClassifier(classifierModel.value));
     const cancel = el('button', { className: 'btn danger', 'data-testid': 'runs-cancel', disabled: true }, 'Cancel');
     const login = el('button', { className: 'btn', 'data-testid': 'runs-login' }, 'Log in');
     const logout = el('button', { className: 'btn danger', 'data-testid': 'runs-logout' }, 'Log out');
@@ -250,6 +292,22 @@ export class RunPanel extends Component {
       resultImage,
     );
 
+    const row = 'display:flex;gap:0.75rem;align-items:center;flex-wrap:wrap;margin-bottom:0.5rem';
+    const generateRow = el(
+      'div',
+      { style: row },
+      el('label', {}, 'Generator ', generatorModel),
+      el('label', {}, 'Digit ', digit),
+      el('label', {}, 'Denoising steps ', steps),
+      generate,
+    );
+    const classifyRow = el('div', { style: row }, el('label', {}, 'Classifier ', classifierModel), classify);
+    const noModels = el(
+      'p',
+      { 'data-testid': 'runs-no-models', style: 'color:#6b7280' },
+      'No worker serves a model yet: start one with `marcelle-torch worker`.',
+    );
+    const controls = el('div', {}, generateRow, classifyRow, noModels, cancel);
     this.nodes = {
       connection: el('p', { 'data-testid': 'runs-connection', style: 'color:#6b7280' }),
       account,
@@ -260,6 +318,11 @@ export class RunPanel extends Component {
       steps,
       generate,
       classify,
+      generatorModel,
+      classifierModel,
+      generateRow,
+      classifyRow,
+      noModels,
       cancel,
       progressBox,
       partial,
@@ -269,15 +332,6 @@ export class RunPanel extends Component {
       status: el('p', { 'data-testid': 'runs-status' }),
       error: el('p', { 'data-testid': 'runs-error', style: 'color:#b91c1c;display:none' }),
     };
-    const controls = el(
-      'div',
-      { style: 'display:flex;gap:0.75rem;align-items:center;flex-wrap:wrap' },
-      el('label', {}, 'Digit ', digit),
-      el('label', {}, 'Denoising steps ', steps),
-      generate,
-      classify,
-      cancel,
-    );
     t.append(
       this.nodes.connection,
       account,
@@ -289,6 +343,7 @@ export class RunPanel extends Component {
     );
     this.progress.mount(progressTarget);
     this.renderConnection();
+    this.renderModels();
     this.render(this.$run.get());
     this.client.start();
   }

@@ -98,6 +98,12 @@ export class ServedModel extends Model {
   }
 }
 
+/** A model's line in a picker: its name, version and input, from its metadata. */
+export function describeModel({ name, version, input }) {
+  const what = input?.kind === 'image' ? `${input.size}×${input.size} ${input.channels === 3 ? 'RGB' : 'grey'}` : '';
+  return [name, version !== undefined && version !== null ? `v${version}` : '', what].filter(Boolean).join(' · ');
+}
+
 /**
  * The classifier's predictions on every image of `$images`. A failed prediction is left out
  * (the classifier's own view shows the error), so the stream lives on for the next image.

@@ -1,17 +1,28 @@
 /**
  * Solution 2 — client-side inference with ONNX.
  *
- * The model exported by `marcelle-torch export-onnx` runs in the page with onnxruntime-web
- * (WebAssembly); the drawing never leaves the browser. The bundle is read from the app's own
- * static files (`config.onnxBundle`, default `onnx/digits/`).
+ * A model exported by `marcelle-torch export-onnx` runs in the page with onnxruntime-web
+ * (WebAssembly); the image never leaves the browser. The picker offers every bundle the app
+ * serves: those built into it (services/frontend/public/onnx/*, listed at build time) and
+ * `config.onnxBundles` (added at deploy time by `marcelle-torch up --model` and the chart's
+ * `models`); `config.onnxBundle` is the one picked first.
  */
 import { confidencePlot, text } from '@marcellejs/core';
-import { drawingInput } from '../components/drawing-input.js';
+import { imageInput } from '../components/image-input.js';
+import { modelPicker } from '../components/model-picker.js';
 import { onnxClassifier } from '../components/onnx-classifier.js';
 import { escapeHtml, predictionsOf } from '../components/served-model.js';
 
 export const title = 'ONNX in the browser';
 export const order = 2;
+
+/** The bundle folders the app serves ("onnx/<name>/"), each once, in order. */
+export function bundlesOf(config, builtIn = __ONNX_BUNDLES__) {
+  const folder = (path) => (path.endsWith('/') ? path : `${path}/`);
+  const extra = Array.isArray(config.onnxBundles) ? config.onnxBundles.filter((b) => typeof b === 'string') : [];
+  const preferred = typeof config.onnxBundle === 'string' ? [config.onnxBundle] : [];
+  return [...new Set([...preferred, ...builtIn, ...extra].map(folder))];
+}
 
 function formatLabel({ label, confidences }, latency, count) {
   const p = confidences[label];
@@ -26,19 +37,22 @@ function formatLabel({ label, confidences }, latency, count) {
 }
 
 export default function onnxPage(dash, config) {
-  const input = drawingInput();
+  const bundles = bundlesOf(config);
+  if (bundles.length === 0) throw new Error('the app serves no ONNX bundle (run `marcelle-torch export-onnx`)');
+  const input = imageInput();
   // config.onnxThreads: 'auto' (default) or a WASM thread count (threads need cross-origin isolation).
-  const classifier = onnxClassifier({
-    bundle: config.onnxBundle ?? 'onnx/digits/',
-    threads: config.onnxThreads ?? 'auto',
-  });
+  const classifier = onnxClassifier({ bundle: bundles[0], threads: config.onnxThreads ?? 'auto' });
+  const picker = modelPicker({ testid: 'onnx-model-picker' });
+  picker.setChoices(bundles.map((b) => ({ value: b, label: b.replace(/^onnx\//, '').replace(/\/$/, '') })));
+  picker.$value.subscribe((bundle) => bundle && classifier.setBundle(bundle));
+  classifier.$metadata.subscribe((metadata) => metadata && input.follow(metadata.input));
 
   const $predictions = predictionsOf(input.$images, classifier);
   // config.benchHooks: the classifier as window.marcelleTorchOnnx, for bench/parity.py to time
   // the page's runtime back to back on the same inputs as native onnxruntime (off by default).
   if (config.benchHooks) window.marcelleTorchOnnx = classifier;
 
-  const label = text('Draw a digit on the left: the model runs in this page.');
+  const label = text('Give the model an image on the left: it runs in this page.');
   label.title = 'prediction';
   let count = 0; // a stable hook: tells one prediction from the next, even when they are equal
   $predictions.subscribe((prediction) => {
@@ -49,5 +63,5 @@ export default function onnxPage(dash, config) {
   const plot = confidencePlot($predictions);
   plot.title = 'confidences';
 
-  dash.page(title).sidebar(input).use(classifier, [label, plot]);
+  dash.page(title).sidebar(picker, input).use(classifier, [label, plot]);
 }

@@ -4,9 +4,11 @@
  * The page creates a *run* in the backend's `runs` data service (Marcelle's dataStore); a
  * Python worker claims it, runs the model and patches progress, intermediate images and the
  * result into it, which the page shows as they arrive. Suited to long inference, such as the
- * many denoising steps of the digits generator; the worker needs no open port.
+ * many denoising steps of the digits generator; the worker needs no open port. The models
+ * offered are those the connected workers serve; `config.model` and `config.generatorModel`
+ * are picked first when served.
  */
-import { drawingInput } from '../components/drawing-input.js';
+import { imageInput } from '../components/image-input.js';
 import { runClient } from '../components/run-client.js';
 import { runHistory, runPanel } from '../components/run-panel.js';
 
@@ -14,12 +16,12 @@ export const title = 'Backend runs';
 export const order = 3;
 
 export default function runsPage(dash, config) {
-  const input = drawingInput();
+  const input = imageInput();
   const client = runClient({ backendUrl: config.backendUrl });
   const panel = runPanel({
     client,
-    generatorModel: config.generatorModel,
-    classifierModel: config.model,
+    generatorModel: config.generatorModel ?? null,
+    classifierModel: config.model ?? null,
     input,
   });
   dash.page(title).sidebar(input).use(panel, runHistory(client));
