@@ -38,6 +38,7 @@ IMAGES = {
     "webapp": "services/frontend/Dockerfile",
 }
 from kube import E2E_TAG, NAMESPACE, RELEASE, Kube, fullname  # noqa: E402
+from model_folder import make_folder  # noqa: E402
 
 
 @dataclass
@@ -72,34 +73,6 @@ def target(request, tmp_path_factory):
 USER_MODEL = "e2e-shapes"
 
 
-def _user_model_folder(workdir: Path) -> Path:
-    """A user's model as `model init` makes it: an RGB classifier exported with torch.export,
-    normalised outside the module, answering logits (not a built-in)."""
-    import torch
-
-    from marcelle_torch.models.folder import write_folder
-
-    torch.manual_seed(1)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2), torch.nn.Flatten(), torch.nn.LazyLinear(3))
-    net(torch.zeros(1, 3, 16, 16))
-    program = torch.export.export(
-        net.eval(), (torch.rand(2, 3, 16, 16),), dynamic_shapes=({0: torch.export.Dim("batch")},)
-    )
-    torch.export.save(program, workdir / "shapes.pt2")
-    folder = workdir / USER_MODEL
-    write_folder(
-        workdir / "shapes.pt2",
-        folder,
-        name=USER_MODEL,
-        labels="circle,square,triangle",
-        input_text="image:16x16x3",
-        output="logits",
-        mean=[0.5, 0.5, 0.5],
-        std=[0.25, 0.25, 0.25],
-    )
-    return folder
-
-
 def _local_target(workdir: Path):
     from marcelle_torch.stack.up import StackOptions, WebappNotBuilt, start_stack
 
@@ -112,7 +85,7 @@ def _local_target(workdir: Path):
         serve_metrics_port=0,
         worker_metrics_port=0,
         prometheus_port=0,
-        models=(str(_user_model_folder(workdir)),),
+        models=(str(make_folder(workdir, USER_MODEL)),),
     )
     try:
         stack = start_stack(options, say=lambda msg: print(f"[stack] {msg}", flush=True))
