@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -180,10 +183,72 @@ def test_weights_are_trained_once_in_the_weights_image():
     assert "--from=train /opt/marcelle-torch/onnx /onnx" in copies, copies
 
 
-def test_the_onnx_manifest_records_the_weights_digest():
-    # The weights image's check reads created_from.weights_sha256 (src/marcelle_torch/onnx/export.py).
-    source = (REPO / "src" / "marcelle_torch" / "onnx" / "export.py").read_text()
-    assert re.search(r'"created_from": \{[^}]*"weights_sha256": _weights_sha256\(spec\)', source, re.S)
+def weights_check_command() -> str:
+    """The weights image's RUN that checks the bundle against SHA256SUMS (the train stage)."""
+    _, _, body = stages(DOCKERFILES["weights"])[0]
+    (command,) = [args for word, args in body if word == "RUN" and "SHA256SUMS" in args and "model.json" in args]
+    return command
+
+
+def bundle_beside_weights(root: Path, monkeypatch) -> tuple[Path, Path]:
+    """The weights image's layout under ``root`` (``root`` standing for /opt/marcelle-torch): a digits
+    weights file in the cache, and the digits bundle's model.json as the exporter writes it for them."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from marcelle_torch.models import get_spec
+    from marcelle_torch.onnx.export import INPUT_NAME, bundle_metadata, output_name
+
+    monkeypatch.setenv("MARCELLE_TORCH_CACHE", str(root / "cache"))
+    spec = get_spec("digits")
+    weights = root / "cache" / "weights" / f"{spec.name}-v{spec.version}.pt"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"the digits weights, as trained in the image")
+    # The manifest's digest does not depend on the graph: a one-node graph with the bundle's names.
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [INPUT_NAME], [output_name(spec)])],
+        "digits",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", 10])],
+        [helper.make_tensor_value_info(output_name(spec), TensorProto.FLOAT, ["batch", 10])],
+    )
+    bundle = root / "onnx" / "digits"
+    bundle.mkdir(parents=True)
+    onnx.save(helper.make_model(graph), bundle / "model.onnx")
+    metadata = bundle_metadata(spec, bundle / "model.onnx", 18, "dynamo", [])
+    (bundle / "model.json").write_text(json.dumps(metadata))
+    return weights, bundle / "model.json"
+
+
+def run_weights_check(root: Path) -> subprocess.CompletedProcess:
+    """The Dockerfile's own check, run in its WORKDIR with ``root`` for /opt/marcelle-torch."""
+    command = weights_check_command().replace("/opt/marcelle-torch", str(root))
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # its `python`
+    return subprocess.run(
+        ["bash", "-c", command],
+        cwd=root / "cache" / "weights",
+        env=dict(os.environ, PATH=path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_weights_image_check_accepts_the_bundle_exported_from_its_weights(tmp_path, monkeypatch):
+    """The exporter's manifest (created_from.weights_sha256) is what the weights image's check reads:
+    a bundle made from the weights in SHA256SUMS passes it."""
+    weights, manifest = bundle_beside_weights(tmp_path, monkeypatch)
+    check = run_weights_check(tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert json.loads(manifest.read_text())["created_from"]["weights_sha256"] in check.stdout
+    assert f"  {weights.name}" in check.stdout
+
+
+def test_the_weights_image_check_refuses_a_bundle_of_other_weights(tmp_path, monkeypatch):
+    weights, _ = bundle_beside_weights(tmp_path, monkeypatch)
+    weights.write_bytes(b"weights trained again after the export")
+    check = run_weights_check(tmp_path)
+    assert check.returncode != 0
+    assert "the ONNX bundle was not made from the digits weights in SHA256SUMS" in check.stderr
 
 
 @pytest.mark.parametrize("name", CONSUMERS)
