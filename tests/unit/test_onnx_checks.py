@@ -3,6 +3,9 @@ list of operators onnxruntime-web's WASM backend runs."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -11,6 +14,8 @@ from onnx import TensorProto, helper
 
 from marcelle_torch.models import ImageInput, ModelSpec, TensorInput
 from marcelle_torch.onnx import check_parity, check_size, check_web_compat, export_onnx, parity_inputs, webops
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def graph_model(nodes, opsets=(("", 18),), functions=()):
@@ -38,6 +43,18 @@ def test_allowlist_names_its_source_and_matches_ort_kernel_table():
     assert "Rfft" not in data["domains"]["com.microsoft"]
     assert "FusedConv" in data["domains"]["com.microsoft"]
     assert "ai.onnx.ml" not in data["domains"]
+
+
+def test_allowlist_is_the_one_of_the_onnxruntime_web_the_app_ships():
+    """The page runs the onnxruntime-web its lock file names: the list must be that release's
+    (regenerate it with `python -m marcelle_torch.onnx.webops` after changing the web app's)."""
+    lock = json.loads((REPO / "services" / "frontend" / "package-lock.json").read_text())
+    shipped = lock["packages"]["node_modules/onnxruntime-web"]["version"]
+    assert webops.load_allowlist()["onnxruntime_version"] == shipped, (
+        f"wasm_ops.json lists onnxruntime {webops.load_allowlist()['onnxruntime_version']}'s operators, the web app "
+        f"ships onnxruntime-web {shipped}: run `python -m marcelle_torch.onnx.webops`"
+    )
+    assert webops.locked_web_version() == shipped
 
 
 def test_covers_open_and_closed_ranges():
