@@ -39,6 +39,22 @@ def timed(argv: list[str], runs: int) -> dict:
     }
 
 
+def markdown(report: dict) -> str:
+    """The report as Markdown, from its JSON alone (the docs render it the same way)."""
+    lines = [
+        f"CLI help time ({report['date']}; {report['runs']} runs after a warm-up, {report['cpus']} CPUs at load "
+        f"{report['load']}, whole process)",
+        "",
+        "| command | median s | min s | max s |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    lines += [
+        f"| `{name}` | {r['median_s']:.3f} | {r['min_s']:.3f} | {r['max_s']:.3f} |"
+        for name, r in report["rows"].items()
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
@@ -47,17 +63,18 @@ def main() -> int:
     for command in ([], ["serve"], ["up"], ["export-onnx"], ["worker"], ["predict"]):
         rows[" ".join(["marcelle-torch", *command, "--help"])] = timed([str(CLI), *command, "--help"], args.runs)
     OUT.mkdir(parents=True, exist_ok=True)
-    report = {"cpus": os.cpu_count(), "python": sys.version.split()[0], "rows": rows}
+    report = {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "cpus": os.cpu_count(),
+        "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "python": sys.version.split()[0],
+        "runs": args.runs,
+        "rows": rows,
+    }
     (OUT / "cli_help.json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = [
-        f"CLI help time ({args.runs} runs after a warm-up, {os.cpu_count()} CPUs, whole process)",
-        "",
-        "| command | median s | min s | max s |",
-        "| --- | ---: | ---: | ---: |",
-    ]
-    lines += [f"| `{name}` | {r['median_s']:.3f} | {r['min_s']:.3f} | {r['max_s']:.3f} |" for name, r in rows.items()]
-    (OUT / "cli_help.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    text = markdown(report)
+    (OUT / "cli_help.md").write_text(text)
+    print(text, end="")
     return 0
 
 

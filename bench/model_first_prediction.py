@@ -531,8 +531,8 @@ def run_page(bundles: dict[float, Path], dist: Path, loads: int, chromium: str) 
 # --- report ---------------------------------------------------------------------------------
 
 
-def write_report(results: dict) -> None:
-    atomic_write_text(OUT / "model_first_prediction.json", json.dumps(results, indent=2) + "\n")
+def markdown(results: dict) -> str:
+    """The report as Markdown, from its JSON alone (the docs render it the same way)."""
     m = results["machine"]
     lines = [
         "# A user's model: from nothing to its first prediction",
@@ -606,7 +606,12 @@ def write_report(results: dict) -> None:
         runtime = next(iter(page.values()))["loads"][0].get("runtime")
         if runtime:
             lines += ["", f"The page's runtime: {runtime}."]
-    atomic_write_text(OUT / "model_first_prediction.md", "\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(results: dict) -> None:
+    atomic_write_text(OUT / "model_first_prediction.json", json.dumps(results, indent=2) + "\n")
+    atomic_write_text(OUT / "model_first_prediction.md", markdown(results))
 
 
 def main(argv=None) -> int:

@@ -124,6 +124,34 @@ def cycle(workdir: Path, up_args: list[str], log_path: Path, timeout: float = 60
     return result
 
 
+def markdown(results: dict) -> str:
+    """The report as Markdown, from its JSON alone (the docs render it the same way)."""
+    s = results["summary"]
+    lines = [
+        "# `marcelle-torch up`: start and stop",
+        "",
+        f"{results['date']}, {results['machine']['cpus']} CPUs, load average {results['machine']['load_before']} "
+        f"before, {results['machine']['load_after']} after; `{results['command']}`; weights cached (warm start).",
+        "",
+        "| cycle | URL printed | URL answers | exit after SIGTERM | all its processes gone | load |",
+        "|---:|---:|---:|---:|---:|---|",
+    ]
+    for i, c in enumerate(results["cycles"], start=1):
+        lines.append(
+            f"| {i} | {c['url_printed_s']:.1f} s | {c['url_answers_s']:.1f} s | {c['stop_exit_s']:.2f} s | "
+            f"{c['stop_all_gone_s']:.2f} s | {c['load']} |"
+        )
+    lines += [
+        "",
+        f"Warm start to a working URL, median: **{s['warm_start_p50_s']:.1f} s** (goal <= {GOAL_START_S:.0f} s: "
+        f"{'met' if s['start_max_s'] <= GOAL_START_S else 'not met'} on every cycle"
+        f"{'' if s['start_max_s'] <= GOAL_START_S else ', worst ' + format(s['start_max_s'], '.1f') + ' s'}). "
+        f"Stop after SIGTERM, median: **{s['stop_p50_s']:.2f} s** (goal <= {GOAL_STOP_S:.0f} s: "
+        f"{'met' if s['stop_max_s'] <= GOAL_STOP_S else 'not met'}; worst {s['stop_max_s']:.2f} s).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cycles", type=int, default=3, help="start/stop cycles (default 3)")
@@ -161,31 +189,9 @@ def main(argv=None) -> int:
         "stop_max_s": max(c["stop_all_gone_s"] for c in results["cycles"]),
     }
     atomic_write_text(OUT / "startup.json", json.dumps(results, indent=2) + "\n")
-    s = results["summary"]
-    lines = [
-        "# `marcelle-torch up`: start and stop",
-        "",
-        f"{results['date']}, {results['machine']['cpus']} CPUs, load average {results['machine']['load_before']} "
-        f"before, {results['machine']['load_after']} after; `{results['command']}`; weights cached (warm start).",
-        "",
-        "| cycle | URL printed | URL answers | exit after SIGTERM | all its processes gone | load |",
-        "|---:|---:|---:|---:|---:|---|",
-    ]
-    for i, c in enumerate(results["cycles"], start=1):
-        lines.append(
-            f"| {i} | {c['url_printed_s']:.1f} s | {c['url_answers_s']:.1f} s | {c['stop_exit_s']:.2f} s | "
-            f"{c['stop_all_gone_s']:.2f} s | {c['load']} |"
-        )
-    lines += [
-        "",
-        f"Warm start to a working URL, median: **{s['warm_start_p50_s']:.1f} s** (goal <= {GOAL_START_S:.0f} s: "
-        f"{'met' if s['start_max_s'] <= GOAL_START_S else 'not met'} on every cycle"
-        f"{'' if s['start_max_s'] <= GOAL_START_S else ', worst ' + format(s['start_max_s'], '.1f') + ' s'}). "
-        f"Stop after SIGTERM, median: **{s['stop_p50_s']:.2f} s** (goal <= {GOAL_STOP_S:.0f} s: "
-        f"{'met' if s['stop_max_s'] <= GOAL_STOP_S else 'not met'}; worst {s['stop_max_s']:.2f} s).",
-    ]
-    atomic_write_text(OUT / "startup.md", "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    text = markdown(results)
+    atomic_write_text(OUT / "startup.md", text)
+    print(text, end="")
     return 0 if not any(c["left_after_120s"] for c in results["cycles"]) else 1
 
 
