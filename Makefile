@@ -13,13 +13,14 @@ REGISTRY ?= marcelle-torch
 # Build-only image holding the weights trained once (and the ONNX bundle); every image copies from it.
 WEIGHTS_IMAGE ?= $(REGISTRY)/weights:$(IMAGE_TAG)
 
-.PHONY: help setup system-deps k8s-tools webapp demo test test-fast lint bench images images-cpu chart-sync kind-demo e2e-kind clean
+.PHONY: help setup system-deps k8s-tools webapp demo test test-fast lint docs docs-serve bench images images-cpu chart-sync kind-demo e2e-kind clean
 
 help:
 	@echo "make demo     set up, then run the whole stack locally and print its URL"
 	@echo "make test     set up, then run every test (unit, integration, browser, chart, e2e)"
 	@echo "make test-fast  unit and chart tests only (no Ray, browser or backend): the edit-test loop"
 	@echo "make lint     ruff, ruff format --check, mypy; eslint and prettier in both services"
+	@echo "make docs     build the docs site strictly into site/ (make docs-serve: live preview)"
 	@echo "make bench    run the benchmarks (figures in bench/out/)"
 	@echo "make images   build the container images, CPU and GPU (needs Docker)"
 	@echo "make kind-demo  the demo on a local kind cluster: build, load, install, port-forward (needs Docker, kind)"
@@ -73,6 +74,14 @@ lint: setup
 	cd $(FRONTEND) && npm run --silent lint
 	cd $(BACKEND) && npm run --silent lint
 
+# The docs site: strict, so a broken link or anchor, or a generated part that fails, fails the build.
+# Its reference pages and figures are generated from the code and bench/out/*.json (docs/gen/).
+docs: $(BIN)/marcelle-torch
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+docs-serve: $(BIN)/marcelle-torch
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
 bench: webapp
 	$(BIN)/python bench/serve_latency.py
 	$(BIN)/python bench/parity.py
@@ -107,5 +116,7 @@ kind-demo: k8s-tools
 e2e-kind: setup k8s-tools
 	$(BIN)/pytest tests/e2e -k kind -rs $(PYTEST_ARGS)
 
+# bench/out's logs and reports go; its committed JSON results (the docs' figures) stay.
 clean:
-	rm -rf $(FRONTEND)/dist $(FRONTEND)/public/onnx var bench/out
+	rm -rf $(FRONTEND)/dist $(FRONTEND)/public/onnx var site
+	git clean -fdXq bench/out

@@ -1,8 +1,8 @@
 """Who may do what on the backend: the expected access table, as data.
 
-test_access_matrix.py checks every cell against a real backend; the README's Security
-section prints the same table (a test compares them). Print it with
-``.venv/bin/python tests/reliability/access_table.py``.
+test_access_matrix.py checks every cell against a real backend; the docs' Security page
+(docs/security.md) shows the same table, rendered from this file when the docs are built
+(docs/gen/hooks.py). Print it with ``.venv/bin/python tests/reliability/access_table.py``.
 
 Each operation acts on a run of user A (``runs``) or on user A's account (``users``).
 A cell is the HTTP status; ``own``/``all`` say what a successful find returns. An operation
@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[2] / "README.md"
-BEGIN = "<!-- access-table:begin (generated from tests/reliability/access_table.py) -->"
-END = "<!-- access-table:end -->"
+DOCS_PAGE = Path(__file__).resolve().parents[2] / "docs" / "security.md"
+# Where the docs build puts the table on that page.
+MARKER = "<!-- generated: access-table -->"
 
 
 def nested_list(depth: int) -> list:
@@ -117,18 +117,10 @@ def op_name(op) -> str:
 
 
 def markdown() -> str:
-    lines = [BEGIN, "| operation | " + " | ".join(CALLERS) + " |", "|---" * (len(CALLERS) + 1) + "|"]
+    lines = ["| operation | " + " | ".join(CALLERS) + " |", "|---" * (len(CALLERS) + 1) + "|"]
     for op in OPERATIONS:
         lines.append(f"| {op_name(op)} | " + " | ".join(EXPECTED[op][c] for c in CALLERS) + " |")
-    lines.append(END)
     return "\n".join(lines)
-
-
-def readme_table() -> str | None:
-    text = README.read_text()
-    if BEGIN not in text or END not in text:
-        return None
-    return text[text.index(BEGIN) : text.index(END) + len(END)]
 
 
 if __name__ == "__main__":
