@@ -1,10 +1,11 @@
 """The docs site builds strictly (a broken link or anchor, or a generated part that fails, fails it),
-its generated parts are there."""
+its generated parts are there, and the README stays a short, true front page."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -71,6 +72,20 @@ def test_figures_come_from_the_results(site):
     for result in listed:
         date = json.loads(result.read_text()).get("date")
         assert date is None or date in bench, f"{result.name}'s date is not on the benchmarks page"
+
+
+def test_readme_is_short():
+    lines = README.read_text().splitlines()
+    assert len(lines) < 250, f"README.md has {len(lines)} lines: move the detail to docs/"
+
+
+def test_readme_links_resolve():
+    text = README.read_text()
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target) or target.startswith("#"):
+            continue
+        path = target.split("#", 1)[0]
+        assert (REPO / path).exists(), f"README.md links to {target}, which does not exist"
 
 
 def _first_bash_block(text: str) -> str:
