@@ -42,6 +42,29 @@ def live_runs_mib(path: Path) -> float:
     return sum(len(line) for line in runs.values()) / 2**20
 
 
+def markdown(report: dict) -> str:
+    """The report as Markdown, from its JSON alone (the docs render it the same way)."""
+    keep = report["keep_finished_runs_s"]
+    kept = f" removing finished runs after {keep} s" if keep else " keeping every run"
+    lines = [
+        f"# The backend's memory under many runs ({report['date']})",
+        "",
+        f"`{report['command']}`: {report['runs']} runs at {report['rate_per_s']:g}/s (classifier and "
+        "generator in turn), "
+        f"a fresh backend{kept}; the runs it holds at the end are {report['runs_json_mib']:.2f} MiB of JSON "
+        "(NeDB keeps them in memory).",
+        "",
+        "| seconds | runs created | backend RSS (MiB) |",
+        "|---:|---:|---:|",
+        *[f"| {s['s']} | {s['runs']} | {s['rss_mib']} |" for s in report["samples"]],
+        "",
+        f"RSS growth over the first half of the runs: **{report['growth_first_half_mib']:+.1f} MiB**; over "
+        f"the second half: "
+        f"**{report['growth_second_half_mib']:+.1f} MiB**.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     from serve_latency import digit_instances
 
@@ -129,26 +152,12 @@ def main(argv: list[str] | None = None) -> int:
         "growth_second_half_mib": round(second_half, 1),
         "runs_json_mib": round(live_mib, 2),
     }
-    kept = f" removing finished runs after {args.keep_runs} s" if args.keep_runs else " keeping every run"
-    lines = [
-        f"# The backend's memory under many runs ({report['date']})",
-        "",
-        f"`{report['command']}`: {created} runs at {args.rate:g}/s (classifier and generator in turn), "
-        f"a fresh backend{kept}; the runs it holds at the end are {live_mib:.2f} MiB of JSON "
-        "(NeDB keeps them in memory).",
-        "",
-        "| seconds | runs created | backend RSS (MiB) |",
-        "|---:|---:|---:|",
-        *[f"| {s['s']} | {s['runs']} | {s['rss_mib']} |" for s in samples],
-        "",
-        f"RSS growth over the first half of the runs: **{first_half:+.1f} MiB**; over the second half: "
-        f"**{second_half:+.1f} MiB**.",
-    ]
     args.out.mkdir(parents=True, exist_ok=True)
     name = "backend_memory_kept" if args.keep_runs else "backend_memory"
     atomic_write_text(args.out / f"{name}.json", json.dumps(report, indent=2) + "\n")
-    atomic_write_text(args.out / f"{name}.md", "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    text = markdown(report)
+    atomic_write_text(args.out / f"{name}.md", text)
+    print(text, end="")
     return 0
 
 

@@ -117,6 +117,38 @@ def median(values):
     return round(statistics.median(values), 4)
 
 
+def markdown(results: dict) -> str:
+    """The report as Markdown, from its JSON alone (the docs render it the same way)."""
+    s = results["summary"]
+    ok_overhead = s["overhead_pct"] <= 100 * GOAL_OVERHEAD
+    ok_updates = s["long_run_updates_per_s"] >= GOAL_UPDATES
+    lines = [
+        "# Backend runs: latency as the page sees it",
+        "",
+        f"{results['date']}, {results['machine']['cpus']} CPUs, load average {results['machine']['load_before']} "
+        f"before, {results['machine']['load_after']} after; `{results['command']}`; torch threads {results['threads']} "
+        "in process and in the worker.",
+        "",
+        "| figure | value | goal |",
+        "|---|---:|---|",
+        f"| in-process generation, {results['steps']} steps (p50 of {results['runs']}) | "
+        f"{s['in_process_p50_s'] * 1000:.0f} ms | |",
+        f"| through the backend, create -> succeeded event (p50) | {s['backend_total_p50_s'] * 1000:.0f} ms | |",
+        f"| overhead of the backend path (median of the {results['runs']} pairs' ratios; of the medians: "
+        f"{s['overhead_of_medians_pct']:+.1f}%) | {s['overhead_pct']:+.1f}% | <= +{100 * GOAL_OVERHEAD:.0f}% "
+        f"({'met' if ok_overhead else 'not met'}) |",
+        f"| create -> claimed (first running event, p50) | {s['claim_p50_ms']:.1f} ms | |",
+        f"| claimed -> succeeded event (p50) | {s['claim_to_done_p50_s'] * 1000:.0f} ms | |",
+        f"| progress events per {results['steps']}-step run (p50) | {s['progress_events_p50']} | |",
+        f"| long run ({results['long_run']['steps']} steps, {s['long_run_s']:.2f} s): progress events seen per "
+        "second | "
+        f"{s['long_run_updates_per_s']:.1f} | >= {GOAL_UPDATES:.0f} ({'met' if ok_updates else 'not met'}) |",
+        f"| long run: events with a partial image | {results['long_run']['partials']} of "
+        f"{results['long_run']['progress_events']} | |",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=200, help="denoising steps of the timed runs (default 200)")
@@ -232,33 +264,9 @@ def main(argv=None) -> int:
     }
     results["machine"]["load_after"] = load()
     atomic_write_text(OUT / "runs_latency.json", json.dumps(results, indent=2) + "\n")
-    s = results["summary"]
-    ok_overhead = s["overhead_pct"] <= 100 * GOAL_OVERHEAD
-    ok_updates = s["long_run_updates_per_s"] >= GOAL_UPDATES
-    lines = [
-        "# Backend runs: latency as the page sees it",
-        "",
-        f"{results['date']}, {results['machine']['cpus']} CPUs, load average {results['machine']['load_before']} "
-        f"before, {results['machine']['load_after']} after; `{results['command']}`; torch threads {args.threads} "
-        "in process and in the worker.",
-        "",
-        "| figure | value | goal |",
-        "|---|---:|---|",
-        f"| in-process generation, {args.steps} steps (p50 of {args.runs}) | {s['in_process_p50_s'] * 1000:.0f} ms | |",
-        f"| through the backend, create -> succeeded event (p50) | {s['backend_total_p50_s'] * 1000:.0f} ms | |",
-        f"| overhead of the backend path (median of the {args.runs} pairs' ratios; of the medians: "
-        f"{s['overhead_of_medians_pct']:+.1f}%) | {s['overhead_pct']:+.1f}% | <= +{100 * GOAL_OVERHEAD:.0f}% "
-        f"({'met' if ok_overhead else 'not met'}) |",
-        f"| create -> claimed (first running event, p50) | {s['claim_p50_ms']:.1f} ms | |",
-        f"| claimed -> succeeded event (p50) | {s['claim_to_done_p50_s'] * 1000:.0f} ms | |",
-        f"| progress events per {args.steps}-step run (p50) | {s['progress_events_p50']} | |",
-        f"| long run ({args.long_steps} steps, {s['long_run_s']:.2f} s): progress events seen per second | "
-        f"{s['long_run_updates_per_s']:.1f} | >= {GOAL_UPDATES:.0f} ({'met' if ok_updates else 'not met'}) |",
-        f"| long run: events with a partial image | {results['long_run']['partials']} of "
-        f"{results['long_run']['progress_events']} | |",
-    ]
-    atomic_write_text(OUT / "runs_latency.md", "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    text = markdown(results)
+    atomic_write_text(OUT / "runs_latency.md", text)
+    print(text, end="")
     return 0
 
 

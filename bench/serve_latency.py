@@ -431,9 +431,8 @@ def ratios(results: dict) -> dict:
     return out
 
 
-def write_report(results: dict) -> None:
-    OUT.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(OUT / "serve_latency.json", json.dumps(results, indent=2))
+def markdown(results: dict) -> str:
+    """The report as Markdown, from its JSON alone (the docs render it the same way)."""
     r = results["ratios"]
     lines = [
         f"# Serve latency and throughput ({results['machine']})",
@@ -503,7 +502,13 @@ def write_report(results: dict) -> None:
             ]
         elif s.get("problem"):
             lines += ["", f"Serve: {s['problem']}"]
-    atomic_write_text(OUT / "serve_latency.md", "\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(results: dict) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(OUT / "serve_latency.json", json.dumps(results, indent=2))
+    atomic_write_text(OUT / "serve_latency.md", markdown(results))
 
     import matplotlib
 

@@ -14,7 +14,7 @@ rates, open loop (requests are sent on schedule, whatever the answers do):
 Figures: errors per path (goal 0); p50/p99 per window after the warm-up and the p99 drift
 (last window against the first); the RSS of every process at the end of the warm-up and at
 the end (goal: under 10% growth). Writes bench/out/soak.{json,md}; soak.md also holds the
-README's Reliability table, gathered from bench/out/reliability/*.json (written by
+Reliability table (docs/reliability.md), gathered from bench/out/reliability/*.json (written by
 tests/reliability) and bench/out/flood.json (bench/flood.py). Exit 1 if any error, or any
 process grew more than --max-rss-growth.
 
