@@ -11,7 +11,7 @@
 //    browser Origin that is not the web app's (CORS, and websockets, which have no CORS).
 // 2. Access. `accessPolicy` is the first application `before` hook: the edge checks of
 //    validation.js on every external call, then authentication (tokens of a logged-out
-//    account refused), then, per role, what the table in README.md#security says.
+//    account refused), then, per role, what the table in docs/security.md says.
 // 3. Logins. `loginLimits` counts password attempts per client address and per account and
 //    address (rate-limiter-flexible) and answers 429 with Retry-After.
 'use strict';

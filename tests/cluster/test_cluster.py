@@ -236,7 +236,7 @@ def test_node_loss_under_load(cluster, target, make_digit):
     the worker Pod; the replica comes back. Every request sent after the kill that fails is a
     JSON 503 with Retry-After, never a 500; none hangs past the request timeout. A request that
     was in flight on the lost node when it went may fail otherwise (Ray's proxy answers it with
-    its own plain-text 500: a known gap, in the README), but it is answered."""
+    its own plain-text 500: a known gap, in docs/ray-serve.md), but it is answered."""
     instance, _ = make_digit(0)
     url = f"{target.serve}/v1/models/digits:predict"
     request_timeout = 130  # the web app's proxy_read_timeout for /serve/ is the longest a request may take

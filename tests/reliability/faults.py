@@ -8,7 +8,7 @@
 - ``replica_pids(session, deployment)``: the PIDs of a Serve deployment's replica actors (``ps``)
   in one Serve's session;
 - ``record(name, figures)``: a scenario's measured figures into bench/out/reliability/,
-  where bench/soak.py gathers them into the README's table.
+  where bench/soak.py gathers them into the docs' Reliability table.
 """
 
 from __future__ import annotations

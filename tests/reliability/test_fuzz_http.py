@@ -1,6 +1,6 @@
 """Fuzzing the Serve HTTP API (the session's real ``marcelle-torch serve``): a corpus of
 malformed bodies, images and headers, then requests generated with Hypothesis from the
-documented contract (README / serving/app.py: the routes, ``{"instances": [...]}``, image
+documented contract (docs/ray-serve.md / serving/app.py: the routes, ``{"instances": [...]}``, image
 instances as base64). The Serve app publishes no /openapi.json yet; when it does, a
 schema-driven run (schemathesis) belongs here too.
 
@@ -289,7 +289,7 @@ def test_malformed_bodies_images_and_headers_get_json_4xx_never_5xx(serve_url, m
             send(client, "POST", path, f"path {path[:60]}", json={"instances": [good]})
 
     # Requests malformed at the HTTP level are refused by the HAProxy edge before the app, with
-    # its built-in HTML pages (HAProxy 2.8 ignores error files there; README, Security): 4xx,
+    # its built-in HTML pages (HAProxy 2.8 ignores error files there; docs/security.md): 4xx,
     # never 5xx, is what is checked for them.
     framing = framing_cases(serve_url)
     for name, (status, _hdrs, body) in framing.items():
@@ -397,7 +397,7 @@ def test_requests_generated_from_the_contract_get_json_4xx_never_5xx(serve_url):
 
 
 def test_zz_fuzz_figures():
-    """Runs last in this file: the tally of both tests, for the README's table."""
+    """Runs last in this file: the tally of both tests, for the docs' Reliability table."""
     assert TALLY["cases"] > 300, TALLY
     record(
         "fuzz_http",

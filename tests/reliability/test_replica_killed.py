@@ -117,7 +117,7 @@ def test_a_killed_replica_is_replaced_and_only_json_503s_fail_meanwhile(serve_pr
     failed = [r for r in after if r["status"] not in (200, None)]
     # A request the dying replica was about to take may lose its connection with no answer
     # (HAProxy hands it to the replica before its health check sees it gone; a known gap, in
-    # the README). Any request sent once that window is over gets an HTTP answer.
+    # docs/ray-serve.md). Any request sent once that window is over gets an HTTP answer.
     late = [r for r in unanswered if r["start"] > killed_at + HANDOVER_S]
     assert not late, f"{len(late)} requests sent after the kill got no HTTP answer: {late[:3]}"
     assert len(unanswered) <= CLIENTS, f"{len(unanswered)} requests got no HTTP answer: {unanswered[:3]}"

@@ -44,7 +44,7 @@ def ray_host_env(host: str) -> dict[str, str]:
     loopback address and Ray's processes listen there (GCS, raylet, object manager, core workers,
     dashboard and runtime-env agents, metrics export) instead of on every interface. This cluster
     is one private node, so nothing is lost. Ray reads it when ``ray`` is imported: set it before
-    (``use_ray_host_env``). For any other host Ray keeps its defaults (see the README).
+    (``use_ray_host_env``). For any other host Ray keeps its defaults (docs/security.md).
     """
     return {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"} if is_loopback(host) else {}
 

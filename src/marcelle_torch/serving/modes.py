@@ -15,6 +15,6 @@ SERVE_MODES: dict[str, dict[str, str]] = {
 }
 # The one configuration served at every load: HAProxy straight to each model's replicas (the
 # model applications are their own HTTP ingress) with Ray's throughput preset. It is what
-# bench/serve_latency.py measures (figures in the README); the other modes are kept for
+# bench/serve_latency.py measures (figures in docs/benchmarks.md); the other modes are kept for
 # diagnosis and are not benchmarked.
 DEFAULT_SERVE_MODE = "haproxy-throughput"

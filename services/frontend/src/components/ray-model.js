@@ -17,7 +17,7 @@
  * `model` may be left out: the model is then the first image model Serve lists. `setModel(name)`
  * switches to another one (a picker fed by `$models`).
  *
- * HTTP contract (KServe v1 style; the README's "Solution 1: Ray Serve" has the full table):
+ * HTTP contract (KServe v1 style; docs/reference/http-api.md has every route):
  * - `GET  {url}/v1/models` -> `{models: [metadata]}` (labels, input schema, version, device);
  *   polled until it answers, so the view says when the model is ready;
  * - `POST {url}/v1/models/{model}:predict` `{"instances": [x]}` -> `{"predictions": [{label, confidences}]}`;
