@@ -56,17 +56,17 @@ def test_weights_validation_errors(kwargs, message):
         Weights(**kwargs)
 
 
-@pytest.mark.parametrize("path, where", [("serve", "Ray Serve"), ("onnx", "an ONNX export")])
-def test_each_path_refuses_what_it_cannot_run_in_one_line(path, where):
+@pytest.mark.parametrize("target, where", [("serve", "Ray Serve"), ("onnx", "an ONNX export")])
+def test_each_target_refuses_what_it_cannot_run_in_one_line(target, where):
     generator = get_spec("digits-generator")
     with pytest.raises(InvalidSpec) as refused:
-        generator.require(path)
+        generator.require(target)
     assert str(refused.value) == (
         f"model digits-generator is a generation model: {where} takes classification "
         "models only (one forward pass per request); run it through the backend worker"
     )
     assert generator.require("worker") is generator
-    assert get_spec("digits").require(path).name == "digits"
+    assert get_spec("digits").require(target).name == "digits"
 
 
 def test_metadata_is_json_ready():

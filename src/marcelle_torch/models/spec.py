@@ -16,8 +16,8 @@ from typing import Any, Literal
 from ..errors import InvalidSpec
 
 Task = Literal["classification", "generation"]
-# The three ways a model runs: Ray Serve, ONNX in the browser, the backend's run worker.
-Path_ = Literal["serve", "onnx", "worker"]
+# Where a model runs: Ray Serve, ONNX in the browser, the backend's run worker.
+Target = Literal["serve", "onnx", "worker"]
 TASKS = ("classification", "generation")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -151,10 +151,10 @@ class ModelSpec:
             # Checked at load time too; said here so a typo fails where it is written.
             raise InvalidSpec(f"model {self.name}: weights path not found: {self.weights.path}")
 
-    def require(self, path: Path_) -> ModelSpec:
-        """This spec, if ``path`` can run it; else InvalidSpec saying why, in one line."""
-        if path in ("serve", "onnx") and self.task != "classification":
-            where = "Ray Serve" if path == "serve" else "an ONNX export"
+    def require(self, target: Target) -> ModelSpec:
+        """This spec, if ``target`` can run it; else InvalidSpec saying why, in one line."""
+        if target in ("serve", "onnx") and self.task != "classification":
+            where = "Ray Serve" if target == "serve" else "an ONNX export"
             raise InvalidSpec(
                 f"model {self.name} is a {self.task} model: {where} takes classification models "
                 "only (one forward pass per request); run it through the backend worker"

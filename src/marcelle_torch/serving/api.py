@@ -123,7 +123,7 @@ def errors_doc(*statuses: int) -> dict:
 # ----------------------------------------------------------------------------- errors: one mapping
 
 
-def error_status(exc: BaseException) -> MarcelleTorchError:
+def to_project_error(exc: BaseException) -> MarcelleTorchError:
     """Any exception -> the project error it is answered as."""
     if isinstance(exc, MarcelleTorchError):
         return exc
@@ -148,7 +148,7 @@ def error_response(request: Request, exc: BaseException, on_error: Callable | No
     ``on_error(request, error)`` is told about each (the model replicas count outcomes there).
     A 503 carries Retry-After; a 500 is logged with its traceback.
     """
-    err = error_status(exc)
+    err = to_project_error(exc)
     if err.status >= 500 and not isinstance(err, (Overloaded, ModelNotReady, InferenceTimeout)):
         logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
     if on_error is not None:

@@ -1,8 +1,8 @@
 /**
- * What the project's Marcelle models share. Their model is trained in PyTorch and lives
- * elsewhere (Ray Serve, an ONNX bundle), so Marcelle's training and storage methods say why
- * they do nothing here, and their small view is the same: a status line, the last error, and
- * a table of what the model is. Hooks for tests: `<testid>`, `<testid>-status`
+ * What the project's Marcelle models share: a model made outside the page, trained in PyTorch,
+ * that the page calls (Ray Serve: RayModel) or runs itself (an ONNX bundle: OnnxClassifier).
+ * Marcelle's training and storage methods say why they do nothing here, and the small view is
+ * the same: a status line, the last error, and a table of what the model is. Hooks for tests: `<testid>`, `<testid>-status`
  * (`data-status`), `<testid>-error`, `<testid>-info`.
  */
 import { Model } from '@marcellejs/core';
@@ -17,7 +17,7 @@ export function escapeHtml(value) {
   );
 }
 
-export class ServedModel extends Model {
+export class ExternalModel extends Model {
   /**
    * @param {string} componentName the factory's name, as errors show it (e.g. 'rayModel')
    * @param {string} whereItLives why there is nothing to train or store in the browser

@@ -38,7 +38,7 @@ import * as ort from 'onnxruntime-web/wasm';
 import ortWasmUrl from 'onnxruntime-web/ort-wasm-simd-threaded.wasm?url';
 import ortMjsUrl from 'onnxruntime-web/ort-wasm-simd-threaded.mjs?url';
 import { toTensor } from './image-tensor.js';
-import { ServedModel, escapeHtml } from './served-model.js';
+import { ExternalModel, escapeHtml } from './external-model.js';
 
 ort.env.wasm.wasmPaths = { wasm: ortWasmUrl, mjs: ortMjsUrl };
 
@@ -76,7 +76,7 @@ async function sha256Hex(bytes) {
   return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, '0')).join('');
 }
 
-export class OnnxClassifier extends ServedModel {
+export class OnnxClassifier extends ExternalModel {
   constructor({ bundle, title, threads = 'auto' } = {}) {
     super('onnxClassifier', 'the model is a static ONNX bundle served by the app');
     if (!bundle) throw new Error('onnxClassifier: `bundle` (the folder of model.json and model.onnx) is required');

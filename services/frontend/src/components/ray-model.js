@@ -39,7 +39,7 @@
  */
 import { Stream, text } from '@marcellejs/core';
 import { INPUT_SIZE, toInstance } from './image-tensor.js';
-import { ServedModel, escapeHtml } from './served-model.js';
+import { ExternalModel, escapeHtml } from './external-model.js';
 
 const RETRY_MIN_MS = 1000;
 const RETRY_MAX_MS = 30000;
@@ -63,7 +63,7 @@ export class RayServeError extends Error {
   }
 }
 
-export class RayModel extends ServedModel {
+export class RayModel extends ExternalModel {
   constructor({ url, model = null, inputSize = INPUT_SIZE, timeout = 30000, title } = {}) {
     super('rayModel', 'the model lives in Ray Serve');
     if (!url) throw new Error('rayModel: `url` (the Ray Serve address) is required');

@@ -11,7 +11,7 @@ import { confidencePlot, text } from '@marcellejs/core';
 import { imageInput } from '../components/image-input.js';
 import { modelPicker } from '../components/model-picker.js';
 import { onnxClassifier } from '../components/onnx-classifier.js';
-import { escapeHtml, predictionsOf } from '../components/served-model.js';
+import { escapeHtml, predictionsOf } from '../components/external-model.js';
 
 export const title = 'ONNX in the browser';
 export const order = 2;

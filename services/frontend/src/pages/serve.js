@@ -10,7 +10,7 @@ import { confidencePlot, text } from '@marcellejs/core';
 import { imageInput } from '../components/image-input.js';
 import { modelPicker } from '../components/model-picker.js';
 import { rayModel } from '../components/ray-model.js';
-import { describeModel, escapeHtml, predictionsOf } from '../components/served-model.js';
+import { describeModel, escapeHtml, predictionsOf } from '../components/external-model.js';
 
 export const title = 'Ray Serve';
 export const order = 1;
