@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import httpx
 import pytest
 from ray import serve
 
 from marcelle_torch.errors import ModelNotFound
-from marcelle_torch.serving.api import origin_allowed
+from marcelle_torch.serving.api import make_api
 from marcelle_torch.serving.app import build_app, build_model_app
 from marcelle_torch.serving.config import ConfigError, load_serve_config, model_applications, our_applications
 
@@ -49,12 +52,29 @@ def test_build_app_refuses_bad_args(args, error, message):
     assert message in info.value.message
 
 
+def cors_answers(allowed: list[str], origin: str | None) -> tuple[httpx.Response, httpx.Response]:
+    """A preflight and a simple GET from ``origin``, answered by the app ``make_api`` builds (what
+    both kinds of Serve application run), over HTTP through its ASGI interface."""
+    api = make_api("test", allowed, publish_docs=False)
+    api.add_api_route("/ping", lambda: {"ok": True}, methods=["GET"])
+    headers = {"Origin": origin} if origin is not None else {}
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
+
+    async def ask():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://testserver") as client:
+            return (
+                await client.options("/ping", headers=headers | preflight),
+                await client.get("/ping", headers=headers),
+            )
+
+    return asyncio.run(ask())
+
+
 @pytest.mark.parametrize(
     "allowed, origin, ok",
     [
         (["http://a.test"], "http://a.test", True),
         (["http://a.test"], "http://b.test", False),
-        (["http://a.test"], None, False),
         (["*"], "http://anything.test:9", True),
         (["http://127.0.0.1:*"], "http://127.0.0.1:5173", True),
         (["http://127.0.0.1:*"], "https://127.0.0.1:5173", False),
@@ -63,4 +83,20 @@ def test_build_app_refuses_bad_args(args, error, message):
     ],
 )
 def test_cors_origin_matching(allowed, origin, ok):
-    assert origin_allowed(allowed, origin) is ok
+    preflight, simple = cors_answers(allowed, origin)
+    assert simple.status_code == 200
+    if ok:
+        assert preflight.status_code == 204, preflight.text
+        assert preflight.headers["access-control-allow-origin"] in (origin, "*")
+        assert simple.headers["access-control-allow-origin"] in (origin, "*")
+    else:
+        assert preflight.status_code == 403, preflight.text
+        assert preflight.json()["error"]["code"] == "origin_not_allowed"
+        assert "access-control-allow-origin" not in preflight.headers
+        assert "access-control-allow-origin" not in simple.headers
+
+
+def test_no_origin_gets_no_cors_headers():
+    _, simple = cors_answers(["http://a.test"], None)
+    assert simple.status_code == 200 and simple.json() == {"ok": True}
+    assert not [h for h in simple.headers if h.startswith("access-control-")]

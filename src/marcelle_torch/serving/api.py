@@ -85,7 +85,6 @@ class ModelMetadata(BaseModel, extra="allow"):
     params: dict[str, Any]
     device: str = Field(description="cpu or cuda, where the replica that answered runs the model")
     batching: dict[str, Any] = Field(description="the deployment's user_config")
-    stats: dict[str, int] = Field(description="what the replica that answered has batched so far")
     replicas: int | None = Field(default=None, description="running replicas of the model's deployment")
 
 
@@ -201,18 +200,6 @@ class JsonCORSMiddleware(CORSMiddleware):
             return JSONResponse(err.to_json(), status_code=err.status, headers={"Vary": "Origin"})
         headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
         return Response(status_code=204, headers=headers)
-
-
-async def _no_app(scope, receive, send) -> None:
-    """An ASGI app that is never called (the middleware is only asked about origins)."""
-
-
-def origin_allowed(origins: list[str], origin: str | None) -> bool:
-    """Whether ``origin`` passes the allow-list, as the middleware decides it."""
-    if origin is None:
-        return False
-    middleware = JsonCORSMiddleware(_no_app, allow_methods=["GET", "POST"], **cors_options(origins))
-    return middleware.is_allowed_origin(origin)
 
 
 # ----------------------------------------------------------------------------- the app

@@ -139,8 +139,6 @@ class ModelServer:
             self.config.batch_wait_timeout_s,
             on_delivered=lambda n: self.metrics.outcome(self.spec.name, "ok", n),
         )
-        # What this replica has really batched: the observable that batching happens.
-        self.stats = {"batches": 0, "instances": 0, "largest_batch_requests": 0, "largest_batch_instances": 0}
         self._tags = {"model": self.spec.name}
         self._latency_tags = {"model": self.spec.name, "device": self.device}
 
@@ -182,7 +180,6 @@ class ModelServer:
         return self.spec.metadata() | {
             "device": self.device,
             "batching": self.config.model_dump(),
-            "stats": dict(self.stats),
             "torch_threads": self.threads,
         }
 
@@ -233,10 +230,6 @@ class ModelServer:
             outputs = self.model(joined.to(self.device)).cpu()
         self.metrics.latency.observe(time.perf_counter() - started, tags=self._latency_tags)
         self.metrics.batch_size.observe(len(joined), tags=self._tags)
-        self.stats["batches"] += 1
-        self.stats["instances"] += len(joined)
-        self.stats["largest_batch_requests"] = max(self.stats["largest_batch_requests"], len(batches))
-        self.stats["largest_batch_instances"] = max(self.stats["largest_batch_instances"], len(joined))
         return [postprocess(self.spec, part) for part in outputs.split(sizes)]
 
 
