@@ -29,7 +29,7 @@ help:
 # Debian packages the tests need (Chromium for browser tests, Prometheus for the observability test).
 system-deps:
 	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver prometheus nginx-light dnsmasq-base iproute2 wget wrk
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver prometheus nginx-light dnsmasq-base iproute2 wget wrk faketime
 
 $(BIN)/marcelle-torch: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -1,7 +1,7 @@
 // Hooks of the `runs` service, added after the package's own (authentication, ownership
 // through `userId`, timestamps). A run document:
 //   {model, input, inputBytes, params, status, progress, partial, result, error, worker,
-//    heartbeatAt, revision, createdAt, updatedAt, userId (when authentication is on)}
+//    heartbeatAt, leaseSeconds, revision, createdAt, updatedAt, userId (when authentication is on)}
 // Clients create runs and may cancel them; the worker account updates everything else.
 // Who may call which method on which run, and the shapes of what they send, are decided
 // before these hooks (access.js, validation.js); these make the stored documents.
@@ -38,6 +38,7 @@ function runsHooks({ authEnabled, errors, payloadTooLarge }) {
       error: null,
       worker: null,
       heartbeatAt: null,
+      leaseSeconds: null,
       createdAt,
       updatedAt,
     };

@@ -14,6 +14,8 @@
 //   and the app's admin account (role `admin`) from MARCELLE_ADMIN_EMAIL/_PASSWORD;
 // - adds hooks to the `runs` service (validation of new runs, what a client may patch, and
 //   a new run refused when no connected worker serves its model: workers.js);
+// - keeps the run queue: stamps leases with its own clock, puts runs of workers that stopped
+//   renewing back to pending, fails runs nobody took in time (run-queue.js);
 // - removes finished runs older than marcelleTorch.keepFinishedRunsSeconds (retention.js).
 // The package's `marcelle-backend` bin only calls app.listen(); its Feathers `app` (the
 // package's `lib/app` module) is the extension point used here: services and hooks are
@@ -86,6 +88,23 @@ function checkConfig(config) {
       `marcelleTorch.runQuotas.pendingInputBytes (MARCELLE_RUNS_PENDING_BYTES) must be a positive integer, got ${JSON.stringify(pendingInputBytes)}`,
     );
   }
+  const queue = config.get('marcelleTorch.runQueue') || {};
+  const positive = (value) => typeof value === 'number' && Number.isFinite(value) && value > 0;
+  for (const [key, env] of [
+    ['leaseSeconds', 'MARCELLE_RUNS_LEASE_S'],
+    ['checkSeconds', 'MARCELLE_RUNS_CHECK_S'],
+  ]) {
+    if (!positive(queue[key])) {
+      fail(
+        `marcelleTorch.runQueue.${key} (${env}) must be a positive number of seconds, got ${JSON.stringify(queue[key])}`,
+      );
+    }
+  }
+  if (!(queue.pendingSeconds === 0 || positive(queue.pendingSeconds))) {
+    fail(
+      `marcelleTorch.runQueue.pendingSeconds (MARCELLE_RUNS_PENDING_TIMEOUT_S) must be 0 (never) or a number of seconds, got ${JSON.stringify(queue.pendingSeconds)}`,
+    );
+  }
   const origins = config.get('marcelleTorch.corsOrigins');
   if (!Array.isArray(origins) || !origins.every((o) => typeof o === 'string' && /^https?:\/\/[^/\s]+$/.test(o))) {
     fail(
@@ -140,6 +159,7 @@ const { ensureAccounts, installAccountRules } = require('./accounts');
 const cors = require('cors');
 const { removeProtoAccessor } = require('./validation');
 const { workerRegistry } = require('./workers');
+const { startRunQueue, stampHeartbeat } = require('./run-queue');
 const { startRunRetention } = require('./retention');
 const feathersExpress = require('@feathersjs/express');
 
@@ -307,6 +327,8 @@ async function main() {
     const users = app.service('users');
     users.options.whitelist = [...new Set([...(users.options.whitelist || []), '$and'])];
   }
+  runs.hooks({ before: { patch: [stampHeartbeat()] } });
+  startRunQueue(runs, { ...app.get('marcelleTorch').runQueue, servedModels: () => workers.served().models, logger });
   const keepSeconds = app.get('marcelleTorch').keepFinishedRunsSeconds;
   if (keepSeconds > 0) startRunRetention(app.service('runs'), { keepSeconds, logger });
   process.on('unhandledRejection', (reason) => logger.error('Unhandled Rejection: %s', reason));

@@ -134,15 +134,18 @@ const stamps = { createdAt: text(64), updatedAt: text(64) };
 const schemas = {
   runsQuery: query(runFields, [
     ...Object.keys(runFields),
-    ...['input', 'inputBytes', 'params', 'progress', 'partial', 'result', 'error', 'revision'],
+    ...['input', 'inputBytes', 'params', 'progress', 'partial', 'result', 'error', 'revision', 'leaseSeconds'],
   ]),
   runCreate: object({ model: text(200, 1), input: {}, params: { type: 'object' }, ...stamps }, ['model', 'input']),
   // What the worker writes: claim, progress, partial, result, error, heartbeat, release.
+  // `heartbeatAt` is stamped with the backend's time (run-queue.js); `leaseSeconds` is how long
+  // the claiming worker's lease lasts without a renewal.
   workerPatch: {
     ...object({
       status: { enum: STATUSES },
       worker: nullable(text(200, 1)),
       heartbeatAt: nullable(text(64, 1)),
+      leaseSeconds: nullable({ type: 'number', minimum: 1, maximum: 86400 }),
       progress: { type: 'number', minimum: 0, maximum: 1 },
       partial: {},
       result: {},

@@ -144,6 +144,8 @@ def test_quotas_and_host_names_reach_the_backend():
     env = backend_env(render(ci_values("default")))
     assert value(env, "MARCELLE_RUNS_PER_MINUTE") == "600"
     assert value(env, "MARCELLE_RUNS_PENDING_BYTES") == "67108864"
+    # services/backend/run-queue.js fails runs left pending longer (start.js checks the number).
+    assert value(env, "MARCELLE_RUNS_PENDING_TIMEOUT_S") == "600"
     assert json.loads(value(env, "MARCELLE_BACKEND_ALLOWED_HOSTS")) == ["*"]
     named = backend_env(render(ci_values("default"), sets=("backend.allowedHosts={demo.example.org}",)))
     assert json.loads(value(named, "MARCELLE_BACKEND_ALLOWED_HOSTS")) == ["demo.example.org"]

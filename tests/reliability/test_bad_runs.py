@@ -80,17 +80,8 @@ def test_bad_runs_are_refused_or_fail_readably_and_the_worker_serves_the_next(
 ):
     from marcelle_torch.worker.client import BackendError
 
-    backend = make_backend()
-    worker = make_worker(
-        backend.url,
-        "steadfast",
-        "--heartbeat",
-        "0.5",
-        "--lease-timeout",
-        "3",
-        "--pending-timeout",
-        str(PENDING_TIMEOUT),
-    )
+    backend = make_backend(pending_timeout_s=PENDING_TIMEOUT)
+    worker = make_worker(backend.url, "steadfast", "--heartbeat", "0.5", "--lease-timeout", "3")
     client = connect(backend.url)
 
     for what, document, words in REFUSED_AT_CREATE:

@@ -6,24 +6,25 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from types import SimpleNamespace
+from marcelle_torch.worker.progress import ProgressSender
+from marcelle_torch.worker.protocol import CurrentRun, Stop
 
-from marcelle_torch.worker.worker import CurrentRun, ProgressSender, Stop, WorkerOptions
 
-
-class FakeWorker:
-    """What ProgressSender uses of a Worker; every patch blocks until ``release`` is set."""
+class Backend:
+    """The run's writes as the sender makes them; every patch blocks until ``release`` is set."""
 
     def __init__(self, rate: float = 1000.0, block: bool = False):
-        self.options = WorkerOptions(max_updates_per_second=rate)
-        self.metrics = SimpleNamespace(progress_updates=SimpleNamespace(inc=lambda: None))
+        self.rate = rate
         self.sent: list[tuple[float, dict]] = []
         self.release = threading.Event()
         if not block:
             self.release.set()
         self.gone = False
 
-    def _patch_own(self, current, data):
+    def sender(self, current: CurrentRun) -> ProgressSender:
+        return ProgressSender(current.id, lambda data: self.patch(current, data), self.rate)
+
+    def patch(self, current, data):
         self.release.wait(10)
         if self.gone:
             current.request_stop("canceled")
@@ -39,8 +40,8 @@ def wait_for(fn, timeout=10.0):
 
 
 def test_report_does_not_wait_on_a_slow_backend_and_only_the_newest_is_sent():
-    worker = FakeWorker(block=True)
-    sender = ProgressSender(worker, CurrentRun(id="r", model="m"))
+    worker = Backend(block=True)
+    sender = worker.sender(CurrentRun(id="r", model="m"))
     made = []
     t0 = time.monotonic()
     for i in range(1, 201):
@@ -58,8 +59,8 @@ def test_report_does_not_wait_on_a_slow_backend_and_only_the_newest_is_sent():
 
 
 def test_the_rate_is_capped():
-    worker = FakeWorker(rate=20)
-    sender = ProgressSender(worker, CurrentRun(id="r", model="m"))
+    worker = Backend(rate=20)
+    sender = worker.sender(CurrentRun(id="r", model="m"))
     t0 = time.monotonic()
     while time.monotonic() - t0 < 1.0:
         sender.offer(min(1.0, time.monotonic() - t0))
@@ -72,9 +73,9 @@ def test_the_rate_is_capped():
 
 
 def test_nothing_is_sent_after_close_and_a_gone_run_stops_the_model():
-    worker = FakeWorker()
+    worker = Backend()
     current = CurrentRun(id="r", model="m")
-    sender = ProgressSender(worker, current)
+    sender = worker.sender(current)
     worker.gone = True
     sender.offer(0.1)
     wait_for(current.stop.is_set)

@@ -82,6 +82,7 @@ def start_backend(
     admin_password: str | None = None,
     allow_signup: bool = False,
     keep_finished_runs_s: int = 0,
+    pending_timeout_s: float | None = None,
     cors_origins: Sequence[str] | None = None,
     allowed_hosts: Sequence[str] | None = None,
     mongodb_url: str | None = None,
@@ -98,6 +99,8 @@ def start_backend(
     ``admin_password`` the app's admin account (start.js creates or resets both at each start);
     ``allow_signup`` lets clients create their own (role ``editor``) accounts;
     ``keep_finished_runs_s`` > 0 removes finished runs that much after their last change;
+    ``pending_timeout_s`` fails a run left pending that long (0: never; None: the backend's
+    default, services/backend/backend/config/default.yaml);
     ``cors_origins`` are the web pages that may call it (the web app's origin), and
     ``allowed_hosts`` the names its Host header may carry (by default the loopback names and
     ``host``); anything else is refused (403).
@@ -123,6 +126,7 @@ def start_backend(
         "MARCELLE_BACKEND_AUTH": "true" if auth else "false",
         "MARCELLE_BACKEND_ALLOW_SIGNUP": "true" if allow_signup else "false",
         "MARCELLE_RUNS_KEEP_FINISHED_S": str(keep_finished_runs_s),
+        **({"MARCELLE_RUNS_PENDING_TIMEOUT_S": f"{pending_timeout_s:g}"} if pending_timeout_s is not None else {}),
         "MARCELLE_BACKEND_ALLOWED_HOSTS": json.dumps(list(allowed_hosts or local_host_names(host))),
         **({"MARCELLE_BACKEND_CORS_ORIGINS": json.dumps(list(cors_origins))} if cors_origins is not None else {}),
         **({"MONGODB_URL": mongodb_url} if mongodb_url else {}),

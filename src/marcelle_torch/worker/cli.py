@@ -52,20 +52,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--lease-timeout",
         type=float,
         default=DEFAULTS.lease_timeout,
-        help=f"a running run whose lease is older goes back to pending (default {DEFAULTS.lease_timeout:g})",
+        help="seconds this worker's lease on a run lasts without a renewal: then the backend puts the run "
+        f"back to pending for another worker (default {DEFAULTS.lease_timeout:g})",
     )
     p.add_argument(
         "--grace",
         type=float,
         default=DEFAULTS.grace,
         help=f"on SIGTERM, seconds the current run may take before it is released (default {DEFAULTS.grace:g})",
-    )
-    p.add_argument(
-        "--pending-timeout",
-        type=float,
-        default=DEFAULTS.pending_timeout,
-        help="fail a run that no worker took within this many seconds, saying why "
-        f"(default {DEFAULTS.pending_timeout:g}; 0 = never)",
     )
     p.add_argument(
         "--max-updates-per-second",
@@ -102,8 +96,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
             raise InvalidInput(f"--{name.replace('_', '-')} must be positive")
     if args.lease_timeout <= 2 * args.heartbeat:
         raise InvalidInput("--lease-timeout must be more than twice --heartbeat, or live runs would be taken back")
-    if args.pending_timeout < 0:
-        raise InvalidInput("--pending-timeout must be 0 (never) or positive")
 
     if args.threads:
         import torch
@@ -123,7 +115,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
         heartbeat=args.heartbeat,
         lease_timeout=args.lease_timeout,
         grace=args.grace,
-        pending_timeout=args.pending_timeout,
         max_updates_per_second=args.max_updates_per_second,
     )
     worker = Worker(
