@@ -68,10 +68,10 @@ Things to know:
   ServiceAccount, Role and RoleBinding.
 - **Upgrades** (`ray.upgradeStrategy.type`): `NewCluster` (default) brings up a second Ray
   cluster and switches traffic when it serves, so an image change loses no request but needs
-  room for two clusters for a while; `NewClusterWithIncrementalUpgrade` moves traffic step by
-  step through a Gateway API HTTPRoute (a Gateway controller and the operator's
-  `RayServiceIncrementalUpgrade` feature gate); `None` never replaces the cluster (image changes
-  wait for a reinstall).
+  room for two clusters for a while; `None` never replaces the cluster (image changes wait for
+  a reinstall). KubeRay's `NewClusterWithIncrementalUpgrade` is refused: in that mode (on by
+  default in KubeRay 1.7) there is no `<release>-serve-svc` for the web app to proxy to, only a
+  Gateway that depends on your Gateway controller.
 - **Generated secrets** (JWT secret, worker and admin accounts) are kept across `helm upgrade`
   through `lookup`. `helm template` and GitOps tools that render with it see no cluster and
   generate new ones on every render: create a Secret with the keys `jwt-secret`,

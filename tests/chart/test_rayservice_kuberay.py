@@ -7,22 +7,23 @@ Upstream facts encoded here:
   `serviceUnhealthySecondThreshold` and `deploymentUnhealthySecondThreshold` are
   "Deprecated: This field is not used anymore" (kuberay#1685); RayServiceUpgradeType is one of
   `NewCluster`, `NewClusterWithIncrementalUpgrade`, `None`.
-- ray-operator/controllers/ray/utils/validation.go, `ValidateRayServiceSpec` /
-  `ValidateClusterUpgradeOptions`: other types are refused; NewClusterWithIncrementalUpgrade
-  needs in-tree autoscaling and clusterUpgradeOptions with stepSizePercent (0..100, <= maxSurge),
-  intervalSeconds > 0 and gatewayClassName; `validateInitializingTimeout` accepts a positive Go
+- ray-operator/controllers/ray/utils/validation.go, `ValidateRayServiceSpec`: other types are
+  refused; `validateInitializingTimeout` accepts a positive Go
   duration or positive integer seconds in the `ray.io/initializing-timeout` annotation
   (utils/constant.go RayServiceInitializingTimeoutAnnotation; exceeding it is terminal).
 - ray-operator/controllers/ray/rayservice_controller.go, `isZeroDowntimeUpgradeEnabled`: with
   no upgradeStrategy.type, the operator's ENABLE_ZERO_DOWNTIME env decides (default: a new
-  cluster); NewClusterWithIncrementalUpgrade without the RayServiceIncrementalUpgrade feature
-  gate disables zero-downtime upgrades.
+  cluster), so the chart always sets the type.
+- NewClusterWithIncrementalUpgrade has no `<rayservice>-serve-svc` (common/service.go,
+  rayservice_controller.go, pkg/features/features.go): refused by the chart, see
+  test_incremental_upgrade_is_refused_with_its_reason.
 - Ray Serve 2.60.0 (the venv's ray, python/ray/serve/config.py AutoscalingConfig): min_replicas
   may be 0 (test_serve_config.py validates every rendered serve config with Ray's own schema).
 """
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -62,9 +63,8 @@ def test_no_deprecated_no_op_fields(values):
 @pytest.mark.parametrize("values", CI_VALUES, ids=ids)
 def test_upgrade_strategy_is_explicit_and_valid(values):
     strategy = rayservice(render(values))["spec"]["upgradeStrategy"]
-    assert strategy["type"] in UPGRADE_TYPES
-    if strategy["type"] != "NewClusterWithIncrementalUpgrade":
-        assert "clusterUpgradeOptions" not in strategy
+    assert strategy["type"] in UPGRADE_TYPES - {"NewClusterWithIncrementalUpgrade"}
+    assert "clusterUpgradeOptions" not in strategy
 
 
 def test_default_strategy_is_a_new_cluster_that_switches_when_ready():
@@ -73,21 +73,28 @@ def test_default_strategy_is_a_new_cluster_that_switches_when_ready():
     assert spec["rayClusterDeletionDelaySeconds"] >= 0
 
 
-def test_incremental_upgrade_renders_its_options():
-    objects = render(
-        sets=(
-            "ray.upgradeStrategy.type=NewClusterWithIncrementalUpgrade",
-            "ray.upgradeStrategy.clusterUpgradeOptions.gatewayClassName=istio",
-            "ray.upgradeStrategy.clusterUpgradeOptions.stepSizePercent=25",
-            "ray.upgradeStrategy.clusterUpgradeOptions.intervalSeconds=30",
-        )
-    )
-    spec = rayservice(objects)["spec"]
-    assert spec["rayClusterConfig"]["enableInTreeAutoscaling"] is True
-    options = spec["upgradeStrategy"]["clusterUpgradeOptions"]
-    assert options["gatewayClassName"] == "istio"
-    assert 0 <= options["stepSizePercent"] <= options.get("maxSurgePercent", 100) <= 100
-    assert options["intervalSeconds"] > 0
+def test_incremental_upgrade_is_refused_with_its_reason():
+    """NewClusterWithIncrementalUpgrade would leave the web app without Serve: in that mode
+    KubeRay v1.7.0 creates no `<rayservice>-serve-svc` (common/service.go BuildServeService: the
+    Service is named after the RayService only when IsIncrementalUpgradeEnabled is false, after
+    each RayCluster otherwise) and sends traffic through a Gateway `<rayservice>-gateway`
+    (rayservice_controller.go createGateway) whose Service's name and Pods depend on the Gateway
+    controller. The feature gate does not stop it: RayServiceIncrementalUpgrade is Beta and on
+    by default in v1.7.0 (pkg/features/features.go), and utils/util.go IsIncrementalUpgradeEnabled
+    reads only the gate and the type. So the chart refuses the type, and says why."""
+    from k8s_tools import CHART
+
+    result = render_text(sets=("ray.upgradeStrategy.type=NewClusterWithIncrementalUpgrade",), check=False)
+    assert result.returncode != 0, "NewClusterWithIncrementalUpgrade was accepted"
+    assert "at '/ray/upgradeStrategy/type'" in result.stderr, result.stderr
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    strategy = schema["properties"]["ray"]["properties"]["upgradeStrategy"]["properties"]["type"]
+    assert set(strategy["enum"]) == UPGRADE_TYPES - {"NewClusterWithIncrementalUpgrade"}
+    assert "serve-svc" in strategy["description"] and "NewClusterWithIncrementalUpgrade" in strategy["description"]
+    # values.yaml says the same, and no longer that the gate is off by default.
+    text = (CHART / "values.yaml").read_text()
+    comment = text[: text.index("    type: NewCluster")].rsplit("# --", 1)[1]
+    assert "serve-svc" in comment and "on by default" in comment, comment
 
 
 @pytest.mark.parametrize(
@@ -95,25 +102,8 @@ def test_incremental_upgrade_renders_its_options():
     [
         (("ray.upgradeStrategy.type=Recreate",), "at '/ray/upgradeStrategy/type'"),
         (
-            ("ray.upgradeStrategy.type=NewClusterWithIncrementalUpgrade",),
-            "NewClusterWithIncrementalUpgrade needs ray.upgradeStrategy.clusterUpgradeOptions.gatewayClassName",
-        ),
-        (
-            (
-                "ray.upgradeStrategy.type=NewClusterWithIncrementalUpgrade",
-                "ray.upgradeStrategy.clusterUpgradeOptions.gatewayClassName=istio",
-            ),
-            "NewClusterWithIncrementalUpgrade needs ray.upgradeStrategy.clusterUpgradeOptions.stepSizePercent",
-        ),
-        (
-            (
-                "ray.upgradeStrategy.type=NewClusterWithIncrementalUpgrade",
-                "ray.upgradeStrategy.clusterUpgradeOptions.gatewayClassName=istio",
-                "ray.upgradeStrategy.clusterUpgradeOptions.stepSizePercent=50",
-                "ray.upgradeStrategy.clusterUpgradeOptions.maxSurgePercent=20",
-                "ray.upgradeStrategy.clusterUpgradeOptions.intervalSeconds=30",
-            ),
-            "stepSizePercent (50) must not exceed maxSurgePercent (20)",
+            ("ray.upgradeStrategy.clusterUpgradeOptions.intervalSeconds=30",),
+            "at '/ray/upgradeStrategy': additional properties 'clusterUpgradeOptions' not allowed",
         ),
         (("ray.initializingTimeout=soon",), "at '/ray/initializingTimeout'"),
     ],
