@@ -101,6 +101,32 @@ class ManagedProcess:
         """Send ``sig`` to the child's whole process group."""
         _signal_group(self.proc.pid, sig)
 
+    def wait_until(
+        self,
+        ready: Callable[[], bool],
+        timeout: float,
+        what: str,
+        on_wait: Callable[[], object] | None = None,
+        interval: float = 0.2,
+    ) -> None:
+        """Call ``ready`` until it is true; fail early, with the log's last lines, if the process
+        dies, and with them too once ``timeout`` has passed ("NAME did not WHAT within ...")."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise StartupError(
+                    f"{self.name} exited with code {self.proc.returncode} while starting; "
+                    f"last lines of {self.log_path}:\n{self.log_tail()}"
+                )
+            if ready():
+                return
+            if on_wait:
+                on_wait()
+            time.sleep(interval)
+        raise StartupError(
+            f"{self.name} did not {what} within {timeout:.0f}s; last lines of {self.log_path}:\n{self.log_tail()}"
+        )
+
     def wait_http(
         self,
         url: str,
@@ -109,22 +135,14 @@ class ManagedProcess:
         on_wait: Callable[[], object] | None = None,
     ) -> None:
         """Poll ``url`` until it answers one of ``expect``; fail early if the process died."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise StartupError(
-                    f"{self.name} exited with code {self.proc.returncode} while starting; "
-                    f"last lines of {self.log_path}:\n{self.log_tail()}"
-                )
+
+        def answers() -> bool:
             try:
-                if httpx.get(url, timeout=2.0).status_code in expect:
-                    return
+                return httpx.get(url, timeout=2.0).status_code in expect
             except httpx.HTTPError:
-                pass
-            if on_wait:
-                on_wait()
-            time.sleep(0.2)
-        raise StartupError(f"{self.name} did not become ready at {url} within {timeout:.0f}s; see {self.log_path}")
+                return False
+
+        self.wait_until(answers, timeout, f"become ready at {url}", on_wait)
 
     def stop(self, timeout: float = 60.0, settle: float = 30.0) -> list[int]:
         """SIGTERM the group (the child shuts down what it started), then SIGKILL what is left.
