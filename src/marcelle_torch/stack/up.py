@@ -23,6 +23,7 @@ from typing import Any, TypeVar, cast
 from ..processes import ManagedProcess, StartupError, cli_argv, port_or_free, threads_per_process
 from .supervise import Child, Supervisor
 from .webapp import WebappNotBuilt, start_webapp
+from .worker import WorkerProcess, start_worker
 
 CLASSIFIER = "digits"
 GENERATOR = "digits-generator"
@@ -217,15 +218,6 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
     auth = _auth_settings(options)
     backend_auth: dict[str, Any]
     backend_auth, stack.login = auth if auth else ({}, None)
-    # The worker logs in with its account; the password goes by environment, not argv.
-    worker_env = (
-        {
-            "MARCELLE_WORKER_EMAIL": backend_auth["worker_email"],
-            "MARCELLE_WORKER_PASSWORD": backend_auth["worker_password"],
-        }
-        if auth
-        else None
-    )
     try:
         say(f"[2/{total}] Ray Serve on port {serve_port}, starting while the rest does (log: {logs / 'serve.log'})")
         serve_url = f"http://{host}:{serve_port}"
@@ -286,41 +278,34 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
         say(f"[4/{total}] run worker{'s' if options.workers > 1 else ''} ({options.workers})")
         worker_ports = []
         threads = threads_per_process(options.workers)
+        workers = []
         for i in range(options.workers):
             port = worker_metrics_port if i == 0 else port_or_free(0, host)
 
-            def start_worker(i=i, port=port) -> ManagedProcess:
-                worker = ManagedProcess(
-                    f"worker {i + 1}",
-                    cli_argv(
-                        "worker",
-                        "--backend",
-                        backend.url,
-                        "--name",
-                        f"local-{i + 1}",
-                        "--metrics-port",
-                        str(port),
-                        "--metrics-host",
-                        host,
-                        "--threads",
-                        str(threads),
-                        "--models",
-                        ",".join([CLASSIFIER, GENERATOR, *extra]),
-                    ),
-                    logs / f"worker-{i + 1}.log",
-                    env=worker_env,
+            def launch_worker(i=i, port=port, wait=True) -> WorkerProcess:
+                return start_worker(
+                    backend.url,
+                    name=f"local-{i + 1}",
+                    models=[CLASSIFIER, GENERATOR, *extra],
+                    metrics_port=port,
+                    host=host,
+                    threads=threads,
+                    log_path=logs / f"worker-{i + 1}.log",
+                    # Its account, with authentication on (start_worker passes it by environment).
+                    email=backend_auth.get("worker_email"),
+                    password=backend_auth.get("worker_password"),
                     die_with_parent=True,
+                    wait=wait,
+                    ready_timeout=options.ready_timeout,
                 )
-                try:
-                    worker.wait_http(f"http://{host}:{port}/metrics", 120)
-                except BaseException:
-                    worker.stop()
-                    raise
-                return worker
 
-            stack.supervise(f"worker {i + 1}", start_worker)
+            # All launched at once (each loads torch and its models), then waited for together;
+            # a restart waits until the new one is connected.
+            workers.append(stack.supervise(f"worker {i + 1}", launch_worker, first=launch_worker(wait=False)))
             worker_ports.append(port)
-        stack.urls["worker_metrics"] = f"http://{host}:{worker_ports[0]}/metrics"
+        for worker in workers:
+            worker.wait_ready(options.ready_timeout)
+        stack.urls["worker_metrics"] = workers[0].metrics_url
 
         say(f"[5/{total}] web app on port {webapp_port}")
         config = {
