@@ -172,17 +172,16 @@ def webapp_factory(webapp_dist, served_apps):
 def runs_backend(tmp_path):
     """``start(**options) -> (backend, start_worker)``: the real Marcelle backend, started by
     ``start_backend`` with ``options``, and ``start_worker(env=None)``, which starts a real
-    `marcelle-torch worker` on it (when the test says: after creating accounts, or a restart).
-    Both are stopped after the test."""
+    `marcelle-torch worker` on it (when the test says: after creating accounts, or a restart)
+    and returns once it is connected. Both are stopped after the test."""
     from marcelle_torch.models import get_spec, resolve_weights
-    from marcelle_torch.processes import ManagedProcess
     from marcelle_torch.stack.backend import start_backend
+    from marcelle_torch.stack.worker import start_worker as launch_worker
 
     for name in ("digits", "digits-generator"):
         resolve_weights(get_spec(name), train_if_missing=True)
     if not (ROOT / "services" / "backend" / "node_modules" / "@marcellejs" / "backend").is_dir():
         pytest.fail("the Marcelle backend is not installed: run `npm ci` in services/backend (make setup)")
-    cli = str(Path(sys.executable).with_name("marcelle-torch"))
     backends, workers = [], []
 
     def start(**options):
@@ -193,23 +192,16 @@ def runs_backend(tmp_path):
 
         def start_worker(env: dict | None = None) -> None:
             # Few progress updates a second, as in production, so the page sees the run advance.
-            workers.append(
-                ManagedProcess(
-                    "worker",
-                    [
-                        cli,
-                        "worker",
-                        "--backend",
-                        backend.url,
-                        "--name",
-                        "browser-test",
-                        "--max-updates-per-second",
-                        "4",
-                    ],
-                    tmp_path / "worker.log",
-                    env=env,
-                )
+            worker = launch_worker(
+                backend.url,
+                name="browser-test",
+                args=("--max-updates-per-second", "4"),
+                log_path=tmp_path / "worker.log",
+                env=env,
+                wait=False,
             )
+            workers.append(worker)
+            worker.wait_ready()
 
         return backend, start_worker
 

@@ -3,7 +3,9 @@ worker subprocesses (`marcelle-torch worker`).
 
 - ``trained_models``: digits and digits-generator trained into the session cache;
 - ``make_backend(**start_backend kwargs)``: a backend on a free port with its own data dir;
-- ``make_worker(backend_url, name, *args)``: a worker process (own process group, log file);
+- ``make_worker(backend_url, name, *args, wait=True, env=None, **start_worker options)``: a
+  worker process (stack.worker.start_worker: own process group, log file), connected unless
+  ``wait=False`` (then ``worker.wait_ready()``);
 - ``connect(url, email=None, password=None, serves=None)``: a FeathersClient (logged in if
   asked; ``serves``: the models it announces, as a worker does);
 - ``wait_until(fn, timeout, what)``: polls ``fn`` until it returns a truthy value.
@@ -12,13 +14,10 @@ All are stopped at the end of each test.
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
 import pytest
-
-from marcelle_torch.processes import ManagedProcess, cli_argv
 
 ROOT = Path(__file__).resolve().parents[2]
 BACKEND_DIR = ROOT / "services" / "backend"
@@ -75,42 +74,19 @@ def make_backend(backend_installed, tmp_path):
         handle.stop()
 
 
-class WorkerProcess(ManagedProcess):
-    """A ``marcelle-torch worker`` subprocess (its own session)."""
-
-    def __init__(self, backend_url: str, name: str, log_path: Path, args=(), env=None):
-        super().__init__(
-            f"worker {name}",
-            [*cli_argv(), "worker", "--backend", backend_url, "--name", name, *args],
-            log_path,
-            env=env,
-        )
-        self.worker_name = name
-
-    def log(self) -> str:
-        return self.log_text()
-
-    def claimed(self) -> list[str]:
-        return re.findall(r"run (\S+): claimed", self.log())
-
-    def wait_connected(self, timeout: float = WORKER_START) -> None:
-        def ready():
-            if self.proc.poll() is not None:
-                raise AssertionError(f"worker {self.worker_name} exited {self.proc.returncode}:\n{self.log()[-3000:]}")
-            return "connected to" in self.log()
-
-        wait_until(ready, timeout, f"worker {self.worker_name} to connect")
-
-
 @pytest.fixture
 def make_worker(trained_models, tmp_path):
+    from marcelle_torch.stack.worker import start_worker
+
     workers = []
 
-    def make(backend_url: str, name: str, *args, wait: bool = True, env=None) -> WorkerProcess:
-        worker = WorkerProcess(backend_url, name, tmp_path / f"worker-{name}.log", args, env)
+    def make(backend_url: str, name: str, *args, wait: bool = True, env=None, **options):
+        worker = start_worker(
+            backend_url, name=name, args=args, env=env, log_path=tmp_path / f"worker-{name}.log", wait=False, **options
+        )
         workers.append(worker)
         if wait:
-            worker.wait_connected()
+            worker.wait_ready(WORKER_START)
         return worker
 
     yield make

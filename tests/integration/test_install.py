@@ -252,43 +252,30 @@ def test_probe_sidecar_runs_from_a_plain_install(plain):
         closed.server_close()
 
 
-def test_worker_starts_without_ray_and_logs_its_weights_digest(plain):
+def test_worker_starts_without_ray_and_logs_its_weights_digest(plain, tmp_path):
     """`marcelle-torch worker` in a venv without Ray: loads its model, logs the weights' sha256
     (the same digest the ONNX bundle's manifest records) and waits for the backend."""
     from marcelle_torch.models import get_spec, resolve_weights
     from marcelle_torch.models.weights import sha256_of
+    from marcelle_torch.stack.worker import start_worker
 
     cache = os.environ.get("MARCELLE_TORCH_CACHE", str(REPO / ".cache" / "models"))
     digest = sha256_of(resolve_weights(get_spec("digits"), train_if_missing=True))
-    port = _closed_port()
-    proc = subprocess.Popen(
-        [
-            str(plain / "bin" / "marcelle-torch"),
-            "worker",
-            "--backend",
-            f"http://127.0.0.1:{port}",
-            "--models",
-            "digits",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    worker = start_worker(
+        f"http://127.0.0.1:{_closed_port()}",
+        models=["digits"],
+        command=[str(plain / "bin" / "marcelle-torch")],
+        log_path=tmp_path / "worker.log",
+        env={"MARCELLE_TORCH_CACHE": cache, "PATH": f"{plain / 'bin'}:{os.environ['PATH']}"},
         cwd=plain,
-        env=dict(os.environ, MARCELLE_TORCH_CACHE=cache, PATH=f"{plain / 'bin'}:{os.environ['PATH']}"),
+        wait=False,
     )
-    seen = []
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            seen.append(line.rstrip())
-            if "retrying" in line:
-                break
-        assert proc.poll() is None, f"worker exited {proc.returncode}: {seen[-5:]}"
+        # Nothing listens there: it retries, alive, and is not reported ready.
+        worker.wait_until(lambda: "retrying" in worker.log_text(), 300, "retry the absent backend")
+        seen = worker.log_text().splitlines()
+        assert not worker.up(), seen
         assert any(f"sha256 {digest}" in line for line in seen), f"no weights digest {digest[:12]} logged: {seen}"
         assert any("model digits ready" in line for line in seen), seen
     finally:
-        proc.terminate()
-        proc.wait(30)
+        worker.stop(timeout=30)

@@ -4,6 +4,7 @@ runs of a small user model (``support/steady_model.py``) that lasts as long as a
 
 from __future__ import annotations
 
+import re
 import signal
 from datetime import datetime
 from pathlib import Path
@@ -53,6 +54,11 @@ def dead_workers_run(client):
     raise AssertionError("the workers claimed every run before it could be made a dead worker's")
 
 
+def claimed(worker) -> list[str]:
+    """The runs ``worker`` claimed, in order, by its log."""
+    return re.findall(r"run (\S+): claimed", worker.log_text())
+
+
 def log_time(line: str) -> datetime:
     return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
 
@@ -78,13 +84,13 @@ def test_a_backend_outage_longer_than_the_lease_throws_no_work_away(make_backend
     redone = wait_until(lambda: finished(client, ghost), what="the dead worker's run to be redone")
     assert redone["status"] == "succeeded", redone
 
-    assert f"run {run['_id']}: worker" not in holder.log() + sweeper.log(), "the holder's run was taken back"
+    assert f"run {run['_id']}: worker" not in holder.log_text() + sweeper.log_text(), "the holder's run was taken back"
     assert done["status"] == "succeeded" and done["worker"].startswith("holder-"), done
-    assert holder.claimed().count(run["_id"]) == 1, "the holder claimed its run twice"
-    assert run["_id"] not in sweeper.claimed(), "the run was computed twice"
-    assert (holder.claimed() + sweeper.claimed()).count(ghost["_id"]) == 1
+    assert claimed(holder).count(run["_id"]) == 1, "the holder claimed its run twice"
+    assert run["_id"] not in claimed(sweeper), "the run was computed twice"
+    assert (claimed(holder) + claimed(sweeper)).count(ghost["_id"]) == 1
     for worker in (holder, sweeper):
-        lines = worker.log().splitlines()
+        lines = worker.log_text().splitlines()
         taken_back = f"run {ghost['_id']}: worker ghost-000000 stopped renewing"
         took = [i for i, line in enumerate(lines) if taken_back in line]
         if took:
@@ -133,8 +139,8 @@ def test_a_killed_workers_run_is_taken_back_at_once_and_done_before_newer_runs(
         assert wait_until(lambda run=run: finished(client, run), what="every run to finish")["status"] == "succeeded"
     # Taken back while the rescuer ran another model (a background sweep), then claimed in
     # creation order: the oldest run before the one created after it.
-    assert rescuer.claimed() == [long_one["_id"], oldest["_id"], newest["_id"]]
-    assert "stopped renewing its lease; back to pending" in rescuer.log()
+    assert claimed(rescuer) == [long_one["_id"], oldest["_id"], newest["_id"]]
+    assert "stopped renewing its lease; back to pending" in rescuer.log_text()
 
 
 def test_a_worker_whose_backend_is_gone_exits_on_sigterm(make_backend, make_worker, connect, wait_until):
@@ -146,11 +152,12 @@ def test_a_worker_whose_backend_is_gone_exits_on_sigterm(make_backend, make_work
     client.disconnect()
     backend.kill()
     # The worker says so while its run goes on (it used to wait for the run loop: up to a run).
-    wait_until(lambda: "disconnected from" in worker.log(), 30, "the worker to log its disconnection")
-    assert "succeeded in" not in worker.log() and "released back" not in worker.log(), "the run is over already"
+    wait_until(lambda: "disconnected from" in worker.log_text(), 30, "the worker to log its disconnection")
+    log = worker.log_text()
+    assert "succeeded in" not in log and "released back" not in log, "the run is over already"
     worker.signal(signal.SIGTERM)
     # Generous (a shared machine); before, the process outlived SIGTERM indefinitely.
-    assert worker.proc.wait(60) == 0, worker.log()[-2000:]
+    assert worker.proc.wait(60) == 0, worker.log_text()[-2000:]
 
 
 def test_a_run_no_worker_serves_fails_with_a_reason_instead_of_waiting_forever(

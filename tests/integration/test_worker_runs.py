@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import re
 import signal
 import threading
 
@@ -104,14 +105,14 @@ def test_two_workers_do_each_of_20_runs_exactly_once(make_backend, make_worker, 
     runs = [generation(client, digit=i % 10) for i in range(20)]
     workers = [make_worker(backend.url, name, wait=False) for name in ("a", "b")]
     for worker in workers:
-        worker.wait_connected()
+        worker.wait_ready()
 
     def all_done():
         found = client.find("runs", {"$limit": 100})["data"]
         return found if all(r["status"] == "succeeded" for r in found) and len(found) == 20 else None
 
     done = wait_until(all_done, what="20 runs to succeed")
-    claims = [run_id for worker in workers for run_id in worker.claimed()]
+    claims = [run_id for worker in workers for run_id in re.findall(r"run (\S+): claimed", worker.log_text())]
     assert sorted(claims) == sorted(r["_id"] for r in runs), "each run claimed exactly once"
     assert {r["worker"].rsplit("-", 1)[0] for r in done} <= {"a", "b"}
     asked = {r["_id"]: r["input"]["digit"] for r in runs}
@@ -134,14 +135,12 @@ def test_a_run_held_by_a_killed_worker_is_done_by_another(make_backend, make_wor
     done = wait_until(lambda: finished(client, run), what="another worker to finish the run")
     assert done["status"] == "succeeded" and done["worker"].startswith("rescuer-")
     assert done["result"]["label"] == "5"
-    assert "stopped renewing its lease; back to pending" in rescuer.log()
+    assert "stopped renewing its lease; back to pending" in rescuer.log_text()
 
 
-def test_the_worker_survives_a_backend_restart_mid_run(
-    make_backend, make_worker, connect, wait_until, unused_metrics_port
-):
+def test_the_worker_survives_a_backend_restart_mid_run(make_backend, make_worker, connect, wait_until):
     backend = make_backend()
-    worker = make_worker(backend.url, "steady", "--metrics-port", str(unused_metrics_port))
+    worker = make_worker(backend.url, "steady")
     client = connect(backend.url)
     run = generation(client, digit=2, params=LONG)
     wait_until(lambda: get(client, run)["progress"] > 0, what="the run to make progress")
@@ -156,7 +155,7 @@ def test_the_worker_survives_a_backend_restart_mid_run(
     # Runs created after the restart are picked up too.
     after = generation(client, digit=9)
     assert wait_until(lambda: finished(client, after), what="a run after the restart")["status"] == "succeeded"
-    metrics = httpx.get(f"http://127.0.0.1:{unused_metrics_port}/metrics", timeout=30).text
+    metrics = httpx.get(worker.metrics_url, timeout=30).text
     reconnects = float(
         next(
             line.split()[-1]
@@ -168,7 +167,7 @@ def test_the_worker_survives_a_backend_restart_mid_run(
     assert 'marcelle_torch_worker_runs_total{model="digits-generator",outcome="succeeded"} 2.0' in metrics
     assert "marcelle_torch_worker_up 1.0" in metrics
     # The worker saw the outage and connected again after it (its log, in order).
-    lines = worker.log().splitlines()
+    lines = worker.log_text().splitlines()
     dropped = [i for i, line in enumerate(lines) if "disconnected from" in line]
     assert dropped, "the worker never saw the backend go away"
     assert any("connected to" in line for line in lines[dropped[-1] + 1 :]), "no connection after the restart"
@@ -183,7 +182,7 @@ def test_cancel_stops_a_running_run(make_backend, make_worker, connect, wait_unt
     canceled = client.patch("runs", run["_id"], {"status": "canceled"})
     assert canceled["status"] == "canceled"
 
-    wait_until(lambda: f"run {run['_id']}: stopped (canceled)" in worker.log(), what="the worker to stop")
+    wait_until(lambda: f"run {run['_id']}: stopped (canceled)" in worker.log_text(), what="the worker to stop")
     final = get(client, run)
     assert final["status"] == "canceled" and final["result"] is None and final["progress"] < 1
     # A finished run cannot be canceled again, and the worker goes on with the next run.
@@ -205,14 +204,7 @@ def test_sigterm_releases_a_long_run_and_the_worker_exits(make_backend, make_wor
     assert worker.proc.wait(120) == 0
     released = get(client, run)
     assert released["status"] == "pending" and released["worker"] is None, released
-    assert "released back to pending" in worker.log()
-
-
-@pytest.fixture
-def unused_metrics_port():
-    from marcelle_torch.processes import free_port
-
-    return free_port()
+    assert "released back to pending" in worker.log_text()
 
 
 def test_with_auth_the_worker_logs_in_from_its_environment_and_does_a_users_run(
@@ -238,7 +230,7 @@ def test_with_auth_the_worker_logs_in_from_its_environment_and_does_a_users_run(
         lambda: [e["status"] for e in events[run["_id"]]][-1:] == ["succeeded"],
         what="alice to get the events of her run",
     )
-    assert "logged in as worker@marcelle.test" in worker.log()
+    assert "logged in as worker@marcelle.test" in worker.log_text()
 
 
 def test_a_worker_with_wrong_credentials_exits_with_one_clear_line(make_backend, make_worker):
@@ -255,5 +247,5 @@ def test_a_worker_with_wrong_credentials_exits_with_one_clear_line(make_backend,
         env={"MARCELLE_WORKER_EMAIL": "worker@marcelle.test", "MARCELLE_WORKER_PASSWORD": "wrong-password"},
     )
     assert worker.proc.wait(300) == 2
-    last = worker.log().strip().splitlines()[-1]
+    last = worker.log_text().strip().splitlines()[-1]
     assert last.startswith("marcelle-torch worker: error: cannot log in to the backend as worker@marcelle.test")

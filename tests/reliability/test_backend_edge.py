@@ -203,9 +203,9 @@ def test_4_a_throttled_worker_waits_and_logs_in(make_backend, make_worker, wait_
         wait=False,
         env={"MARCELLE_WORKER_EMAIL": WORKER[0], "MARCELLE_WORKER_PASSWORD": WORKER[1]},
     )
-    wait_until(lambda: f"logged in as {WORKER[0]}" in worker.log(), 60, "the throttled worker to log in")
-    assert "log in refused for now" in worker.log(), worker.log()[-2000:]
-    assert worker.proc.poll() is None, worker.log()[-2000:]
+    wait_until(lambda: f"logged in as {WORKER[0]}" in worker.log_text(), 60, "the throttled worker to log in")
+    assert "log in refused for now" in worker.log_text(), worker.log_text()[-2000:]
+    assert worker.proc.poll() is None, worker.log_text()[-2000:]
 
 
 def test_5_tokens_end_at_logout_password_change_and_account_deletion(auth_backend, connect):

@@ -64,10 +64,7 @@ def test_a_killed_workers_run_completes_exactly_once_and_the_absent_worker_alert
                 str(HEARTBEAT),
                 "--lease-timeout",
                 str(LEASE),
-                "--metrics-port",
-                str(port),
-                "--metrics-host",
-                "127.0.0.1",
+                metrics_port=port,
                 env=STEADY_ENV,
             )
             for name, port in ports.items()
