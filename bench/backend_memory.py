@@ -69,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     from serve_latency import digit_instances
 
     from marcelle_torch.files import atomic_write_text
-    from marcelle_torch.processes import ManagedProcess, cli_argv, rss_kib, threads_per_process
+    from marcelle_torch.processes import StartupError, rss_kib, threads_per_process
     from marcelle_torch.stack.backend import start_backend
+    from marcelle_torch.stack.worker import start_worker
     from marcelle_torch.worker.client import FeathersClient
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -93,19 +94,16 @@ def main(argv: list[str] | None = None) -> int:
         # Runs sent faster than one user's quota allows: the memory is what is measured here.
         extra_env={"MARCELLE_RUNS_PER_MINUTE": "1000000"},
     )
-    worker = ManagedProcess(
-        "worker",
-        [*cli_argv(), "worker", "--backend", backend.url, "--name", "memory", "--threads", str(threads_per_process(1))],
-        args.workdir / "worker.log",
-    )
     samples = []
+    worker = None
     try:
-        deadline = time.monotonic() + 300
-        while "connected to" not in worker.log_text():
-            if not worker.alive() or time.monotonic() > deadline:
-                print(f"the worker did not connect:\n{worker.log_tail()}", file=sys.stderr)
-                return 1
-            time.sleep(0.5)
+        try:
+            worker = start_worker(
+                backend.url, name="memory", threads=threads_per_process(1), log_path=args.workdir / "worker.log"
+            )
+        except StartupError as exc:
+            print(exc.message, file=sys.stderr)
+            return 1
         client = FeathersClient(backend.url)
         client.connect()
         t0 = time.monotonic()
@@ -134,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         client.disconnect()
     finally:
-        worker.stop()
+        if worker is not None:
+            worker.stop()
         backend.stop()
     live_mib = live_runs_mib(args.workdir / "backend" / "runs.db")
 

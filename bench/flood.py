@@ -39,35 +39,30 @@ def digit_inputs(n: int = 10) -> list[str]:
 
 
 def start_workers(backend_url: str, count: int, logs: Path, models: str = "digits") -> list:
-    from marcelle_torch.processes import ManagedProcess, cli_argv, threads_per_process
+    """``count`` workers on ``backend_url``, launched together, returned once all are connected."""
+    from marcelle_torch.processes import threads_per_process
+    from marcelle_torch.stack.worker import start_worker
 
     threads = threads_per_process(count)
     workers = []
-    for i in range(count):
-        workers.append(
-            ManagedProcess(
-                f"worker {i + 1}",
-                [
-                    *cli_argv(),
-                    "worker",
-                    "--backend",
+    try:
+        for i in range(count):
+            workers.append(
+                start_worker(
                     backend_url,
-                    "--models",
-                    models,
-                    "--name",
-                    f"flood-{i + 1}",
-                    "--threads",
-                    str(threads),
-                ],
-                logs / f"worker-{i + 1}.log",
+                    name=f"flood-{i + 1}",
+                    models=models.split(","),
+                    threads=threads,
+                    log_path=logs / f"worker-{i + 1}.log",
+                    wait=False,
+                )
             )
-        )
-    deadline = time.monotonic() + 300
-    for worker in workers:
-        while "connected to" not in worker.log_text():
-            if not worker.alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"{worker.name} did not connect:\n{worker.log_tail(20)}")
-            time.sleep(0.2)
+        for worker in workers:
+            worker.wait_ready()
+    except BaseException:
+        for worker in workers:
+            worker.stop(timeout=30)
+        raise
     return workers
 
 

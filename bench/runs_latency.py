@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from marcelle_torch.files import atomic_write_text
-from marcelle_torch.processes import ManagedProcess, cli_argv, free_port
+from marcelle_torch.stack.worker import start_worker
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "out"
@@ -185,29 +185,14 @@ def main(argv=None) -> int:
         client = None
         try:
             print(f"backend {backend.url}; starting a worker", flush=True)
-            metrics_port = free_port()
-            worker = ManagedProcess(
-                "worker",
-                [
-                    *cli_argv(),
-                    "worker",
-                    "--backend",
-                    backend.url,
-                    "--name",
-                    "bench",
-                    "--models",
-                    MODEL,
-                    "--threads",
-                    str(args.threads),
-                    "--metrics-port",
-                    str(metrics_port),
-                    "--metrics-host",
-                    "127.0.0.1",
-                    *args.worker_arg,
-                ],
-                OUT / "runs_latency.worker.log",
+            worker = start_worker(
+                backend.url,
+                name="bench",
+                models=[MODEL],
+                threads=args.threads,
+                args=args.worker_arg,
+                log_path=OUT / "runs_latency.worker.log",
             )
-            worker.wait_http(f"http://127.0.0.1:{metrics_port}/metrics", 300)
             client = FeathersClient(backend.url)
             client.connect()
             recorder = Recorder(client)

@@ -354,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     from marcelle_torch.processes import ManagedProcess, cli_argv, free_port, threads_per_process
     from marcelle_torch.stack.backend import start_backend
     from marcelle_torch.stack.webapp import start_webapp
+    from marcelle_torch.stack.worker import start_worker
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0)
@@ -404,26 +405,9 @@ def main(argv: list[str] | None = None) -> int:
             serve.wait_http(f"{serve_url}/readyz", 900)
         backend = start_backend(workdir / f"backend-{os.getpid()}", log_path=workdir / "backend.log")
         started_here.append(backend)
-        worker = ManagedProcess(
-            "worker",
-            [
-                *cli_argv(),
-                "worker",
-                "--backend",
-                backend.url,
-                "--name",
-                "soak",
-                "--threads",
-                str(threads_per_process(1)),
-            ],
-            workdir / "worker.log",
-        )
+        # Stopped by start_worker itself if it does not connect.
+        worker = start_worker(backend.url, name="soak", threads=threads_per_process(1), log_path=workdir / "worker.log")
         started_here.append(worker)
-        deadline = time.monotonic() + 300
-        while "connected to" not in worker.log_text():
-            if not worker.alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the worker did not connect:\n{worker.log_tail(20)}")
-            time.sleep(0.2)
         webapp, stop_webapp = start_webapp(
             DIST,
             {
