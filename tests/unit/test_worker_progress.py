@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+
 from marcelle_torch.worker.progress import ProgressSender
 from marcelle_torch.worker.protocol import CurrentRun, Stop
 
