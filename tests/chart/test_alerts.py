@@ -235,7 +235,11 @@ CASES = [
 
 
 def shipped_rules() -> dict[str, dict]:
-    return {r["alert"]: r for g in yaml.safe_load((CHART / "rules" / "alerts.yaml").read_text())["groups"] for r in g["rules"]}
+    return {
+        r["alert"]: r
+        for g in yaml.safe_load((CHART / "rules" / "alerts.yaml").read_text())["groups"]
+        for r in g["rules"]
+    }
 
 
 def rule_sources() -> dict[str, list]:
