@@ -10,7 +10,9 @@
 #
 #   k8s/kind-demo.sh [--dry-run]        DRY_RUN=1 also works: print the commands, run nothing
 # Environment: CLUSTER (marcelle-torch), NAMESPACE (marcelle-torch), RELEASE (marcelle-torch),
-#   IMAGE_TAG (0.1.0), REGISTRY (marcelle-torch), PORT (8080; 0 = any free port),
+#   OPERATOR_NAMESPACE (kuberay-system: the operator's, and the only one the chart's
+#   NetworkPolicy then admits to the Ray head), IMAGE_TAG (0.1.0), REGISTRY (marcelle-torch),
+#   PORT (8080; 0 = any free port),
 #   SKIP_BUILD=1 (reuse images already built), WAIT_TIMEOUT (RayService Ready; 20m).
 set -euo pipefail
 
@@ -19,13 +21,14 @@ dry_run="${DRY_RUN:-0}"
 for arg in "$@"; do
   case "$arg" in
     --dry-run) dry_run=1 ;;
-    -h|--help) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "kind-demo.sh: error: unknown argument $arg (try --help)" >&2; exit 2 ;;
   esac
 done
 
 cluster="${CLUSTER:-marcelle-torch}"
 namespace="${NAMESPACE:-marcelle-torch}"
+operator_namespace="${OPERATOR_NAMESPACE:-kuberay-system}"
 release="${RELEASE:-marcelle-torch}"
 tag="${IMAGE_TAG:-0.1.0}"
 registry="${REGISTRY:-marcelle-torch}"
@@ -91,8 +94,10 @@ step "KubeRay operator $KUBERAY_OPERATOR_CHART_VERSION"
 # The operator image comes from quay.io: allow for the pull on a fresh cluster.
 run "$helm" upgrade --install kuberay-operator kuberay-operator --kube-context "$context" \
   --repo "$KUBERAY_HELM_REPO" --version "$KUBERAY_OPERATOR_CHART_VERSION" \
-  --namespace kuberay-system --create-namespace \
+  --namespace "$operator_namespace" --create-namespace \
   -f "$repo/operator-config/kuberay-operator-values.yaml" --wait --timeout 10m
+# The chart's NetworkPolicy admits the operator's Pods to the Ray head from this namespace only.
+sets+=(--set "networkPolicy.kuberayOperator.namespace=$operator_namespace")
 
 step "chart marcelle-torch (release $release, namespace $namespace)"
 # --wait covers the Deployments; the RayService is waited for below (KubeRay reports it).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from k8s_tools import by_kind, ci_values, one, render
 
 
@@ -55,8 +56,42 @@ def test_ray_serve_only_from_webapp_operator_and_ray_itself():
     by_peer = {tuple(peers(r)): r for r in rules}
     assert ("ray",) in by_peer and "ports" not in by_peer[("ray",)]
     assert by_peer[("webapp",)]["ports"] == [{"port": 8000, "protocol": "TCP"}]
-    assert {p["port"] for p in by_peer[("kuberay-system",)]["ports"]} == {8265, 52365, 8000}
     assert {p["port"] for p in by_peer[("monitoring",)]["ports"]} == {8080, 44217, 44227}
+    assert len(rules) == 3
+
+
+def test_the_operator_reaches_the_head_only_by_its_pod_labels():
+    """KubeRay's operator, wherever it runs (test_network_flows.py evaluates the flows)."""
+    head = policies()["ray-head"]["spec"]
+    assert head["podSelector"]["matchLabels"]["ray.io/node-type"] == "head"
+    (rule,) = head["ingress"]
+    (peer,) = rule["from"]
+    assert peer == {
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}},
+        "namespaceSelector": {},
+    }
+    assert {p["port"] for p in rule["ports"]} == {8265, 8000}
+    pinned = one(render(sets=("networkPolicy.kuberayOperator.namespace=kuberay-system",)), "NetworkPolicy", "-ray-head")
+    (peer,) = pinned["spec"]["ingress"][0]["from"]
+    assert peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "kuberay-system"}}
+
+
+@pytest.mark.parametrize(
+    "sets,message",
+    [
+        (("networkPolicy.kuberayOperator.namespace=Kuberay_System",), "at '/networkPolicy/kuberayOperator/namespace'"),
+        (("networkPolicy.kuberayOperator.podLabels=null",), "at '/networkPolicy/kuberayOperator"),
+        (
+            ("networkPolicy.kuberayOperatorNamespace=kuberay-system",),
+            "additional properties 'kuberayOperatorNamespace'",
+        ),
+    ],
+)
+def test_operator_values_are_checked(sets, message):
+    from k8s_tools import render_text
+
+    result = render_text(sets=sets, check=False)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
 
 
 def test_worker_takes_only_metrics_scrapes():
@@ -130,3 +165,32 @@ def test_ports_follow_values():
     assert named["backend"]["spec"]["ingress"][0]["ports"] == [{"port": 4000, "protocol": "TCP"}]
     assert named["webapp"]["spec"]["ingress"][0]["ports"] == [{"port": 9090, "protocol": "TCP"}]
     assert named["worker"]["spec"]["ingress"][0]["ports"] == [{"port": 9200, "protocol": "TCP"}]
+
+
+@pytest.mark.parametrize("operator_ns", [None, "ray-operators"])
+def test_kind_demo_admits_the_namespace_it_installs_the_operator_in(operator_ns):
+    """`make kind-demo` (k8s/kind-demo.sh) installs the operator in one namespace and pins the
+    chart's networkPolicy.kuberayOperator.namespace to that same one; the NOTES then name it."""
+    import os
+    import shlex
+    import subprocess
+
+    from k8s_tools import REPO
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OPERATOR_NAMESPACE", "NAMESPACE", "RELEASE")}
+    env.update(PATH="/usr/bin:/bin", DRY_RUN="1", SKIP_BUILD="1")
+    if operator_ns:
+        env["OPERATOR_NAMESPACE"] = operator_ns
+    result = subprocess.run([str(REPO / "k8s" / "kind-demo.sh")], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    plan = [shlex.split(line[2:]) for line in result.stdout.splitlines() if line.startswith("+ ")]
+    installs = [c for c in plan if "upgrade" in c and "--install" in c]
+    operator = next(c for c in installs if "kuberay-operator" in c)
+    chart = next(c for c in installs if str(REPO / "charts" / "marcelle-torch") in c)
+    namespace = operator[operator.index("--namespace") + 1]
+    assert namespace == (operator_ns or "kuberay-system")
+    sets = [chart[i + 1] for i, arg in enumerate(chart) if arg == "--set"]
+    assert f"networkPolicy.kuberayOperator.namespace={namespace}" in sets
+    from test_notes import notes
+
+    assert f"in namespace {namespace}" in notes(f"networkPolicy.kuberayOperator.namespace={namespace}")

@@ -39,3 +39,14 @@ def test_port_forwards_name_the_services_kuberay_creates():
     assert "port-forward svc/mt-marcelle-torch-head-svc 8265:8265" in text
     assert "port-forward svc/mt-marcelle-torch-serve-svc 8000:8000" in text
     assert "port-forward svc/mt-marcelle-torch-webapp 8080:80" in text
+
+
+def test_network_policy_notes_say_which_operator_is_admitted_and_how_to_check():
+    text = notes()
+    assert "from Pods labelled app.kubernetes.io/name=kuberay-operator in any namespace" in text
+    assert "kubectl get pods -A -l app.kubernetes.io/name=kuberay-operator" in text
+    assert "--use-kubernetes-proxy" in text and "networkPolicy.kuberayOperator.extraFrom" in text
+    text = notes("networkPolicy.kuberayOperator.namespace=kuberay-system")
+    assert "in namespace kuberay-system" in text
+    assert "kubectl get pods -n kuberay-system -l app.kubernetes.io/name=kuberay-operator" in text
+    assert "NetworkPolicies:" not in notes("networkPolicy.enabled=false")
