@@ -14,6 +14,11 @@ Targets, each started fresh, the same PNG body, the same weights (the repo's cac
   worker thread, concurrent requests batched).
 The baseline of each ratio is the better of the two at that level.
 
+``--serve-modes`` adds a Serve target per way HTTP reaches the application (``marcelle-torch serve
+--serve-mode``, serving/modes.py), measured in the same interleaved rounds: ``serve`` is the default
+mode, ``serve-<mode>`` the others (``--skip-baselines`` leaves the two Starlette servers out). Such a
+run writes bench/out/serve_modes.{json,md,png}, beside the default run's report.
+
 Goal 1: at c=32, Serve >= 1.5x the baseline's req/s; at c=1, Serve's p50 <= 2x the baseline's.
 
 Compute-bound section (goal 2): the ResNet-18-shaped benchmark model
@@ -445,6 +450,10 @@ def markdown(results: dict) -> str:
         "| target | c | req/s | p50 ms | p99 ms | errors |",
         "|---|---:|---:|---:|---:|---:|",
     ]
+    modes = results.get("serve_modes") or {}
+    if len(modes) > 1:
+        described = ", ".join(f"`{name}`: `--serve-mode {mode}`" for name, mode in modes.items())
+        lines[4:4] = [f"Serve targets: {described}.", ""]
     for t in results["targets"]:
         if t.get("problem"):
             lines.append(f"| {t['name']} | - | - | - | - | not correct: {t['problem']} |")
@@ -505,10 +514,10 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(results: dict) -> None:
+def write_report(results: dict, stem: str = "serve_latency") -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(OUT / "serve_latency.json", json.dumps(results, indent=2))
-    atomic_write_text(OUT / "serve_latency.md", markdown(results))
+    atomic_write_text(OUT / f"{stem}.json", json.dumps(results, indent=2))
+    atomic_write_text(OUT / f"{stem}.md", markdown(results))
 
     import matplotlib
 
@@ -546,7 +555,7 @@ def write_report(results: dict) -> None:
     ax1.legend(fontsize=8)
     ax2.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    atomic_write(OUT / "serve_latency.png", lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    atomic_write(OUT / f"{stem}.png", lambda tmp: fig.savefig(tmp, format="png", dpi=110))
 
 
 def load_avg() -> str:
@@ -559,6 +568,13 @@ def main(argv=None) -> int:
     parser.add_argument("--levels", type=int, nargs="+", default=list(LEVELS))
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per level (median reported)")
     parser.add_argument("--skip-compute", action="store_true", help="leave out the compute-bound section")
+    parser.add_argument(
+        "--serve-modes",
+        nargs="+",
+        default=None,
+        help="Serve targets, one per serve mode (default: the default mode only)",
+    )
+    parser.add_argument("--skip-baselines", action="store_true", help="leave out the single-process servers")
     parser.add_argument("--baseline-server", nargs=3, metavar=("PORT", "MODEL", "BATCHED"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.baseline_server:
@@ -600,22 +616,27 @@ def main(argv=None) -> int:
     full = min(int(os.cpu_count() or 1), 2)  # the packaged config's max_replicas
     env = {"PYTHONPATH": str(tmp)}
     check = lambda url: check_correct(url, samples, expected)  # noqa: E731
+    from marcelle_torch.serving.modes import DEFAULT_SERVE_MODE, SERVE_MODES
+
+    modes = args.serve_modes or [DEFAULT_SERVE_MODE]
+    unknown = sorted(set(modes) - set(SERVE_MODES))
+    if unknown:
+        print(f"unknown serve modes {unknown}; choose from {', '.join(SERVE_MODES)}", file=sys.stderr)
+        return 2
+    results["serve_modes"] = {("serve" if m == DEFAULT_SERVE_MODE else f"serve-{m}"): m for m in modes}
+    config = str(serve_config_with_noop(["digits"], tmp))
     plans = [
-        (
-            "serve",
-            [cli, "serve", "--port", "{port}", "--config", str(serve_config_with_noop(["digits"], tmp))],
-            env,
-            check,
-        )
+        (name, [cli, "serve", "--port", "{port}", "--config", config, "--serve-mode", mode], env, check)
+        for name, mode in results["serve_modes"].items()
     ]
-    for name, batched in (("starlette", "0"), ("starlette-batched", "1")):
+    for name, batched in () if args.skip_baselines else (("starlette", "0"), ("starlette-batched", "1")):
         plans.append((name, [sys.executable, __file__, "--baseline-server", "{port}", "digits", batched], None, check))
     running = start_targets(plans, results)
     try:
         measure_interleaved(running, "digits", body, args.levels, args.duration, args.rounds, script, full)
-        serve = next(((t, e) for t, e in running if e["name"] == "serve"), None)
-        if serve:
-            target, entry = serve
+        for target, entry in running:
+            if not entry["name"].startswith("serve"):
+                continue
             entry["replicas_end"] = replicas(target.url, "digits")
             entry["noop"] = [
                 median_of([wrk(f"{target.url}/noop", body, c, args.duration, script) for _ in range(args.rounds)])
@@ -623,7 +644,11 @@ def main(argv=None) -> int:
                 for c in (1, 32)
             ]
             for r in entry["noop"]:
-                print(f"   no-op c={r['concurrency']:3d}  {r['rps']:8.1f} req/s  p50 {r['p50_ms']:.2f} ms", flush=True)
+                print(
+                    f"   {entry['name']:18s} no-op c={r['concurrency']:3d}  {r['rps']:8.1f} req/s  "
+                    f"p50 {r['p50_ms']:.2f} ms",
+                    flush=True,
+                )
     finally:
         for target, _ in running:
             target.stop()
@@ -633,8 +658,10 @@ def main(argv=None) -> int:
         results["compute"] = compute_bound(args, cli, script)
     results["load_end"] = load_avg()
     shutil.rmtree(tmp, ignore_errors=True)
-    write_report(results)
-    print((OUT / "serve_latency.md").read_text())
+    # A comparison of serve modes is another report than the one the docs show (serve_latency.json).
+    stem = "serve_modes" if args.serve_modes or args.skip_baselines else "serve_latency"
+    write_report(results, stem)
+    print((OUT / f"{stem}.md").read_text())
     return 0
 
 

@@ -20,6 +20,37 @@ program: it edits the just-written config in place (under the lock file Ray writ
 Every edit must find exactly the line it expects; if a Ray upgrade changes the template, HAProxy
 is not started and the error says which line is missing (Serve fails to start, loudly).
 
+Why this launcher, and not a setting or Serve's standard proxy:
+
+- Ray 2.60.0 has no supported setting for any of these edits: ``HAProxyConfig`` has
+  ``timeout_http_request_s``, ``custom_global`` and ``custom_defaults``, but no environment
+  variable sets them and the template renders neither ``custom_*``; the stats and Prometheus
+  ``bind`` lines, the admin socket's mode and the 502/503/504 ``errorfile`` are literal in the
+  template. (The admin socket also lies in this run's private temp dir, mode 0700.)
+- Without it, the safe choice is Serve's standard Python proxy (what the Helm chart runs), which
+  costs 3.5-5.4x in throughput and 4-6x in median latency on the 2-core CPU machine measured.
+  ``python bench/serve_latency.py --serve-modes haproxy-throughput haproxy proxy --skip-baselines
+  --skip-compute`` (digits model, one 128x128 PNG per request, wrk, median of 3 interleaved rounds
+  of 8 s, bench/out/serve_modes.json; other jobs shared the machine, load average 4.2 at the start,
+  up to 18 during):
+
+  ======================  ==================  ==================  ===================
+  ``--serve-mode``        c=1 req/s, p50      c=8 req/s, p50      c=32 req/s, p50
+  ======================  ==================  ==================  ===================
+  haproxy-throughput      532, 1.5 ms         923, 6.9 ms         1020, 26.8 ms
+  haproxy                 490, 1.7 ms         1082, 6.3 ms        961, 29.0 ms
+  proxy (the chart's)     98, 9.1 ms          223, 34.2 ms        250, 120.5 ms
+  ======================  ==================  ==================  ===================
+
+  An earlier run (load average 0.5 at the start, up to 31 during) gave the same picture:
+  haproxy-throughput 351 / 601 / 878 req/s, proxy 100 / 167 / 232, throughput (the proxy with
+  Ray's preset) 87 / 184 / 234. The gain is HAProxy's direct ingress, not the preset.
+- That gain is worth the coupling, which is bounded: tests/unit/test_haproxy_edge.py renders the
+  config with Ray's own code and applies every edit (a Ray upgrade that changes a line the edits
+  expect fails there), and at start an unexpected config stops HAProxy with the missing line
+  named, instead of running it unedited. If Ray makes these settings configurable, this module
+  goes (test_ray_config_as_rendered_binds_everywhere is the one to watch).
+
 Settings (environment of the Ray processes; ``marcelle-torch serve`` sets them):
 
 - ``MARCELLE_TORCH_HAPROXY_STATS_HOST`` / ``MARCELLE_TORCH_HAPROXY_METRICS_HOST``: where the stats

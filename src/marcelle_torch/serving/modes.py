@@ -16,5 +16,6 @@ SERVE_MODES: dict[str, dict[str, str]] = {
 # The one configuration served at every load: HAProxy straight to each model's replicas (the
 # model applications are their own HTTP ingress) with Ray's throughput preset. It is what
 # bench/serve_latency.py measures (figures in docs/benchmarks.md); the other modes are kept for
-# diagnosis and are not benchmarked.
+# diagnosis. `bench/serve_latency.py --serve-modes ...` compares them: the standard proxy is
+# 3.5-5.4x slower here, the figures are in haproxy_edge.py (why HAProxy runs through that launcher).
 DEFAULT_SERVE_MODE = "haproxy-throughput"
