@@ -282,7 +282,9 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
         for i in range(options.workers):
             port = worker_metrics_port if i == 0 else port_or_free(0, host)
 
-            def launch_worker(i=i, port=port, wait=True) -> WorkerProcess:
+            # Never waits for the connection: a restart must not hold up the supervisor (which
+            # restarts one child at a time: the backend a worker waits for, say).
+            def launch_worker(i=i, port=port) -> WorkerProcess:
                 return start_worker(
                     backend.url,
                     name=f"local-{i + 1}",
@@ -295,13 +297,11 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
                     email=backend_auth.get("worker_email"),
                     password=backend_auth.get("worker_password"),
                     die_with_parent=True,
-                    wait=wait,
-                    ready_timeout=options.ready_timeout,
+                    wait=False,
                 )
 
-            # All launched at once (each loads torch and its models), then waited for together;
-            # a restart waits until the new one is connected.
-            workers.append(stack.supervise(f"worker {i + 1}", launch_worker, first=launch_worker(wait=False)))
+            # All launched at once (each loads torch and its models), then waited for together.
+            workers.append(stack.supervise(f"worker {i + 1}", launch_worker))
             worker_ports.append(port)
         for worker in workers:
             worker.wait_ready(options.ready_timeout)
