@@ -63,9 +63,9 @@ Things to know:
 
 - **Ray Pods** keep KubeRay's own labels (the RayService's `<release>-head-svc` selects on
   them); the chart's NetworkPolicies and PodMonitors select Ray Pods by `ray.io/is-ray-node` /
-  `ray.io/node-type` and the release's `app.kubernetes.io/instance`. Only the Ray head mounts a
-  service-account token (its autoscaler sidecar scales the worker groups), with the chart's
-  ServiceAccount, Role and RoleBinding.
+  `ray.io/node-type` and the release's `app.kubernetes.io/instance`. Only the Ray head's autoscaler
+  container mounts a service-account token (a projected volume; it scales the worker groups),
+  with the chart's ServiceAccount, Role and RoleBinding; the Ray containers get none.
 - **Upgrades** (`ray.upgradeStrategy.type`): `NewCluster` (default) brings up a second Ray
   cluster and switches traffic when it serves, so an image change loses no request but needs
   room for two clusters for a while; `None` never replaces the cluster (image changes wait for

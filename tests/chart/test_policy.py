@@ -48,8 +48,8 @@ def test_security_contexts_are_locked_down(values):
         assert not sc.get("privileged"), where
         if c["name"] not in WRITABLE_ROOT_ALLOWED:
             assert sc.get("readOnlyRootFilesystem") is True, f"{where}: root filesystem must be read-only"
-        # Only the Ray head mounts a token (its autoscaler sidecar needs it: test_ray_rbac.py).
-        assert spec.get("automountServiceAccountToken") is owner.endswith(" head"), owner
+        # No Pod mounts a token in every container; the head's autoscaler gets one (test_ray_rbac.py).
+        assert spec.get("automountServiceAccountToken") is False, owner
     ray = by_kind(render(values), "RayService")[0]
     autoscaler = ray["spec"]["rayClusterConfig"]["autoscalerOptions"]
     assert autoscaler["securityContext"]["allowPrivilegeEscalation"] is False

@@ -1,5 +1,5 @@
-"""templates/ray-rbac.yaml and the head Pod: only the Ray head gets a service-account token,
-with the ServiceAccount, Role and RoleBinding the KubeRay autoscaler sidecar needs.
+"""templates/ray-rbac.yaml and the head Pod: only the Ray head's autoscaler container gets a
+service-account token, with the ServiceAccount, Role and RoleBinding it needs.
 
 Upstream facts encoded here:
 - ray-project/ray, python/ray/autoscaler/_private/kuberay/node_provider.py (read at commit
@@ -10,7 +10,9 @@ Upstream facts encoded here:
 - ray-project/kuberay v1.7.0, ray-operator/controllers/ray/common/pod.go,
   `DefaultHeadPodTemplate`: with in-tree autoscaling the head Pod's serviceAccountName becomes
   `utils.CheckName(GetHeadGroupServiceAccountName(cluster))`; KubeRay never sets
-  automountServiceAccountToken, so the Pod's own value decides.
+  automountServiceAccountToken, so the Pod's own value decides; the autoscaler container is
+  BuildAutoscalerContainer with autoscalerOptions merged in by mergeAutoscalerOverrides, whose
+  volumeMounts are appended to the container's (the template's volumes stay the Pod's).
 - ray-project/kuberay v1.7.0, ray-operator/controllers/ray/raycluster_controller.go,
   `reconcileAutoscalerServiceAccount`: when the head template names a ServiceAccount, KubeRay
   does not create it ("they need to create a ServiceAccount themselves", kuberay#1128) and
@@ -22,6 +24,8 @@ Upstream facts encoded here:
 """
 
 from __future__ import annotations
+
+import json
 
 import pytest
 from k8s_tools import CI_VALUES, by_kind, ci_values, one, pod_specs, render
@@ -51,17 +55,54 @@ def head_spec(objects):
     return one(objects, "RayService")["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
 
 
+TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def head_pod_as_kuberay_builds_it(objects) -> dict:
+    """The head Pod's spec as KubeRay v1.7.0 builds it from the template (common/pod.go
+    DefaultHeadPodTemplate): the template's spec, then the autoscaler container
+    (BuildAutoscalerContainer) with autoscalerOptions merged in (mergeAutoscalerOverrides:
+    volumeMounts appended, securityContext, resources, env...), appended after the Ray container.
+    KubeRay touches neither automountServiceAccountToken nor the template's volumes here."""
+    cluster = one(objects, "RayService")["spec"]["rayClusterConfig"]
+    spec = dict(head_spec(objects))
+    options = cluster.get("autoscalerOptions") or {}
+    autoscaler = {
+        "name": "autoscaler",
+        "volumeMounts": list(options.get("volumeMounts") or []),
+        "env": list(options.get("env") or []),
+    }
+    spec["containers"] = [*spec["containers"], autoscaler]
+    return spec
+
+
 @pytest.mark.parametrize("values", CI_VALUES, ids=ids)
-def test_only_the_ray_head_mounts_a_token(values):
+def test_only_the_autoscaler_container_gets_a_token(values):
+    """The Ray head container runs application code (Serve replicas' code, job submissions): it
+    gets no API token. The autoscaler sidecar gets one through a projected volume at the path
+    Ray reads (node_provider.py IN_CLUSTER_TOKEN_PATH / IN_CLUSTER_CA_CERT_PATH; it re-reads the
+    token every TOKEN_REFRESH_PERIOD, so the kubelet's rotation of a projected token is seen)."""
     objects = render(values)
     for owner, spec in pod_specs(objects):
-        if owner.endswith(" head"):
-            assert spec.get("automountServiceAccountToken") is True, (
-                f"{owner}: the autoscaler sidecar reads the service-account token (node_provider.py load_k8s_secrets)"
-            )
-        else:
-            assert spec.get("automountServiceAccountToken") is False, f"{owner}: must not mount a token"
+        assert spec.get("automountServiceAccountToken") is False, f"{owner}: must not mount a token in every container"
+        if not owner.endswith(" head"):
             assert "serviceAccountName" not in spec, f"{owner}: only the head uses the autoscaler's account"
+    head = head_pod_as_kuberay_builds_it(objects)
+    volumes = {v["name"]: v for v in head["volumes"]}
+    mounting = {
+        c["name"]: [m for m in c.get("volumeMounts", []) if m["mountPath"] == TOKEN_DIR]
+        for c in head["containers"] + head.get("initContainers", [])
+    }
+    assert [c for c, m in mounting.items() if m] == ["autoscaler"], mounting
+    (mount,) = mounting["autoscaler"]
+    assert mount["readOnly"] is True
+    sources = volumes[mount["name"]]["projected"]["sources"]
+    token = next(s["serviceAccountToken"] for s in sources if "serviceAccountToken" in s)
+    assert token["path"] == "token" and 600 <= token["expirationSeconds"] <= 7200
+    ca = next(s["configMap"] for s in sources if "configMap" in s)
+    assert ca["name"] == "kube-root-ca.crt" and ca["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
+    # No token for any other container through a Secret either.
+    assert not [v for v in volumes.values() if "secret" in v and "token" in json.dumps(v)]
 
 
 @pytest.mark.parametrize("values", CI_VALUES, ids=ids)
