@@ -10,8 +10,9 @@
 //    Both also refuse a Host that is not one of the backend's names (DNS rebinding) and a
 //    browser Origin that is not the web app's (CORS, and websockets, which have no CORS).
 // 2. Access. `accessPolicy` is the first application `before` hook: the edge checks of
-//    validation.js on every external call, then authentication (tokens of a logged-out
-//    account refused), then, per role, what the table in docs/security.md says.
+//    validation.js on every external call, then what policy.js says (who may do what: the
+//    one statement of it, which the table in docs/security.md is rendered from), with
+//    authentication (tokens of a logged-out account refused) for every call that is not public.
 // 3. Logins. `loginLimits` counts password attempts per client address and per account and
 //    address (rate-limiter-flexible) and answers 429 with Retry-After.
 'use strict';
@@ -20,6 +21,7 @@ const { RateLimiterMemory } = require('rate-limiter-flexible');
 const errors = require('@feathersjs/errors');
 const { authenticate } = require('@feathersjs/authentication').hooks;
 const { checkShape, checkCall } = require('./validation');
+const policy = require('./policy');
 
 const { BadRequest, Forbidden, MethodNotAllowed, NotAuthenticated, NotFound, TooManyRequests } = errors;
 
@@ -85,14 +87,6 @@ function checkServiceNames(services) {
   }
   if (!services.includes('runs')) return 'whitelist.services must include "runs"';
   return null;
-}
-
-/**
- * The names clients may call: the data services, `info`, `served-models` (workers.js), and
- * `users`/`authentication` with auth on.
- */
-function servedNames(services, authEnabled) {
-  return new Set([...services, 'info', 'served-models', ...(authEnabled ? ['users', 'authentication'] : [])]);
 }
 
 function notServed(served) {
@@ -243,12 +237,15 @@ const who = (user) => (user ? `${user.role || 'no-role'} ${user._id}` : 'anonymo
 
 /**
  * The access policy (application before-hook, run before every other hook): the edge checks
- * (validation.js) on every external call, authentication, then who may do what. With
- * authentication off every caller is trusted as the worker is (the local demo), and only
- * many-at-once writes are refused.
+ * (validation.js) on every external call, then what policy.js says: a call that is not public
+ * is authenticated (tokens of a logged-out account refused), methods no client calls are 405,
+ * the shapes of what each role sends are checked (validation.js), then the caller's grant
+ * decides (403, 404 for a record the caller may not read), and `own` grants add the owner to
+ * the query. With authentication off every caller is `auth off`.
  */
-function accessPolicy({ authEnabled, allowSignup, abilityFor }) {
+function accessPolicy({ authEnabled, allowSignup, dataServices, abilityFor }) {
   const jwt = authenticate('jwt');
+  const settings = { allowSignup };
 
   async function authenticateCaller(context) {
     // A login reads its account through here, already authenticated by its strategy, before
@@ -272,70 +269,30 @@ function accessPolicy({ authEnabled, allowSignup, abilityFor }) {
     return user;
   }
 
-  function oneAtATime(context, what) {
-    const { method, id } = context;
-    if (method === 'update') throw new MethodNotAllowed(`${what} are changed with patch, not update`);
-    if ((method === 'patch' || method === 'remove') && (id === null || id === undefined)) {
-      throw new MethodNotAllowed(
-        `${what} are ${method === 'patch' ? 'patched' : 'removed'} one at a time (give an id)`,
-      );
-    }
-  }
-
-  function runs(context, user) {
-    if (!authEnabled) return;
-    const { method } = context;
-    const role = user.role;
-    if (role === 'admin') return;
-    if (role === 'worker') {
-      if (!['find', 'get', 'patch'].includes(method)) {
-        throw new Forbidden('The worker account may only find, get and patch runs');
-      }
-      return;
-    }
-    if (role === 'editor') {
-      // A user's own runs only: another user's run is not found.
-      if (method !== 'create') context.params.query = { ...(context.params.query || {}), userId: user._id };
-      return;
-    }
-    throw new Forbidden(`The role ${JSON.stringify(role)} has no access to runs`);
-  }
-
-  function users(context, user) {
-    const { method, id } = context;
-    if (method === 'create') {
-      // With sign-up on anyone may make an account (the package makes it an `editor`).
-      if (allowSignup) return;
-      if (user.role !== 'admin') throw new Forbidden('Sign-up is off: only the admin account creates accounts');
-      return;
-    }
-    const isAdmin = user.role === 'admin';
-    const self = String(user._id);
-    if (method === 'find') {
-      if (!isAdmin) context.params.query = { ...(context.params.query || {}), _id: user._id };
-      return;
-    }
-    const own = String(id) === self;
-    if (!own && !isAdmin) throw new NotFound(`No record found for id '${id}'`);
-    if (method === 'get') return;
-    if (!own) throw new Forbidden('The admin account reads accounts; it does not change or delete them');
-    if (user.role !== 'editor') {
-      throw new Forbidden(`The ${user.role} account is managed by the deployment (environment), not through the API`);
-    }
-  }
-
-  const needsCaller = ({ path, method }) =>
-    authEnabled && (path === 'runs' || (path === 'users' && !(method === 'create' && allowSignup)));
-
   return async (context) => {
     if (!context.params.provider) return context; // calls made inside the backend
     checkShape(context);
-    const user = needsCaller(context) ? await authenticateCaller(context) : null;
-    if (context.path === 'runs') oneAtATime(context, 'runs');
-    if (context.path === 'users' && context.method !== 'create') oneAtATime(context, 'accounts');
+    // REST calls to data services pass through the package's `:serviceName` service, whose
+    // call then makes the data service's own: that one is decided.
+    const service = policy.serviceOf(context.path, dataServices);
+    if (service === null) return context;
+    const { method, id } = context;
+    const open = policy.isPublic(service, method, settings);
+    const user = authEnabled && !open ? await authenticateCaller(context) : null;
+    const problem = policy.methodProblem(service, method, id);
+    if (problem) throw new MethodNotAllowed(problem);
     checkCall(context, user ? user.role : null);
-    if (context.path === 'runs') runs(context, user);
-    else if (context.path === 'users') users(context, user);
+    if (open) return context;
+    const decision = policy.decide({
+      role: authEnabled ? user.role : null,
+      service,
+      method,
+      id,
+      self: user ? user._id : undefined,
+    });
+    if (decision.refused === 404) throw new NotFound(decision.message);
+    if (decision.refused) throw new Forbidden(decision.message);
+    if (decision.query) context.params.query = { ...(context.params.query || {}), ...decision.query };
     return context;
   };
 }
@@ -428,7 +385,7 @@ function loginLimits({ perClient, perAccount }) {
 
 module.exports = {
   checkServiceNames,
-  servedNames,
+  servedNames: policy.servedNames,
   restGuard,
   socketGuard,
   accessPolicy,

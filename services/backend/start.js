@@ -7,7 +7,8 @@
 //   prototype pollution: validation.js);
 // - serves only the names the app uses, to the allowed Host names and origins, checks every
 //   call's shape, answers who may do what, throttles logins (access.js, validation.js: in
-//   front of every REST request and Socket.IO packet, and the first app hook);
+//   front of every REST request and Socket.IO packet, and the first app hook), as policy.js
+//   says, which also gives the package its CASL `permissions`;
 // - tokens end at logout and password change; accounts take their runs with them
 //   (accounts.js); per-user quotas on new runs (quotas.js);
 // - creates/updates the worker account (role `worker`) from MARCELLE_WORKER_EMAIL/_PASSWORD
@@ -54,6 +55,11 @@ function checkConfig(config) {
   const database = config.get('database');
   if (!['nedb', 'mongodb'].includes(database)) {
     fail(`database must be nedb or mongodb, got ${JSON.stringify(database)}`);
+  }
+  if (config.has('permissions')) {
+    fail(
+      'the configuration has `permissions`: who may do what is services/backend/policy.js, which gives the package its permissions; remove them from the configuration',
+    );
   }
   const servicesProblem = checkServiceNames(config.get('whitelist.services'));
   if (servicesProblem) fail(servicesProblem);
@@ -156,6 +162,7 @@ const abilities = require('@marcellejs/backend/lib/authentication/abilities');
 const { runsHooks, MAX_INPUT_BYTES } = require('./runs-hooks');
 const { runQuotas, payloadTooLarge } = require('./quotas');
 const { ensureAccounts, installAccountRules } = require('./accounts');
+const { caslPermissions } = require('./policy');
 const cors = require('cors');
 const { removeProtoAccessor } = require('./validation');
 const { workerRegistry } = require('./workers');
@@ -231,8 +238,8 @@ function serveServedModels(expressApp, workers) {
 // @marcellejs/backend 0.6.5 lib/authentication/abilities.js logs the whole permissions
 // object (`console.log('permissions', ...)`) each time it computes a caller's rules (every
 // REST call with a token, every login). It reads `exports.defineRulesFor` at call time, so
-// this replacement (same rules: the role's list from `permissions`, with "${user.…}"
-// placeholders filled in; no rules for an unknown role, or for an account not yet stored,
+// this replacement (same rules: the role's list from `permissions`, which start.js derives
+// from policy.js, with "${user.…}" placeholders filled in; no rules for an unknown role, or for an account not yet stored,
 // whose `_id` is unknown) is used everywhere, without the log. Refused calls are logged by
 // logDenials instead.
 const UNDEFINED = Symbol('undefined placeholder');
@@ -275,6 +282,9 @@ async function main() {
   const services = app.get('whitelist').services;
   const served = servedNames(services, authEnabled);
   const edge = { trustedProxies, allowedHosts, corsOrigins };
+  // The package's CASL rules (its hooks on data services and `users`, its real-time channels,
+  // the `rules` of a login) are the policy's.
+  app.set('permissions', caslPermissions());
 
   // What the package's bin does with app.listen(port), but with the guard in front of the
   // whole Express app (@feathersjs/express 4.5 lib/index.js: listen = http server + setup).
@@ -296,7 +306,7 @@ async function main() {
   // The policy runs first, before the package's own app hooks (registered when lib/app was
   // loaded): @feathersjs/commons 4.5 lib/hooks.js keeps each method's app before-hooks in
   // app.__hooks.before[method], run in order.
-  const policy = accessPolicy({ authEnabled, allowSignup, abilityFor });
+  const policy = accessPolicy({ authEnabled, allowSignup, dataServices: services, abilityFor });
   for (const method of ['find', 'get', 'create', 'update', 'patch', 'remove']) {
     const hooks = app.__hooks.before[method];
     if (!Array.isArray(hooks)) fail(`the backend package no longer keeps its ${method} app hooks where expected`);

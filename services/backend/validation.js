@@ -17,6 +17,7 @@
 const Ajv = require('ajv');
 const { BadRequest } = require('@feathersjs/errors');
 const { STATUSES } = require('./runs-hooks');
+const policy = require('./policy');
 
 const MAX_DEPTH = 32;
 const FORBIDDEN_KEYS = new Set(['__proto__', 'constructor', 'prototype']);
@@ -201,6 +202,7 @@ function validate(name, value, what) {
 /**
  * Layer 2: what this caller (`role`: admin, editor, worker, or null when authentication is off
  * and every caller is trusted as the worker is) may send to `runs`, `users`, `authentication`.
+ * Who may call what is policy.js's (access.js decides after this check).
  */
 function checkCall(context, role) {
   const { path, method, data, params } = context;
@@ -213,8 +215,10 @@ function checkCall(context, role) {
       validate('runCreate', data, 'runs.create');
     }
     if (method === 'patch') {
-      const trusted = role === null || role === 'worker';
-      if (!trusted && !(data && data.status === 'canceled' && Object.keys(data).length === 1)) {
+      // What the caller's grant lets it write (policy.js): the worker's fields, or a cancel (also
+      // for a caller without the grant, which is refused after this check).
+      const progress = policy.writeOf(role, 'runs', 'patch') === 'progress';
+      if (!progress && !(data && data.status === 'canceled' && Object.keys(data).length === 1)) {
         throw new BadRequest("runs.patch: a client may only cancel a run: patch it with {status: 'canceled'}");
       }
       validate('workerPatch', data, 'runs.patch');
