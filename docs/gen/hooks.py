@@ -44,6 +44,7 @@ GENERATORS = {
     "alerts": lambda arg: reference.alerts_table(),
     "chart-readme": lambda arg: reference.chart_readme(),
     "access-table": lambda arg: reference.access_table(),
+    "access-policy": lambda arg: reference.access_policy(),
     "bench": figures.bench,
     "bench-index": lambda arg: figures.index(),
     "reliability": lambda arg: figures.reliability(),

@@ -310,5 +310,72 @@ def chart_readme() -> str:
 
 
 def access_table() -> str:
+    """The expected outcomes that tests/reliability/test_access_matrix.py checks against a real backend."""
     module = load_module(REPO / "tests" / "reliability" / "access_table.py", "marcelle_torch_access_table")
     return module.markdown() + "\n"
+
+
+def _grant_cell(grant: dict, method: str) -> str:
+    text = "yes" if method == "create" else grant["scope"]
+    return f"{text} ({grant['write']})" if grant.get("write") else text
+
+
+def access_policy() -> str:
+    """The backend's policy (services/backend/policy.js, read by running it): who may call what."""
+    reader = load_module(REPO / "tests" / "reliability" / "backend_policy.py", "marcelle_torch_backend_policy")
+    policy = reader.load()
+    callers, services, grants = policy["callers"], policy["services"], policy["grants"]
+    conditions = {"allowSignup": "with sign-up on"}
+    assert set(conditions) == set(policy["conditions"]), "a condition of policy.js has no words here"
+
+    def cell(caller: str, service: str, method: str) -> str:
+        if caller == "auth off" and services[service].get("auth"):
+            return "not served"
+        own = grants[caller].get(service, {}).get(method)
+        if own:
+            return _grant_cell(own, method)
+        anyone = grants["anyone"].get(service, {}).get(method)
+        if anyone:
+            text = f"anyone ({anyone['write']})" if anyone.get("write") else "anyone"
+            return f"{conditions[anyone['when']]}: {text}" if anyone.get("when") else text
+        return "—"
+
+    lines = ["| service, method | " + " | ".join(callers) + " |", "|---" * (len(callers) + 1) + "|"]
+    for service, about in services.items():
+        if service == "*":
+            row = ["another data service of `whitelist.services`, every method"]
+            row += [cell(caller, service, "find") for caller in callers]
+            lines.append("| " + " | ".join(row) + " |")
+            continue
+        for method in about["methods"]:
+            lines.append(f"| `{service}` {method} | " + " | ".join(cell(c, service, method) for c in callers) + " |")
+    one_at_a_time = [f"`{name}`" for name, about in services.items() if about.get("oneAtATime")]
+    writes = "; ".join(f"*{name}*: {what}" for name, what in policy["writes"].items())
+    casl = "\n".join(
+        f"{role:7} {rule['action']:6} {rule['subject']}"
+        + "".join(f" where {field} = {value}" for field, value in rule.get("conditions", {}).items())
+        for role, rules in policy["casl"].items()
+        for rule in rules
+    )
+    return "\n".join(
+        [
+            *lines,
+            "",
+            "*all*: every record; *own*: the caller's runs (`userId`) or account (`_id`), another's is not"
+            " found (404); *anyone*: no login needed (a token is not even read); *not served*: with"
+            " authentication off there are no accounts (404). *—*: refused: 401 without a valid token,"
+            " 404 for a record the caller may not read (an account not its own), 403 otherwise."
+            f" On {' and '.join(one_at_a_time)}, `update`, and `patch` or `remove` without an id, are 405"
+            " for everyone: one record at a time, changed with patch. What a caller may write, where its"
+            f" grant limits it: {writes}.",
+            "",
+            "The package's own checks (its feathers-casl hooks, its real-time channels, the `rules` a"
+            " login answers) get the CASL rules derived from these grants (`permissions`, `${user._id}`"
+            " being the caller's id):",
+            "",
+            "```text",
+            casl,
+            "```",
+            "",
+        ]
+    )

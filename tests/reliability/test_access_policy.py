@@ -74,3 +74,9 @@ def test_every_role_of_the_table_is_the_policys():
     rules = policy.load()
     assert {caller for caller, _ in COLUMNS.values() if caller} == set(rules["callers"]) - {"anonymous"}
     assert set(rules["casl"]) == set(rules["roles"]) == {"editor", "worker", "admin"}
+
+
+def test_the_docs_show_the_policy():
+    # The docs build renders the policy in place of this line (docs/gen/hooks.py: access-policy).
+    marker = "<!-- generated: access-policy -->"
+    assert marker in access_table.DOCS_PAGE.read_text(), f"{access_table.DOCS_PAGE} lost the line {marker!r}"
