@@ -27,6 +27,12 @@ BENCHMARKS: dict[str, tuple[str, str, str, str]] = {
         "Ray Serve latency and throughput against single-process servers; the compute-bound model",
         "benchmarks.md",
     ),
+    "serve_modes": (
+        "serve_latency.py",
+        "serve_modes.json",
+        "how HTTP reaches Ray Serve: HAProxy (the local default) against Ray's proxy (the chart's)",
+        "ray-serve.md",
+    ),
     "parity": (
         "parity.py",
         "parity.json",
@@ -61,6 +67,8 @@ BENCHMARKS: dict[str, tuple[str, str, str, str]] = {
 COMMANDS = {
     "gpu_check": "PYTHONPATH=src MARCELLE_TORCH_CACHE=.cache/models python bench/gpu_check.py (on a GPU machine)",
     "backend_memory_kept": "python bench/backend_memory.py --seconds 240 --keep-runs 30",
+    "serve_modes": "python bench/serve_latency.py --serve-modes haproxy-throughput haproxy proxy --skip-baselines"
+    " --skip-compute",
 }
 
 
@@ -148,6 +156,7 @@ TITLES = {
     "your-model.md": "Your model",
     "benchmarks.md": "below",
     "reliability.md": "Reliability",
+    "ray-serve.md": "Ray Serve",
 }
 
 
