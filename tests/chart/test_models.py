@@ -80,7 +80,7 @@ def test_every_pod_that_runs_models_fetches_each_first():
             assert not mounts["/models"].get("readOnly") and mounts["/tmp"]["name"] == "models-tmp"
             assert {e["name"]: e["value"] for e in container["env"]}["MARCELLE_TORCH_CACHE"].startswith("/tmp/")
         volumes = {v["name"]: v for v in spec["volumes"]}
-        assert volumes["models"] == {"name": "models", "emptyDir": {}}
+        assert volumes["models"] == {"name": "models", "emptyDir": {"sizeLimit": "4Gi"}}
         assert volumes["model-source-1"]["persistentVolumeClaim"] == {"claimName": "team-models", "readOnly": True}
         pvc_mount = next(m for m in fetches[1]["volumeMounts"] if m["name"] == "model-source-1")
         assert pvc_mount == {"name": "model-source-1", "mountPath": "/model-sources/1", "readOnly": True}
@@ -123,7 +123,7 @@ def test_the_web_app_serves_each_models_onnx_bundle_beside_the_builtin():
     assert list(served) == NAMES
     for name, mount in served.items():
         assert mount["mountPath"] == f"{root}/onnx/{name}" and mount["readOnly"] is True
-    assert {"name": "onnx-models", "emptyDir": {}} in spec["volumes"]
+    assert {"name": "onnx-models", "emptyDir": {"sizeLimit": "4Gi"}} in spec["volumes"]
     config = json.loads(one(objects, "ConfigMap", "-webapp-config")["data"]["config.json"])
     assert config["onnxBundle"] == "onnx/digits/"
     assert config["onnxBundles"] == ["onnx/digits/"] + [f"onnx/{name}/" for name in NAMES]

@@ -73,6 +73,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 ray.io/is-ray-node: "yes"
 {{- end }}
 
+{{/* The Ray version of the images: Chart.yaml's marcelle-torch/ray-version annotation. */}}
+{{- define "mt.rayVersion" -}}
+{{- $v := index .Chart.Annotations "marcelle-torch/ray-version" -}}
+{{- if not (regexMatch "^[0-9]+\\.[0-9]+\\.[0-9]+$" ($v | default "")) }}{{ fail (printf "Chart.yaml: annotation marcelle-torch/ray-version must be a Ray version such as 2.60.0, got %q" $v) }}{{ end -}}
+{{- $v -}}
+{{- end }}
+
 {{/* image reference; call with (dict "ctx" $ "image" .Values.x.image "path" "x.image" "suffix" "") */}}
 {{- define "mt.image" -}}
 {{- if eq .image.tag "latest" }}{{ fail (printf "%s.tag: \"latest\" is refused: pin a fixed tag (empty = the chart appVersion)" .path) }}{{ end -}}

@@ -84,12 +84,12 @@ terminationMessagePolicy: FallbackToLogsOnError
 {{- define "mt.modelVolumes" -}}
 {{- if .ctx.Values.models }}
 - name: models
-  emptyDir: {}
+  emptyDir: {sizeLimit: {{ .ctx.Values.modelInit.sizeLimit }}}
 - name: models-tmp
-  emptyDir: {}
+  emptyDir: {sizeLimit: {{ .ctx.Values.modelInit.sizeLimit }}}
 {{- if .onnx }}
 - name: onnx-models
-  emptyDir: {}
+  emptyDir: {sizeLimit: {{ .ctx.Values.modelInit.sizeLimit }}}
 {{- end }}
 {{- range $i, $m := .ctx.Values.models }}
 {{- if $m.pvc }}

@@ -35,6 +35,15 @@
       affinity:
         {{- toYaml . | nindent 8 }}
       {{- end }}
+      {{- with .group.topologySpreadConstraints }}
+      topologySpreadConstraints:
+        {{- range $c := . }}
+        {{- if not (hasKey $c "labelSelector") }}
+        {{- $c = merge (dict "labelSelector" (dict "matchLabels" (dict "app.kubernetes.io/instance" $ctx.Release.Name "ray.io/is-ray-node" "yes" "marcelle-torch.dev/worker-group" $.name))) $c }}
+        {{- end }}
+        {{- toYaml (list $c) | nindent 8 }}
+        {{- end }}
+      {{- end }}
       {{- with include "mt.modelInitContainers" (dict "ctx" $ctx "image" .image) }}
       initContainers:
         {{- . | trim | nindent 8 }}
@@ -75,8 +84,9 @@
             {{- . | trim | nindent 12 }}
             {{- end }}
       volumes:
+        # KubeRay (common/pod.go addEmptyDir) adds no volume of its own at /tmp/ray when this one is there.
         - name: ray-logs
-          emptyDir: {}
+          emptyDir: {sizeLimit: {{ $ctx.Values.ray.logsSizeLimit }}}
         {{- with include "mt.modelVolumes" (dict "ctx" $ctx) }}
         {{- . | trim | nindent 8 }}
         {{- end }}
