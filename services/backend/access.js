@@ -22,6 +22,7 @@ const errors = require('@feathersjs/errors');
 const { authenticate } = require('@feathersjs/authentication').hooks;
 const { checkShape, checkCall } = require('./validation');
 const policy = require('./policy');
+const { checkSocketHandshakes } = require('./package-patches');
 
 const { BadRequest, Forbidden, MethodNotAllowed, NotAuthenticated, NotFound, TooManyRequests } = errors;
 
@@ -202,9 +203,9 @@ function restGuard(served, { trustedProxies, allowedHosts, corsOrigins }) {
  * the packet's last element (socket.io 2.5 lib/socket.js onevent/dispatch).
  */
 function socketGuard(io, served, { trustedProxies, allowedHosts, corsOrigins }) {
-  // engine.io 3.6 lib/server.js verify() asks allowRequest before every handshake (polling
-  // and websocket): a websocket has no CORS, so this is what keeps other sites' pages out.
-  io.eio.allowRequest = (req, done) => done(null, refusedOrigin(req.headers, { allowedHosts, corsOrigins }) === null);
+  // Before every handshake (polling and websocket): a websocket has no CORS, so this is what
+  // keeps other sites' pages out.
+  checkSocketHandshakes(io, (req) => refusedOrigin(req.headers, { allowedHosts, corsOrigins }) === null);
   io.use((socket, next) => {
     // @feathersjs/socketio 4 lib/middleware.js has set socket.feathers (the call params).
     if (socket.feathers) {

@@ -20,7 +20,8 @@
 // - removes finished runs older than marcelleTorch.keepFinishedRunsSeconds (retention.js).
 // The package's `marcelle-backend` bin only calls app.listen(); its Feathers `app` (the
 // package's `lib/app` module) is the extension point used here: services and hooks are
-// added with Feathers' own API. Config: backend/config/*.yaml.
+// added with Feathers' own API, and the few changes to the package itself are in
+// package-patches.js. Config: backend/config/*.yaml.
 'use strict';
 
 const path = require('path');
@@ -163,106 +164,16 @@ const { runsHooks, MAX_INPUT_BYTES } = require('./runs-hooks');
 const { runQuotas, payloadTooLarge } = require('./quotas');
 const { ensureAccounts, installAccountRules } = require('./accounts');
 const { caslPermissions } = require('./policy');
-const cors = require('cors');
+const patches = require('./package-patches');
 const { removeProtoAccessor } = require('./validation');
 const { workerRegistry } = require('./workers');
 const { startRunQueue, stampHeartbeat } = require('./run-queue');
 const { startRunRetention } = require('./retention');
-const feathersExpress = require('@feathersjs/express');
 
 // A request or socket message may carry a run input up to the runs hook's limit, plus the
 // rest of the run: the transports accept that much, so the hook is what refuses (with a
 // message that says why) and no transport answers 500 or drops the connection first.
 const MAX_MESSAGE_BYTES = MAX_INPUT_BYTES + 1024 * 1024;
-
-// The package's body parsers (@marcellejs/backend 0.6.5 lib/app.js: express.json() and
-// express.urlencoded(), 100 kB default) hand their errors (bad JSON, too large) to Feathers'
-// error handler, which answers GeneralError 500. Replaced in place with parsers of the
-// transports' limit whose errors are the client's: BadRequest 400 or PayloadTooLarge 413.
-function clientErrorsFromBodyParsers(expressApp) {
-  const parsers = {
-    jsonParser: feathersExpress.json({ limit: MAX_MESSAGE_BYTES }),
-    urlencodedParser: feathersExpress.urlencoded({ extended: true, limit: MAX_MESSAGE_BYTES }),
-  };
-  const replaced = expressApp._router.stack.filter((layer) => layer.name in parsers);
-  if (replaced.length !== 2) fail('the backend package no longer has its json and urlencoded body parsers');
-  for (const layer of replaced) {
-    const parse = parsers[layer.name];
-    layer.handle = (req, res, next) =>
-      parse(req, res, (err) => {
-        if (!err) return next();
-        const tooLarge = err.type === 'entity.too.large';
-        const error = tooLarge
-          ? payloadTooLarge(`the request body is over ${MAX_MESSAGE_BYTES} bytes`)
-          : new BadRequest(
-              `the request body is not valid ${layer.name === 'jsonParser' ? 'JSON' : 'form data'}: ${err.message}`,
-            );
-        const answer = () => res.status(error.code).json(error.toJSON());
-        if (!tooLarge || req.complete) return answer();
-        // Refused on its Content-Length, unread: read the rest (up to a bound) before answering,
-        // or the client, still sending, sees the connection reset instead of the 413.
-        let unread = 4 * MAX_MESSAGE_BYTES;
-        req.on('data', (chunk) => {
-          unread -= chunk.length;
-          if (unread < 0) req.destroy();
-        });
-        req.on('end', answer);
-        req.resume();
-      });
-  }
-}
-
-// The package answers every origin (@marcellejs/backend 0.6.5 lib/app.js: `app.use(cors())`,
-// Access-Control-Allow-Origin: *), so any website could read and write the local demo's runs.
-// Replaced in place: only the configured origins (the web app's) get CORS answers.
-function corsForAllowedOrigins(expressApp, origins) {
-  const layers = expressApp._router.stack.filter((layer) => layer.name === 'corsMiddleware');
-  if (layers.length !== 1) fail('the backend package no longer has its cors middleware');
-  layers[0].handle = cors({ origin: (origin, done) => done(null, originAllowed(origin, origins)) });
-}
-
-// The `served-models` service (workers.js): find only. Its REST routes are moved ahead of the
-// package's on-demand `/:serviceName` route and its 404 handler (@marcellejs/backend 0.6.5
-// lib/app.js registers them when it loads; Express tries routes in order).
-function serveServedModels(expressApp, workers) {
-  expressApp.use('served-models', { find: async () => workers.list() });
-  const stack = expressApp._router.stack;
-  const routeOf = (layer) => (layer.route ? layer.route.path : '');
-  const dynamic = stack.findIndex((layer) => routeOf(layer) === '/:serviceName');
-  const mine = stack.filter((layer) => routeOf(layer).startsWith('/served-models'));
-  if (dynamic < 0 || mine.length === 0) fail('the backend package no longer routes its services as expected');
-  for (const layer of mine) stack.splice(stack.indexOf(layer), 1);
-  stack.splice(dynamic, 0, ...mine);
-}
-
-// @marcellejs/backend 0.6.5 lib/authentication/abilities.js logs the whole permissions
-// object (`console.log('permissions', ...)`) each time it computes a caller's rules (every
-// REST call with a token, every login). It reads `exports.defineRulesFor` at call time, so
-// this replacement (same rules: the role's list from `permissions`, which start.js derives
-// from policy.js, with "${user.…}" placeholders filled in; no rules for an unknown role, or for an account not yet stored,
-// whose `_id` is unknown) is used everywhere, without the log. Refused calls are logged by
-// logDenials instead.
-const UNDEFINED = Symbol('undefined placeholder');
-function fillPlaceholders(value, user) {
-  if (Array.isArray(value)) return value.map((v) => fillPlaceholders(v, user));
-  if (value && typeof value === 'object') {
-    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, fillPlaceholders(v, user)]));
-  }
-  const match = typeof value === 'string' && /^\$\{user\.([A-Za-z_][A-Za-z0-9_]*)\}$/.exec(value);
-  if (!match) return value;
-  if (user[match[1]] === undefined) throw UNDEFINED;
-  return user[match[1]];
-}
-abilities.defineRulesFor = (user, theApp) => {
-  const permissions = theApp.get('permissions') || {};
-  const rules = Object.prototype.hasOwnProperty.call(permissions, user.role) ? permissions[user.role] : [];
-  try {
-    return fillPlaceholders(rules, user);
-  } catch (error) {
-    if (error === UNDEFINED) return [];
-    throw error;
-  }
-};
 
 // A valid token (strategy jwt) of an account that no longer exists: the JWT strategy's
 // users.get answers NotFound; the caller is not authenticated.
@@ -282,41 +193,33 @@ async function main() {
   const services = app.get('whitelist').services;
   const served = servedNames(services, authEnabled);
   const edge = { trustedProxies, allowedHosts, corsOrigins };
+
   // The package's CASL rules (its hooks on data services and `users`, its real-time channels,
   // the `rules` of a login) are the policy's.
   app.set('permissions', caslPermissions());
+  patches.rulesWithoutLog(abilities);
 
   // What the package's bin does with app.listen(port), but with the guard in front of the
   // whole Express app (@feathersjs/express 4.5 lib/index.js: listen = http server + setup).
   // setup() attaches Socket.IO, which takes its own /socket.io/ requests before this handler.
   const guard = restGuard(served, edge);
-  clientErrorsFromBodyParsers(app);
-  corsForAllowedOrigins(app, corsOrigins);
+  patches.clientErrorsFromBodyParsers(app, { limit: MAX_MESSAGE_BYTES, payloadTooLarge });
+  patches.corsForAllowedOrigins(app, (origin) => originAllowed(origin, corsOrigins));
   const server = http.createServer((req, res) => guard(req, res, () => app(req, res)));
   app.setup(server);
   socketGuard(app.io, served, edge);
-  // engine.io 3.6 (lib/server.js) reads maxHttpBufferSize (1 MB by default) into its websocket
-  // server when it is made: set it, then make that server again.
-  app.io.eio.maxHttpBufferSize = MAX_MESSAGE_BYTES;
-  app.io.eio.init();
+  patches.socketMessageLimit(app.io, MAX_MESSAGE_BYTES);
 
   // setup() has run: make the data services now, before any request.
-  for (const name of services) app.service(':serviceName').getService(name);
+  patches.makeDataServices(app, services);
   const abilityFor = (user) => abilities.defineAbilitiesFor(user, app);
-  // The policy runs first, before the package's own app hooks (registered when lib/app was
-  // loaded): @feathersjs/commons 4.5 lib/hooks.js keeps each method's app before-hooks in
-  // app.__hooks.before[method], run in order.
-  const policy = accessPolicy({ authEnabled, allowSignup, dataServices: services, abilityFor });
-  for (const method of ['find', 'get', 'create', 'update', 'patch', 'remove']) {
-    const hooks = app.__hooks.before[method];
-    if (!Array.isArray(hooks)) fail(`the backend package no longer keeps its ${method} app hooks where expected`);
-    hooks.unshift(policy);
-  }
+  // The policy runs first, before the package's own app hooks.
+  patches.firstAppHook(app, accessPolicy({ authEnabled, allowSignup, dataServices: services, abilityFor }));
   app.hooks({ error: { all: [logDenials(logger)] } });
   const runs = app.service('runs');
   runs.hooks(runsHooks({ authEnabled, errors: { MethodNotAllowed }, payloadTooLarge }));
   const workers = workerRegistry(app.io, { authEnabled, BadRequest });
-  serveServedModels(app, workers);
+  patches.serveAheadOfDynamicServices(app, 'served-models', { find: async () => workers.list() });
   const quota = runQuotas(quotas, runs);
   runs.hooks({
     before: { create: [workers.refuseUnservedModel, quota.before] },
@@ -331,11 +234,7 @@ async function main() {
       after: { create: [limits.after] },
       error: { create: [deletedAccountIsNotAuthenticated] },
     });
-    // The package's CASL hook on users.find (adapter `feathers-mongodb`) turns a rule with
-    // conditions into an `$and` query, which the users service's adapter refuses unless
-    // whitelisted (@feathersjs/adapter-commons 4.5 reads options.whitelist on each call).
-    const users = app.service('users');
-    users.options.whitelist = [...new Set([...(users.options.whitelist || []), '$and'])];
+    patches.usersQueriesWithAnd(app.service('users'));
   }
   runs.hooks({ before: { patch: [stampHeartbeat()] } });
   startRunQueue(runs, { ...app.get('marcelleTorch').runQueue, servedModels: () => workers.served().models, logger });
@@ -373,4 +272,7 @@ async function main() {
   process.on('SIGINT', stop);
 }
 
-main();
+main().catch((error) => {
+  if (error instanceof patches.PackageChanged) fail(error.message);
+  throw error;
+});
