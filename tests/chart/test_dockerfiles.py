@@ -345,7 +345,8 @@ def test_no_end_of_life_node():
 def test_webapp_builds_on_the_active_lts():
     major = node_major("frontend", "build")
     assert major == NODE_ACTIVE_LTS, f"web app build on node {major}, the Active LTS is {NODE_ACTIVE_LTS}"
-    lock = json.loads((REPO / "services" / "frontend" / "package-lock.json").read_text())
+    # One lock for the npm workspace (the web app and the marcelle-torch npm package).
+    lock = json.loads((REPO / "package-lock.json").read_text())
     engines = lock["packages"]["node_modules/vite"]["engines"]["node"]
     assert engines == "^20.19.0 || >=22.12.0", f"vite's engines changed ({engines}): check node {major}"
 
@@ -396,7 +397,15 @@ def test_copied_sources_exist_and_reach_the_build(name):
 
 
 def test_dockerignore_keeps_heavy_local_state_out():
-    for path in ("services/frontend/node_modules", ".venv", ".git", "services/frontend/dist", ".cache"):
+    for path in (
+        "node_modules",
+        "services/frontend/node_modules",
+        "packages/marcelle-torch/node_modules",
+        ".venv",
+        ".git",
+        "services/frontend/dist",
+        ".cache",
+    ):
         assert ignored(path), f".dockerignore should exclude {path}"
 
 

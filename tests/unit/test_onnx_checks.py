@@ -48,7 +48,7 @@ def test_allowlist_names_its_source_and_matches_ort_kernel_table():
 def test_allowlist_is_the_one_of_the_onnxruntime_web_the_app_ships():
     """The page runs the onnxruntime-web its lock file names: the list must be that release's
     (regenerate it with `python -m marcelle_torch.onnx.webops` after changing the web app's)."""
-    lock = json.loads((REPO / "services" / "frontend" / "package-lock.json").read_text())
+    lock = json.loads((REPO / "package-lock.json").read_text())  # the npm workspace's one lock
     shipped = lock["packages"]["node_modules/onnxruntime-web"]["version"]
     assert webops.load_allowlist()["onnxruntime_version"] == shipped, (
         f"wasm_ops.json lists onnxruntime {webops.load_allowlist()['onnxruntime_version']}'s operators, the web app "

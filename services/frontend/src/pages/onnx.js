@@ -8,10 +8,7 @@
  * `models`); `config.onnxBundle` is the one picked first.
  */
 import { confidencePlot, text } from '@marcellejs/core';
-import { imageInput } from '../components/image-input.js';
-import { modelPicker } from '../components/model-picker.js';
-import { onnxClassifier } from '../components/onnx-classifier.js';
-import { escapeHtml, predictionsOf } from '../components/external-model.js';
+import { escapeHtml, imageInput, modelPicker, onnxClassifier, predictionsOf } from 'marcelle-torch';
 
 export const title = 'ONNX in the browser';
 export const order = 2;

@@ -8,9 +8,8 @@
  * offered are those the connected workers serve; `config.model` and `config.generatorModel`
  * are picked first when served.
  */
-import { imageInput } from '../components/image-input.js';
-import { runClient } from '../components/run-client.js';
-import { runHistory, runPanel } from '../components/run-panel.js';
+import { imageInput, runClient, runsHistory } from 'marcelle-torch';
+import { describe, runPanel } from '../run-panel.js';
 
 export const title = 'Backend runs';
 export const order = 3;
@@ -24,5 +23,5 @@ export default function runsPage(dash, config) {
     classifierModel: config.model ?? null,
     input,
   });
-  dash.page(title).sidebar(input).use(panel, runHistory(client));
+  dash.page(title).sidebar(input).use(panel, runsHistory(client, { describe }));
 }

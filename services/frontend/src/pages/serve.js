@@ -7,10 +7,7 @@
  * `config.model` is the one picked first, when Serve has it.
  */
 import { confidencePlot, text } from '@marcellejs/core';
-import { imageInput } from '../components/image-input.js';
-import { modelPicker } from '../components/model-picker.js';
-import { rayModel } from '../components/ray-model.js';
-import { describeModel, escapeHtml, predictionsOf } from '../components/external-model.js';
+import { describeModel, escapeHtml, imageInput, modelPicker, predictionsOf, rayModel } from 'marcelle-torch';
 
 export const title = 'Ray Serve';
 export const order = 1;

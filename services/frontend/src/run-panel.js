@@ -1,10 +1,12 @@
 /**
- * runPanel and runHistory — the views of backend runs (Solution 3), as Marcelle components.
+ * runPanel — the web app's view of backend runs (Solution 3): the digits generator's digit and
+ * steps, the classifier's image, and the run they start. The history is the package's
+ * runsHistory, with this app's `describe`.
  *
  * ```js
  * const client = runClient({ backendUrl: config.backendUrl });
  * const panel = runPanel({ client, input });   // input: an imageInput
- * dash.page('Backend runs').sidebar(input).use(panel, runHistory(client));
+ * dash.page('Backend runs').sidebar(input).use(panel, runsHistory(client, { describe }));
  * ```
  *
  * runPanel offers the models the connected workers serve (`client.$models`): with a generation
@@ -26,8 +28,7 @@
  * runs-history, runs-history-item (data-status, data-id).
  */
 import { Component, Stream, progressBar } from '@marcellejs/core';
-import { ACTIVE } from './run-client.js';
-import { toInstance } from './image-tensor.js';
+import { ACTIVE, STATUS_TEXT, toInstance } from 'marcelle-torch';
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -40,15 +41,8 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
-const STATUS_TEXT = {
-  pending: 'waiting for a worker',
-  running: 'running',
-  succeeded: 'done',
-  failed: 'failed',
-  canceled: 'canceled',
-};
-
-function describe(run) {
+/** What a run of this app is: a digit to generate or an image to classify. */
+export function describe(run) {
   if (run.model && run.input && typeof run.input.digit !== 'undefined') return `${run.model}: digit ${run.input.digit}`;
   return `${run.model}: image`;
 }
@@ -358,54 +352,6 @@ export class RunPanel extends Component {
   }
 }
 
-export class RunHistory extends Component {
-  constructor(client) {
-    super();
-    this.title = 'your runs';
-    this.client = client;
-    client.$runs.subscribe((runs) => this.render(runs));
-    this.start();
-  }
-
-  render(runs) {
-    if (!this.list) return;
-    this.list.replaceChildren(
-      ...runs.map((run) => {
-        const when = run.createdAt ? new Date(run.createdAt).toLocaleTimeString() : '';
-        const outcome = run.status === 'succeeded' && run.result ? ` → ${run.result.label}` : '';
-        const progress = run.status === 'running' ? ` ${Math.round(100 * (run.progress || 0))}%` : '';
-        return el(
-          'li',
-          { 'data-testid': 'runs-history-item', 'data-status': run.status, 'data-id': run.id },
-          `${when} ${describe(run)}: ${STATUS_TEXT[run.status] ?? run.status}${progress}${outcome}`,
-        );
-      }),
-    );
-    this.empty.style.display = runs.length ? 'none' : '';
-  }
-
-  mount(target) {
-    const t = target || document.querySelector(`#${this.id}`);
-    if (!t) return;
-    this.destroy();
-    this.empty = el('p', { style: 'color:#6b7280' }, 'No runs yet.');
-    this.list = el('ol', { 'data-testid': 'runs-history', reversed: true });
-    t.append(this.empty, this.list);
-    this.render(this.client.$runs.get());
-    this.client.start();
-  }
-
-  destroy() {
-    this.list?.remove();
-    this.empty?.remove();
-    this.list = null;
-  }
-}
-
 export function runPanel(options) {
   return new RunPanel(options);
-}
-
-export function runHistory(client) {
-  return new RunHistory(client);
 }

@@ -8,7 +8,7 @@
  * (`partial`, a PNG data URL) and the result; the page sees every patch in real time.
  *
  * ```js
- * const client = runClient({ backendUrl: 'http://127.0.0.1:3030' });
+ * const client = runClient({ backendUrl: 'http://127.0.0.1:3030' });   // or { dataStore: store }
  * client.start();                                   // connects (and logs in if the backend asks)
  * const run = await client.create('digits-generator', { digit: 3 }, { steps: 200 });
  * client.$runs.subscribe((runs) => ...);            // newest first, kept up to date
@@ -45,10 +45,14 @@ export function normalizeRun(run) {
 }
 
 export class RunClient {
-  constructor({ backendUrl, service = 'runs', historySize = 20 } = {}) {
-    if (!backendUrl) throw new Error('runClient: `backendUrl` (the Marcelle backend address) is required');
+  constructor({ backendUrl, dataStore: store = null, service = 'runs', historySize = 20 } = {}) {
+    const location = backendUrl ?? store?.location;
+    if (!location) {
+      throw new Error('runClient: `backendUrl` (the Marcelle backend address) or a remote `dataStore` is required');
+    }
     // Relative URLs ("/backend" behind the chart's nginx) resolve against the page.
-    this.url = new URL(backendUrl, window.location.href).href.replace(/\/+$/, '');
+    this.url = new URL(location, window.location.href).href.replace(/\/+$/, '');
+    this.store = store;
     this.serviceName = service;
     this.historySize = historySize;
     this.$status = new Stream('idle', true);

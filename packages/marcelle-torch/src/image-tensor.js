@@ -145,3 +145,13 @@ export function toTensor(img, size = INPUT_SIZE, { channels = 1, range = [0, 1] 
   }
   return out;
 }
+
+/** Whether `x` is an image the helpers above take (ImageData, a canvas, an <img>, an ImageBitmap). */
+export function isImage(x) {
+  return (
+    (typeof ImageData !== 'undefined' && x instanceof ImageData) ||
+    (typeof HTMLCanvasElement !== 'undefined' && x instanceof HTMLCanvasElement) ||
+    (typeof HTMLImageElement !== 'undefined' && x instanceof HTMLImageElement) ||
+    (typeof ImageBitmap !== 'undefined' && x instanceof ImageBitmap)
+  );
+}

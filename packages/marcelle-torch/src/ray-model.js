@@ -38,20 +38,11 @@
  * - `$training`: Marcelle's training status ('loading' -> 'loaded' | 'error'); it cannot be trained here.
  */
 import { Stream, text } from '@marcellejs/core';
-import { INPUT_SIZE, toInstance } from './image-tensor.js';
+import { INPUT_SIZE, isImage as isDrawable, toInstance } from './image-tensor.js';
 import { ExternalModel, escapeHtml } from './external-model.js';
 
 const RETRY_MIN_MS = 1000;
 const RETRY_MAX_MS = 30000;
-
-function isDrawable(x) {
-  return (
-    (typeof ImageData !== 'undefined' && x instanceof ImageData) ||
-    (typeof HTMLCanvasElement !== 'undefined' && x instanceof HTMLCanvasElement) ||
-    (typeof HTMLImageElement !== 'undefined' && x instanceof HTMLImageElement) ||
-    (typeof ImageBitmap !== 'undefined' && x instanceof ImageBitmap)
-  );
-}
 
 /** An HTTP answer that was not a success, with the server's own message when it sent one. */
 export class RayServeError extends Error {

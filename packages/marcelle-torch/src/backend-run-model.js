@@ -1,0 +1,224 @@
+/**
+ * backendRunModel — a Marcelle model whose inference is a *run* in the Marcelle backend.
+ *
+ * `predict(input, params)` creates a run (a document of the backend's `runs` service) for
+ * `model`; a worker (`marcelle-torch worker`) claims it, patches its progress and intermediate
+ * results, and the promise resolves with the run's `result` when it succeeds (it rejects when
+ * the run fails or is canceled, and the error is shown with Marcelle's notifications). Suited
+ * to long inference (generation, many steps); the worker needs no open port.
+ *
+ * ```js
+ * const generator = backendRunModel({ url: 'http://127.0.0.1:3030', model: 'digits-generator' });
+ * // or backendRunModel({ dataStore: dataStore('http://127.0.0.1:3030'), model: 'digits-generator' })
+ * const result = await generator.predict({ digit: 3 }, { steps: 50 });
+ * generator.$progress.subscribe((p) => ...);   // 0..1
+ * generator.cancel();                          // the current run
+ * dash.page('Runs').use(generator, runsHistory(generator));
+ * ```
+ *
+ * `input` is sent as is (a JSON value), except an image (ImageData, canvas, <img>), which is
+ * sent as `{b64}` (a PNG) at its own size. `model` may be left out: the first model the
+ * connected workers serve is used (`$models`; `setModel(name)` picks another).
+ *
+ * Streams: `$status` ('idle' | 'pending' | 'running' | 'succeeded' | 'failed' | 'canceled'),
+ * `$progress` (0..1), `$partial` (the last intermediate image, a data URL, or null), `$run`
+ * (the followed run document, or null), `$result`, `$error`, `$connection` (the backend
+ * connection: 'idle' | 'connecting' | 'login' | 'ready' | ...), `$models` (what the connected
+ * workers serve), `$model` (the model's name), `$runs` (recent runs, newest first), and
+ * Marcelle's `$training` ('loaded': it is not trained in the browser).
+ *
+ * Its view is Marcelle's `progressBar` with the status, the intermediate image and a Cancel
+ * button. Hooks (`data-testid`, default prefix `run`): run-status (data-status), run-progress
+ * (data-progress), run-partial, run-cancel.
+ */
+import { Stream, button, progressBar, throwError } from '@marcellejs/core';
+import { ExternalModel } from './external-model.js';
+import { ACTIVE, RunClient } from './run-client.js';
+import { isImage, toInstance } from './image-tensor.js';
+
+export const TERMINAL = ['succeeded', 'failed', 'canceled'];
+
+const STATUS_TEXT = {
+  idle: 'no run yet',
+  pending: 'waiting for a worker',
+  running: 'running',
+  succeeded: 'done',
+  failed: 'failed',
+  canceled: 'canceled',
+};
+
+/** A run that ended without a result. */
+export class RunError extends Error {
+  constructor(run) {
+    super(
+      run.status === 'canceled' ? `run ${run.id} was canceled` : `run ${run.id} failed: ${run.error ?? 'no reason'}`,
+    );
+    this.name = 'RunError';
+    this.run = run;
+  }
+}
+
+export class BackendRunModel extends ExternalModel {
+  constructor({ dataStore = null, url = null, model = null, service = 'runs', title, testid = 'run', client } = {}) {
+    super('backendRunModel', 'it runs in a worker of the Marcelle backend');
+    this.title = title ?? (model ? `${model} (backend runs)` : 'backend runs');
+    this.client = client ?? new RunClient({ backendUrl: url ?? undefined, dataStore, service });
+    this.testid = testid;
+    this.$model = new Stream(model, true);
+    this.$status = new Stream('idle', true);
+    this.$progress = new Stream(0, true);
+    this.$partial = new Stream(null, true);
+    this.$run = new Stream(null, true);
+    this.$result = new Stream(null, true);
+    this.$error = new Stream(null, true);
+    this.$connection = this.client.$status;
+    this.$models = this.client.$models;
+    this.$runs = this.client.$runs;
+    this.$progressBar = new Stream({ type: 'idle', message: STATUS_TEXT.idle, progress: 0 }, true);
+    this.$training.set({ status: 'loaded' });
+    this.waiting = new Map(); // run id -> {resolve, reject}
+    this.client.$runs.subscribe(() => this.follow());
+    this.$run.subscribe((run) => this.show(run));
+    this.progress = progressBar(this.$progressBar);
+    this.cancelButton = button('Cancel');
+    this.cancelButton.$disabled.set(true);
+    this.cancelButton.$click.subscribe(() => this.cancel().catch(() => {}));
+    this.start();
+  }
+
+  get model() {
+    return this.$model.get() ?? this.client.$models.get()[0]?.name ?? null;
+  }
+
+  setModel(name) {
+    this.$model.set(name);
+  }
+
+  /** Connect to the backend now (predict() does it when needed). */
+  connect() {
+    return this.client.start();
+  }
+
+  /** Create a run of the model on `input`; resolves with its result when it succeeds. */
+  async predict(input, params = {}) {
+    await this.client.start();
+    const model = this.model;
+    if (!model) throw this.report(new Error('backendRunModel: no model given, and no worker serves one yet'));
+    const body = isImage(input) ? toInstance(input, input.width) : input;
+    let run;
+    try {
+      run = await this.client.create(model, body, params);
+    } catch (error) {
+      throw this.report(new Error(`cannot create the run: ${error.message}`));
+    }
+    const done = new Promise((resolve, reject) => this.waiting.set(run.id, { resolve, reject }));
+    this.$error.set(null);
+    this.$run.set(run);
+    this.follow();
+    return done;
+  }
+
+  /** Cancel the followed run (or the run `id`); the worker stops between steps. */
+  async cancel(id = this.$run.get()?.id) {
+    if (!id) return null;
+    const run = await this.client.cancel(id);
+    this.client.upsert(run);
+    this.follow();
+    return run;
+  }
+
+  /** Take the newest state of the followed run, and settle the runs that ended. */
+  follow() {
+    const current = this.$run.get();
+    if (current) {
+      const updated = this.client.get(current.id);
+      if (updated && updated !== current) this.$run.set(updated);
+    }
+    for (const [id, { resolve, reject }] of this.waiting) {
+      const run = this.client.get(id);
+      if (!run || !TERMINAL.includes(run.status)) continue;
+      this.waiting.delete(id);
+      if (run.status === 'succeeded') resolve(run.result);
+      else reject(this.report(new RunError(run)));
+    }
+  }
+
+  show(run) {
+    const status = run?.status ?? 'idle';
+    const progress = run ? (status === 'succeeded' ? 1 : Number(run.progress) || 0) : 0;
+    this.$status.set(status);
+    this.$progress.set(progress);
+    if (run?.partial !== undefined) this.$partial.set(run.partial ?? null);
+    if (status === 'succeeded') this.$result.set(run.result ?? null);
+    const type = { succeeded: 'success', failed: 'danger', canceled: 'danger' }[status] ?? 'default';
+    const worker = run?.worker ? ` (worker ${run.worker})` : '';
+    const name = run ? `${run.model}: ` : '';
+    this.$progressBar.set({ type, message: `${name}${STATUS_TEXT[status] ?? status}${worker}`, progress });
+    this.cancelButton.$disabled.set(!run || !ACTIVE.includes(status));
+    this.renderRun();
+  }
+
+  report(error) {
+    this.$error.set(error.message);
+    throwError(error);
+    return error;
+  }
+
+  renderRun() {
+    if (!this.nodes) return;
+    const run = this.$run.get();
+    const { status, progress, partial, error } = this.nodes;
+    status.dataset.status = this.$status.get();
+    status.textContent = this.$progressBar.get().message;
+    progress.dataset.progress = String(this.$progress.get());
+    const image = run?.result?.image ?? this.$partial.get();
+    partial.style.display = image ? '' : 'none';
+    if (image) partial.src = image;
+    error.textContent = this.$error.get() ?? '';
+    error.style.display = this.$error.get() ? '' : 'none';
+  }
+
+  mount(target) {
+    const t = target || document.querySelector(`#${this.id}`);
+    if (!t) return;
+    this.destroy();
+    const make = (tag, testid, style = '') => {
+      const node = document.createElement(tag);
+      if (testid) node.dataset.testid = `${this.testid}-${testid}`;
+      if (style) node.style.cssText = style;
+      return node;
+    };
+    const progress = make('div', 'progress');
+    const bar = make('div');
+    bar.id = `${t.id}-${this.progress.id}`;
+    progress.append(bar);
+    const cancel = make('div', 'cancel');
+    cancel.id = `${t.id}-${this.cancelButton.id}`;
+    const partial = make('img', 'partial', 'image-rendering:pixelated;border:1px solid #ccc;width:128px;height:128px');
+    partial.alt = 'intermediate result';
+    this.nodes = {
+      root: make('div'),
+      status: make('p', 'status'),
+      progress,
+      partial,
+      error: make('p', 'error', 'color:#be123c;display:none'),
+    };
+    this.nodes.root.append(progress, this.nodes.status, partial, cancel, this.nodes.error);
+    t.append(this.nodes.root);
+    this.progress.mount(bar);
+    this.cancelButton.mount(cancel);
+    this.renderRun();
+    this.client.start().catch(() => {});
+  }
+
+  destroy() {
+    this.progress.destroy();
+    this.cancelButton.destroy();
+    this.nodes?.root.remove();
+    this.nodes = null;
+  }
+}
+
+export function backendRunModel(options) {
+  return new BackendRunModel(options);
+}

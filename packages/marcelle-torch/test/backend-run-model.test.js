@@ -1,0 +1,84 @@
+import { describe, expect, it, vi } from 'vitest';
+import { backendRunModel, RunError } from '../src/index.js';
+import { FakeRunClient } from './fakes.js';
+
+vi.mock('@marcellejs/core', async (importOriginal) => ({ ...(await importOriginal()), throwError: vi.fn() }));
+
+const tick = () => new Promise((resolve) => setTimeout(resolve, 0));
+
+describe('backendRunModel', () => {
+  it('resolves predict() with the run result, following status, progress and partial', async () => {
+    const client = new FakeRunClient();
+    const model = backendRunModel({ client, model: 'gen' });
+    const progress = [];
+    model.$progress.subscribe((p) => progress.push(p));
+    const promise = model.predict({ digit: 3 }, { steps: 4 });
+    await tick();
+    expect(client.created[0]).toMatchObject({ model: 'gen', input: { digit: 3 }, params: { steps: 4 } });
+    expect(model.$status.get()).toBe('pending');
+    client.patch('r1', { status: 'running', progress: 0.5, partial: 'data:image/png;base64,AAAA' });
+    expect(model.$status.get()).toBe('running');
+    expect(model.$progress.get()).toBe(0.5);
+    expect(model.$partial.get()).toBe('data:image/png;base64,AAAA');
+    client.patch('r1', { status: 'succeeded', progress: 1, result: { label: 3, image: 'data:x' } });
+    await expect(promise).resolves.toEqual({ label: 3, image: 'data:x' });
+    expect(model.$status.get()).toBe('succeeded');
+    expect(model.$result.get()).toEqual({ label: 3, image: 'data:x' });
+    expect(progress).toContain(0.5);
+    expect(progress.at(-1)).toBe(1);
+  });
+
+  it('rejects with a RunError when the run fails, and says why', async () => {
+    const client = new FakeRunClient();
+    const model = backendRunModel({ client, model: 'gen' });
+    const promise = model.predict({});
+    await tick();
+    client.patch('r1', { status: 'failed', error: 'out of memory' });
+    await expect(promise).rejects.toBeInstanceOf(RunError);
+    expect(model.$error.get()).toMatch(/out of memory/);
+  });
+
+  it('cancel() cancels the followed run and predict() rejects', async () => {
+    const client = new FakeRunClient();
+    const model = backendRunModel({ client, model: 'gen' });
+    const promise = model.predict({});
+    await tick();
+    client.patch('r1', { status: 'running', progress: 0.2 });
+    await model.cancel();
+    await expect(promise).rejects.toThrow(/canceled/);
+    expect(model.$status.get()).toBe('canceled');
+  });
+
+  it('uses the first served model when none is given', async () => {
+    const client = new FakeRunClient([{ name: 'first', task: 'generation' }]);
+    const model = backendRunModel({ client });
+    expect(model.model).toBe('first');
+    model.setModel('other');
+    model.predict({}).catch(() => {});
+    await tick();
+    expect(client.created[0].model).toBe('other');
+  });
+
+  it('tells an image (sent as a PNG instance) from a JSON input (sent as is)', async () => {
+    const { isImage } = await import('../src/image-tensor.js');
+    expect(isImage(document.createElement('canvas'))).toBe(true);
+    expect(isImage({ digit: 3 })).toBe(false);
+  });
+
+  it('has a view: progress, status, partial image and a Cancel button', async () => {
+    const client = new FakeRunClient();
+    const model = backendRunModel({ client, model: 'gen' });
+    const target = document.createElement('div');
+    target.id = 'view';
+    document.body.append(target);
+    model.mount(target);
+    model.predict({}).catch(() => {});
+    await tick();
+    client.patch('r1', { status: 'running', progress: 0.25, partial: 'data:image/png;base64,AAAA' });
+    expect(target.querySelector('[data-testid="run-status"]').dataset.status).toBe('running');
+    expect(target.querySelector('[data-testid="run-progress"]').dataset.progress).toBe('0.25');
+    expect(target.querySelector('[data-testid="run-partial"]').getAttribute('src')).toBe('data:image/png;base64,AAAA');
+    model.destroy();
+    expect(target.querySelector('[data-testid="run-status"]')).toBeNull();
+  });
+});

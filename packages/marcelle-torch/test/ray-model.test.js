@@ -1,0 +1,41 @@
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { rayModel } from '../src/index.js';
+
+const DIGITS = { name: 'digits', version: '1', labels: ['0', '1'], input: { kind: 'image', size: 32, channels: 1 } };
+
+function answer(body, status = 200) {
+  return new Response(JSON.stringify(body), { status, headers: { 'content-type': 'application/json' } });
+}
+
+afterEach(() => vi.unstubAllGlobals());
+
+describe('rayModel', () => {
+  it('reads the model list and metadata, then predicts through Serve', async () => {
+    const fetch = vi.fn(async (url, init) => {
+      if (String(url).endsWith('/v1/models')) return answer({ models: [DIGITS] });
+      expect(String(url)).toBe('http://serve.test/v1/models/digits:predict');
+      expect(JSON.parse(init.body)).toEqual({ instances: [[[0, 1]]] });
+      return answer({ predictions: [{ label: '1', confidences: { 0: 0.1, 1: 0.9 } }] });
+    });
+    vi.stubGlobal('fetch', fetch);
+    const model = rayModel({ url: 'http://serve.test/' });
+    await vi.waitFor(() => expect(model.$ready.get()).toBe(true));
+    expect(model.$model.get()).toBe('digits');
+    expect(model.$metadata.get().labels).toEqual(['0', '1']);
+    await expect(model.predict([[0, 1]])).resolves.toMatchObject({ label: '1' });
+  });
+
+  it("shows Serve's own error message", async () => {
+    vi.stubGlobal(
+      'fetch',
+      vi.fn(async (url) => {
+        if (String(url).endsWith('/v1/models')) return answer({ models: [DIGITS] });
+        return answer({ error: { code: 'bad_input', message: 'the image is empty' } }, 400);
+      }),
+    );
+    const model = rayModel({ url: 'http://serve.test', model: 'digits' });
+    await vi.waitFor(() => expect(model.$ready.get()).toBe(true));
+    await expect(model.predict([[0]])).rejects.toThrow(/the image is empty/);
+    expect(model.$error.get()).toMatch(/the image is empty/);
+  });
+});
