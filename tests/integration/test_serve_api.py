@@ -81,7 +81,7 @@ NOT_AN_IMAGE = base64.b64encode(b"this is not a picture").decode()
         ("/v1/models/digits:predict", b'{"instances": ["abc", 7]}', 400, "invalid_input", "instance 0"),
         ("/v1/models/no-such-model:predict", b'{"instances": [1]}', 404, "model_not_found", "unknown model"),
         ("/v1/models/no-such-model", None, 404, "model_not_found", "served models: digits"),
-        ("/v2/anything", None, 404, "not_found", "no route"),
+        ("/v3/anything", None, 404, "not_found", "no route"),
         # Parser limits: Python's json recurses per nesting level, and refuses over 4300 digits.
         (
             "/v1/models/digits:predict",

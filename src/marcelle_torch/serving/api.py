@@ -39,7 +39,19 @@ from ..hosts import host_allowed
 logger = logging.getLogger("ray.serve")
 
 RETRY_AFTER_S = "1"
-ROUTES_HINT = "see GET /v1/models, POST /v1/models/{name}:predict, /healthz, /readyz, /openapi.json"
+ROUTES_HINT = (
+    "see GET /v1/models, POST /v1/models/{name}:predict, /v2/models/{name}[/infer], /healthz, /readyz, /openapi.json"
+)
+
+
+def is_v2_path(path: str) -> bool:
+    """The Open Inference Protocol's routes, whose errors are ``{"error": "<message>"}``."""
+    return path == "/v2" or path.startswith("/v2/")
+
+
+def error_json(path: str, err: MarcelleTorchError) -> dict:
+    """An error's body in the protocol of ``path``: v2 ``{"error": message}``, else the project's."""
+    return {"error": err.message} if is_v2_path(path) else err.to_json()
 
 
 # ----------------------------------------------------------------------------- schemas
@@ -86,6 +98,7 @@ class ModelMetadata(BaseModel, extra="allow"):
     device: str = Field(description="cpu or cuda, where the replica that answered runs the model")
     batching: dict[str, Any] = Field(description="the deployment's user_config")
     replicas: int | None = Field(default=None, description="running replicas of the model's deployment")
+    ready: bool = Field(description="KServe v1 model status: true once a replica has the weights loaded")
 
 
 class ModelList(BaseModel):
@@ -153,7 +166,7 @@ def error_response(request: Request, exc: BaseException, on_error: Callable | No
     if on_error is not None:
         on_error(request, err)
     headers = {"Retry-After": RETRY_AFTER_S} if err.status == 503 else None
-    return JSONResponse(err.to_json(), status_code=err.status, headers=headers)
+    return JSONResponse(error_json(request.url.path, err), status_code=err.status, headers=headers)
 
 
 class _ErrorMappingRoute(APIRoute):
@@ -216,7 +229,8 @@ class _HostCheck:
             host = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"host"), None)
             if not host_allowed(host, self.allowed):
                 err = HostNotAllowed(f"Host {host!r} is not one of this server's names; set allowed_hosts")
-                await JSONResponse(err.to_json(), status_code=err.status)(scope, receive, send)
+                body = error_json(scope.get("path", ""), err)
+                await JSONResponse(body, status_code=err.status)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -233,8 +247,9 @@ def make_api(
     api = FastAPI(
         title=title,
         version=version,
-        description="PyTorch models for Marcelle apps over HTTP (KServe/TF-Serving v1 shaped). "
-        'Every error is JSON {"error": {"code", "message"}}.',
+        description="PyTorch models for Marcelle apps over HTTP: the KServe/TF-Serving v1 protocol "
+        '(/v1, errors {"error": {"code", "message"}}) and the Open Inference Protocol, KServe v2 '
+        '(/v2, errors {"error": "<message>"}).',
         openapi_url="/openapi.json" if publish_docs else None,
         docs_url="/docs" if publish_docs else None,
         redoc_url=None,

@@ -41,6 +41,7 @@ from starlette.routing import Route
 
 from ..errors import InferenceTimeout, InvalidInput, MarcelleTorchError, ModelNotReady, Overloaded
 from .api import (
+    RETRY_AFTER_S,
     Health,
     ModelList,
     ModelMetadata,
@@ -50,6 +51,7 @@ from .api import (
     errors_doc,
     make_api,
     read_body,
+    to_project_error,
     unknown_model,
 )
 from .batching import AdaptiveBatcher
@@ -191,17 +193,27 @@ class ModelServer:
     async def predict(self, name: str, request: Request) -> Response:
         if name != self.spec.name:  # the route prefix is this model's predict path: only by a misroute
             raise unknown_model(name, [self.spec.name])
-        from ..models import decode_instances
         from ..models.inputs import parse_predict_body
 
         instances = parse_predict_body(await read_body(request, self.args.max_body_bytes))
+        batch = self._decode(instances)
+        predictions = await self._predict(batch)
+        return Response(json.dumps({"predictions": predictions}), media_type="application/json")
+
+    def _decode(self, instances: Any):
+        from ..models import decode_instances
+
         try:
-            batch = decode_instances(self.spec, instances)
+            return decode_instances(self.spec, instances)
         except InvalidInput:
             raise
         except Exception as exc:
-            logger.exception("model %s: decoding failed", name)
-            raise DecodeFailed(f"model {name} could not decode the input: {type(exc).__name__}") from None
+            logger.exception("model %s: decoding failed", self.spec.name)
+            raise DecodeFailed(f"model {self.spec.name} could not decode the input: {type(exc).__name__}") from None
+
+    async def _predict(self, batch) -> list:
+        """A decoded batch through this replica's batcher: one prediction per instance."""
+        name = self.spec.name
         if self.batcher.queued >= self.config.max_queued_requests:
             raise Overloaded(
                 f"model {name} is overloaded ({self.batcher.queued} requests queued in this replica); retry later"
@@ -215,7 +227,48 @@ class ModelServer:
         except Exception as exc:  # a model that fails is the server's fault: 500, said plainly
             logger.error("model %s failed", name, exc_info=exc)
             raise ModelFailed(f"model {name} failed: {type(exc).__name__}") from None
-        return Response(json.dumps({"predictions": predictions}), media_type="application/json")
+        return predictions
+
+    async def infer_v2(self, body: bytes, header_length: str | None) -> tuple[int, bytes]:
+        """``POST /v2/models/<name>/infer``, called by the router through this deployment's handle:
+        parsed here, through the same batcher as ``:predict``, answered as (status, JSON body) in
+        the protocol's shapes (an error as ``{"error": message}``, counted as :predict's are)."""
+        import numpy as np
+        import torch
+
+        from ..models.spec import ImageInput
+        from . import v2
+
+        try:
+            payload, binary = v2.parse_infer_request(body, header_length)
+            outputs = v2.requested_outputs(payload)
+            image = isinstance(self.spec.input, ImageInput)
+            kind, data = v2.decode_infer_inputs(payload, binary, list(self.spec.input.shape), image)
+            if kind == "images":
+                batch = self._decode(data)
+            else:
+                value_range = self.spec.input.value_range
+                if (
+                    value_range is not None
+                    and data.size
+                    and (data.min() < value_range[0] or data.max() > value_range[1])
+                ):
+                    raise InvalidInput(
+                        f"input {v2.INPUT_NAME!r}: values must lie in [{value_range[0]}, {value_range[1]}], "
+                        f"got [{data.min():g}, {data.max():g}]"
+                    )
+                batch = torch.from_numpy(np.array(data, dtype=np.float32))
+            predictions = await self._predict(batch)
+            response = v2.infer_response(self.spec.metadata(), predictions, payload, outputs)
+            return 200, json.dumps(response).encode()
+        except Exception as exc:
+            err = to_project_error(exc)
+            if err.status >= 500 and not isinstance(err, (Overloaded, ModelNotReady, InferenceTimeout)):
+                logger.error("model %s: v2 infer failed", self.spec.name, exc_info=exc)
+            outcome = {400: "bad_input", 500: "error", 504: "timeout"}.get(err.status)
+            if outcome:
+                self.metrics.outcome(self.spec.name, outcome)
+            return err.status, v2.error_body(err.message)
 
     def _run_batch(self, batches: list) -> list:
         """Several requests' instances in one forward pass (in the batcher's thread), split back."""
@@ -259,6 +312,15 @@ class Router:
             allowed_hosts=self.args.allowed_hosts,
         )
         api.add_api_route(
+            "/",
+            self.live,
+            methods=["GET"],
+            response_model=Health,
+            summary="Liveness (KServe v1)",
+            description='KServe v1 liveness, as its server answers it: {"status": "alive"}.',
+            responses=errors_doc(405),
+        )
+        api.add_api_route(
             "/healthz",
             self.healthz,
             methods=["GET"],
@@ -289,10 +351,65 @@ class Router:
             self.model_metadata,
             methods=["GET"],
             response_model=ModelMetadata,
-            summary="Model metadata",
+            summary="Model metadata and status",
+            description='KServe v1 model status ({"name", "ready": true}) with the model\'s metadata; '
+            'a model without a live replica is a 503 whose body also says "ready": false.',
             responses=errors_doc(404, 405, 500, 503, 504),
         )
+        self._add_v2_routes(api)
         return api
+
+    def _add_v2_routes(self, api) -> None:
+        """The Open Inference Protocol (REST): metadata and health here, infer forwarded to the
+        model's deployment (the replicas and batcher of its :predict)."""
+        from . import v2
+
+        for path, endpoint, model, summary, errors in (
+            ("/v2", self.v2_server_metadata, v2.ServerMetadata, "Server metadata (v2)", (405,)),
+            ("/v2/health/live", self.v2_live, v2.LiveV2, "Liveness (v2)", (405,)),
+            ("/v2/health/ready", self.v2_ready, v2.ReadyV2, "Readiness (v2)", (405, 503)),
+            (
+                "/v2/models/{name}",
+                self.v2_model_metadata,
+                v2.ModelMetadataV2,
+                "Model metadata (v2)",
+                (404, 405, 500, 503, 504),
+            ),
+            ("/v2/models/{name}/ready", self.v2_model_ready, v2.ModelReadyV2, "Model readiness (v2)", (404, 405, 503)),
+        ):
+            api.add_api_route(
+                path,
+                endpoint,
+                methods=["GET"],
+                response_model=model,
+                summary=summary,
+                responses=v2.errors_doc_v2(*errors),
+            )
+        api.add_api_route(
+            "/v2/models/{name}/infer",
+            self.v2_infer,
+            methods=["POST"],
+            summary="Infer (v2)",
+            description="Open Inference Protocol infer: the input tensor as FP32 data in the shape of "
+            "GET /v2/models/{name}, or one PNG/JPEG per instance as BYTES (base64 in JSON); the binary "
+            "tensor extension (Inference-Header-Content-Length) is accepted. Outputs: probabilities "
+            "(FP32, [N, n_labels]) and label (BYTES, [N]).",
+            response_model=None,
+            responses={200: {"model": v2.InferResponse}} | v2.errors_doc_v2(400, 404, 405, 413, 500, 503, 504),
+            openapi_extra={
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": v2.InferRequest.model_json_schema()},
+                        "application/octet-stream": {
+                            "schema": {"type": "string", "format": "binary"},
+                            "description": "binary tensor extension: the JSON request (its length in "
+                            "Inference-Header-Content-Length), then the inputs' binary data",
+                        },
+                    },
+                }
+            },
+        )
 
     def _count_error(self, request: Request, err: MarcelleTorchError) -> None:
         if err.status == 500:
@@ -348,7 +465,7 @@ class Router:
         except (RayActorError, DeploymentUnavailableError) as exc:
             logger.warning("model %s unavailable: %r", name, exc)
             raise ModelNotReady(f"model {name} is not available: {type(exc).__name__}") from None
-        return meta | {"replicas": replicas}
+        return meta | {"replicas": replicas, "ready": True}
 
     def _known(self, name: str) -> str:
         if name not in self.models:
@@ -356,6 +473,9 @@ class Router:
         return name
 
     # -- routes
+
+    async def live(self) -> dict:
+        return {"status": "alive"}
 
     async def healthz(self) -> dict:
         return {"status": "ok"}
@@ -372,8 +492,63 @@ class Router:
     async def list_models(self) -> dict:
         return {"models": list(await asyncio.gather(*(self._metadata(n) for n in self.models)))}
 
-    async def model_metadata(self, name: str) -> dict:
-        return await self._metadata(self._known(name))
+    async def model_metadata(self, name: str) -> Response:
+        try:
+            meta = await self._metadata(self._known(name))
+        except ModelNotReady as err:
+            body = err.to_json() | {"name": name, "ready": False}
+            return JSONResponse(body, status_code=err.status, headers={"Retry-After": RETRY_AFTER_S})
+        return JSONResponse(meta)
+
+    # -- Open Inference Protocol (v2)
+
+    async def v2_server_metadata(self) -> dict:
+        from .. import __version__
+
+        return {"name": "marcelle-torch", "version": __version__, "extensions": ["binary_tensor_data"]}
+
+    async def v2_live(self) -> dict:
+        return {"live": True}
+
+    async def v2_ready(self) -> dict:
+        states = await self._deployments()
+        waiting = sorted(n for n, (s, r) in states.items() if not (s == "HEALTHY" and r > 0))
+        if waiting:
+            raise ModelNotReady(f"models not ready yet: {', '.join(waiting)}")
+        return {"ready": True}
+
+    async def v2_model_metadata(self, name: str) -> dict:
+        from .v2 import model_metadata
+
+        return model_metadata(await self._metadata(self._known(name)))
+
+    async def v2_model_ready(self, name: str) -> dict:
+        await self._check_reachable(self._known(name))
+        return {"name": name, "ready": True}
+
+    async def v2_infer(self, name: str, request: Request) -> Response:
+        """Forwarded to the model's deployment: one more hop than :predict (see the module's doc)."""
+        from ray.exceptions import RayActorError
+        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+        from .v2 import HEADER_LENGTH
+
+        self._known(name)
+        body = await read_body(request, self.args.max_body_bytes)
+        await self._check_reachable(name)
+        response = self._handle(name).infer_v2.remote(body, request.headers.get(HEADER_LENGTH))
+        try:
+            status, content = await asyncio.wait_for(response, self.args.request_timeout_s + METADATA_TIMEOUT_S)
+        except TimeoutError:
+            response.cancel()
+            raise InferenceTimeout(f"model {name} did not answer within {self.args.request_timeout_s:g}s") from None
+        except BackPressureError:
+            raise Overloaded(f"model {name} is overloaded; retry later") from None
+        except (RayActorError, DeploymentUnavailableError) as exc:
+            logger.warning("model %s unavailable: %r", name, exc)
+            raise ModelNotReady(f"model {name} is not available: {type(exc).__name__}") from None
+        headers = {"Retry-After": RETRY_AFTER_S} if status == 503 else None
+        return Response(content, status_code=status, media_type="application/json", headers=headers)
 
     async def predict_fallback(self, name: str) -> Response:
         """Reached only when no model application has this route: an unknown model, or one whose
