@@ -2,8 +2,9 @@
  * What the project's Marcelle models share: a model made outside the page, trained in PyTorch,
  * that the page calls (Ray Serve: RayModel) or runs itself (an ONNX bundle: OnnxClassifier).
  * Marcelle's training and storage methods say why they do nothing here, and the small view is
- * the same: a status line, the last error, and a table of what the model is. Hooks for tests: `<testid>`, `<testid>-status`
- * (`data-status`), `<testid>-error`, `<testid>-info`.
+ * the same: a status line, the last prediction, the last error, and a table of what the model
+ * is. Hooks for tests: `<testid>`, `<testid>-status` (`data-status`), `<testid>-prediction`
+ * (`data-label`), `<testid>-error`, `<testid>-info`.
  */
 import { Model } from '@marcellejs/core';
 
@@ -63,7 +64,16 @@ export class ExternalModel extends Model {
     return '';
   }
 
-  renderPanel({ testid, status, error, rows, attributes = '', besideStatus = '', belowStatus = '' }) {
+  renderPanel({
+    testid,
+    status,
+    error,
+    rows,
+    attributes = '',
+    besideStatus = '',
+    belowStatus = '',
+    prediction = null,
+  }) {
     const colour = STATUS_COLOURS[status] ?? ERROR_COLOUR;
     const table = rows
       .map(([k, v]) => `<tr><td style="padding-right:1em;color:#6b7280">${k}</td><td>${escapeHtml(v)}</td></tr>`)
@@ -73,6 +83,10 @@ export class ExternalModel extends Model {
       `<p>status: <strong data-testid="${testid}-status" data-status="${status}" style="color:${colour}">${status}</strong>` +
       `${besideStatus}</p>` +
       belowStatus +
+      (prediction
+        ? `<p>last prediction: <strong data-testid="${testid}-prediction" data-label="${escapeHtml(prediction.label)}">` +
+          `${escapeHtml(prediction.label)}</strong></p>`
+        : '') +
       (error
         ? `<p data-testid="${testid}-error" role="alert" style="color:${ERROR_COLOUR};margin:.5em 0">${escapeHtml(error)}</p>`
         : '') +

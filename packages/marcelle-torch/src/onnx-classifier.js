@@ -287,12 +287,22 @@ export class OnnxClassifier extends ExternalModel {
     this.$error.set(null);
     this.$status.set('ready');
     const result = { label: this.labels[best], confidences };
+    this.lastPrediction = result;
     this.$predictions.set(result);
     return result;
   }
 
   viewStreams() {
-    return [this.$status, this.$error, this.$metadata, this.$progress, this.$backend, this.$runtime, this.$loadTime];
+    return [
+      this.$status,
+      this.$error,
+      this.$metadata,
+      this.$progress,
+      this.$backend,
+      this.$runtime,
+      this.$loadTime,
+      this.$predictions,
+    ];
   }
 
   /** The runtime hook: `data-backend` (text), `data-ep`, `data-threads`, `data-simd`, `data-isolated`. */
@@ -331,6 +341,7 @@ export class OnnxClassifier extends ExternalModel {
       rows,
       besideStatus: this.runtimeHook(),
       belowStatus: bar,
+      prediction: this.lastPrediction,
     });
   }
 }

@@ -137,6 +137,7 @@ export class RayModel extends ExternalModel {
     this.model = name;
     this.$model.set(name);
     this.$metadata.set(null);
+    this.lastPrediction = null;
     this.$status.set('connecting');
     this.connect();
   }
@@ -174,6 +175,7 @@ export class RayModel extends ExternalModel {
     this.markReady();
     if (!this.$metadata.get()) this.connect();
     const result = { label: String(prediction.label), confidences: prediction.confidences };
+    this.lastPrediction = result;
     this.$predictions.set(result);
     return result;
   }
@@ -244,7 +246,7 @@ export class RayModel extends ExternalModel {
   }
 
   viewStreams() {
-    return [this.$status, this.$error, this.$metadata, this.$latency];
+    return [this.$status, this.$error, this.$metadata, this.$latency, this.$predictions];
   }
 
   /** The small view: status, the server's error message, what the model is. */
@@ -271,6 +273,7 @@ export class RayModel extends ExternalModel {
       status,
       error,
       rows,
+      prediction: this.lastPrediction,
     });
   }
 }
