@@ -90,6 +90,15 @@ def release_pods(objects) -> dict[str, Pod]:
         ports_of(head["spec"]["containers"]),
         ip="10.244.1.2",
     )
+    # KubeRay's Redis cleanup Job (raycluster_controller.go buildRedisCleanupJob): the head Pod's
+    # template, its node type label changed, run when a fault-tolerant RayCluster is deleted.
+    pods["redis-cleanup"] = Pod(
+        "redis-cleanup",
+        NS,
+        {**pods["head"].labels, "ray.io/node-type": "redis-cleanup"},
+        pods["head"].ports,
+        ip="10.244.1.9",
+    )
     for group in ray.get("workerGroupSpecs", []):
         t = group["template"]
         pods[f"ray-{group['groupName']}"] = Pod(
@@ -167,6 +176,10 @@ def models(v):
     return bool(v["models"])
 
 
+def gcs_ft(v):
+    return v["ray"]["gcsFaultTolerance"]["enabled"]
+
+
 RAY_PODS = ("head", "ray-cpu")
 # Ports Ray picks at random (raylet, object manager, agents) and the worker port range.
 RAY_RANDOM_PORTS = (33713, 45001, 10002, 19999)
@@ -207,6 +220,8 @@ NEEDED = [
         Flow(p, "model-host", 443, "init containers download `models`", models)
         for p in ("head", "ray-cpu", "worker", "webapp")
     ],
+    Flow("head", "redis", 6379, "the GCS keeps the cluster's state in Redis (ray.gcsFaultTolerance)", gcs_ft),
+    Flow("redis-cleanup", "redis", 6379, "KubeRay's cleanup Job deletes a deleted cluster's keys", gcs_ft),
 ]
 
 UNNEEDED = [
@@ -236,6 +251,7 @@ UNNEEDED = [
     Flow("ingress-controller", "head", "serve", "the Ingress goes through the web app"),
     Flow("tenant", "webapp", "http", "webappFrom names who may", lambda v: not webapp_open(v)),
     Flow("api-server", "head", "dashboard", "the API server proxies only with --use-kubernetes-proxy"),
+    Flow("operator", "redis-cleanup", "dashboard", "the cleanup Job is no head: it serves nothing"),
 ]
 
 

@@ -89,6 +89,13 @@ class Cluster:
         self.rs_name = self.rayservice["metadata"]["name"]
         self.ray_cluster = kuberay.generate_ray_cluster_name(self.rs_name)
         self.head: Pod | None = None
+        # reconcileAuthSecret: the token Secret KubeRay creates for the Ray cluster (none when
+        # the chart names one, or token auth is off).
+        self.ray_token: str | None = None
+        secret = kuberay.auth_secret(self.rayservice, self.ray_cluster)
+        if secret is not None:
+            self.objects = [*objects, secret]
+            self.ray_token = secret["stringData"][kuberay.RAY_AUTH_TOKEN_SECRET_KEY]
         self.ray_workers: list[Pod] = []
         self.events: list[tuple[float, str]] = []
         self.file_hosts: list[subprocess.Popen] = []

@@ -129,7 +129,7 @@ def cluster(objects, user_model, request):
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             try:
-                kuberay.update_serve_deployment(dashboard, c.serve_config)
+                kuberay.update_serve_deployment(dashboard, c.serve_config, token=c.ray_token)
                 break
             except (AssertionError, OSError) as exc:  # the dashboard's Serve API answers a little later
                 assert time.monotonic() < deadline, f"serve config not accepted: {exc}"
@@ -137,7 +137,7 @@ def cluster(objects, user_model, request):
         apps = {}
         while time.monotonic() < deadline:
             try:
-                ready, apps = kuberay.get_and_check_serve_status(dashboard)
+                ready, apps = kuberay.get_and_check_serve_status(dashboard, token=c.ray_token)
             except OSError:
                 ready = False
             if ready:

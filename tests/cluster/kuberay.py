@@ -2,7 +2,8 @@
 
 Each function names the upstream function it mirrors (github.com/ray-project/kuberay, tag
 v1.7.0, ray-operator/controllers/ray/...). Only the paths the chart's RayService takes are
-mirrored (no GCS fault tolerance, TLS, token auth, history server, multi-host groups).
+mirrored (token auth included; no GCS fault tolerance, TLS, history server, multi-host
+groups).
 """
 
 from __future__ import annotations
@@ -26,6 +27,58 @@ RAY_SERVE_PROXY_HEALTH_PATH = "-/healthz"  # RayServeProxyHealthPath
 DEPLOY_PATH_V2 = "/api/serve/applications/"  # DeployPathV2, PUT
 SERVE_DETAILS_PATH = "/api/serve/applications/"  # ServeDetailsPath, GET ?api_type=declarative
 API_TYPE_PARAM = "declarative"
+RAY_AUTH_TOKEN_SECRET_KEY = "auth_token"  # utils/constant.go
+AUTH_HEADER = "x-ray-authorization"  # dashboard_httpclient.go, set when the cluster's auth mode is token
+
+
+def check_name(name: str) -> str:
+    """utils/util.go CheckName: clipped from the front to 50 characters, a leading digit or
+    non-alphanumeric character replaced by `r`."""
+    if len(name) > 50:
+        name = name[len(name) - 50 :]
+    if not name[0].isalpha():
+        name = "r" + name[1:]
+    return name
+
+
+def auth_secret(rayservice: dict, cluster: str) -> dict | None:
+    """raycluster_controller.go reconcileAuthSecret / createAuthSecret: with authOptions mode
+    token and no secretName, a Secret CheckName(<cluster>) holding a random token (32 random
+    bytes, standard base64) under `auth_token`; None when KubeRay creates none."""
+    import base64
+    import os
+
+    options = rayservice["spec"]["rayClusterConfig"].get("authOptions") or {}
+    if options.get("mode") != "token" or options.get("enableK8sTokenAuth") or options.get("secretName"):
+        return None
+    token = base64.b64encode(os.urandom(32)).decode()
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": check_name(cluster), "labels": {"ray.io/cluster": cluster}},
+        "stringData": {RAY_AUTH_TOKEN_SECRET_KEY: token},
+    }
+
+
+def auth_env(rayservice: dict, cluster: str) -> list[dict]:
+    """common/pod.go SetContainerTokenAuthEnvVars (not the K8s-token variant): RAY_AUTH_MODE and
+    RAY_AUTH_TOKEN from the auth Secret; [] when token auth is off."""
+    options = rayservice["spec"]["rayClusterConfig"].get("authOptions") or {}
+    if options.get("mode") != "token":
+        return []
+    assert not options.get("enableK8sTokenAuth"), "K8s token auth is not mirrored here"
+    secret = options.get("secretName") or check_name(cluster)
+    return [
+        {"name": "RAY_AUTH_MODE", "value": "token"},
+        {
+            "name": "RAY_AUTH_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": secret, "key": RAY_AUTH_TOKEN_SECRET_KEY}},
+        },
+    ]
+
+
+def _headers(token: str | None) -> dict:
+    return {AUTH_HEADER: f"Bearer {token}"} if token else {}
 
 
 def parse_quantity(text) -> float:
@@ -161,6 +214,11 @@ def build_pod(
         params["no-monitor"] = "true"
         v2 = (cluster_spec.get("autoscalerOptions") or {}).get("version") == "v2"
         env.append({"name": "RAY_ENABLE_AUTOSCALER_V2", "value": "true" if v2 else "false"})
+    # configureTokenAuth (DefaultHeadPodTemplate / DefaultWorkerPodTemplate): the Ray container,
+    # and below the wait-gcs-ready init container, get the token.
+    for var in auth_env(rayservice, cluster):
+        if not any(e.get("name") == var["name"] for e in env):
+            env.append(var)
     if not any(p.get("name") == "metrics" for p in ray.get("ports", [])):
         ray.setdefault("ports", []).append({"name": "metrics", "containerPort": DEFAULT_METRICS_PORT})
     if node_type == "worker":
@@ -246,14 +304,20 @@ def build_pod(
 # ----------------------------------------------------------------- RayService controller
 
 
-def update_serve_deployment(dashboard_url: str, serve_config_v2: str, timeout: float = 60) -> None:
+def update_serve_deployment(
+    dashboard_url: str, serve_config_v2: str, timeout: float = 60, token: str | None = None
+) -> None:
     """rayservice_controller.go updateServeDeployment + dashboardclient UpdateDeployments:
-    serveConfigV2 (YAML) unmarshalled, marshalled to JSON, PUT to DeployPathV2."""
+    serveConfigV2 (YAML) unmarshalled, marshalled to JSON, PUT to DeployPathV2 (with the
+    cluster's token when its auth mode is token: GetRayDashboardClientFunc)."""
     import yaml
 
     body = json.dumps(yaml.safe_load(serve_config_v2)).encode()
     request = urllib.request.Request(
-        dashboard_url + DEPLOY_PATH_V2, data=body, method="PUT", headers={"Content-Type": "application/json"}
+        dashboard_url + DEPLOY_PATH_V2,
+        data=body,
+        method="PUT",
+        headers={"Content-Type": "application/json", **_headers(token)},
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -264,11 +328,12 @@ def update_serve_deployment(dashboard_url: str, serve_config_v2: str, timeout: f
         raise AssertionError(f"UpdateDeployments fail: {status} {text[:2000]}")
 
 
-def get_and_check_serve_status(dashboard_url: str, timeout: float = 30) -> tuple[bool, dict]:
+def get_and_check_serve_status(dashboard_url: str, timeout: float = 30, token: str | None = None) -> tuple[bool, dict]:
     """rayservice_controller.go getAndCheckServeStatus + dashboardclient GetServeDetails:
     ready only when there is at least one application and every one is RUNNING."""
     url = f"{dashboard_url}{SERVE_DETAILS_PATH}?api_type={API_TYPE_PARAM}"
-    with urllib.request.urlopen(url, timeout=timeout) as response:
+    request = urllib.request.Request(url, headers=_headers(token))
+    with urllib.request.urlopen(request, timeout=timeout) as response:
         details = json.loads(response.read())
     apps = {}
     for name, app in (details.get("applications") or {}).items():

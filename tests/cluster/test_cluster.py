@@ -15,8 +15,9 @@ import scenarios
 from render import container_port, deep, one
 
 
-def _get_json(url: str, timeout: float = 30):
-    with urllib.request.urlopen(url, timeout=timeout) as response:
+def _get_json(url: str, timeout: float = 30, token: str | None = None):
+    headers = {kuberay.AUTH_HEADER: f"Bearer {token}"} if token else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as response:
         return json.loads(response.read())
 
 
@@ -32,7 +33,9 @@ def test_ray_nodes_started_as_kuberay_starts_them(cluster, objects):
     assert params["address"].startswith(kuberay.head_service_name(cluster.ray_cluster) + ".")
     for flag in ("metrics-export-port", "dashboard-agent-listen-port", "block"):
         assert flag in params and flag in cluster.head.ray_start_params, flag
-    nodes = _get_json(f"{cluster.dashboard}/api/v0/nodes?detail=1&limit=100")["data"]["result"]["result"]
+    nodes = _get_json(f"{cluster.dashboard}/api/v0/nodes?detail=1&limit=100", token=cluster.ray_token)["data"][
+        "result"
+    ]["result"]
     alive = {n["node_ip"]: n for n in nodes if n["state"] == "ALIVE"}
     assert set(alive) == {cluster.head.ip, worker.ip}, f"Ray nodes {sorted(alive)}, pods {cluster.head.ip}, {worker.ip}"
     resources = alive[worker.ip]["resources_total"]
@@ -313,14 +316,14 @@ def test_bad_serve_import_path_is_caught(cluster, objects):
     config = yaml.safe_load(cluster.serve_config)
     for app in config["applications"]:
         app["import_path"] = app["import_path"].replace(":", "_missing:")
-    kuberay.update_serve_deployment(cluster.dashboard, yaml.safe_dump(config))
+    kuberay.update_serve_deployment(cluster.dashboard, yaml.safe_dump(config), token=cluster.ray_token)
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            ready, apps = kuberay.get_and_check_serve_status(cluster.dashboard)
+            ready, apps = kuberay.get_and_check_serve_status(cluster.dashboard, token=cluster.ray_token)
             if any(a["status"] == "DEPLOY_FAILED" for a in apps.values()):
                 break
             time.sleep(3)
         assert not ready and any(a["status"] == "DEPLOY_FAILED" for a in apps.values()), apps
     finally:
-        kuberay.update_serve_deployment(cluster.dashboard, cluster.serve_config)
+        kuberay.update_serve_deployment(cluster.dashboard, cluster.serve_config, token=cluster.ray_token)
