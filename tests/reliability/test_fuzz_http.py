@@ -1,11 +1,14 @@
 """Fuzzing the Serve HTTP API (the session's real ``marcelle-torch serve``): a corpus of
 malformed bodies, images and headers, then requests generated with Hypothesis from the
 documented contract (docs/ray-serve.md / serving/app.py: the routes, ``{"instances": [...]}``, image
-instances as base64). The Serve app publishes no /openapi.json yet; when it does, a
+instances as base64), for both protocols: v1 and the Open Inference Protocol (v2: serving/v2.py,
+``{"inputs": [{"name", "shape", "datatype", "data"}]}``, FP32 or BYTES, JSON or the binary tensor
+extension). The Serve app publishes no /openapi.json yet; when it does, a
 schema-driven run (schemathesis) belongs here too.
 
 The guarantee: no answer is a 5xx (a 503 for overload is allowed, never seen idle), and every
-4xx is JSON ``{"error": {"code", "message"}}`` whose message says what was wrong.
+4xx is JSON whose message says what was wrong: ``{"error": {"code", "message"}}`` on v1 routes,
+the protocol's ``{"error": "<message>"}`` under ``/v2``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from hypothesis import strategies as st
 pytestmark = pytest.mark.ray
 
 PREDICT = "/v1/models/digits:predict"
+INFER = "/v2/models/digits/infer"
 LIMIT = 4 * 1024 * 1024  # args.max_body_bytes of the packaged serve config
 CODES_4XX = {
     "invalid_input",
@@ -130,7 +134,7 @@ def image_cases() -> dict[str, bytes]:
 # --------------------------------------------------------------------------- checks
 
 
-def check(status: int, headers, body: bytes, what: str, head: bool = False) -> None:
+def check(status: int, headers, body: bytes, what: str, head: bool = False, path: str = "") -> None:
     TALLY["cases"] += 1
     TALLY["by_status"][status] = TALLY["by_status"].get(status, 0) + 1
     if status >= 500:
@@ -140,13 +144,16 @@ def check(status: int, headers, body: bytes, what: str, head: bool = False) -> N
         ctype = headers.get("content-type", "")
         assert ctype.startswith("application/json"), f"{what}: {status} is not JSON ({ctype}): {body[:200]!r}"
         error = json.loads(body)["error"]
+        if path == "/v2" or path.startswith("/v2/"):  # the Open Inference Protocol's error shape
+            assert isinstance(error, str) and len(error) >= 12, f"{what}: error {error!r}"
+            return
         assert error["code"] in CODES_4XX, f"{what}: code {error['code']!r}"
         assert isinstance(error["message"], str) and len(error["message"]) >= 12, f"{what}: message {error!r}"
 
 
 def send(client: httpx.Client, method: str, path: str, what: str, **kwargs) -> httpx.Response:
     response = client.request(method, path, **kwargs)
-    check(response.status_code, response.headers, response.content, what, head=method == "HEAD")
+    check(response.status_code, response.headers, response.content, what, head=method == "HEAD", path=path)
     return response
 
 
@@ -302,6 +309,151 @@ def test_malformed_bodies_images_and_headers_get_json_4xx_never_5xx(serve_url, m
     assert status == 413, status
 
 
+def v2_input(datatype="FP32", shape=(1, 1, 128, 128), data=None, name="input", **extra) -> dict:
+    item = {"name": name, "shape": list(shape), "datatype": datatype, **extra}
+    if data is not None:
+        item["data"] = data
+    return item
+
+
+def binary_request(inputs: list[dict], binary: bytes, header_length: str | None = None) -> tuple[bytes, dict]:
+    """A body in the binary tensor extension: the JSON, then ``binary``; with its header."""
+    head = json.dumps({"inputs": inputs}).encode()
+    length = str(len(head)) if header_length is None else header_length
+    return head + binary, {"inference-header-content-length": length, "content-type": "application/octet-stream"}
+
+
+def bytes_elements(*items: bytes) -> bytes:
+    """BYTES in the binary extension: each element a 4-byte little-endian length, then its bytes."""
+    return b"".join(struct.pack("<I", len(x)) + x for x in items)
+
+
+def test_malformed_v2_bodies_get_the_protocols_4xx_never_5xx(serve_url, make_digit):
+    good, _ = make_digit(0)
+    pixels = [0.5] * (128 * 128)
+    with httpx.Client(base_url=serve_url, timeout=120) as client:
+        bodies = {
+            "empty": b"",
+            "truncated": b'{"inputs": [',
+            "null": b"null",
+            "list": b"[]",
+            "instances (v1)": json.dumps({"instances": [good]}).encode(),
+            "inputs-object": b'{"inputs": {"name": "input"}}',
+            "inputs-empty": b'{"inputs": []}',
+            "inputs-two": json.dumps({"inputs": [v2_input(data=pixels), v2_input(data=pixels)]}).encode(),
+            "input-not-object": b'{"inputs": [3]}',
+            "no-name": json.dumps({"inputs": [{"shape": [1], "datatype": "FP32", "data": [1]}]}).encode(),
+            "name-number": json.dumps({"inputs": [v2_input(name=3, data=pixels)]}).encode(),
+            "no-shape": json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "data": pixels}]}).encode(),
+            "shape-string": json.dumps({"inputs": [v2_input(shape="1,1,128,128", data=pixels)]}).encode(),
+            "shape-floats": json.dumps({"inputs": [v2_input(shape=[1.0, 1, 128, 128], data=pixels)]}).encode(),
+            "shape-bools": json.dumps({"inputs": [v2_input(shape=[True, 1, 128, 128], data=pixels)]}).encode(),
+            "shape-negative": json.dumps({"inputs": [v2_input(shape=[-1, 1, 128, 128], data=pixels)]}).encode(),
+            "shape-zero-batch": json.dumps({"inputs": [v2_input(shape=[0, 1, 128, 128], data=[])]}).encode(),
+            "shape-huge": json.dumps({"inputs": [v2_input(shape=[10**12, 1, 128, 128], data=pixels)]}).encode(),
+            "shape-beyond-int64": json.dumps({"inputs": [v2_input(shape=[10**30, 1, 128, 128], data=pixels)]}).encode(),
+            "shape-wrong": json.dumps({"inputs": [v2_input(shape=[1, 128, 128], data=pixels)]}).encode(),
+            "data-short": json.dumps({"inputs": [v2_input(data=pixels[:-1])]}).encode(),
+            "data-long": json.dumps({"inputs": [v2_input(data=pixels + [0.0])]}).encode(),
+            "data-missing": json.dumps({"inputs": [v2_input()]}).encode(),
+            "data-object": json.dumps({"inputs": [v2_input(data={"a": 1})]}).encode(),
+            "data-strings": json.dumps({"inputs": [v2_input(data=["x"] * len(pixels))]}).encode(),
+            "data-ragged": json.dumps({"inputs": [v2_input(data=[[0.0] * 128] * 127 + [[0.0]])]}).encode(),
+            "data-deep": json.dumps(
+                {
+                    "inputs": [
+                        v2_input(shape=[1], data=[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[0]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]])
+                    ]
+                }
+            ).encode(),
+            "data-nan": json.dumps({"inputs": [v2_input(data=[float("nan")] * len(pixels))]}).encode(),
+            "data-infinity": json.dumps({"inputs": [v2_input(data=[float("inf")] * len(pixels))]}).encode(),
+            "data-over-fp32": json.dumps({"inputs": [v2_input(data=[1e300] * len(pixels))]}).encode(),
+            "data-huge-integers": json.dumps({"inputs": [v2_input(data=[10**400] * len(pixels))]}).encode(),
+            "data-out-of-range": json.dumps({"inputs": [v2_input(data=[7.0] * len(pixels))]}).encode(),
+            "data-bools": json.dumps({"inputs": [v2_input(data=[True] * len(pixels))]}).encode(),
+            "datatype-int8": json.dumps({"inputs": [v2_input(datatype="INT8", data=pixels)]}).encode(),
+            "datatype-fp16": json.dumps({"inputs": [v2_input(datatype="FP16", data=pixels)]}).encode(),
+            "datatype-null": json.dumps({"inputs": [v2_input(datatype=None, data=pixels)]}).encode(),
+            "parameters-list": json.dumps({"inputs": [v2_input(data=pixels, parameters=[1])]}).encode(),
+            "bytes-not-strings": json.dumps({"inputs": [v2_input("BYTES", [1], data=[1])]}).encode(),
+            "bytes-count": json.dumps({"inputs": [v2_input("BYTES", [2], data=[good["b64"]])]}).encode(),
+            "bytes-shape-3d": json.dumps({"inputs": [v2_input("BYTES", [1, 1, 1], data=[good["b64"]])]}).encode(),
+            "bytes-not-base64": json.dumps({"inputs": [v2_input("BYTES", [1], data=["***"])]}).encode(),
+            "bytes-not-image": json.dumps({"inputs": [v2_input("BYTES", [1], data=[b64(b"hello")])]}).encode(),
+            "outputs-unknown": json.dumps(
+                {"inputs": [v2_input("BYTES", [1], data=[good["b64"]])], "outputs": [{"name": "logits"}]}
+            ).encode(),
+            "outputs-not-list": json.dumps(
+                {"inputs": [v2_input("BYTES", [1], data=[good["b64"]])], "outputs": 3}
+            ).encode(),
+            "outputs-names-lists": json.dumps(
+                {"inputs": [v2_input("BYTES", [1], data=[good["b64"]])], "outputs": [{"name": [1]}]}
+            ).encode(),
+            "id-object": json.dumps({"id": {"a": 1}, "inputs": [v2_input("BYTES", [1], data=[good["b64"]])]}).encode(),
+            "deep": b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+            "long-integer": b'{"inputs": [1' + b"0" * 100_000 + b"]}",
+            "invalid-utf8": b'{"inputs": ["\xff\xfe"]}',
+        }
+        for name, body in bodies.items():
+            send(client, "POST", INFER, f"v2 body {name}", content=body, headers={"content-type": "application/json"})
+        for name, raw in image_cases().items():
+            send(client, "POST", INFER, f"v2 image {name}", json={"inputs": [v2_input("BYTES", [1], data=[b64(raw)])]})
+            body, headers = binary_request(
+                [v2_input("BYTES", [1], parameters={"binary_data_size": len(bytes_elements(raw))})], bytes_elements(raw)
+            )
+            send(client, "POST", INFER, f"v2 image {name} (binary)", content=body, headers=headers)
+
+        fp32 = struct.pack("<f", 0.5) * (128 * 128)
+        sized = [v2_input(parameters={"binary_data_size": len(fp32)})]
+        binary = {
+            "header-past-body": binary_request(sized, fp32, header_length=str(10**9)),
+            "header-negative": binary_request(sized, fp32, header_length="-1"),
+            "header-not-number": binary_request(sized, fp32, header_length="abc"),
+            "header-zero": binary_request(sized, fp32, header_length="0"),
+            "header-cuts-json": binary_request(sized, fp32, header_length="10"),
+            "size-mismatch": binary_request([v2_input(parameters={"binary_data_size": 12})], fp32),
+            "size-negative": binary_request([v2_input(parameters={"binary_data_size": -4})], fp32),
+            "size-string": binary_request([v2_input(parameters={"binary_data_size": "4"})], fp32),
+            "fp32-short": binary_request([v2_input(parameters={"binary_data_size": len(fp32) - 4})], fp32[:-4]),
+            "fp32-odd": binary_request([v2_input(parameters={"binary_data_size": 7})], b"\0" * 7),
+            "fp32-nan": binary_request(sized, struct.pack("<f", float("nan")) * (128 * 128)),
+            "fp32-out-of-range": binary_request(sized, struct.pack("<f", 9.0) * (128 * 128)),
+            "no-binary-sent": binary_request(sized, b""),
+            "bytes-length-cut": binary_request(
+                [v2_input("BYTES", [1], parameters={"binary_data_size": 2})], b"\x05\x00"
+            ),
+            "bytes-element-past-end": binary_request(
+                [v2_input("BYTES", [1], parameters={"binary_data_size": 6})], struct.pack("<I", 10**6) + b"ab"
+            ),
+            "bytes-count-mismatch": binary_request(
+                [v2_input("BYTES", [3], parameters={"binary_data_size": 9})], bytes_elements(b"abcde")
+            ),
+        }
+        for name, (body, headers) in binary.items():
+            send(client, "POST", INFER, f"v2 binary {name}", content=body, headers=headers)
+
+        over = b'{"inputs": ["' + b"A" * (LIMIT + 10) + b'"]}'
+        assert send(client, "POST", INFER, "v2 over the limit", content=over).status_code == 413
+        for method in ("GET", "PUT", "DELETE", "PATCH"):
+            send(client, method, INFER, f"{method} infer")
+        for path in ("/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/digits", "/v2/models/digits/ready"):
+            send(client, "POST", path, f"POST {path}", json={})
+        for path in (
+            "/v2/models/nope/infer",
+            "/v2/models/%00/infer",
+            "/v2/models/..%2f..%2fetc/infer",
+            "/v2/models//infer",
+            "/v2/models/digits/infer/x",
+            "/v2/models/digits/versions/1/infer",
+            "/v2/models/" + "d" * 4000 + "/infer",
+            "/v2/repository/index",
+        ):
+            send(
+                client, "POST", path, f"path {path[:60]}", json={"inputs": [v2_input("BYTES", [1], data=[good["b64"]])]}
+            )
+
+
 def framing_cases(serve_url: str) -> dict[str, tuple[int, dict, bytes]]:
     """Requests malformed at the HTTP level, written byte for byte: name -> (status, headers, body)."""
     headers = {
@@ -391,6 +543,73 @@ def test_requests_generated_from_the_contract_get_json_4xx_never_5xx(serve_url):
                 f"{method} {path[:60]} {content[:120]!r}",
                 content=content if method not in ("GET", "HEAD", "OPTIONS") else None,
                 headers={"content-type": ctype, "origin": "http://127.0.0.1:5173"},
+            )
+
+        one()
+
+
+v2_shape = st.lists(st.integers(-2, 130) | st.sampled_from([1, 128, 10**20]) | json_leaf, max_size=5) | json_leaf
+v2_data = (
+    st.lists(pixel, max_size=8)
+    | st.lists(image_b64, max_size=3)
+    | grid
+    | json_value
+    | st.builds(lambda v: [v] * (128 * 128), pixel)
+)
+v2_tensor = st.fixed_dictionaries(
+    {
+        "name": st.sampled_from(["input", "input", "x", ""]) | json_leaf,
+        "shape": v2_shape,
+        "datatype": st.sampled_from(["FP32", "FP32", "BYTES", "BYTES", "INT64", "FP16", "fp32", ""]) | json_leaf,
+    },
+    optional={
+        "data": v2_data,
+        "parameters": st.dictionaries(st.sampled_from(["binary_data_size", "content_type"]), json_leaf, max_size=2)
+        | json_value,
+    },
+)
+v2_body = st.fixed_dictionaries(
+    {"inputs": st.lists(v2_tensor, max_size=2) | json_value},
+    optional={
+        "id": json_leaf,
+        "outputs": st.lists(st.fixed_dictionaries({"name": st.sampled_from(["label", "probabilities", "x"])}))
+        | json_value,
+        "parameters": json_value,
+    },
+)
+v2_paths = st.sampled_from(
+    [INFER, INFER, INFER, "/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/digits", "/v2/models/digits/ready"]
+) | st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="?#/"), max_size=30).map(
+    lambda s: f"/v2/models/{s}/infer"
+)
+
+
+def test_v2_requests_generated_from_the_contract_get_json_4xx_never_5xx(serve_url):
+    with httpx.Client(base_url=serve_url, timeout=120) as client:
+
+        @settings(
+            max_examples=300, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck)
+        )
+        @given(
+            method=methods,
+            path=v2_paths,
+            body=v2_body,
+            tail=st.binary(max_size=64),
+            header=st.none() | st.sampled_from(["auto", "0", "-3", "x", "99999999"]),
+        )
+        def one(method, path, body, tail, header):
+            content = json.dumps(body).encode()
+            headers = {"content-type": "application/json", "origin": "http://127.0.0.1:5173"}
+            if header is not None:  # the binary tensor extension: the JSON's length, then bytes
+                headers["inference-header-content-length"] = str(len(content)) if header == "auto" else header
+                content += tail
+            send(
+                client,
+                method,
+                path,
+                f"{method} {path[:60]} {content[:160]!r}",
+                content=content if method not in ("GET", "HEAD", "OPTIONS") else None,
+                headers=headers,
             )
 
         one()
