@@ -23,6 +23,8 @@ import fcntl
 import hashlib
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -31,6 +33,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+
+from marcelle_torch.processes import free_port
 
 pytestmark = pytest.mark.ray
 
@@ -83,6 +87,60 @@ def protocols_serve(tmp_path_factory, start_serve, trained_digits):
     assert not server.stop(), "processes left after serve stopped"
 
 
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+
+
+@pytest.fixture(scope="module")
+def nginx_url(tmp_path_factory, protocols_serve):
+    """The web app image's nginx (services/frontend/nginx.conf, run by the real binary) in front of
+    the server: both protocols must work under its ``/serve/`` prefix."""
+    if NGINX is None:
+        pytest.skip("no nginx binary (Debian's nginx-light: make system-deps)")
+    tmp = tmp_path_factory.mktemp("nginx")
+    html = tmp / "html"
+    html.mkdir()
+    (html / "index.html").write_text("<!doctype html><title>app</title>")
+    port = free_port()
+    env = {
+        "NGINX_PORT": str(port),
+        "SERVE_UPSTREAM": f"127.0.0.1:{protocols_serve.port}",
+        "BACKEND_UPSTREAM": f"127.0.0.1:{free_port()}",
+        "NGINX_LOCAL_RESOLVERS": "127.0.0.1",
+    }
+    template = (REPO / "services" / "frontend" / "nginx.conf").read_text()
+    # envsubst of the defined variables only, as the image's 20-envsubst-on-templates.sh does.
+    server = re.sub(r"\$\{(\w+)\}", lambda m: env.get(m.group(1), m.group(0)), template)
+    server = server.replace("root /usr/share/nginx/html;", f"root {html};")
+    user = "user root;\n" if os.geteuid() == 0 else ""  # workers must read tmp (0700)
+    (tmp / "logs").mkdir()
+    temp_paths = "".join(f"  {k}_temp_path {tmp}/{k};\n" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    (tmp / "nginx.conf").write_text(
+        f"{user}worker_processes 1;\npid {tmp}/nginx.pid;\nerror_log {tmp}/logs/error.log;\n"
+        f"events {{ worker_connections 64; }}\nhttp {{\n  access_log off;\n"
+        f"  include /etc/nginx/mime.types;\n{temp_paths}{server}\n}}\n"
+    )
+    proc = subprocess.Popen(
+        [NGINX, "-p", str(tmp), "-c", str(tmp / "nginx.conf"), "-g", "daemon off;"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            assert proc.poll() is None, f"nginx exited: {proc.stderr.read().decode()}"
+            try:
+                httpx.get(url + "/healthz", timeout=2)
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "nginx did not answer"
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 def pngs_for(model: str, make_digit) -> list[str]:
     if model == "digits":
         return [make_digit(i, seed=i, light_background=bool(i % 2))[0]["b64"] for i in range(5)]
@@ -117,10 +175,10 @@ def assert_same(outputs: dict, reference: list[dict], labels: list[str], where: 
 
 
 @pytest.mark.parametrize("model", ["digits", FOLDER_MODEL])
-def test_kserve_and_triton_clients_get_the_v1_answers(protocols_serve, make_digit, tmp_path, model):
-    url = protocols_serve.url
-    pngs = pngs_for(model, make_digit)
-    reference = v1_predictions(url, model, pngs)
+@pytest.mark.parametrize("through", ["direct", "nginx"])
+def test_kserve_and_triton_clients_get_the_v1_answers(protocols_serve, make_digit, tmp_path, model, through, request):
+    reference = v1_predictions(protocols_serve.url, model, pngs := pngs_for(model, make_digit))
+    url = protocols_serve.url if through == "direct" else request.getfixturevalue("nginx_url") + "/serve/"
     labels = list(reference[0]["confidences"])
     request = tmp_path / "request.json"
     request.write_text(
@@ -152,7 +210,7 @@ def test_kserve_and_triton_clients_get_the_v1_answers(protocols_serve, make_digi
     assert triton["unknown_model_ready"] is False
     assert triton["server_metadata"]["name"] == "marcelle-torch"
     meta = triton["model_metadata"]
-    shape = [-1, *httpx.get(f"{url}/v1/models/{model}", timeout=TIMEOUT).json()["input"]["shape"]]
+    shape = [-1, *httpx.get(f"{protocols_serve.url}/v1/models/{model}", timeout=TIMEOUT).json()["input"]["shape"]]
     assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": shape}]
     assert meta["outputs"] == [
         {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(labels)]},
