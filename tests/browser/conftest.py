@@ -13,7 +13,7 @@ Fixtures:
   backend, and ``start_worker(env=None)`` to start a real worker on it when the test says;
 - ``open_runs_page(backend_url) -> nobody``: ``page`` on the app's "Backend runs" page.
 
-- ``drawing_input``: drives the app's shared input (components/image-input.js):
+- ``drawing_input``: drives the app's shared input (imageInput, packages/marcelle-torch/src/image-input.js):
   ``draw_digit`` / ``draw_strokes`` on the Marcelle sketchpad with real mouse moves,
   ``upload`` into the Marcelle image upload, ``model_input_png`` / ``sketchpad_png`` to read
   back what the page has;
@@ -143,7 +143,7 @@ def assert_security_headers(documents, served_apps: dict[str, dict[str, str]]) -
 def webapp_dist() -> Path:
     """The built app (``services/frontend/dist``, or $MARCELLE_TORCH_WEBAPP_DIST); `make test` builds it."""
     if not (DIST / "index.html").is_file():
-        pytest.fail(f"web app not built ({DIST}): run `make webapp` (cd services/frontend && npm ci && npm run build)")
+        pytest.fail(f"web app not built ({DIST}): run `make webapp` (npm ci && npm run build -w services/frontend)")
     return DIST
 
 
@@ -253,7 +253,7 @@ DIGIT_STROKES: dict[str, list[list[tuple[float, float]]]] = {
 class DrawingInput:
     """Drives the app's shared input (sketchpad + upload + model-input preview) on ``page``.
 
-    ``root`` selectors are the stable hooks that components/image-input.js puts on its parts.
+    ``root`` selectors are the stable hooks that the package's image-input.js puts on its parts.
     """
 
     def __init__(self, page, sketch: str = SKETCH, upload: str = UPLOAD, preview: str = PREVIEW_IMG):

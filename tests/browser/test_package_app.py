@@ -104,6 +104,7 @@ def packed(tmp_path_factory) -> Path:
     return tarball
 
 
+@pytest.mark.timeout(1800)  # npm install and a Vite build, then a whole local stack on a shared machine
 def test_a_fresh_marcelle_app_uses_the_three_ways(tmp_path, packed, page, console_errors, drawing_input):
     from marcelle_torch.models import get_spec, resolve_weights
     from marcelle_torch.processes import free_port

@@ -9,7 +9,7 @@ connect-src is the page's own origin, where it proxies Serve and the backend).
 
 Build the app first::
 
-    cd services/frontend && npm ci && npm run build     # (what `make webapp` runs)
+    npm ci && npm run build -w services/frontend     # (what `make webapp` runs; one npm workspace)
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def check_dist(dist_dir: str | Path) -> Path:
     if not (dist / "index.html").is_file():
         raise WebappNotBuilt(
             f"the web app is not built: {dist / 'index.html'} is missing; run `make webapp` first "
-            "(cd services/frontend && npm ci && npm run build)"
+            "(npm ci && npm run build -w services/frontend)"
         )
     return dist
 
