@@ -28,10 +28,11 @@ help:
 	@echo "make kind-demo  the demo on a local kind cluster: build, load, install, port-forward (needs Docker, kind)"
 	@echo "make e2e-kind run the end-to-end suite on a kind cluster (needs Docker, kind)"
 
-# Debian packages the tests need (Chromium for browser tests, Prometheus for the observability test).
+# Debian packages the tests need (Chromium for browser tests, Prometheus for the observability test,
+# redis-server for the cluster tier's head-node fault tolerance).
 system-deps:
 	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver prometheus nginx-light dnsmasq-base iproute2 wget wrk faketime
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver prometheus nginx-light dnsmasq-base iproute2 wget wrk faketime redis-server
 
 $(BIN)/marcelle-torch: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -163,6 +163,37 @@ class Cluster:
                 assert time.monotonic() < deadline, f"file host {name} did not start: {self.workdir / f'{name}.log'}"
                 time.sleep(0.2)
 
+    def start_redis_host(self, name: str, port: int, password: str) -> str:
+        """Debian's redis-server as a host of its own (a Redis the user runs beside the cluster,
+        for the head's GCS fault tolerance), with a password and an append-only file, answering
+        to the Service-style name ``name``; returns its address once it answers PING."""
+        ip = self.network.address()
+        ns = self.network.add_netns(name, [ip])
+        data = self.workdir / name
+        data.mkdir(exist_ok=True)
+        log = open(self.workdir / f"{name}.log", "ab")
+        argv = [
+            "redis-server", "--bind", ip, "--port", str(port), "--requirepass", password,
+            "--appendonly", "yes", "--dir", str(data), "--save", "", "--protected-mode", "no",
+        ]  # fmt: skip
+        self.file_hosts.append(
+            subprocess.Popen(
+                ["ip", "netns", "exec", ns, *argv], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        )
+        self.dns.set(name, self.namespace, self.domain, [ip])
+        deadline = time.monotonic() + 30
+        while True:
+            ping = subprocess.run(
+                ["redis-cli", "-h", ip, "-p", str(port), "--no-auth-warning", "-a", password, "ping"],
+                capture_output=True,
+                text=True,
+            )
+            if ping.stdout.strip() == "PONG":
+                return ip
+            assert time.monotonic() < deadline, f"redis host {name} did not start: {self.workdir / f'{name}.log'}"
+            time.sleep(0.2)
+
     # ------------------------------------------------------------------ containers
 
     def _container(self, container: dict, pod_meta: dict, pod_spec: dict, pod_dir: Path, kind_image=None) -> dict:

@@ -23,6 +23,10 @@ sys.path.insert(0, str(HERE.parent / "e2e"))
 from render import NAMESPACE, REPO, find_tool, image_of, one, render_objects  # noqa: E402
 
 START_TIMEOUT_S = 600
+# Head-node fault tolerance on (ray.gcsFaultTolerance): a Redis host beside the cluster, its
+# address and password in a Secret the user manages (created here, as `kubectl create secret`).
+REDIS_HOST, REDIS_PORT, REDIS_SECRET = "ray-redis", 6379, "ray-redis"
+REDIS_PASSWORD = "cluster-tier-redis-password"
 
 
 def _why_not() -> str | None:
@@ -30,6 +34,10 @@ def _why_not() -> str | None:
 
     if not find_tool("helm"):
         return "helm not found: run tests/chart/install-tools.sh"
+    import shutil
+
+    if not shutil.which("redis-server") or not shutil.which("redis-cli"):
+        return "redis-server not found: sudo make system-deps (apt-get install redis-server)"
     if not (REPO / "services" / "frontend" / "dist" / "index.html").exists():
         return "the web app is not built: run `make webapp`"
     return netns_refusal()
@@ -66,7 +74,20 @@ def user_model(tmp_path_factory):
 def objects(user_model):
     import model_store
 
-    return render_objects(sets=tuple(model_store.helm_sets(user_model.value)))
+    sets = (
+        *model_store.helm_sets(user_model.value),
+        "ray.gcsFaultTolerance.enabled=true",
+        f"ray.gcsFaultTolerance.existingSecret={REDIS_SECRET}",
+    )
+    rendered = render_objects(sets=sets)
+    address = f"{REDIS_HOST}.{NAMESPACE}.svc.cluster.local:{REDIS_PORT}"
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": REDIS_SECRET, "namespace": NAMESPACE},
+        "stringData": {"redis-address": address, "redis-password": REDIS_PASSWORD},
+    }
+    return [*rendered, secret]
 
 
 def say(msg: str) -> None:
@@ -112,6 +133,8 @@ def cluster(objects, user_model, request):
         say(f"network {c.network.subnet} on bridge {c.network.bridge}; Ray cluster {c.ray_cluster}")
         store = c.start_file_host(model_store.NAME, user_model.store, model_store.PORT)
         say(f"model store at {store}: {user_model.url}")
+        redis = c.start_redis_host(REDIS_HOST, REDIS_PORT, REDIS_PASSWORD)
+        say(f"redis at {redis}:{REDIS_PORT} (the head's GCS fault tolerance)")
         head = c.start_ray_pod("head", None)
         groups = [
             g for g in rs["spec"]["rayClusterConfig"].get("workerGroupSpecs", []) if int(g.get("replicas", 0)) > 0

@@ -6,6 +6,7 @@ services/backend for the backend image, the nginx template + entrypoint for the 
 from __future__ import annotations
 
 import functools
+import json
 import re
 
 import kuberay
@@ -65,6 +66,18 @@ def containers(objects: list[dict]):
             yield f"RayService/{group.get('groupName', 'head')}/{c['name']}", c, meta, True
 
 
+def kuberay_env(objects: list[dict], owner: str, container: dict, is_ray: bool) -> list[dict]:
+    """The container's env as KubeRay leaves it: for a Ray container, with what
+    configureGCSFaultTolerance appends (kuberay.configure_gcs_fault_tolerance)."""
+    if not is_ray:
+        return list(container.get("env", []))
+    rayservice = one(objects, "RayService")
+    node_type = "head" if owner.startswith("RayService/head/") else "worker"
+    template = {"metadata": {}, "spec": {"containers": [json.loads(json.dumps(container))]}}
+    kuberay.configure_gcs_fault_tolerance(template, {}, rayservice, "ray-cluster", node_type)
+    return template["spec"]["containers"][0].get("env", [])
+
+
 def problems(objects: list[dict]) -> list[str]:
     found = []
     py_reads, py_required = python_env_reads(), python_env_required()
@@ -76,7 +89,10 @@ def problems(objects: list[dict]) -> list[str]:
         argv = list(c.get("command") or image.entrypoint) + list(
             c.get("args") or ([] if c.get("command") else image.cmd)
         )
-        referenced = set(re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", " ".join(argv)))
+        # $(VAR) in the arguments, or in the value of a variable defined after it (the kubelet
+        # expands those), KubeRay's own additions to a Ray container included.
+        values = [str(v.get("value", "")) for v in kuberay_env(objects, owner, c, is_ray)]
+        referenced = set(re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", " ".join(argv + values)))
         if is_nginx_image(image):
             templates = [s.read_text() for t, s in image.copies.items() if t.startswith(NGINX_TEMPLATE_DIR + "/")]
             readers = set(re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", "\n".join(templates))) | NGINX_ENTRYPOINT_READS

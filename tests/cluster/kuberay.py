@@ -2,8 +2,8 @@
 
 Each function names the upstream function it mirrors (github.com/ray-project/kuberay, tag
 v1.7.0, ray-operator/controllers/ray/...). Only the paths the chart's RayService takes are
-mirrored (token auth included; no GCS fault tolerance, TLS, history server, multi-host
-groups).
+mirrored (token auth and Redis-backed GCS fault tolerance included; no TLS, history server,
+multi-host groups).
 """
 
 from __future__ import annotations
@@ -75,6 +75,42 @@ def auth_env(rayservice: dict, cluster: str) -> list[dict]:
             "valueFrom": {"secretKeyRef": {"name": secret, "key": RAY_AUTH_TOKEN_SECRET_KEY}},
         },
     ]
+
+
+def storage_namespace(cluster: str) -> str:
+    """The RayCluster's UID, which configureRedisFT uses as RAY_external_storage_namespace: one
+    per RayCluster object, the same for every head Pod it creates (made up here, stable)."""
+    import uuid
+
+    return str(uuid.uuid5(uuid.NAMESPACE_DNS, cluster))
+
+
+def configure_gcs_fault_tolerance(template: dict, params: dict, rayservice: dict, cluster: str, node_type: str) -> None:
+    """common/pod.go configureGCSFaultTolerance + configureRedisFT (Redis backend): the head gets
+    the ray.io/ft-enabled annotation, RAY_external_storage_namespace, RAY_REDIS_ADDRESS,
+    REDIS_PASSWORD and rayStartParams redis-password=$REDIS_PASSWORD; a worker gets
+    RAY_GCS_RPC_SERVER_RECONNECT_TIMEOUT_S=600 (DefaultWorkerRayGcsReconnectTimeoutS)."""
+    options = rayservice["spec"]["rayClusterConfig"].get("gcsFaultToleranceOptions")
+    annotations = template["metadata"].setdefault("annotations", {})
+    if node_type == "head":
+        annotations["ray.io/ft-enabled"] = "true" if options is not None else "false"
+    if options is None:
+        return
+    assert options.get("backend", "redis") == "redis", "only the Redis backend is mirrored"
+    env = template["spec"]["containers"][0].setdefault("env", [])
+    names = {e["name"] for e in env}
+    if node_type == "worker":
+        if "RAY_GCS_RPC_SERVER_RECONNECT_TIMEOUT_S" not in names:
+            env.append({"name": "RAY_GCS_RPC_SERVER_RECONNECT_TIMEOUT_S", "value": "600"})
+        return
+    namespace = options.get("externalStorageNamespace") or storage_namespace(cluster)
+    annotations["ray.io/external-storage-namespace"] = namespace
+    if "RAY_external_storage_namespace" not in names:
+        env.append({"name": "RAY_external_storage_namespace", "value": namespace})
+    env.append({"name": "RAY_REDIS_ADDRESS", "value": options["redisAddress"]})
+    if "redisPassword" in options:
+        params["redis-password"] = "$REDIS_PASSWORD"
+        env.append({"name": "REDIS_PASSWORD", **options["redisPassword"]})
 
 
 def _headers(token: str | None) -> dict:
@@ -214,6 +250,7 @@ def build_pod(
         params["no-monitor"] = "true"
         v2 = (cluster_spec.get("autoscalerOptions") or {}).get("version") == "v2"
         env.append({"name": "RAY_ENABLE_AUTOSCALER_V2", "value": "true" if v2 else "false"})
+    configure_gcs_fault_tolerance(template, params, rayservice, cluster, node_type)
     # configureTokenAuth (DefaultHeadPodTemplate / DefaultWorkerPodTemplate): the Ray container,
     # and below the wait-gcs-ready init container, get the token.
     for var in auth_env(rayservice, cluster):
@@ -344,6 +381,19 @@ def get_and_check_serve_status(dashboard_url: str, timeout: float = 30, token: s
         }
     ready = bool(apps) and all(a["status"] == "RUNNING" for a in apps.values())
     return ready, apps
+
+
+def check_if_need_submit_serve_applications(cached: str, serve_config_v2: str, apps: dict) -> tuple[bool, str]:
+    """rayservice_controller.go checkIfNeedSubmitServeApplications: the serve config is sent
+    again when nothing was cached, when the cluster has no application (a head that crashed
+    without GCS fault tolerance), or when the config changed."""
+    if not cached:
+        return True, "Nothing has been cached for the cluster."
+    if not apps:
+        return True, "No Serve application found in the RayCluster (head crashed without GCS FT?)."
+    if cached != serve_config_v2:
+        return True, "Current V2 Serve config doesn't match cached Serve config."
+    return False, "Current V2 Serve config matches cached Serve config."
 
 
 def check_proxy_actor_health(pod_ip: str, serving_port: int, timeout: float = 2) -> bool:
