@@ -302,6 +302,10 @@ class Router:
         self.metrics = ServeMetrics()
         self._handles: dict = {}
         self._status: tuple[float, dict] = (0.0, {})
+        # One serve.status() at a time: ray 2.60.0's is not thread-safe (serve/config.py
+        # serialize_policy registers and unregisters a module with cloudpickle, so two at once
+        # raise ValueError), and concurrent requests would otherwise each start one.
+        self._status_lock = asyncio.Lock()
 
     def __serve_build_asgi_app__(self):
         api = make_api(
@@ -357,6 +361,17 @@ class Router:
             responses=errors_doc(404, 405, 500, 503, 504),
         )
         self._add_v2_routes(api)
+        # The v2 infer as a plain Starlette route ahead of its documented FastAPI route (which only
+        # describes it): the body is read raw, and no dependency solving runs per request.
+        on_error = api.state.error_response
+
+        async def v2_infer(request: Request) -> Response:
+            try:
+                return await self.v2_infer(request.path_params["name"], request)
+            except Exception as exc:
+                return on_error(request, exc)
+
+        api.router.routes.insert(0, Route("/v2/models/{name}/infer", v2_infer, methods=["POST"]))
         return api
 
     def _add_v2_routes(self, api) -> None:
@@ -422,6 +437,13 @@ class Router:
         at, states = self._status
         if time.monotonic() - at < STATUS_CACHE_S:
             return states
+        async with self._status_lock:
+            at, states = self._status
+            if time.monotonic() - at < STATUS_CACHE_S:  # another request refreshed it meanwhile
+                return states
+            return await self._refresh_deployments()
+
+    async def _refresh_deployments(self) -> dict:
         status = await asyncio.to_thread(serve.status)
         states = {}
         for name in self.models:
