@@ -14,6 +14,11 @@ Targets, each started fresh, the same PNG body, the same weights (the repo's cac
   worker thread, concurrent requests batched).
 The baseline of each ratio is the better of the two at that level.
 
+Each Serve target is also measured on the Open Inference Protocol (v2): ``POST
+/v2/models/digits/infer`` with the same digit as an FP32 tensor in JSON (the decoded 1x128x128
+input, what a v2 client that does its own preprocessing sends), beside v1's PNG body; a v2 infer
+takes the router's hop to the model's deployment (serving/app.py).
+
 ``--serve-modes`` adds a Serve target per way HTTP reaches the application (``marcelle-torch serve
 --serve-mode``, serving/modes.py), measured in the same interleaved rounds: ``serve`` is the default
 mode, ``serve-<mode>`` the others (``--skip-baselines`` leaves the two Starlette servers out). Such a
@@ -56,6 +61,7 @@ from marcelle_torch.processes import ManagedProcess, free_port  # noqa: E402
 OUT = REPO / "bench" / "out"
 LEVELS = (1, 8, 32)
 RESNET = "marcelle_torch.models.resnet_bench:spec"
+V2_INFER = "/v2/models/digits/infer"
 WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -445,7 +451,8 @@ def markdown(results: dict) -> str:
         f"{results['date']}, `{results['command']}`, load average at start {results['load_start']}, "
         f"at end {results['load_end']}. wrk {results['wrk']}, {results['duration_s']:g} s per measurement, "
         f"{results['rounds']} rounds per level alternating between the targets (median round shown), one "
-        "128x128 PNG digit per request.",
+        "128x128 PNG digit per request (v1); the v2 rows send the same digit as its decoded FP32 tensor "
+        "(1x128x128, JSON) to `/v2/models/digits/infer`, through the router's extra hop.",
         "",
         "| target | c | req/s | p50 ms | p99 ms | errors |",
         "|---|---:|---:|---:|---:|---:|",
@@ -458,8 +465,9 @@ def markdown(results: dict) -> str:
         if t.get("problem"):
             lines.append(f"| {t['name']} | - | - | - | - | not correct: {t['problem']} |")
             continue
-        for lvl in t["levels"] + t.get("noop", []):
+        for lvl in t["levels"] + t.get("v2", []) + t.get("noop", []):
             name = t["name"] + (" (no-op, wrk ceiling)" if lvl in t.get("noop", []) else "")
+            name += " (v2, FP32 tensor in JSON)" if lvl in t.get("v2", []) else ""
             lines.append(
                 f"| {name} | {lvl['concurrency']} | {lvl['rps']:.0f} | {lvl['p50_ms']:.2f} | "
                 f"{lvl['p99_ms']:.2f} | {lvl['errors']} |"
@@ -596,6 +604,14 @@ def main(argv=None) -> int:
         outputs = load_model(spec)(decode_instances(spec, [s for s, _ in samples]))
         expected = [p["label"] for p in postprocess(spec, outputs)]
     body = json.dumps({"instances": [samples[0][0]]}).encode()
+    tensor = decode_instances(spec, [samples[0][0]])
+    v2_body = json.dumps(
+        {
+            "inputs": [
+                {"name": "input", "shape": list(tensor.shape), "datatype": "FP32", "data": tensor.flatten().tolist()}
+            ]
+        }
+    ).encode()
 
     OUT.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="mt-bench-"))
@@ -634,6 +650,20 @@ def main(argv=None) -> int:
     running = start_targets(plans, results)
     try:
         measure_interleaved(running, "digits", body, args.levels, args.duration, args.rounds, script, full)
+        serving = [(t, e) for t, e in running if e["name"].startswith("serve")]
+        for level in args.levels:
+            v2_runs: dict[str, list] = {e["name"]: [] for _, e in serving}
+            for _ in range(args.rounds):
+                for target, entry in serving:
+                    v2_runs[entry["name"]].append(wrk(f"{target.url}{V2_INFER}", v2_body, level, args.duration, script))
+            for _, entry in serving:
+                r = median_of(v2_runs[entry["name"]])
+                entry.setdefault("v2", []).append(r)
+                print(
+                    f"   {entry['name']:18s} v2 FP32 c={level:3d}  {r['rps']:8.1f} req/s  p50 {r['p50_ms']:7.2f} ms  "
+                    f"p99 {r['p99_ms']:7.2f} ms  errors {r['errors']}",
+                    flush=True,
+                )
         for target, entry in running:
             if not entry["name"].startswith("serve"):
                 continue
