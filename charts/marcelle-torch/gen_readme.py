@@ -72,6 +72,16 @@ Things to know:
   a reinstall). KubeRay's `NewClusterWithIncrementalUpgrade` is refused: in that mode (on by
   default in KubeRay 1.7) there is no `<release>-serve-svc` for the web app to proxy to, only a
   Gateway that depends on your Gateway controller.
+- **Ray's dashboard** asks for Ray's token (`ray.auth`, on): KubeRay keeps it in a Secret named
+  after the serving Ray cluster (key `auth_token`); the NOTES print how to read and send it.
+  Predictions through `/serve/` need none.
+- **Head-node fault tolerance** (`ray.gcsFaultTolerance`, off): the head keeps the cluster's
+  state in a Redis you run (address and password from your Secret), so a lost head comes back
+  with its Serve applications while the workers keep answering (`ci/ha-values.yaml`).
+- **The KubeRay operator** reaches the Ray head through the NetworkPolicy by its Pod labels
+  (`app.kubernetes.io/name=kuberay-operator`) from any namespace, or from
+  `networkPolicy.kuberayOperator.namespace`; with `--use-kubernetes-proxy` list the API server
+  in `networkPolicy.kuberayOperator.extraFrom`.
 - **Generated secrets** (JWT secret, worker and admin accounts) are kept across `helm upgrade`
   through `lookup`. `helm template` and GitOps tools that render with it see no cluster and
   generate new ones on every render: create a Secret with the keys `jwt-secret`,
