@@ -8,7 +8,10 @@ HTTP contract (after the KServe / TF-Serving v1 protocol; the router's ``/openap
 - ``GET /v1/models/{name}``: metadata (labels, input schema, version, device, batching, replicas)
 - ``GET /v1/models``: every model's metadata
 - ``GET /healthz``: liveness; ``GET /readyz``: 200 only once every model's deployment is healthy
+- ``GET /``: KServe v1 liveness ``{"status": "alive"}``; the metadata carries KServe's ``ready``
 - errors: ``{"error": {"code", "message"}}`` with the status of ``marcelle_torch.errors``
+- the Open Inference Protocol (KServe v2, REST) under ``/v2``: health, metadata, infer (v2.py),
+  errors ``{"error": "<message>"}`` with the same statuses
 
 One hop from HTTP to the batch: the application ``model-<name>`` has the route prefix
 ``/v1/models/<name>:predict`` (exactly its predict path), so Serve's proxy (or its HAProxy)
@@ -17,6 +20,13 @@ instances, queues them for the replica's adaptive batcher (batching.py) and answ
 deployment sits between the socket and the batch. Everything else (health, readiness, the model
 list, metadata, unknown models and routes, the OpenAPI document) is the ``Router`` application at
 ``/``: off the predictions' path.
+
+A v2 infer (``POST /v2/models/<name>/infer``) takes one hop more: the router reads the body and
+hands it, through the deployment handle, to ``ModelServer.infer_v2`` on a replica of the model,
+which parses, decodes and batches it with that replica's ``:predict`` requests. An application
+has one route prefix, matched as the whole path or followed by ``/`` (ray 2.60.0
+serve/_private/proxy_router.py ``match_route``; HAProxy's ``path_beg`` ACLs alike), so no prefix
+but the router's ``/`` covers both protocols' paths; docs/ray-serve.md has what the hop costs.
 
 Why applications and not Ray Serve's model multiplexing: multiplexing picks a model by the
 ``serve_multiplexed_model_id`` header and loads models into shared replicas on demand, for many
