@@ -219,6 +219,8 @@ def test_kserve_and_triton_clients_get_the_v1_answers(protocols_serve, make_digi
     for kind in ("fp32", "bytes"):
         for encoding in ("binary", "json"):
             assert_same(triton[f"infer_{kind}_{encoding}"], reference, labels, f"triton {kind} {encoding}")
+    assert triton["version_ready"] is True and triton["other_version_ready"] is False
+    assert triton["infer_version"]["label"] == [p["label"] for p in reference]
     assert triton["bad_input"]["status"] == "400" and "does not match" in triton["bad_input"]["message"]
 
 
@@ -243,6 +245,13 @@ def test_v2_health_metadata_and_infer_over_plain_http(protocols_serve, make_digi
     assert server["name"] == "marcelle-torch" and "binary_tensor_data" in server["extensions"]
     meta = httpx.get(f"{url}/v2/models/digits", timeout=TIMEOUT).json()
     assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 128, 128]}]
+    (version,) = meta["versions"]
+    assert httpx.get(f"{url}/v2/models/digits/versions/{version}", timeout=TIMEOUT).json() == meta
+    ready = httpx.get(f"{url}/v2/models/digits/versions/{version}/ready", timeout=TIMEOUT)
+    assert ready.json() == {"name": "digits", "ready": True}
+    for path in (f"/versions/{version}x", f"/versions/{version}x/ready"):
+        other = httpx.get(f"{url}/v2/models/digits{path}", timeout=TIMEOUT)
+        assert other.status_code == 404 and "has no version" in other.json()["error"], other.text
 
     pngs = pngs_for("digits", make_digit)[:2]
     reference = v1_predictions(url, "digits", pngs)
@@ -251,7 +260,9 @@ def test_v2_health_metadata_and_infer_over_plain_http(protocols_serve, make_digi
         "inputs": [{"name": "input", "shape": [2], "datatype": "BYTES", "data": pngs}],
         "outputs": [{"name": "label"}],
     }
-    r = httpx.post(f"{url}/v2/models/digits/infer", json=body, timeout=TIMEOUT)
+    other = httpx.post(f"{url}/v2/models/digits/versions/{version}x/infer", json=body, timeout=TIMEOUT)
+    assert other.status_code == 404 and "has no version" in other.json()["error"], other.text
+    r = httpx.post(f"{url}/v2/models/digits/versions/{version}/infer", json=body, timeout=TIMEOUT)
     assert r.status_code == 200, r.text
     answer = r.json()
     assert answer["id"] == "abc" and answer["model_name"] == "digits"
@@ -329,8 +340,15 @@ def test_openapi_describes_both_protocols(protocols_serve):
     paths = doc["paths"]
     for path in ("/", "/v1/models/{name}:predict", "/v1/models/{name}", "/v2", "/v2/health/live"):
         assert path in paths, sorted(paths)
-    for path in ("/v2/health/ready", "/v2/models/{name}", "/v2/models/{name}/ready"):
+    for path in (
+        "/v2/health/ready",
+        "/v2/models/{name}",
+        "/v2/models/{name}/ready",
+        "/v2/models/{name}/versions/{version}",
+        "/v2/models/{name}/versions/{version}/ready",
+    ):
         assert "get" in paths[path], path
+    assert "post" in paths["/v2/models/{name}/versions/{version}/infer"]
     infer = paths["/v2/models/{name}/infer"]["post"]
     assert "inputs" in infer["requestBody"]["content"]["application/json"]["schema"]["properties"]
     assert infer["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/InferResponse")

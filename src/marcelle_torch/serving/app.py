@@ -49,7 +49,7 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 from starlette.routing import Route
 
-from ..errors import InferenceTimeout, InvalidInput, MarcelleTorchError, ModelNotReady, Overloaded
+from ..errors import InferenceTimeout, InvalidInput, MarcelleTorchError, ModelNotFound, ModelNotReady, Overloaded
 from .api import (
     RETRY_AFTER_S,
     Health,
@@ -239,7 +239,7 @@ class ModelServer:
             raise ModelFailed(f"model {name} failed: {type(exc).__name__}") from None
         return predictions
 
-    async def infer_v2(self, body: bytes, header_length: str | None) -> tuple[int, bytes]:
+    async def infer_v2(self, body: bytes, header_length: str | None, version: str | None = None) -> tuple[int, bytes]:
         """``POST /v2/models/<name>/infer``, called by the router through this deployment's handle:
         parsed here, through the same batcher as ``:predict``, answered as (status, JSON body) in
         the protocol's shapes (an error as ``{"error": message}``, counted as :predict's are)."""
@@ -250,6 +250,7 @@ class ModelServer:
         from . import v2
 
         try:
+            _check_version(self.spec.metadata(), version)
             payload, binary = v2.parse_infer_request(body, header_length)
             outputs = v2.requested_outputs(payload)
             image = isinstance(self.spec.input, ImageInput)
@@ -377,11 +378,12 @@ class Router:
 
         async def v2_infer(request: Request) -> Response:
             try:
-                return await self.v2_infer(request.path_params["name"], request)
+                return await self._v2_infer(request.path_params["name"], request, request.path_params.get("version"))
             except Exception as exc:
                 return on_error(request, exc)
 
-        api.router.routes.insert(0, Route("/v2/models/{name}/infer", v2_infer, methods=["POST"]))
+        for path in ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"):
+            api.router.routes.insert(0, Route(path, v2_infer, methods=["POST"]))
         return api
 
     def _add_v2_routes(self, api) -> None:
@@ -401,6 +403,20 @@ class Router:
                 (404, 405, 500, 503, 504),
             ),
             ("/v2/models/{name}/ready", self.v2_model_ready, v2.ModelReadyV2, "Model readiness (v2)", (404, 405, 503)),
+            (
+                "/v2/models/{name}/versions/{version}",
+                self.v2_version_metadata,
+                v2.ModelMetadataV2,
+                "Model metadata of a version (v2): 404 unless it is the served one",
+                (404, 405, 500, 503, 504),
+            ),
+            (
+                "/v2/models/{name}/versions/{version}/ready",
+                self.v2_version_ready,
+                v2.ModelReadyV2,
+                "Model readiness of a version (v2): 404 unless it is the served one",
+                (404, 405, 500, 503, 504),
+            ),
         ):
             api.add_api_route(
                 path,
@@ -410,11 +426,19 @@ class Router:
                 summary=summary,
                 responses=v2.errors_doc_v2(*errors),
             )
+        for path in ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"):
+            self._add_v2_infer_doc(api, path)
+
+    def _add_v2_infer_doc(self, api, path: str) -> None:
+        from . import v2
+
         api.add_api_route(
-            "/v2/models/{name}/infer",
-            self.v2_infer,
+            path,
+            self.v2_infer if "{version}" not in path else self.v2_version_infer,
             methods=["POST"],
-            summary="Infer (v2)",
+            summary="Infer (v2)"
+            if "{version}" not in path
+            else "Infer with a version (v2): 404 unless it is the served one",
             description="Open Inference Protocol infer: the input tensor as FP32 data in the shape of "
             "GET /v2/models/{name}, or one PNG/JPEG per instance as BYTES (base64 in JSON); the binary "
             "tensor extension (Inference-Header-Content-Length) is accepted. Outputs: probabilities "
@@ -550,15 +574,38 @@ class Router:
         return {"ready": True}
 
     async def v2_model_metadata(self, name: str) -> dict:
-        from .v2 import model_metadata
+        return await self._v2_metadata(name, None)
 
-        return model_metadata(await self._metadata(self._known(name)))
+    async def v2_version_metadata(self, name: str, version: str) -> dict:
+        return await self._v2_metadata(name, version)
 
     async def v2_model_ready(self, name: str) -> dict:
-        await self._check_reachable(self._known(name))
-        return {"name": name, "ready": True}
+        return await self._v2_ready(name, None)
+
+    async def v2_version_ready(self, name: str, version: str) -> dict:
+        return await self._v2_ready(name, version)
 
     async def v2_infer(self, name: str, request: Request) -> Response:
+        return await self._v2_infer(name, request, None)
+
+    async def v2_version_infer(self, name: str, version: str, request: Request) -> Response:
+        return await self._v2_infer(name, request, version)
+
+    async def _v2_metadata(self, name: str, version: str | None) -> dict:
+        from .v2 import model_metadata
+
+        meta = await self._metadata(self._known(name))
+        _check_version(meta, version)
+        return model_metadata(meta)
+
+    async def _v2_ready(self, name: str, version: str | None) -> dict:
+        if version is None:
+            await self._check_reachable(self._known(name))
+        else:
+            _check_version(await self._metadata(self._known(name)), version)
+        return {"name": name, "ready": True}
+
+    async def _v2_infer(self, name: str, request: Request, version: str | None) -> Response:
         """Forwarded to the model's deployment: one more hop than :predict (see the module's doc)."""
         from ray.exceptions import RayActorError
         from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
@@ -568,7 +615,7 @@ class Router:
         self._known(name)
         body = await read_body(request, self.args.max_body_bytes)
         await self._check_reachable(name)
-        response = self._handle(name).infer_v2.remote(body, request.headers.get(HEADER_LENGTH))
+        response = self._handle(name).infer_v2.remote(body, request.headers.get(HEADER_LENGTH), version)
         try:
             status, content = await asyncio.wait_for(response, self.args.request_timeout_s + METADATA_TIMEOUT_S)
         except TimeoutError:
@@ -587,6 +634,12 @@ class Router:
         application is not (or no longer) deployed."""
         self._known(name)
         raise ModelNotReady(f"model {name} is not deployed now; retry later")
+
+
+def _check_version(meta: dict, version: str | None) -> None:
+    """A v2 path's ``/versions/<version>``: only the served version is there (404 for another)."""
+    if version is not None and version != meta["version"]:
+        raise ModelNotFound(f"model {meta['name']} has no version {version!r}; it serves version {meta['version']!r}")
 
 
 # ----------------------------------------------------------------------------- builders (serve config import paths)

@@ -89,6 +89,12 @@ def triton_calls(url: str, model: str, pngs: list[str], tensor: np.ndarray) -> d
             result = client.infer(model, [tensor_input], outputs=wanted)
             outputs = {n: plain(result.as_numpy(n)) for n in ("probabilities", "label")}
             out[f"infer_{kind}_{'binary' if binary else 'json'}"] = outputs
+    version = out["model_metadata"]["versions"][0]  # the served version, by its versioned paths
+    out["version_ready"] = client.is_model_ready(model, version)
+    out["other_version_ready"] = client.is_model_ready(model, version + "-other")
+    fp32 = httpclient.InferInput("input", list(tensor.shape), "FP32")
+    fp32.set_data_from_numpy(tensor)
+    out["infer_version"] = {"label": plain(client.infer(model, [fp32], model_version=version).as_numpy("label"))}
     try:  # a client's mistake: the server's message reaches the client's exception
         bad = httpclient.InferInput("input", [1, 2], "FP32")
         bad.set_data_from_numpy(np.zeros((1, 2), dtype=np.float32), binary_data=False)
