@@ -8,6 +8,7 @@ The tests run in file order and the last two change the release: keep them last.
 
 from __future__ import annotations
 
+import base64
 import json
 import shlex
 import threading
@@ -46,6 +47,16 @@ def test_rayservice_services_have_endpoints(kind_cluster, suffix):
         time.sleep(5)
 
 
+def ray_token_header(kind_cluster) -> dict[str, str]:
+    """The dashboard asks for Ray's token (the chart's ray.auth): read as the NOTES say, from
+    KubeRay's Secret named after the serving Ray cluster (ray-operator/controllers/ray/
+    raycluster_controller.go createAuthSecret, key utils/constant.go RAY_AUTH_TOKEN_SECRET_KEY)."""
+    kube = kind_cluster.kube
+    cluster = kube.rayservice(NAMESPACE, fullname())["status"]["activeServiceStatus"]["rayClusterName"]
+    secret = kube.core.read_namespaced_secret(cluster, NAMESPACE)
+    return {"Authorization": f"Bearer {base64.b64decode(secret.data['auth_token']).decode()}"}
+
+
 def test_dashboard_answers_through_the_notes_port_forward(kind_cluster):
     notes = kind_cluster.run(kind_cluster.helm, "get", "notes", RELEASE, "--namespace", NAMESPACE, capture=True)
     lines = [line.strip() for line in notes.splitlines() if "port-forward" in line and "-head-svc" in line]
@@ -55,14 +66,16 @@ def test_dashboard_answers_through_the_notes_port_forward(kind_cluster):
     # As printed, but any free local port (8265 may be taken on the machine running the test).
     cmd = [kind_cluster.kubectl, *[":8265" if a == "8265:8265" else a for a in cmd[1:]], "--address", "127.0.0.1"]
     dashboard = kind_cluster.port_forward_cmd(cmd)
-    status, _, body = scenarios.http("GET", f"{dashboard}/api/version", timeout=60)
+    status, _, body = scenarios.http(
+        "GET", f"{dashboard}/api/version", timeout=60, headers=ray_token_header(kind_cluster)
+    )
     assert status == 200, f"dashboard /api/version: HTTP {status}: {body[:200]!r}"
     version = json.loads(body).get("ray_version")
     assert version == "2.60.0", f"the dashboard reports Ray {version}"
 
 
-def _serve_replicas(dashboard: str) -> list[dict]:
-    status, _, body = scenarios.http("GET", f"{dashboard}/api/serve/applications/", timeout=60)
+def _serve_replicas(dashboard: str, headers: dict[str, str]) -> list[dict]:
+    status, _, body = scenarios.http("GET", f"{dashboard}/api/serve/applications/", timeout=60, headers=headers)
     assert status == 200, f"Serve applications: HTTP {status}"
     apps = json.loads(body).get("applications", {})
     return [
@@ -86,10 +99,11 @@ def test_scale_up_adds_a_worker_pod_that_serves(kind_cluster, make_digit):
         new = [p for p in pods if p.metadata.name not in before]
         assert new, f"no new worker pod: {[p.metadata.name for p in pods]}"
         dashboard = kind_cluster.port_forward(f"svc/{fullname()}-head-svc", 8265)
+        headers = ray_token_header(kind_cluster)
         new_ips = {p.status.pod_ip for p in new}
         deadline = time.monotonic() + SCALE_UP_S
         while True:
-            replicas = _serve_replicas(dashboard)
+            replicas = _serve_replicas(dashboard, headers)
             running = [r for r in replicas if r.get("state") == "RUNNING"]
             if len(running) >= 3 and any(r.get("node_ip") in new_ips for r in running):
                 break
