@@ -279,3 +279,40 @@ def test_worker_starts_without_ray_and_logs_its_weights_digest(plain, tmp_path):
         assert any("model digits ready" in line for line in seen), seen
     finally:
         worker.stop(timeout=30)
+
+
+def _version_in_sources() -> str:
+    init = (REPO / "src" / "marcelle_torch" / "__init__.py").read_text()
+    return re.search(r'^__version__ = "([^"]+)"', init, re.M).group(1)
+
+
+def test_python_m_build_makes_a_wheel_and_an_sdist_that_install_and_predict(plain, tmp_path):
+    """`python -m build` from the sources the images copy; the wheel, installed, answers
+    `--version` with the package's version and predicts with a built-in model."""
+    version = _version_in_sources()
+    assert _project()["version"] == version, "pyproject.toml and marcelle_torch.__version__ disagree"
+    _pip(plain, "build>=1.2")
+    src = _copy_sources(tmp_path / "marcelle-torch")
+    out = tmp_path / "dist"
+    python = str(plain / "bin" / "python")
+    built = _run(plain, python, "-m", "build", "--sdist", "--wheel", "--outdir", str(out), str(src), timeout=900)
+    assert built.returncode == 0, f"python -m build failed:\n{built.stdout[-3000:]}{built.stderr[-3000:]}"
+    (wheel,) = out.glob(f"marcelle_torch-{version}-py3-none-any.whl")
+    (sdist,) = out.glob(f"marcelle_torch-{version}.tar.gz")
+    assert sdist.stat().st_size > 0
+    _pip(plain, "--no-deps", "--force-reinstall", str(wheel))
+
+    exe = str(plain / "bin" / "marcelle-torch")
+    shown = _run(plain, exe, "--version")
+    assert shown.returncode == 0 and shown.stdout.strip() == f"marcelle-torch {version}", shown
+
+    from PIL import Image, ImageDraw
+
+    png = tmp_path / "one.png"
+    image = Image.new("L", (128, 128), 255)
+    ImageDraw.Draw(image).line([(64, 20), (64, 108)], fill=0, width=12)
+    image.save(png)
+    cache = os.environ.get("MARCELLE_TORCH_CACHE", str(REPO / ".cache" / "models"))
+    predicted = _run(plain, exe, "predict", "digits", str(png), env={"MARCELLE_TORCH_CACHE": cache}, timeout=900)
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    assert json.loads(predicted.stdout.strip().splitlines()[-1])["label"] == "1", predicted.stdout
