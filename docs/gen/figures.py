@@ -151,6 +151,32 @@ def reliability() -> str:
     )
 
 
+def head_loss() -> str:
+    """The cluster tier's head-loss figures (tests/cluster/test_head_loss.py writes them)."""
+    path = OUT / "reliability" / "head_loss.json"
+    if not path.is_file():
+        return (
+            "**Not measured yet**: `bench/out/reliability/head_loss.json` is written by "
+            "`.venv/bin/pytest tests/cluster -k head_loss` (root).\n"
+        )
+    f = json.loads(path.read_text())
+    failed = ", ".join(f"{n} HTTP {status}" for status, n in f["failed_statuses"].items()) or "none"
+    rows = [
+        (f"prediction requests sent after the kill ({f['clients']} clients)", f["requests_after_kill"]),
+        ("failed", f"{f['failed']} ({failed}; {f['failed_as_json_503_with_retry_after']} a JSON 503 with Retry-After)"),
+        ("answered while the head was down", f["answered_while_head_down"]),
+        (
+            "longest time without an answered prediction",
+            f"{f['longest_gap_s']} s, from {f['longest_gap_began_after_kill_s']} s after the kill",
+        ),
+        ("slowest request", f"{f['slowest_request_s']} s"),
+        ("new head Pod ready", f"{f['head_ready_after_s']} s after the kill"),
+        ("Serve applications RUNNING again, not redeployed", f"{f['apps_running_after_s']} s after the kill"),
+    ]
+    table = ["| figure | measured |", "| --- | --- |", *(f"| {a} | {b} |" for a, b in rows)]
+    return "\n".join([*table, "", f"Measured {f.get('date', 'undated')} by `make test` on the test machine."]) + "\n"
+
+
 TITLES = {
     "getting-started.md": "Getting started",
     "your-model.md": "Your model",

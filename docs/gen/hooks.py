@@ -48,6 +48,7 @@ GENERATORS = {
     "bench": figures.bench,
     "bench-index": lambda arg: figures.index(),
     "reliability": lambda arg: figures.reliability(),
+    "head-loss": lambda arg: figures.head_loss(),
 }
 
 

@@ -21,7 +21,12 @@ import time
 import kuberay
 import scenarios
 from conftest import REDIS_HOST, REDIS_PASSWORD, REDIS_PORT
-from render import container_port
+from render import REPO, container_port
+
+from marcelle_torch.files import atomic_write_text
+
+# The docs render the figures from here (docs/gen/figures.py head_loss).
+FIGURES = REPO / "bench" / "out" / "reliability" / "head_loss.json"
 
 REQUEST_TIMEOUT_S = 130  # the web app's proxy_read_timeout for /serve/
 CLIENTS = 4
@@ -138,7 +143,9 @@ def test_head_loss_under_load_recovers_from_redis(cluster, target, make_digit):
         "slowest_request_s": round(max((r[1] - r[0] for r in after), default=0), 2),
     }
     print("head loss:", json.dumps(figures))
-    (cluster.workdir / "head_loss.json").write_text(json.dumps(figures, indent=2))
+    FIGURES.parent.mkdir(parents=True, exist_ok=True)
+    dated = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), **figures}
+    atomic_write_text(FIGURES, json.dumps(dated, indent=2) + "\n")
     assert ready, f"the Serve applications did not come back RUNNING: {apps}"
     assert set(apps) == set(before_apps), f"applications before {sorted(before_apps)}, after {sorted(apps)}"
     assert during_outage, f"no prediction was answered while the head was down: {figures}"
