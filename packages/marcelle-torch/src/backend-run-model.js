@@ -113,6 +113,8 @@ export class BackendRunModel extends ExternalModel {
     }
     const done = new Promise((resolve, reject) => this.waiting.set(run.id, { resolve, reject }));
     this.$error.set(null);
+    this.$partial.set(null); // the last run's intermediate image is not this one's
+    this.$result.set(null);
     this.$run.set(run);
     this.follow();
     return done;
