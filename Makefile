@@ -34,10 +34,11 @@ system-deps:
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver prometheus nginx-light dnsmasq-base iproute2 wget wrk faketime redis-server
 
-$(BIN)/marcelle-torch: pyproject.toml
+# pyproject.toml says the ranges a library user gets; constraints.txt the exact versions tested.
+$(BIN)/marcelle-torch: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
 	touch $@
 
 node_modules/.installed: package-lock.json

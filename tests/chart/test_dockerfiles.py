@@ -27,10 +27,6 @@ CONSUMERS = ("ray", "worker", "frontend")
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 
 
-def serve_pin(package: str) -> str:
-    return next(d for d in PYPROJECT["project"]["optional-dependencies"]["serve"] if d.startswith(package))
-
-
 def instructions(path):
     """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
     lines, current = [], ""
@@ -117,9 +113,19 @@ def test_package_installs_are_lean(name):
                 pytest.fail(f"{name}: use `npm ci` (lockfile) instead of: {command.strip()}")
 
 
+def constraint_pins() -> dict[str, str]:
+    """constraints.txt: the exact versions the images, CI and `make` install."""
+    lines = (REPO / "constraints.txt").read_text().splitlines()
+    return {name.lower(): version for name, version in (line.split("==") for line in lines if "==" in line)}
+
+
 def test_torch_pinned_from_the_pytorch_index():
-    pin = next(d for d in PYPROJECT["project"]["dependencies"] if d.startswith("torch=="))
-    version = pin.split("==")[1]
+    version = constraint_pins()["torch"]
+    # The library's range (pyproject) holds the pinned version.
+    dep = next(d for d in PYPROJECT["project"]["dependencies"] if d.startswith("torch"))
+    low, high = re.fullmatch(r"torch>=([\d.]+),<([\d.]+)", dep).groups()
+    as_tuple = lambda v: tuple(int(x) for x in v.split("."))  # noqa: E731
+    assert as_tuple(low) <= as_tuple(version) < as_tuple(high), f"{dep} does not hold the pinned torch {version}"
     for name in ("weights", "ray", "worker"):
         text = DOCKERFILES[name].read_text()
         assert f"TORCH_VERSION={version}" in text, f"{name}: torch must be pinned to {version}"
@@ -131,7 +137,7 @@ def test_torch_pinned_from_the_pytorch_index():
 
 
 def test_ray_bases_match_the_ray_pin():
-    version = serve_pin("ray[").split("==")[1]
+    version = constraint_pins()["ray"]
     images = [image for image, _, _ in stages(DOCKERFILES["ray"]) if image.startswith("rayproject/")]
     assert f"rayproject/ray:{version}-py311-cpu" in images
     assert any(re.fullmatch(rf"rayproject/ray:{re.escape(version)}-py311-cu12\d", i) for i in images), images
@@ -142,7 +148,7 @@ def test_ray_bases_match_the_ray_pin():
 def test_ray_image_has_arm64_bases_chosen_by_target_arch():
     # Ray's tags are {version}-{python}-{platform}[-{architecture}], -aarch64 for arm64
     # (ray-project/ray docker/ray/README.md); BuildKit sets TARGETARCH to amd64 or arm64.
-    version = serve_pin("ray[").split("==")[1]
+    version = constraint_pins()["ray"]
     named = {stage: image for image, stage, _ in stages(DOCKERFILES["ray"]) if stage}
     assert named.get("base-cpu-amd64") == f"rayproject/ray:{version}-py311-cpu"
     assert named.get("base-cpu-arm64") == f"rayproject/ray:{version}-py311-cpu-aarch64"
@@ -455,3 +461,12 @@ def test_backend_image_copies_every_local_module_the_start_script_loads():
             if f"{module}.js" not in needed:
                 todo.append(f"{module}.js")
     assert needed <= copied, f"the backend image does not copy {sorted(needed - copied)}"
+
+
+def test_python_images_and_make_install_with_the_constraints():
+    for name in ("weights", "ray", "worker"):
+        installs = [a for w, a in instructions(DOCKERFILES[name]) if w == "RUN" and "/tmp/marcelle-torch" in a]
+        assert installs and all("-c /tmp/marcelle-torch/constraints.txt" in a for a in installs), name
+    assert "-c constraints.txt" in " ".join(makefile_recipe("$(BIN)/marcelle-torch"))
+    pins = constraint_pins()
+    assert "marcelle-torch" not in pins, "constraints.txt must not pin the package itself"

@@ -9,7 +9,8 @@ A plain install has no Ray (the worker image must not carry it): the Serve modul
 `serve`/`up` commands need the [serve] extra and say so in one line; a second venv with
 [serve] imports those modules too.
 
-The venvs are cached under .cache/install-venv/, keyed by the hash of pyproject.toml (the
+The venvs are installed with constraints.txt (the exact versions the images use) and cached
+under .cache/install-venv/, keyed by the hash of pyproject.toml and constraints.txt (the
 dependency set); the package itself is reinstalled (--no-deps) from the current sources each
 session, so the code under test is never stale. A first install takes a few minutes (torch,
 onnx, ray wheels), later sessions seconds.
@@ -34,6 +35,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 PYPROJECT = REPO / "pyproject.toml"
+CONSTRAINTS = REPO / "constraints.txt"
 PYTHON = os.environ.get("INSTALL_TEST_PYTHON", "python3.11")
 INSTALL_TIMEOUT_S = 1500
 # Modules that import Ray at module top: they need the [serve] extra.
@@ -45,6 +47,12 @@ RAY_HINT = "marcelle-torch[serve]"
 
 def _project() -> dict:
     return tomllib.loads(PYPROJECT.read_text())["project"]
+
+
+def _constraint_pins() -> dict[str, str]:
+    """constraints.txt: the exact versions the images, CI and `make` install."""
+    lines = CONSTRAINTS.read_text().splitlines()
+    return {name.lower(): version for name, version in (line.split("==") for line in lines if "==" in line)}
 
 
 def _copy_sources(dest: Path) -> Path:
@@ -68,7 +76,7 @@ def _pip(venv: Path, *args: str, timeout: float = INSTALL_TIMEOUT_S) -> None:
 def _venv(tmp_path_factory, extras: str) -> Path:
     if not shutil.which(PYTHON):
         pytest.fail(f"the install test needs {PYTHON} on PATH (apt-get install python3.11, or set PYTHON)")
-    key = hashlib.sha256(PYPROJECT.read_bytes()).hexdigest()[:16]
+    key = hashlib.sha256(PYPROJECT.read_bytes() + CONSTRAINTS.read_bytes()).hexdigest()[:16]
     venv = REPO / ".cache" / "install-venv" / f"{extras or 'plain'}-{key}"
     src = _copy_sources(tmp_path_factory.mktemp("src") / "marcelle-torch")
     target = f"{src}[{extras}]" if extras else str(src)
@@ -78,7 +86,8 @@ def _venv(tmp_path_factory, extras: str) -> Path:
             shutil.rmtree(stale, ignore_errors=True)
         subprocess.run([PYTHON, "-m", "venv", str(venv)], check=True, timeout=300)
         started = time.monotonic()
-        _pip(venv, target)
+        # As the images install it: the exact versions of constraints.txt.
+        _pip(venv, "-c", str(CONSTRAINTS), target)
         print(f"fresh install of {target} took {time.monotonic() - started:.0f}s", flush=True)
         ready.write_text(key)
     else:
@@ -115,8 +124,8 @@ def test_torch_is_the_pinned_cpu_build_and_ray_is_not_installed(plain):
     )
     assert result.returncode == 0, result.stderr
     version, has_ray = result.stdout.split()
-    pin = next(d for d in _project()["dependencies"] if d.startswith("torch==")).split("==")[1]
-    assert version.split("+")[0] == pin, f"fresh venv got torch {version}, pyproject pins {pin}"
+    pin = _constraint_pins()["torch"]
+    assert version.split("+")[0] == pin, f"fresh venv got torch {version}, constraints.txt pins {pin}"
     assert has_ray == "False", "a plain install pulled Ray in: the worker image would carry it"
 
 
@@ -188,7 +197,7 @@ def test_every_module_imports_with_the_serve_extra(with_serve):
     modules, failed = _import_all(with_serve)
     assert not failed, f"modules that fail to import with [serve]: {failed}"
     result = _py(with_serve, "import ray; print(ray.__version__)")
-    pin = next(d for d in _project()["optional-dependencies"]["serve"] if d.startswith("ray[")).split("==")[1]
+    pin = _constraint_pins()["ray"]
     assert result.stdout.strip() == pin
 
 
