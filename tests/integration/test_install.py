@@ -40,7 +40,12 @@ PYTHON = os.environ.get("INSTALL_TEST_PYTHON", "python3.11")
 INSTALL_TIMEOUT_S = 1500
 # Modules that import Ray at module top: they need the [serve] extra.
 # Ray Serve's application and the code only it runs; the packages of the [serve] extra they need.
-NEEDS_SERVE_EXTRA = {"marcelle_torch.serving.app", "marcelle_torch.serving.api", "marcelle_torch.serving.options"}
+NEEDS_SERVE_EXTRA = {
+    "marcelle_torch.serving.app",
+    "marcelle_torch.serving.api",
+    "marcelle_torch.serving.options",
+    "marcelle_torch.serving.v2",
+}
 SERVE_EXTRA_PACKAGES = ("ray", "fastapi", "pydantic")
 RAY_HINT = "marcelle-torch[serve]"
 
