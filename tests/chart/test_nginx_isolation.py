@@ -7,22 +7,17 @@ for an unreachable Serve or backend are still answered."""
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
 import socket
-import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+from nginx_host import NGINX, run_nginx
 
 from marcelle_torch.stack.webapp import security_headers
 
 REPO = Path(__file__).resolve().parents[2]
-NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 pytestmark = pytest.mark.skipif(NGINX is None, reason="no nginx binary (Debian's nginx)")
 
 ISOLATED = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp"}
@@ -47,48 +42,8 @@ def nginx(tmp_path):
     (html / "assets" / "index-abc.js").write_text("export {};")
     (html / "onnx" / "digits" / "model.onnx").write_bytes(b"onnx")
     (html / "config.json").write_text("{}")
-    port = _free_port()
-    env = {
-        "NGINX_PORT": str(port),
-        "SERVE_UPSTREAM": f"127.0.0.1:{_closed_port()}",
-        "BACKEND_UPSTREAM": f"127.0.0.1:{_closed_port()}",
-        "NGINX_LOCAL_RESOLVERS": "127.0.0.1",
-    }
-    template = (REPO / "services" / "frontend" / "nginx.conf").read_text()
-    # envsubst of the defined variables only, as the image's 20-envsubst-on-templates.sh does.
-    server = re.sub(r"\$\{(\w+)\}", lambda m: env.get(m.group(1), m.group(0)), template)
-    server = server.replace("root /usr/share/nginx/html;", f"root {html};")
-    user = "user root;\n" if os.geteuid() == 0 else ""  # workers must read tmp_path (0700)
-    (tmp_path / "logs").mkdir()
-    (tmp_path / "nginx.conf").write_text(
-        f"{user}worker_processes 1;\npid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/logs/error.log;\n"
-        f"events {{ worker_connections 64; }}\nhttp {{\n  access_log off;\n"
-        f"  include /etc/nginx/mime.types;\n  client_body_temp_path {tmp_path}/body;\n"
-        f"  proxy_temp_path {tmp_path}/proxy;\n  fastcgi_temp_path {tmp_path}/fcgi;\n"
-        f"  uwsgi_temp_path {tmp_path}/uwsgi;\n  scgi_temp_path {tmp_path}/scgi;\n{server}\n}}\n"
-    )
-    proc = subprocess.Popen(
-        [NGINX, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-g", "daemon off;"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"nginx exited: {proc.stderr.read().decode()}")
-            try:
-                urllib.request.urlopen(url + "/healthz", timeout=2).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+    with run_nginx(tmp_path, html, f"127.0.0.1:{_closed_port()}", f"127.0.0.1:{_closed_port()}") as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def get(url):

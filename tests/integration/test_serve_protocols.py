@@ -23,8 +23,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
-import shutil
 import subprocess
 import sys
 import time
@@ -33,6 +31,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from nginx_host import NGINX, run_nginx
 
 from marcelle_torch.processes import free_port
 
@@ -87,9 +86,6 @@ def protocols_serve(tmp_path_factory, start_serve, trained_digits):
     assert not server.stop(), "processes left after serve stopped"
 
 
-NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
-
-
 @pytest.fixture(scope="module")
 def nginx_url(tmp_path_factory, protocols_serve):
     """The web app image's nginx (services/frontend/nginx.conf, run by the real binary) in front of
@@ -100,45 +96,8 @@ def nginx_url(tmp_path_factory, protocols_serve):
     html = tmp / "html"
     html.mkdir()
     (html / "index.html").write_text("<!doctype html><title>app</title>")
-    port = free_port()
-    env = {
-        "NGINX_PORT": str(port),
-        "SERVE_UPSTREAM": f"127.0.0.1:{protocols_serve.port}",
-        "BACKEND_UPSTREAM": f"127.0.0.1:{free_port()}",
-        "NGINX_LOCAL_RESOLVERS": "127.0.0.1",
-    }
-    template = (REPO / "services" / "frontend" / "nginx.conf").read_text()
-    # envsubst of the defined variables only, as the image's 20-envsubst-on-templates.sh does.
-    server = re.sub(r"\$\{(\w+)\}", lambda m: env.get(m.group(1), m.group(0)), template)
-    server = server.replace("root /usr/share/nginx/html;", f"root {html};")
-    user = "user root;\n" if os.geteuid() == 0 else ""  # workers must read tmp (0700)
-    (tmp / "logs").mkdir()
-    temp_paths = "".join(f"  {k}_temp_path {tmp}/{k};\n" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    (tmp / "nginx.conf").write_text(
-        f"{user}worker_processes 1;\npid {tmp}/nginx.pid;\nerror_log {tmp}/logs/error.log;\n"
-        f"events {{ worker_connections 64; }}\nhttp {{\n  access_log off;\n"
-        f"  include /etc/nginx/mime.types;\n{temp_paths}{server}\n}}\n"
-    )
-    proc = subprocess.Popen(
-        [NGINX, "-p", str(tmp), "-c", str(tmp / "nginx.conf"), "-g", "daemon off;"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert proc.poll() is None, f"nginx exited: {proc.stderr.read().decode()}"
-            try:
-                httpx.get(url + "/healthz", timeout=2)
-                break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline, "nginx did not answer"
-                time.sleep(0.1)
+    with run_nginx(tmp, html, f"127.0.0.1:{protocols_serve.port}", f"127.0.0.1:{free_port()}") as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def pngs_for(model: str, make_digit) -> list[str]:
