@@ -26,6 +26,7 @@ import tomllib
 import pytest
 import yaml
 from k8s_tools import CHART, CI_VALUES, REPO, by_kind, ci_values, helm, one, pod_specs, render, render_text
+from packaging.requirements import Requirement
 from test_ray_labels import label_pod
 
 ids = [p.name.removesuffix("-values.yaml") for p in CI_VALUES]
@@ -208,9 +209,11 @@ def test_ray_version_is_one_value_that_the_images_share():
     bases = re.findall(r"^FROM rayproject/ray:([0-9.]+)-", dockerfile, re.M)
     assert bases and set(bases) == {version}, f"services/ray/Dockerfile bases {bases} (CPU, GPU, both arches)"
     assert f"ray.__version__ == '{version}'" in dockerfile
+    # The exact version the images, CI and make install (constraints.txt), inside the package's range.
+    assert re.search(rf"^ray=={re.escape(version)}$", (REPO / "constraints.txt").read_text(), re.M)
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    pin = next(d for d in pyproject["project"]["optional-dependencies"]["serve"] if d.startswith("ray["))
-    assert pin.endswith(f"=={version}")
+    spec = next(d for d in pyproject["project"]["optional-dependencies"]["serve"] if d.startswith("ray["))
+    assert Requirement(spec).specifier.contains(version), f"pyproject's {spec} leaves out Ray {version}"
     # The GPU image is the same Dockerfile: the GPU group gets no other version.
     assert "rayVersion" not in yaml.safe_dump(ray_cluster(render(ci_values("gpu")))["workerGroupSpecs"])
 
