@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import httpx
 import pytest
 from ray import serve
+from starlette.testclient import TestClient
 
 from marcelle_torch.errors import ModelNotFound
 from marcelle_torch.serving.api import make_api
@@ -60,14 +59,10 @@ def cors_answers(allowed: list[str], origin: str | None) -> tuple[httpx.Response
     headers = {"Origin": origin} if origin is not None else {}
     preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
 
-    async def ask():
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://testserver") as client:
-            return (
-                await client.options("/ping", headers=headers | preflight),
-                await client.get("/ping", headers=headers),
-            )
-
-    return asyncio.run(ask())
+    # Starlette's TestClient runs the app on an event loop of its own thread: this test may run in
+    # a process whose main thread already runs one (Playwright's, in a whole `make test`).
+    with TestClient(api) as client:
+        return client.options("/ping", headers=headers | preflight), client.get("/ping", headers=headers)
 
 
 @pytest.mark.parametrize(
