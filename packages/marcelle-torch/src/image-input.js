@@ -23,7 +23,7 @@
  * image-input-upload, image-input-webcam, image-input-capture, image-input-preview,
  * image-input-image (the model input).
  */
-import { Component, button, imageUpload, sketchPad, text, webcam } from '@marcellejs/core';
+import { Component, button, createStream, imageUpload, sketchPad, text, webcam } from '@marcellejs/core';
 import { INPUT_SIZE, toDataURL, toImageData } from './image-tensor.js';
 
 // Which parts each kind of image model gets.
@@ -55,11 +55,29 @@ export class ImageInput extends Component {
       capture: this.capture,
       preview: this.preview,
     };
-    const captured = this.capture.$click.map(() => this.webcam.$images.get()).filter(Boolean);
+    /** Captured webcam frames. A click before the camera's first frame takes that frame when it
+     * comes: the webcam's frames start a moment after it is switched on, and a click is never lost. */
+    const captured = createStream(undefined);
+    let latestFrame = null;
+    let clickWaitsForFrame = false;
+    this.webcam.$ready.subscribe((ready) => {
+      if (!ready) latestFrame = null; // never a frame from before the camera was switched off
+    });
+    this.webcam.$images.subscribe((frame) => {
+      latestFrame = frame;
+      if (clickWaitsForFrame && frame) {
+        clickWaitsForFrame = false;
+        captured.set(frame);
+      }
+    });
+    this.capture.$click.subscribe(() => {
+      if (latestFrame) captured.set(latestFrame);
+      else clickWaitsForFrame = true;
+    });
     /** Model-sized images (ImageData) from every part, one stream. */
     this.$images = this.sketchPad.$images
       .merge(this.imageUpload.$images)
-      .merge(captured)
+      .merge(captured.filter(Boolean))
       .map((img) => toImageData(img, this.size));
     this.$images.subscribe((img) => {
       this.preview.$value.set(
