@@ -372,6 +372,10 @@ RUN_WATCHER = """() => {
     const box = document.querySelector('[data-testid=runs-progress]');
     new MutationObserver(() => window.__progress.push(Number(box.dataset.progress)))
         .observe(box, { attributes: true, attributeFilter: ['data-progress'] });
+    window.__images = [];
+    const image = document.querySelector('[data-testid=runs-image]');
+    new MutationObserver(() => image.dataset.kind && window.__images.push(image.dataset.kind))
+        .observe(image, { attributes: true, attributeFilter: ['data-kind', 'data-src'] });
 }"""
 
 
@@ -380,9 +384,21 @@ def watch_run(page) -> None:
     page.evaluate(RUN_WATCHER)
 
 
-def run_record(page) -> tuple[list[str], list[float]]:
-    """(statuses, progress values) the runs page showed since ``watch_run``, in order."""
-    return page.evaluate("[window.__statuses, window.__progress]")
+def run_record(page) -> tuple[list[str], list[float], list[str]]:
+    """(statuses, progress values, kinds of image: 'partial' | 'result') the runs page showed
+    since ``watch_run``, in order."""
+    return page.evaluate("[window.__statuses, window.__progress, window.__images]")
+
+
+def _shown_png(page, hook: str) -> bytes:
+    """The image a view's Marcelle imageDisplay shows (its canvas), as PNG."""
+    return _data_url_bytes(page.locator(f"{hook} canvas").evaluate("c => c.toDataURL('image/png')"))
+
+
+@pytest.fixture
+def shown_png():
+    """``shown_png(page, hook)``: the image that the imageDisplay inside ``hook`` shows, as PNG."""
+    return _shown_png
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ CONNECTION = "[data-testid=runs-connection]"
 STATUS = "[data-testid=runs-status]"
 RESULT = "[data-testid=runs-result]"
 HISTORY_ITEM = "[data-testid=runs-history-item]"
-GENERATE = "[data-testid=runs-generate]"
+GENERATE = "[data-testid=runs-generate] button"  # a Marcelle button inside the hook
 ACCOUNT = "[data-testid=runs-account]"
 
 SECRET = "a-browser-test-secret-0123456789"
@@ -143,14 +143,14 @@ def test_a_user_logs_in_with_marcelles_dialog_generates_and_sees_only_their_runs
         "POST", "/runs", json={"model": "digits-generator", "input": {"digit": 1}, "params": {"steps": 10}}
     )
 
-    page.locator("[data-testid=runs-digit]").select_option("4")
-    page.locator("[data-testid=runs-steps]").fill("1000")
+    page.locator("[data-testid=runs-digit] select").select_option("4")
+    page.locator("[data-testid=runs-steps] input").fill("1000")
     page.locator(GENERATE).click()
-    page.wait_for_selector("[data-testid=runs-partial][src^='data:image/png;base64,']", state="attached")
     page.wait_for_selector(f"{RESULT}[data-label]")
     assert page.locator(STATUS).get_attribute("data-status") == "succeeded"
     assert page.locator(RESULT).get_attribute("data-label") == "4"
-    statuses, seen_progress = run_record(page)
+    statuses, seen_progress, images = run_record(page)
+    assert "partial" in images and images[-1] == "result", images
     assert "running" in statuses and statuses[-1] == "succeeded", statuses
     assert len({p for p in seen_progress if 0 < p < 1}) >= 2, seen_progress
 
@@ -175,7 +175,7 @@ def test_a_user_logs_in_with_marcelles_dialog_generates_and_sees_only_their_runs
 
     # Log out (Marcelle's dataStore.logout: the JWT is forgotten, the page reloads): the dialog again.
     # The reload keeps the URL (#backend-runs), so the runs page, and its dialog, open at once.
-    page.locator("[data-testid=runs-logout]").click()
+    page.locator("[data-testid=runs-logout] button").click()
     page.locator(DIALOG).wait_for()
     assert page.locator(CONNECTION).get_attribute("data-status") == "login"
     assert history_ids(page) == []
@@ -202,7 +202,7 @@ def test_a_wrong_password_shows_marcelles_error_and_no_runs(page, open_runs_page
     assert page.locator(DIALOG).count() == 0
     assert page.locator(GENERATE).is_disabled()
     assert history_ids(page) == []
-    page.locator("[data-testid=runs-login]").click()
+    page.locator("[data-testid=runs-login] button").click()
     page.locator(DIALOG).wait_for()
 
     # The dialog takes the right password: Bob's run appears (the checks above were not empty

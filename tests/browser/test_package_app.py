@@ -170,7 +170,9 @@ def test_a_fresh_marcelle_app_uses_the_three_ways(tmp_path, packed, page, consol
         page.wait_for_selector("[data-testid=run-status][data-status=succeeded]")
         seen = page.evaluate("window.__progress")
         assert any(0 < p < 1 for p in seen), f"no intermediate progress shown: {sorted(seen)}"
-        page.wait_for_selector("[data-testid=run-partial][src^='data:image/png;base64,']", state="attached")
+        # The result's image, in Marcelle's imageDisplay (a canvas at the image's own size).
+        page.wait_for_selector("[data-testid=run-image][data-drawn=result]")
+        assert page.locator("[data-testid=run-image] canvas").evaluate("c => c.width") > 0
         assert page.locator("[data-testid=run-progress]").get_attribute("data-progress") == "1"
         item = page.locator("[data-testid=runs-history-item]").first
         assert item.get_attribute("data-status") == "succeeded"

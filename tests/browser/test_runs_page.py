@@ -18,6 +18,10 @@ CONNECTION = "[data-testid=runs-connection]"
 STATUS = "[data-testid=runs-status]"
 RESULT = "[data-testid=runs-result]"
 HISTORY_ITEM = "[data-testid=runs-history-item]"
+# Each control is a Marcelle widget inside the hook.
+DIGIT = "[data-testid=runs-digit]"
+STEPS = "[data-testid=runs-steps]"
+GENERATE = "[data-testid=runs-generate]"
 
 
 @pytest.fixture
@@ -27,7 +31,7 @@ def backend_and_worker(runs_backend):
 
 
 def test_a_generation_run_created_from_the_page_shows_progress_and_the_digit(
-    page, open_runs_page, backend_and_worker, console_errors, run_watcher
+    page, open_runs_page, backend_and_worker, console_errors, run_watcher, shown_png
 ):
     watch_run, run_record = run_watcher
     backend, start_worker = backend_and_worker
@@ -37,25 +41,26 @@ def test_a_generation_run_created_from_the_page_shows_progress_and_the_digit(
 
     # The status and the progress the page shows while the run goes (recorded by the page itself).
     watch_run(page)
-    page.locator("[data-testid=runs-digit]").select_option("4")
-    page.locator("[data-testid=runs-steps]").fill("1000")
-    page.locator("[data-testid=runs-generate]").click()
-    page.wait_for_selector("[data-testid=runs-partial][src^='data:image/png;base64,']", state="attached")
+    page.locator(f"{DIGIT} select").select_option("4")
+    page.locator(f"{STEPS} input").fill("1000")
+    page.locator(f"{GENERATE} button").click()
     page.wait_for_selector(f"{RESULT}[data-label]")
     assert page.locator(STATUS).get_attribute("data-status") == "succeeded"
     assert page.locator(RESULT).get_attribute("data-label") == "4"
-    statuses, seen = run_record(page)
+    statuses, seen, images = run_record(page)
     assert "running" in statuses and statuses[-1] == "succeeded", statuses
     intermediate = sorted({p for p in seen if 0 < p < 1})
     assert len(intermediate) >= 2, seen
     assert seen == sorted(seen) and seen[-1] == 1
+    assert "partial" in images and images[-1] == "result", images
 
-    # The final image is a digit the classifier reads as a 4, and the history lists the run.
-    src = page.locator("[data-testid=runs-result-image]").get_attribute("src")
-    assert classify(base64.b64decode(src.partition(",")[2])) == "4"
+    # The final image, as the page's imageDisplay shows it, is a digit the classifier reads as
+    # a 4; the history lists the run.
+    page.wait_for_selector("[data-testid=runs-image][data-drawn=result]")
+    assert classify(shown_png(page, "[data-testid=runs-image]")) == "4"
     item = page.locator(HISTORY_ITEM).first
     assert item.get_attribute("data-status") == "succeeded" and "digit 4" in item.inner_text()
-    assert page.locator("[data-testid=runs-cancel]").is_disabled()
+    assert page.locator("[data-testid=runs-cancel] button").is_disabled()
     # Only the other pages' refused connections may be logged.
     errors = [e for e in console_errors if nobody not in e and "ERR_CONNECTION_REFUSED" not in e]
     assert errors == [], errors
@@ -67,15 +72,15 @@ def test_the_page_reconnects_after_a_backend_restart_and_shows_the_final_state(
     backend, start_worker = backend_and_worker
     open_runs_page(backend.url)
     page.wait_for_selector(f"{CONNECTION}[data-status=ready]")
-    page.locator("[data-testid=runs-digit]").select_option("2")
-    page.locator("[data-testid=runs-steps]").fill("50")
-    page.locator("[data-testid=runs-generate]").click()
+    page.locator(f"{DIGIT} select").select_option("2")
+    page.locator(f"{STEPS} input").fill("50")
+    page.locator(f"{GENERATE} button").click()
     page.wait_for_selector(f"{STATUS}[data-status=pending]")  # no worker yet
 
     # Killed with the run pending, away longer than socket.io-client's 5 attempts (~15 s) last.
     backend.kill()
     page.wait_for_selector(f"{CONNECTION}[data-status=reconnecting]")
-    assert page.locator("[data-testid=runs-generate]").is_disabled()
+    assert page.locator(f"{GENERATE} button").is_disabled()
     page.wait_for_timeout(20_000)
     backend.restart()
     # The worker runs the run as soon as it connects, maybe before the page is back: the page

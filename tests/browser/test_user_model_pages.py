@@ -59,13 +59,13 @@ def photo_png(seed: int, size: tuple[int, int] = (40, 30)) -> bytes:
 
 
 def options_of(page, picker: str, wanted: set[str]) -> list[str]:
-    """The picker's choices once ``wanted`` are all offered."""
+    """The picker's choices once ``wanted`` are all offered (a disabled placeholder is no choice)."""
     offered = (
         "([sel, wanted]) => wanted.every((w) =>"
         " [...document.querySelectorAll(`${sel} option`)].some((o) => o.value === w))"
     )
     page.wait_for_function(offered, arg=[picker, sorted(wanted)])
-    return page.locator(f"{picker} option").evaluate_all("os => os.map((o) => o.value)")
+    return page.locator(f"{picker} option:not([disabled])").evaluate_all("os => os.map((o) => o.value)")
 
 
 def follows_rgb(page) -> None:
@@ -125,12 +125,12 @@ def test_runs_page_offers_what_the_worker_serves_and_runs_the_users_model(stack,
     classifiers = "[data-testid=runs-classifier-model]"
     assert set(options_of(page, classifiers, {"digits", NAME})) == {"digits", NAME}
     assert options_of(page, "[data-testid=runs-generator-model]", {"digits-generator"}) == ["digits-generator"]
-    page.select_option(classifiers, NAME)
+    page.select_option(f"{classifiers} select", NAME)
     follows_rgb(page)
     drawing_input.upload(photo_png(3))
     sent = drawing_input.model_input_png()
-    page.wait_for_selector("[data-testid=runs-classify]:not([disabled])")
-    page.click("[data-testid=runs-classify]")
+    page.wait_for_selector("[data-testid=runs-classify] button:not([disabled])")
+    page.click("[data-testid=runs-classify] button")
     page.wait_for_selector("[data-testid=runs-status][data-status=succeeded]")
     shown = page.locator("[data-testid=runs-result]").get_attribute("data-label")
     with urllib.request.urlopen(f"{urls['backend']}/runs?$sort[createdAt]=-1&$limit=1", timeout=30) as response:

@@ -27,25 +27,22 @@
  * workers serve), `$model` (the model's name), `$runs` (recent runs, newest first), and
  * Marcelle's `$training` ('loaded': it is not trained in the browser).
  *
- * Its view is Marcelle's `progressBar` with the status, the intermediate image and a Cancel
- * button. Hooks (`data-testid`, default prefix `run`): run-status (data-status), run-progress
- * (data-progress), run-partial, run-cancel.
+ * Its view is made of Marcelle's widgets: a `progressBar` with the status, an `imageDisplay` of
+ * the run's image (the result's `image` when it has one, else the last intermediate image), a
+ * Cancel `button`, and the run's error. Hooks (`data-testid`, default prefix `run`): run-status
+ * (data-status), run-progress (data-progress), run-image (data-kind: 'partial' | 'result', the
+ * image to show; data-src, its data URL; data-drawn: the kind the display has drawn, once decoded),
+ * run-cancel, run-error.
  */
-import { Stream, button, progressBar, throwError } from '@marcellejs/core';
+import { Stream, button, imageDisplay, progressBar, throwError } from '@marcellejs/core';
 import { ExternalModel } from './external-model.js';
 import { ACTIVE, RunClient } from './run-client.js';
-import { isImage, toInstance } from './image-tensor.js';
+import { fromDataURL, isImage, toInstance } from './image-tensor.js';
+import { STATUS_TEXT as RUN_STATUS_TEXT } from './runs-history.js';
 
 export const TERMINAL = ['succeeded', 'failed', 'canceled'];
 
-const STATUS_TEXT = {
-  idle: 'no run yet',
-  pending: 'waiting for a worker',
-  running: 'running',
-  succeeded: 'done',
-  failed: 'failed',
-  canceled: 'canceled',
-};
+const STATUS_TEXT = { idle: 'no run yet', ...RUN_STATUS_TEXT };
 
 /** A run that ended without a result. */
 export class RunError extends Error {
@@ -80,7 +77,16 @@ export class BackendRunModel extends ExternalModel {
     this.client.$runs.subscribe(() => this.follow());
     this.$run.subscribe((run) => this.show(run));
     this.progress = progressBar(this.$progressBar);
+    this.progress.title = '';
+    /** The run's image as ImageData, for the view's imageDisplay. */
+    this.$image = new Stream([], true);
+    this.shownImage = null; // the data URL on show, or being decoded for it
+    this.drawn = null; // the kind of image drawn: partial or result
+    this.imageDisplay = imageDisplay(this.$image);
+    this.imageDisplay.title = '';
     this.cancelButton = button('Cancel');
+    this.cancelButton.title = '';
+    this.cancelButton.$type.set('danger');
     this.cancelButton.$disabled.set(true);
     this.cancelButton.$click.subscribe(() => this.cancel().catch(() => {}));
     this.start();
@@ -157,7 +163,29 @@ export class BackendRunModel extends ExternalModel {
     const name = run ? `${run.model}: ` : '';
     this.$progressBar.set({ type, message: `${name}${STATUS_TEXT[status] ?? status}${worker}`, progress });
     this.cancelButton.$disabled.set(!run || !ACTIVE.includes(status));
+    const resultImage = run?.result?.image;
+    this.showImage(resultImage ?? this.$partial.get(), resultImage ? 'result' : 'partial');
     this.renderRun();
+  }
+
+  /** Decode the run's image (a data URL) for imageDisplay; a newer image wins over a late decode. */
+  showImage(url, kind) {
+    if (url === this.shownImage) return;
+    this.shownImage = url;
+    if (!url) {
+      this.drawn = null;
+      this.$image.set([]);
+      return;
+    }
+    fromDataURL(url).then(
+      (img) => {
+        if (url !== this.shownImage) return;
+        this.drawn = kind;
+        this.$image.set(img);
+        this.renderRun();
+      },
+      () => {}, // not an image this browser decodes: the view keeps the last one
+    );
   }
 
   report(error) {
@@ -169,13 +197,22 @@ export class BackendRunModel extends ExternalModel {
   renderRun() {
     if (!this.nodes) return;
     const run = this.$run.get();
-    const { status, progress, partial, error } = this.nodes;
+    const { status, progress, image, error } = this.nodes;
     status.dataset.status = this.$status.get();
     status.textContent = this.$progressBar.get().message;
     progress.dataset.progress = String(this.$progress.get());
-    const image = run?.result?.image ?? this.$partial.get();
-    partial.style.display = image ? '' : 'none';
-    if (image) partial.src = image;
+    const resultImage = run?.result?.image;
+    const src = resultImage ?? this.$partial.get();
+    image.style.display = src ? '' : 'none';
+    if (src) {
+      image.dataset.src = src;
+      image.dataset.kind = resultImage ? 'result' : 'partial';
+    } else {
+      delete image.dataset.src;
+      delete image.dataset.kind;
+    }
+    if (this.drawn) image.dataset.drawn = this.drawn;
+    else delete image.dataset.drawn;
     error.textContent = this.$error.get() ?? '';
     error.style.display = this.$error.get() ? '' : 'none';
   }
@@ -196,18 +233,21 @@ export class BackendRunModel extends ExternalModel {
     progress.append(bar);
     const cancel = make('div', 'cancel');
     cancel.id = `${t.id}-${this.cancelButton.id}`;
-    const partial = make('img', 'partial', 'image-rendering:pixelated;border:1px solid #ccc;width:128px;height:128px');
-    partial.alt = 'intermediate result';
+    const image = make('div', 'image', 'width:128px;image-rendering:pixelated');
+    const display = make('div');
+    display.id = `${t.id}-${this.imageDisplay.id}`;
+    image.append(display);
     this.nodes = {
       root: make('div'),
       status: make('p', 'status'),
       progress,
-      partial,
+      image,
       error: make('p', 'error', 'color:#be123c;display:none'),
     };
-    this.nodes.root.append(progress, this.nodes.status, partial, cancel, this.nodes.error);
+    this.nodes.root.append(progress, this.nodes.status, image, cancel, this.nodes.error);
     t.append(this.nodes.root);
     this.progress.mount(bar);
+    this.imageDisplay.mount(display);
     this.cancelButton.mount(cancel);
     this.renderRun();
     this.client.start().catch(() => {});
@@ -215,6 +255,7 @@ export class BackendRunModel extends ExternalModel {
 
   destroy() {
     this.progress.destroy();
+    this.imageDisplay.destroy();
     this.cancelButton.destroy();
     this.nodes?.root.remove();
     this.nodes = null;

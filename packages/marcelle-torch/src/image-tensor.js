@@ -146,6 +146,17 @@ export function toTensor(img, size = INPUT_SIZE, { channels = 1, range = [0, 1] 
   return out;
 }
 
+/** An image's data URL (a PNG the server sent) -> ImageData at its own size, for `imageDisplay`. */
+export async function fromDataURL(url) {
+  const img = new Image();
+  img.src = url;
+  await img.decode();
+  const canvas = makeCanvas(img.naturalWidth, img.naturalHeight);
+  const ctx = canvas.getContext('2d');
+  ctx.drawImage(img, 0, 0);
+  return ctx.getImageData(0, 0, canvas.width, canvas.height);
+}
+
 /** Whether `x` is an image the helpers above take (ImageData, a canvas, an <img>, an ImageBitmap). */
 export function isImage(x) {
   return (

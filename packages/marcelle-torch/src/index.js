@@ -12,4 +12,13 @@ export { BackendRunModel, RunError, TERMINAL, backendRunModel } from './backend-
 export { RunsHistory, STATUS_TEXT, describeRun, runLine, runsHistory } from './runs-history.js';
 export { ImageInput, imageInput } from './image-input.js';
 export { ModelPicker, modelPicker } from './model-picker.js';
-export { INPUT_SIZE, isImage, toCanvas, toDataURL, toImageData, toInstance, toTensor } from './image-tensor.js';
+export {
+  INPUT_SIZE,
+  fromDataURL,
+  isImage,
+  toCanvas,
+  toDataURL,
+  toImageData,
+  toInstance,
+  toTensor,
+} from './image-tensor.js';

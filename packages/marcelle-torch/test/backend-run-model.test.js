@@ -65,7 +65,7 @@ describe('backendRunModel', () => {
     expect(isImage({ digit: 3 })).toBe(false);
   });
 
-  it('has a view: progress, status, partial image and a Cancel button', async () => {
+  it('has a view: progress, status, the run image (partial, then result) and a Cancel button', async () => {
     const client = new FakeRunClient();
     const model = backendRunModel({ client, model: 'gen' });
     const target = document.createElement('div');
@@ -77,7 +77,13 @@ describe('backendRunModel', () => {
     client.patch('r1', { status: 'running', progress: 0.25, partial: 'data:image/png;base64,AAAA' });
     expect(target.querySelector('[data-testid="run-status"]').dataset.status).toBe('running');
     expect(target.querySelector('[data-testid="run-progress"]').dataset.progress).toBe('0.25');
-    expect(target.querySelector('[data-testid="run-partial"]').getAttribute('src')).toBe('data:image/png;base64,AAAA');
+    const image = target.querySelector('[data-testid="run-image"]');
+    expect(image.dataset.src).toBe('data:image/png;base64,AAAA');
+    expect(image.dataset.kind).toBe('partial');
+    expect(image.querySelector('canvas')).not.toBeNull(); // Marcelle's imageDisplay
+    client.patch('r1', { status: 'succeeded', progress: 1, result: { image: 'data:image/png;base64,BBBB' } });
+    expect(image.dataset.src).toBe('data:image/png;base64,BBBB');
+    expect(image.dataset.kind).toBe('result');
     model.destroy();
     expect(target.querySelector('[data-testid="run-status"]')).toBeNull();
   });

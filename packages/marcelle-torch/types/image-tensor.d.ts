@@ -8,6 +8,8 @@ export declare function isImage(x: unknown): x is ImageLike;
 export declare function toCanvas(img: ImageLike, size?: number): HTMLCanvasElement;
 export declare function toImageData(img: ImageLike, size?: number): ImageData;
 export declare function toDataURL(img: ImageLike, size?: number): string;
+/** An image's data URL -> ImageData at its own size (for Marcelle's imageDisplay). */
+export declare function fromDataURL(url: string): Promise<ImageData>;
 /** The JSON instance of the Ray Serve / backend contract: a base64 PNG. */
 export declare function toInstance(img: ImageLike, size?: number): { b64: string };
 /** A [channels, size, size] tensor scaled into `range`, as the server computes it. */

@@ -163,6 +163,8 @@ export declare class BackendRunModel<R = unknown> extends Model<unknown, R> {
   $status: Stream<'idle' | Run['status']>;
   $progress: Stream<number>;
   $partial: Stream<string | null>;
+  /** The run's image shown by the view (the result's image, else the last intermediate one). */
+  $image: Stream<ImageData | ImageData[]>;
   $run: Stream<Run | null>;
   $result: Stream<R | null>;
   $error: Stream<string | null>;
