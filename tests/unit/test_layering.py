@@ -2,6 +2,7 @@
 
     errors, files, hosts, processes, probe    the bottom: no other part of the package
     models                             the one model definition
+    training                           fine-tuning a model folder into a new version
     serving | onnx | worker            the three ways a model runs; none imports another
     stack                              the local launcher, over the three
     cli                                the command line, over everything
@@ -30,11 +31,12 @@ LAYERS = {
     "processes": 0,
     "probe": 0,
     "models": 1,
-    "serving": 2,
-    "onnx": 2,
-    "worker": 2,
-    "stack": 3,
-    "cli": 4,
+    "training": 2,
+    "serving": 3,
+    "onnx": 3,
+    "worker": 3,
+    "stack": 4,
+    "cli": 5,
 }
 HEAVY = ("torch", "numpy", "httpx", "yaml", "ray")
 

@@ -18,6 +18,10 @@ A folder (or a ``.tar.gz`` / ``.zip`` of one, or an http(s) URL of such an archi
     output: logits                  # logits (softmax applied) | probabilities (checked at load)
     version: "2"                    # optional: defaults to the weights' sha256 (12 digits)
     description: ...                # optional
+    train: {head: fc, ...}          # optional: how it is fine-tuned (models/trainable.py)
+    parent: <version>               # written by fine-tuning: the version it was made from,
+    dataset: <sha256>               #   the examples it learnt from,
+    metrics: {accuracy: ...}        #   and what it scored on those kept aside
 
 Normalisation and softmax are wrapped around the user's module here, in one place
 (``FolderModel``), so Serve, the worker and the exported ONNX graph are all fed the same
@@ -32,12 +36,14 @@ import shutil
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidSpec, first_line
 from .spec import NAME_RE, SHA256_RE, ImageInput, ModelSpec, TensorInput
+from .trainable import TrainConfig, fit_head_to_state, parse_train
 
 if TYPE_CHECKING:  # torch is imported when a folder is loaded, not when the CLI starts
     import torch
@@ -45,7 +51,7 @@ if TYPE_CHECKING:  # torch is imported when a folder is loaded, not when the CLI
 MANIFEST = "marcelle-model.yaml"
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".zip")
 REQUIRED = ("name", "task", "weights", "labels", "input", "output")
-OPTIONAL = ("module", "sha256", "version", "description")
+OPTIONAL = ("module", "sha256", "version", "description", "train", "parent", "dataset", "metrics")
 INPUT_KEYS = {"image": ("kind", "size", "channels", "mean", "std"), "tensor": ("kind", "shape")}
 OUTPUTS = ("logits", "probabilities")
 EXPORT_SUFFIXES = (".pt2",)
@@ -240,8 +246,8 @@ def _sha256(path: Path) -> str:
 # ----------------------------------------------------------------------------- the module
 
 
-def _load_user_module(weights: Path, module_ref: str | None) -> torch.nn.Module:
-    """The user's nn.Module from its weights file."""
+def _load_user_module(weights: Path, module_ref: str | None, head: str | None = None) -> torch.nn.Module:
+    """The user's nn.Module from its weights file (``head``: the trainable head, sized as saved)."""
     import torch
 
     suffix = weights.suffix.lower()
@@ -267,7 +273,10 @@ def _load_user_module(weights: Path, module_ref: str | None) -> torch.nn.Module:
 
         module_class = load_attribute(module_ref, "module", "'package.module:Class'")
         module = module_class()
-        module.load_state_dict(load_state_dict(weights))
+        state = load_state_dict(weights)
+        if head is not None:
+            fit_head_to_state(module, head, state)
+        module.load_state_dict(state)
         return module
     except InvalidSpec:
         raise
@@ -340,13 +349,15 @@ def load_folder(folder: Path) -> ModelSpec:
         raise InvalidSpec(f"{MANIFEST}: module must be 'package.module:Class'")
     schema, mean, std = _input_schema(manifest["input"])
     labels = _labels(manifest["labels"], folder)
+    train = _train_config(manifest, weights, module_ref)
+    head = train.head if train else None
     logits = manifest["output"] == "logits"
     version = str(manifest.get("version") or digest[:12])
     scripted = weights.suffix.lower() in TORCHSCRIPT_SUFFIXES and module_ref is None
     folder_model, exported_model = _model_class()
 
     def build() -> torch.nn.Module:
-        inner = _load_user_module(weights, module_ref)
+        inner = _load_user_module(weights, module_ref, head)
         channels = schema.channels if isinstance(schema, ImageInput) else 1
         if scripted:
             import torch
@@ -374,6 +385,57 @@ def load_folder(folder: Path) -> ModelSpec:
         version=version,
         description=str(manifest.get("description") or f"{name} (model folder)"),
         onnx_exporter="torchscript" if scripted else "dynamo",
+    )
+
+
+def _train_config(manifest: dict, weights: Path, module_ref: str | None) -> TrainConfig | None:
+    if "train" not in manifest:
+        return None
+    if module_ref is None:
+        raise InvalidSpec(
+            f"{MANIFEST}: train: weights {weights.name} are a frozen program; a trainable model is a "
+            "state_dict with `module: package.module:Class`"
+        )
+    return parse_train(manifest["train"])
+
+
+@dataclass(frozen=True)
+class Trainable:
+    """What fine-tuning needs of a model folder: its checked manifest and spec, the user's own
+    module (with its weights), and how to wrap it as every path runs it (``wrap(inner)``: [0,1]
+    pixels in, probabilities out)."""
+
+    folder: Path
+    manifest: dict
+    spec: ModelSpec
+    config: TrainConfig
+    inner: torch.nn.Module
+    wrap: Callable[[torch.nn.Module], torch.nn.Module]
+
+
+def load_trainable(folder: Path) -> Trainable:
+    """The model folder at ``folder``, ready to fine-tune; says why when it is not trainable."""
+    folder = Path(folder)
+    spec = load_folder(folder)
+    manifest = read_manifest(folder)
+    if "train" not in manifest:
+        raise InvalidSpec(f"model {spec.name} is not trainable: its {MANIFEST} has no `train:` section")
+    module_ref = manifest.get("module")
+    weights = folder / str(manifest["weights"])
+    config = _train_config(manifest, weights, module_ref)
+    assert config is not None
+    schema, mean, std = _input_schema(manifest["input"])
+    channels = schema.channels if isinstance(schema, ImageInput) else 1
+    folder_model, _ = _model_class()
+    logits = manifest["output"] == "logits"
+    inner = _load_user_module(weights, module_ref, config.head)
+    return Trainable(
+        folder=folder,
+        manifest=manifest,
+        spec=spec,
+        config=config,
+        inner=inner,
+        wrap=lambda module: folder_model(module, mean, std, logits, channels),
     )
 
 

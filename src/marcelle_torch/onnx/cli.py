@@ -80,6 +80,21 @@ def register(subparsers) -> None:
     p.add_argument("--out", type=Path, required=True, help="where the model folder goes")
     p.add_argument("--name", default=None, help="refuse the model unless its manifest's name is NAME")
     p.set_defaults(func=cmd_model_fetch)
+    p = commands.add_parser(
+        "finetune",
+        help="fine-tune a trainable model folder on labelled images, into a new model version",
+        description="Train the layers that MODEL's manifest names in its `train:` section on the images "
+        "of EXAMPLES (one subfolder per label; a label the model does not know adds a class), a share of "
+        "each label kept aside to measure it. The new version is a model folder at STORE/NAME/VERSION/ "
+        "(VERSION: its weights' sha256, 12 digits), recording its parent version, the examples' sha256 "
+        "and the held-out metrics; every command that takes a model takes it.",
+    )
+    p.add_argument("model", help="a model folder (or an archive, or URL#sha256=<hex>) with a train: section")
+    p.add_argument("examples", type=Path, help="a folder of images, one subfolder per label")
+    p.add_argument("--store", type=Path, required=True, help="the model store (the version goes under it)")
+    p.add_argument("--epochs", type=int, default=None, help="override the manifest's train.epochs")
+    p.add_argument("--checkpoint", type=Path, default=None, help="save each epoch here; a rerun resumes from it")
+    p.set_defaults(func=cmd_model_finetune)
 
 
 def _floats(text: str) -> list[float]:
@@ -169,4 +184,45 @@ def cmd_export_onnx(args) -> int:
         f"{result.name}: wrote {result.out_dir}/ (model.onnx {meta['bytes'] / 1e6:.2f} MB, opset {meta['opset']}, "
         f"sha256 {meta['sha256'][:12]}; {state})"
     )
+    return 0
+
+
+def cmd_model_finetune(args) -> int:
+    from ..errors import InvalidInput
+    from ..models.folder import load_folder, resolve_folder
+    from ..models.trainable import MAX_EPOCHS
+    from ..training import examples_from_dir, fine_tune
+
+    if args.epochs is not None and not 1 <= args.epochs <= MAX_EPOCHS:
+        raise InvalidInput(f"--epochs must be from 1 to {MAX_EPOCHS}, got {args.epochs}")
+    folder = resolve_folder(args.model)
+
+    def show(event: dict) -> None:
+        if event["status"] == "start":
+            new = [label for label in event["labels"] if label not in spec_labels]
+            print(
+                f"training on {event['examples']} examples ({event['held_out']} kept aside)"
+                + (f", new labels: {', '.join(new)}" if new else "")
+                + (f", resumed after epoch {event['epoch']}" if event["resumed"] else ""),
+                flush=True,
+            )
+        elif event["status"] == "epoch":
+            logs = event["data"]
+            print(
+                f"epoch {event['epoch']}/{event['epochs']}: loss {logs['loss']:.4f}, accuracy "
+                f"{logs['accuracy']:.3f}, held-out accuracy {logs['accuracyVal']:.3f}",
+                flush=True,
+            )
+
+    spec = load_folder(folder)
+    spec_labels = set(spec.labels)
+    examples = examples_from_dir(args.examples, spec)
+    version = fine_tune(
+        folder, examples, store=args.store, on_status=show, checkpoint=args.checkpoint, epochs=args.epochs
+    )
+    metrics = version.metrics
+    print(f"{version.spec.name}: version {version.version} (from {version.parent}) at {version.folder}/")
+    print(f"  held-out accuracy {metrics['accuracy']} on {metrics['held_out']} examples")
+    print(f"  per label: {metrics['per_label']}")
+    print(f"next: marcelle-torch up --model {version.folder}")
     return 0

@@ -1,0 +1,270 @@
+"""Fine-tuning a user's model folder on examples into a new model version (training/finetune.py).
+
+The user's model is made here (not a built-in): a small CNN saved as a state_dict with its module
+class, taught horizontal and vertical bars, with a `train:` section in its manifest. The examples
+add a label it does not know (a cross). The new version must be a model folder that the serving
+path loads, that knows the new label (>= 90% on fresh drawings of it) and still the old ones
+(>= 95%), and that records where it came from. Cancel, a killed training resumed from its
+checkpoint, and every refusal are checked too.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from marcelle_torch.errors import InvalidInput, InvalidSpec
+from marcelle_torch.models.folder import MANIFEST, load_folder, write_folder
+from marcelle_torch.models.inputs import postprocess
+from marcelle_torch.training import TrainingCanceled, examples_digest, fine_tune
+
+SIZE = 16
+OLD = ["horizontal", "vertical"]
+NEW = "cross"
+MODULE = textwrap.dedent(
+    """
+    import torch
+
+
+    class BarsNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = torch.nn.Sequential(
+                torch.nn.Conv2d(1, 8, 5, padding=2), torch.nn.ReLU(), torch.nn.AdaptiveMaxPool2d(1), torch.nn.Flatten()
+            )
+            self.fc = torch.nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.fc(self.features(x))
+    """
+)
+TRAIN = {"head": "fc", "layers": ["all"], "epochs": 12, "batch_size": 8, "learning_rate": 0.01, "holdout": 0.2}
+
+
+def drawing(label: str, generator: torch.Generator) -> torch.Tensor:
+    """A 1x16x16 image in [0,1]: dark strokes on white, at a random place, with noise."""
+    image = torch.ones(1, SIZE, SIZE)
+    a, b = torch.randint(3, SIZE - 3, (2,), generator=generator).tolist()
+    if label in ("horizontal", "cross"):
+        image[0, a, 2:-2] = 0.0
+    if label in ("vertical", "cross"):
+        image[0, 2:-2, b] = 0.0
+    noise = torch.rand(image.shape, generator=generator) * 0.2
+    return (image - noise).clamp(0, 1)
+
+
+def drawings(labels: list[str], each: int, seed: int) -> list[tuple[torch.Tensor, str]]:
+    generator = torch.Generator().manual_seed(seed)
+    return [(drawing(label, generator), label) for label in labels for _ in range(each)]
+
+
+@pytest.fixture(scope="module")
+def user_package(tmp_path_factory) -> Path:
+    """The user's module class, importable as bars_net:BarsNet (here and in a CLI subprocess)."""
+    root = tmp_path_factory.mktemp("userpkg")
+    (root / "bars_net.py").write_text(MODULE)
+    sys.path.insert(0, str(root))
+    yield root
+    sys.path.remove(str(root))
+
+
+@pytest.fixture(scope="module")
+def base_folder(user_package, tmp_path_factory) -> Path:
+    """The user's model, taught the two bars, as a trainable model folder."""
+    from bars_net import BarsNet
+
+    torch.manual_seed(0)
+    net = BarsNet()
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.01)
+    data = drawings(OLD, 30, seed=1)
+    xs = torch.stack([x for x, _ in data])
+    ys = torch.tensor([OLD.index(y) for _, y in data])
+    for _ in range(30):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(net(xs), ys).backward()
+        optimizer.step()
+    work = tmp_path_factory.mktemp("base")
+    torch.save(net.state_dict(), work / "bars.pth")
+    folder = work / "bars"
+    write_folder(
+        work / "bars.pth",
+        folder,
+        name="bars",
+        labels=",".join(OLD),
+        input_text=f"image:{SIZE}x{SIZE}x1",
+        output="logits",
+        module="bars_net:BarsNet",
+    )
+    manifest = yaml.safe_load((folder / MANIFEST).read_text())
+    manifest["train"] = TRAIN
+    (folder / MANIFEST).write_text(yaml.safe_dump(manifest, sort_keys=False))
+    return folder
+
+
+def accuracy(spec, tests: list[tuple[torch.Tensor, str]]) -> dict[str, float]:
+    """Per label, the share of ``tests`` the version answers right, run as Serve runs it."""
+    from marcelle_torch.models import load_model
+
+    model = load_model(spec)
+    with torch.no_grad():
+        answers = postprocess(spec, model(torch.stack([x for x, _ in tests])))
+    right: dict[str, list[bool]] = {}
+    for answer, (_, label) in zip(answers, tests, strict=True):
+        right.setdefault(label, []).append(answer["label"] == label)
+    return {label: sum(hits) / len(hits) for label, hits in right.items()}
+
+
+def test_a_new_label_is_learnt_into_a_new_version_that_every_path_loads(base_folder, tmp_path):
+    examples = drawings([*OLD, NEW], 10, seed=2)
+    events: list[dict] = []
+    version = fine_tune(base_folder, examples, store=tmp_path / "store", on_status=events.append)
+
+    base = load_folder(base_folder)
+    assert version.folder == tmp_path / "store" / "bars" / version.version
+    manifest = yaml.safe_load((version.folder / MANIFEST).read_text())
+    assert manifest["labels"] == [*OLD, NEW]
+    assert manifest["parent"] == base.version and version.parent == base.version
+    assert manifest["dataset"] == examples_digest(examples)
+    assert manifest["version"] == version.version == manifest["sha256"][:12]
+    assert manifest["train"] == TRAIN and manifest["module"] == "bars_net:BarsNet"
+    assert manifest["metrics"]["held_out"] == 6 and manifest["metrics"]["epochs"] == TRAIN["epochs"]
+
+    spec = load_folder(version.folder)
+    assert spec.labels == (*OLD, NEW) and spec.version == version.version
+    scores = accuracy(spec, drawings([*OLD, NEW], 20, seed=3))  # drawings it never saw
+    assert scores[NEW] >= 0.9, scores
+    assert scores["horizontal"] >= 0.95 and scores["vertical"] >= 0.95, scores
+
+    statuses = [e["status"] for e in events]
+    assert statuses[0] == "start" and statuses[-1] == "success"
+    assert statuses.count("epoch") == TRAIN["epochs"]
+    batches = [e for e in events if e["status"] == "batch"]
+    assert len(batches) == TRAIN["epochs"] * 3  # 24 kept for training, in batches of 8
+    assert events[0]["labels"] == [*OLD, NEW] and not events[0]["resumed"]
+
+    # The same weights are the same version: a second identical training writes nothing new.
+    again = fine_tune(base_folder, examples, store=tmp_path / "store")
+    assert again.version == version.version
+    assert [p.name for p in (tmp_path / "store" / "bars").iterdir()] == [version.version]
+
+
+def test_cancel_between_batches_writes_no_version(base_folder, tmp_path):
+    batches = []
+
+    def stop() -> bool:
+        return len(batches) >= 4
+
+    with pytest.raises(TrainingCanceled, match="canceled in epoch 2"):
+        fine_tune(
+            base_folder,
+            drawings([*OLD, NEW], 10, seed=2),
+            store=tmp_path / "store",
+            on_status=lambda e: e["status"] == "batch" and batches.append(e),
+            should_stop=stop,
+        )
+    assert len(batches) == 4
+    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").rglob(MANIFEST))
+
+
+KILLED_RUN = """
+import os, signal
+from marcelle_torch.models.folder import load_folder
+from marcelle_torch.training import examples_from_dir, fine_tune
+
+def status(event):
+    # Killed in the middle of epoch 3, as a worker's machine goes away: nothing runs after this.
+    if event["status"] == "batch" and event["epoch"] == 3 and event["batch"] == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+examples = examples_from_dir({examples!r}, load_folder({folder!r}))  # what the CLI trains on
+fine_tune({folder!r}, examples, store={store!r}, on_status=status, checkpoint={checkpoint!r})
+"""
+
+
+def test_a_killed_training_resumes_from_its_checkpoint_and_finishes_once(base_folder, user_package, tmp_path):
+    """A training killed (SIGKILL) in its third epoch, run again with the CLI: it resumes after the
+    last saved epoch and writes the very version an uninterrupted training writes."""
+    from PIL import Image
+
+    examples_dir = tmp_path / "examples"
+    for i, (x, label) in enumerate(drawings([*OLD, NEW], 10, seed=2)):
+        (examples_dir / label).mkdir(parents=True, exist_ok=True)
+        Image.fromarray((x[0] * 255).round().to(torch.uint8).numpy(), mode="L").save(examples_dir / label / f"{i}.png")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(user_package), os.environ.get("PYTHONPATH", "")])}
+    checkpoint = tmp_path / "bars.ckpt"
+    store = tmp_path / "store"
+
+    script = KILLED_RUN.format(
+        examples=str(examples_dir), folder=str(base_folder), store=str(store), checkpoint=str(checkpoint)
+    )
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert checkpoint.is_file() and not store.exists()
+
+    cli = [sys.executable, "-m", "marcelle_torch.cli", "model", "finetune", str(base_folder), str(examples_dir)]
+    resumed = subprocess.run(
+        [*cli, "--store", str(store), "--checkpoint", str(checkpoint)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed after epoch 2" in resumed.stdout, resumed.stdout
+    epochs = [line.split()[1] for line in resumed.stdout.splitlines() if line.startswith("epoch ")]
+    assert epochs == [f"{n}/{TRAIN['epochs']}:" for n in range(3, TRAIN["epochs"] + 1)], resumed.stdout
+    assert not checkpoint.exists(), "a finished training leaves no checkpoint to resume"
+
+    whole = subprocess.run([*cli, "--store", str(tmp_path / "whole")], capture_output=True, text=True, env=env)
+    assert whole.returncode == 0, whole.stderr
+    versions = [sorted(p.name for p in (root / "bars").iterdir()) for root in (store, tmp_path / "whole")]
+    assert versions[0] == versions[1] and len(versions[0]) == 1, versions
+
+
+def test_what_cannot_be_trained_is_refused_with_its_reason(base_folder, user_package, tmp_path):
+    import shutil
+
+    examples = drawings([*OLD], 4, seed=2)
+    frozen = tmp_path / "frozen"
+    shutil.copytree(base_folder, frozen)
+    manifest = yaml.safe_load((frozen / MANIFEST).read_text())
+    del manifest["train"]
+    (frozen / MANIFEST).write_text(yaml.safe_dump(manifest))
+    with pytest.raises(InvalidSpec, match="not trainable: its marcelle-model.yaml has no `train:` section"):
+        fine_tune(frozen, examples, store=tmp_path / "store")
+
+    for train, message in (
+        ({"head": "features.0"}, "train.head 'features.0' is a Conv2d, not an nn.Linear"),
+        ({"head": "fc", "epochs": 0}, "train.epochs must be a whole number from 1 to 200"),
+        ({"head": "fc", "optimiser": "adam"}, "train: unknown key 'optimiser'"),
+        ({"head": "nope"}, "train.head 'nope' is not a submodule"),
+    ):
+        manifest["train"] = train
+        (frozen / MANIFEST).write_text(yaml.safe_dump(manifest))
+        with pytest.raises(InvalidSpec, match=message):
+            fine_tune(frozen, examples, store=tmp_path / "store")
+
+    with pytest.raises(InvalidInput, match=r"example 0: shape \[1, 8, 8\], the model takes \[1, 16, 16\]"):
+        fine_tune(base_folder, [(torch.zeros(1, 8, 8), "horizontal")], store=tmp_path / "store")
+    with pytest.raises(InvalidInput, match="no examples"):
+        fine_tune(base_folder, [], store=tmp_path / "store")
+    assert not (tmp_path / "store").exists()
+
+    cli = subprocess.run(
+        [sys.executable, "-m", "marcelle_torch.cli", "model", "finetune", str(base_folder), str(tmp_path / "none")]
+        + ["--store", str(tmp_path / "store")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(user_package)},
+    )
+    assert cli.returncode == 2 and "Traceback" not in cli.stderr
+    assert cli.stderr.strip().splitlines()[-1].endswith("no such folder (one subfolder of images per label)")
