@@ -88,7 +88,9 @@ docs: $(BIN)/marcelle-torch
 docs-serve: $(BIN)/marcelle-torch
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
+# The benchmarks' own dependencies (the LitServe peer), at the versions in constraints.txt.
 bench: webapp
+	$(BIN)/pip install -q -c constraints.txt -e '.[bench]'
 	$(BIN)/python bench/serve_latency.py
 	$(BIN)/python bench/parity.py
 	$(BIN)/python bench/runs_latency.py

@@ -24,7 +24,7 @@ BENCHMARKS: dict[str, tuple[str, str, str, str]] = {
     "serve_latency": (
         "serve_latency.py",
         "serve_latency.json",
-        "Ray Serve latency and throughput against single-process servers; the compute-bound model",
+        "Ray Serve latency and throughput against single-process servers and LitServe; the compute-bound model",
         "benchmarks.md",
     ),
     "serve_modes": (
