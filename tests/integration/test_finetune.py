@@ -14,63 +14,23 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from support.bars_model import NEW, OLD, TRAIN, drawings, make_trainable_folder, png, write_user_package
 
 from marcelle_torch.errors import InvalidInput, InvalidSpec
-from marcelle_torch.models.folder import MANIFEST, load_folder, write_folder
+from marcelle_torch.models.folder import MANIFEST, load_folder
 from marcelle_torch.models.inputs import postprocess
 from marcelle_torch.training import TrainingCanceled, examples_digest, fine_tune
-
-SIZE = 16
-OLD = ["horizontal", "vertical"]
-NEW = "cross"
-MODULE = textwrap.dedent(
-    """
-    import torch
-
-
-    class BarsNet(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.features = torch.nn.Sequential(
-                torch.nn.Conv2d(1, 8, 5, padding=2), torch.nn.ReLU(), torch.nn.AdaptiveMaxPool2d(1), torch.nn.Flatten()
-            )
-            self.fc = torch.nn.Linear(8, 2)
-
-        def forward(self, x):
-            return self.fc(self.features(x))
-    """
-)
-TRAIN = {"head": "fc", "layers": ["all"], "epochs": 12, "batch_size": 8, "learning_rate": 0.01, "holdout": 0.2}
-
-
-def drawing(label: str, generator: torch.Generator) -> torch.Tensor:
-    """A 1x16x16 image in [0,1]: dark strokes on white, at a random place, with noise."""
-    image = torch.ones(1, SIZE, SIZE)
-    a, b = torch.randint(3, SIZE - 3, (2,), generator=generator).tolist()
-    if label in ("horizontal", "cross"):
-        image[0, a, 2:-2] = 0.0
-    if label in ("vertical", "cross"):
-        image[0, 2:-2, b] = 0.0
-    noise = torch.rand(image.shape, generator=generator) * 0.2
-    return (image - noise).clamp(0, 1)
-
-
-def drawings(labels: list[str], each: int, seed: int) -> list[tuple[torch.Tensor, str]]:
-    generator = torch.Generator().manual_seed(seed)
-    return [(drawing(label, generator), label) for label in labels for _ in range(each)]
 
 
 @pytest.fixture(scope="module")
 def user_package(tmp_path_factory) -> Path:
     """The user's module class, importable as bars_net:BarsNet (here and in a CLI subprocess)."""
-    root = tmp_path_factory.mktemp("userpkg")
-    (root / "bars_net.py").write_text(MODULE)
+    root = write_user_package(tmp_path_factory.mktemp("userpkg"))
     sys.path.insert(0, str(root))
     yield root
     sys.path.remove(str(root))
@@ -78,35 +38,7 @@ def user_package(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def base_folder(user_package, tmp_path_factory) -> Path:
-    """The user's model, taught the two bars, as a trainable model folder."""
-    from bars_net import BarsNet
-
-    torch.manual_seed(0)
-    net = BarsNet()
-    optimizer = torch.optim.Adam(net.parameters(), lr=0.01)
-    data = drawings(OLD, 30, seed=1)
-    xs = torch.stack([x for x, _ in data])
-    ys = torch.tensor([OLD.index(y) for _, y in data])
-    for _ in range(30):
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(net(xs), ys).backward()
-        optimizer.step()
-    work = tmp_path_factory.mktemp("base")
-    torch.save(net.state_dict(), work / "bars.pth")
-    folder = work / "bars"
-    write_folder(
-        work / "bars.pth",
-        folder,
-        name="bars",
-        labels=",".join(OLD),
-        input_text=f"image:{SIZE}x{SIZE}x1",
-        output="logits",
-        module="bars_net:BarsNet",
-    )
-    manifest = yaml.safe_load((folder / MANIFEST).read_text())
-    manifest["train"] = TRAIN
-    (folder / MANIFEST).write_text(yaml.safe_dump(manifest, sort_keys=False))
-    return folder
+    return make_trainable_folder(tmp_path_factory.mktemp("base"), user_package)
 
 
 def accuracy(spec, tests: list[tuple[torch.Tensor, str]]) -> dict[str, float]:
@@ -192,12 +124,10 @@ fine_tune({folder!r}, examples, store={store!r}, on_status=status, checkpoint={c
 def test_a_killed_training_resumes_from_its_checkpoint_and_finishes_once(base_folder, user_package, tmp_path):
     """A training killed (SIGKILL) in its third epoch, run again with the CLI: it resumes after the
     last saved epoch and writes the very version an uninterrupted training writes."""
-    from PIL import Image
-
     examples_dir = tmp_path / "examples"
     for i, (x, label) in enumerate(drawings([*OLD, NEW], 10, seed=2)):
         (examples_dir / label).mkdir(parents=True, exist_ok=True)
-        Image.fromarray((x[0] * 255).round().to(torch.uint8).numpy(), mode="L").save(examples_dir / label / f"{i}.png")
+        (examples_dir / label / f"{i}.png").write_bytes(png(x))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(user_package), os.environ.get("PYTHONPATH", "")])}
     checkpoint = tmp_path / "bars.ckpt"
     store = tmp_path / "store"

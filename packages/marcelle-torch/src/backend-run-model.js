@@ -21,7 +21,8 @@
  * connected workers serve is used (`$models`; `setModel(name)` picks another).
  *
  * Streams: `$status` ('idle' | 'pending' | 'running' | 'succeeded' | 'failed' | 'canceled'),
- * `$progress` (0..1), `$partial` (the last intermediate image, a data URL, or null), `$run`
+ * `$progress` (0..1), `$partial` (the run's last intermediate result: an image as a data URL, or
+ * any JSON, such as a training run's TrainingStatus; or null), `$run`
  * (the followed run document, or null), `$result`, `$error`, `$connection` (the backend
  * connection: 'idle' | 'connecting' | 'login' | 'ready' | ...), `$models` (what the connected
  * workers serve), `$model` (the model's name), `$runs` (recent runs, newest first), and
@@ -43,6 +44,11 @@ import { STATUS_TEXT as RUN_STATUS_TEXT } from './runs-history.js';
 export const TERMINAL = ['succeeded', 'failed', 'canceled'];
 
 const STATUS_TEXT = { idle: 'no run yet', ...RUN_STATUS_TEXT };
+
+/** `value` when it is an image's data URL (a run's partial may be any JSON), else null. */
+function imageURL(value) {
+  return typeof value === 'string' && value.startsWith('data:image/') ? value : null;
+}
 
 /** A run that ended without a result. */
 export class RunError extends Error {
@@ -163,8 +169,8 @@ export class BackendRunModel extends ExternalModel {
     const name = run ? `${run.model}: ` : '';
     this.$progressBar.set({ type, message: `${name}${STATUS_TEXT[status] ?? status}${worker}`, progress });
     this.cancelButton.$disabled.set(!run || !ACTIVE.includes(status));
-    const resultImage = run?.result?.image;
-    this.showImage(resultImage ?? this.$partial.get(), resultImage ? 'result' : 'partial');
+    const resultImage = imageURL(run?.result?.image);
+    this.showImage(resultImage ?? imageURL(this.$partial.get()), resultImage ? 'result' : 'partial');
     this.renderRun();
   }
 
@@ -201,8 +207,8 @@ export class BackendRunModel extends ExternalModel {
     status.dataset.status = this.$status.get();
     status.textContent = this.$progressBar.get().message;
     progress.dataset.progress = String(this.$progress.get());
-    const resultImage = run?.result?.image;
-    const src = resultImage ?? this.$partial.get();
+    const resultImage = imageURL(run?.result?.image);
+    const src = resultImage ?? imageURL(this.$partial.get());
     image.style.display = src ? '' : 'none';
     if (src) {
       image.dataset.src = src;

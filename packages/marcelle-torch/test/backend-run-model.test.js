@@ -84,6 +84,11 @@ describe('backendRunModel', () => {
     client.patch('r1', { status: 'succeeded', progress: 1, result: { image: 'data:image/png;base64,BBBB' } });
     expect(image.dataset.src).toBe('data:image/png;base64,BBBB');
     expect(image.dataset.kind).toBe('result');
+    model.predict({}).catch(() => {});
+    await tick();
+    client.patch('r2', { status: 'running', progress: 0.5, partial: { status: 'epoch', epoch: 1, epochs: 4 } });
+    expect(model.$partial.get()).toEqual({ status: 'epoch', epoch: 1, epochs: 4 });
+    expect(image.dataset.src).toBeUndefined(); // a partial that is no image is not shown as one
     model.destroy();
     expect(target.querySelector('[data-testid="run-status"]')).toBeNull();
   });

@@ -68,6 +68,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="progress updates per run, at most; sent from a background thread, the newest only "
         f"(default {DEFAULTS.max_updates_per_second:g})",
     )
+    p.add_argument(
+        "--store",
+        default=None,
+        metavar="DIR",
+        help="the model store: training runs write new model versions to DIR/<model>/<version>/ "
+        "(default: the cache's versions/; share it between workers so a taken-back training resumes)",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=cmd_worker)
@@ -116,6 +123,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         lease_timeout=args.lease_timeout,
         grace=args.grace,
         max_updates_per_second=args.max_updates_per_second,
+        store=args.store,
     )
     worker = Worker(
         args.backend,

@@ -15,3 +15,4 @@ class WorkerOptions:
     max_updates_per_second: float = 20.0  # progress patches per run, at most
     call_timeout: float = 30.0
     finish_timeout: float = 120.0  # how long a finished result is retried while the backend is away
+    store: str | None = None  # where training runs write model versions (None: the cache's versions/)

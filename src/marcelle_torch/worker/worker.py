@@ -24,7 +24,8 @@ claims, runs, reports and finishes:
 Models: a classification run's ``input`` is one instance as the Serve API takes it (an
 image data URL, ``{"b64": ...}`` or a nested list); its result is ``{label, confidences}``.
 A generation model's spec gives ``run(model, input, params, report) -> result``
-(see ``models.digits_generator.run``).
+(see ``models.digits_generator.run``). A run of a trainable model folder with ``params.train`` is a
+training run: it fine-tunes the model on the run's examples into a new version (training_run.py).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInput, MarcelleTorchError
@@ -76,6 +79,7 @@ class Worker:
             self.backend_url, email, password, self.metrics, self.stopping, self.options.call_timeout
         )
         self.models: dict[str, tuple] = {}
+        self.refs: dict[str, str] = {}  # model name -> the reference it was loaded from
         self.events: queue.Queue = queue.Queue()
         self.candidates: dict[str, str] = {}  # pending run id -> createdAt: claimed oldest first
         self.current: CurrentRun | None = None
@@ -91,6 +95,7 @@ class Worker:
             spec = get_spec(name)
             module = load_model(spec, train_if_missing=True, progress=progress)
             self.models[spec.name] = (spec.require("worker"), module, spec.run)
+            self.refs[spec.name] = name
             log.info("model %s ready (%s)", spec.name, spec.task)
 
     def announcement(self) -> str:
@@ -287,6 +292,13 @@ class Worker:
         if run.get("model") not in self.models:
             raise InvalidInput(f"this worker does not serve model {run.get('model')!r}")
         spec, module, runner = self.models[run["model"]]
+
+        def report(progress: float, partial: Partial = None) -> None:
+            self._check(current)
+            self._progress(current, progress, partial)
+
+        if spec.task == "classification" and "train" in (run.get("params") or {}):
+            return self._train(run, current, spec, report)
         if spec.task == "classification":
             if "input" not in run or run["input"] is None:
                 raise InvalidInput(
@@ -296,12 +308,18 @@ class Worker:
             self._check(current)
             with torch.no_grad():
                 return postprocess(spec, module(batch))[0]
-
-        def report(progress: float, partial: Partial = None) -> None:
-            self._check(current)
-            self._progress(current, progress, partial)
-
         return runner(module, run.get("input"), run.get("params") or {}, report)
+
+    def _train(self, run: dict, current: CurrentRun, spec: Any, report: Callable[[float, Partial], None]) -> dict:
+        from ..models.folder import is_folder_ref, resolve_folder
+        from ..models.weights import cache_dir
+        from .training_run import run_training
+
+        ref = self.refs[spec.name]
+        if not is_folder_ref(ref):
+            raise InvalidInput(f"model {spec.name} is not a model folder: only a model folder can be trained")
+        store = Path(self.options.store) if self.options.store else cache_dir() / "versions"
+        return run_training(resolve_folder(ref), spec, run, store, report, lambda: self._check(current))
 
     def _progress(self, current: CurrentRun, progress: float, partial: Partial) -> None:
         """Never waits on the backend: the newest progress is handed to the run's sender."""

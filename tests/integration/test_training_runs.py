@@ -1,0 +1,148 @@
+"""Training runs through the real Marcelle backend, done by a real `marcelle-torch worker`.
+
+A run of the user's trainable model folder (support/bars_model.py) with ``params.train`` and
+Marcelle's dataset shape as input (``{examples: [{x, y}]}``) fine-tunes it into a new version in the
+worker's store, streaming Marcelle's TrainingStatus as the run's partial. The new version is then
+what a worker serves. Cancel, a worker killed mid-training (the next one resumes from the
+checkpoint in the shared store) and bad training runs are checked too.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import signal
+import threading
+
+import pytest
+import yaml
+from support.bars_model import NEW, OLD, drawings, make_trainable_folder, png, write_user_package
+
+pytestmark = pytest.mark.backend
+
+LEASE = ("--heartbeat", "0.5", "--lease-timeout", "3")
+LONG_EACH = 200  # examples per label: 200 epochs of them take seconds, long enough to act on
+
+
+@pytest.fixture(scope="module")
+def bars(tmp_path_factory):
+    """(the trainable folder, the environment a worker needs to import the user's module)."""
+    package = write_user_package(tmp_path_factory.mktemp("userpkg"))
+    folder = make_trainable_folder(tmp_path_factory.mktemp("bars"), package)
+    return folder, {"PYTHONPATH": str(package)}
+
+
+def examples(each: int, seed: int = 2) -> list[dict]:
+    """Marcelle dataset instances {x, y}: the two bars and the new cross."""
+    return [{"x": {"b64": base64.b64encode(png(x)).decode()}, "y": y} for x, y in drawings([*OLD, NEW], each, seed)]
+
+
+def training(client, each: int = 10, epochs: int = 8) -> dict:
+    return client.create(
+        "runs", {"model": "bars", "input": {"examples": examples(each)}, "params": {"train": {"epochs": epochs}}}
+    )
+
+
+def finished(client, run):
+    current = client.get("runs", run["_id"])
+    return current if current["status"] in ("succeeded", "failed", "canceled") else None
+
+
+def record_partials(client):
+    seen = collections.defaultdict(list)
+    lock = threading.Lock()
+
+    def on_patched(run):
+        if run.get("status") == "running" and isinstance(run.get("partial"), dict):
+            with lock:
+                seen[run["_id"]].append((run["progress"], run["partial"]))
+
+    client.on("runs patched", on_patched)
+    return seen
+
+
+def test_a_training_run_makes_a_new_version_that_a_worker_then_serves(
+    make_backend, make_worker, connect, wait_until, bars, tmp_path
+):
+    folder, env = bars
+    store = tmp_path / "store"
+    backend = make_backend()
+    client = connect(backend.url)
+    partials = record_partials(client)
+    trainer = make_worker(
+        backend.url, "trainer", "--store", str(store), "--max-updates-per-second", "50", models=[str(folder)], env=env
+    )
+    run = training(client)
+    done = wait_until(lambda: finished(client, run), what="the training run to finish")
+    assert done["status"] == "succeeded", done
+    result = done["result"]
+    assert result["model"] == "bars" and result["labels"] == [*OLD, NEW]
+    assert result["metrics"]["accuracy"] == 1.0 and result["metrics"]["epochs"] == 8
+    version = store / "bars" / result["version"]
+    manifest = yaml.safe_load((version / "marcelle-model.yaml").read_text())
+    assert manifest["parent"] == result["parent"] and manifest["labels"] == [*OLD, NEW]
+
+    # What the page saw: Marcelle's TrainingStatus, epoch by epoch, with losses, progress rising.
+    seen = wait_until(lambda: partials[run["_id"]] or None, what="training status updates")
+    statuses = [p for _, p in seen]
+    assert all(s["status"] in ("start", "epoch") and s["epochs"] == 8 for s in statuses), statuses
+    assert any("loss" in s.get("data", {}) for s in statuses), statuses
+    progress = [p for p, _ in seen]
+    assert progress == sorted(progress) and progress[-1] < 1
+
+    # The new version, served by a worker: it knows the cross.
+    trainer.stop()
+    make_worker(backend.url, "server", models=[str(version)], env=env)
+    (cross, _), *_ = drawings([NEW], 1, seed=9)
+    run = client.create("runs", {"model": "bars", "input": {"b64": base64.b64encode(png(cross)).decode()}})
+    answered = wait_until(lambda: finished(client, run), what="the classification run")
+    assert answered["status"] == "succeeded" and answered["result"]["label"] == NEW, answered
+
+
+def test_bad_training_runs_fail_with_their_reason_and_cancel_writes_no_version(
+    make_backend, make_worker, connect, wait_until, bars, tmp_path
+):
+    folder, env = bars
+    store = tmp_path / "store"
+    backend = make_backend()
+    client = connect(backend.url)
+    worker = make_worker(backend.url, "w", "--store", str(store), models=[str(folder), "digits"], env=env)
+    for model, data, params, reason in (
+        ("bars", {"examples": examples(2)}, {"train": {"epochs": 0}}, "params.train.epochs must be a whole number"),
+        ("bars", {"examples": examples(2)}, {"train": {"lr": 1}}, "params.train: unknown key 'lr'"),
+        ("bars", {"images": []}, {"train": {}}, 'a training run\'s input is {"examples"'),
+        ("bars", {"examples": [{"x": {"b64": "bm90IGFuIGltYWdl"}, "y": "a"}]}, {"train": {}}, "input.examples:"),
+        ("digits", {"examples": []}, {"train": {}}, "model digits is not a model folder"),
+    ):
+        run = client.create("runs", {"model": model, "input": data, "params": params})
+        failed = wait_until(lambda run=run: finished(client, run), what="the bad run to fail")
+        assert failed["status"] == "failed" and reason in failed["error"], failed
+
+    run = training(client, each=LONG_EACH, epochs=200)
+    wait_until(lambda: client.get("runs", run["_id"])["progress"] > 0.05, what="the training to be under way")
+    assert client.patch("runs", run["_id"], {"status": "canceled"})["status"] == "canceled"
+    wait_until(lambda: f"run {run['_id']}: stopped (canceled)" in worker.log_text(), what="the worker to stop")
+    assert not (store / "bars").exists() or not any((store / "bars").iterdir()), "a canceled training wrote a version"
+
+
+def test_a_worker_killed_mid_training_is_resumed_from_its_checkpoint_by_the_next(
+    make_backend, make_worker, connect, wait_until, bars, tmp_path
+):
+    folder, env = bars
+    store = tmp_path / "store"
+    backend = make_backend()
+    client = connect(backend.url)
+    doomed = make_worker(backend.url, "doomed", *LEASE, "--store", str(store), models=[str(folder)], env=env)
+    run = training(client, each=LONG_EACH, epochs=200)
+    wait_until(lambda: client.get("runs", run["_id"])["progress"] > 0.1, what="some epochs to be done")
+    doomed.signal(signal.SIGKILL)
+    assert client.get("runs", run["_id"])["status"] == "running", "the training ended before the kill"
+    assert any((store / ".checkpoints").iterdir()), "no checkpoint in the shared store"
+
+    rescuer = make_worker(backend.url, "rescuer", *LEASE, "--store", str(store), models=[str(folder)], env=env)
+    done = wait_until(lambda: finished(client, run), what="the resumed training to finish")
+    assert done["status"] == "succeeded" and done["worker"].startswith("rescuer-"), done
+    assert f"run {run['_id']}: training resumed from its checkpoint after epoch" in rescuer.log_text()
+    assert done["result"]["metrics"]["epochs"] == 200
+    assert [p.name for p in (store / "bars").iterdir()] == [done["result"]["version"]]
+    assert not any((store / ".checkpoints").iterdir()), "a finished training leaves its checkpoint behind"
