@@ -21,7 +21,7 @@ them is refused with the limit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidSpec
@@ -56,17 +56,10 @@ class TrainConfig:
         return any(parameter == p or parameter.startswith(p + ".") for p in prefixes)
 
     def to_manifest(self) -> dict:
-        out: dict[str, Any] = {"head": self.head}
-        if self.layers:
-            out["layers"] = list(self.layers)
-        out.update(
-            optimizer=self.optimizer,
-            learning_rate=self.learning_rate,
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            holdout=self.holdout,
-            shift=self.shift,
-        )
+        out = asdict(self)
+        out["layers"] = list(self.layers)
+        if not self.layers:
+            del out["layers"]  # the head only: the default
         return out
 
 
