@@ -132,6 +132,32 @@ export class BackendRunModel extends ExternalModel {
     return done;
   }
 
+  /**
+   * Teach the model: a *training run* of it (a model folder with a `train:` section) on `examples`,
+   * Marcelle's dataset instances `{x, y}` (x: an image, a data URL or `{b64}`; y: its label, a new
+   * one adds a class), as an array or a Marcelle `dataset`. The worker fine-tunes it and streams
+   * Marcelle's TrainingStatus, which `$training` follows (for `trainingPlot` / `trainingProgress`);
+   * resolves with the new version `{model, version, parent, labels, metrics}`.
+   */
+  async train(examples, { epochs } = {}) {
+    const items = Array.isArray(examples) ? examples : await examples?.items?.().toArray?.();
+    if (!Array.isArray(items) || items.length === 0) {
+      throw this.report(new Error('backendRunModel.train: give examples, [{x, y}, ...] or a Marcelle dataset'));
+    }
+    const input = {
+      examples: items.map(({ x, y }) => ({ x: isImage(x) ? toInstance(x, x.width) : x, y })),
+    };
+    this.$training.set({ status: 'start', epochs });
+    try {
+      const version = await this.predict(input, { train: epochs ? { epochs } : {} });
+      this.$training.set({ status: 'success', data: version?.metrics ?? {} });
+      return version;
+    } catch (error) {
+      this.$training.set({ status: 'error', data: { message: error.message } });
+      throw error;
+    }
+  }
+
   /** Cancel the followed run (or the run `id`); the worker stops between steps. */
   async cancel(id = this.$run.get()?.id) {
     if (!id) return null;
@@ -163,6 +189,10 @@ export class BackendRunModel extends ExternalModel {
     this.$status.set(status);
     this.$progress.set(progress);
     if (run?.partial !== undefined) this.$partial.set(run.partial ?? null);
+    // A training run's partial is Marcelle's TrainingStatus.
+    if (run?.params?.train && run.partial && typeof run.partial === 'object' && status === 'running') {
+      this.$training.set(run.partial);
+    }
     if (status === 'succeeded') this.$result.set(run.result ?? null);
     const type = { succeeded: 'success', failed: 'danger', canceled: 'danger' }[status] ?? 'default';
     const worker = run?.worker ? ` (worker ${run.worker})` : '';

@@ -92,4 +92,24 @@ describe('backendRunModel', () => {
     model.destroy();
     expect(target.querySelector('[data-testid="run-status"]')).toBeNull();
   });
+
+  it('trains: a training run of Marcelle instances, $training following its TrainingStatus', async () => {
+    const client = new FakeRunClient([{ name: 'shapes', task: 'classification' }]);
+    const model = backendRunModel({ client, model: 'shapes' });
+    const statuses = [];
+    model.$training.subscribe((s) => statuses.push(s.status));
+    const trained = model.train([{ x: { b64: 'AAAA' }, y: 'star' }], { epochs: 3 });
+    await tick();
+    const [run] = client.created;
+    expect(run.input).toEqual({ examples: [{ x: { b64: 'AAAA' }, y: 'star' }] });
+    expect(run.params).toEqual({ train: { epochs: 3 } });
+    client.patch(run.id, { status: 'running', progress: 0.3, partial: { status: 'epoch', epoch: 1, epochs: 3 } });
+    expect(model.$training.get()).toEqual({ status: 'epoch', epoch: 1, epochs: 3 });
+    const version = { model: 'shapes', version: 'abc', metrics: { accuracy: 1 } };
+    client.patch(run.id, { status: 'succeeded', progress: 1, result: version });
+    await expect(trained).resolves.toEqual(version);
+    expect(model.$training.get()).toEqual({ status: 'success', data: { accuracy: 1 } });
+    expect(statuses).toEqual(expect.arrayContaining(['start', 'epoch', 'success']));
+    await expect(model.train([])).rejects.toThrow('give examples');
+  });
 });

@@ -158,6 +158,15 @@ export interface BackendRunModelOptions {
   testid?: string;
 }
 /** A Marcelle model whose predict() is a run in the Marcelle backend. */
+/** A model version a training run made (a model folder in the worker's store). */
+export interface ModelVersion {
+  model: string;
+  version: string;
+  parent: string;
+  labels: string[];
+  metrics: Record<string, unknown>;
+}
+
 export declare class BackendRunModel<R = unknown> extends Model<unknown, R> {
   client: RunClient;
   $status: Stream<'idle' | Run['status']>;
@@ -178,6 +187,12 @@ export declare class BackendRunModel<R = unknown> extends Model<unknown, R> {
   connect(): Promise<void>;
   /** Create a run on `input` (an image is sent as {b64}); resolves with its result. */
   predict(input: unknown, params?: Record<string, unknown>): Promise<R>;
+  /** A training run on Marcelle instances `{x, y}` (or a dataset); `$training` follows it. */
+  train(
+    examples:
+      Array<{ x: ImageLike | string | { b64: string }; y: string }> | { items(): { toArray(): Promise<unknown[]> } },
+    options?: { epochs?: number },
+  ): Promise<ModelVersion>;
   cancel(id?: string): Promise<Run | null>;
 }
 export declare function backendRunModel<R = unknown>(options: BackendRunModelOptions): BackendRunModel<R>;
