@@ -198,3 +198,43 @@ def test_what_cannot_be_trained_is_refused_with_its_reason(base_folder, user_pac
     )
     assert cli.returncode == 2 and "Traceback" not in cli.stderr
     assert cli.stderr.strip().splitlines()[-1].endswith("no such folder (one subfolder of images per label)")
+
+
+def test_model_init_with_a_train_head_makes_a_folder_that_model_finetune_teaches(base_folder, user_package, tmp_path):
+    """The user's way, all on the command line: init the state_dict as a trainable folder, then
+    teach it a folder of images with a new label."""
+    env = {**os.environ, "PYTHONPATH": str(user_package)}
+    cli = [sys.executable, "-m", "marcelle_torch.cli", "model"]
+    weights = base_folder / yaml.safe_load((base_folder / MANIFEST).read_text())["weights"]
+    init = [*cli, "init", str(weights), "--name", "bars", "--labels", ",".join(OLD), "--input", "image:16x16x1"]
+    init += ["--output", "logits"]
+    refused = subprocess.run(
+        [*init, "--train-head", "fc", "--out", str(tmp_path / "no")], capture_output=True, text=True, env=env
+    )
+    assert refused.returncode == 2 and "--train-head needs --module" in refused.stderr
+    assert not (tmp_path / "no").exists()
+
+    made = subprocess.run(
+        [*init, "--module", "bars_net:BarsNet", "--train-head", "fc", "--out", str(tmp_path / "bars")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert made.returncode == 0, made.stderr
+    assert yaml.safe_load((tmp_path / "bars" / MANIFEST).read_text())["train"] == {"head": "fc"}
+
+    examples_dir = tmp_path / "examples"
+    for i, (x, label) in enumerate(drawings([*OLD, NEW], 5, seed=4)):
+        (examples_dir / label).mkdir(parents=True, exist_ok=True)
+        (examples_dir / label / f"{i}.png").write_bytes(png(x))
+    taught = subprocess.run(
+        [*cli, "finetune", str(tmp_path / "bars"), str(examples_dir), "--store", str(tmp_path / "store")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert taught.returncode == 0, taught.stderr
+    assert "new labels: cross" in taught.stdout and "epoch 10/10:" in taught.stdout  # the default epochs
+    (version,) = (tmp_path / "store" / "bars").iterdir()
+    assert load_folder(version).labels == (*OLD, NEW)

@@ -549,9 +549,11 @@ def write_folder(
     std: list[float] | None = None,
     module: str | None = None,
     description: str | None = None,
+    train: dict | None = None,
 ) -> ModelSpec:
-    """Writes a model folder at ``out`` (the weights copied in, the manifest with their sha256),
-    loads it to check it, and only then puts it in place: a refused folder leaves nothing."""
+    """Writes a model folder at ``out`` (the weights copied in, the manifest with their sha256, and
+    ``train``, how it is fine-tuned, when given), loads it to check it, and only then puts it in
+    place: a refused folder leaves nothing."""
     import yaml
 
     weights, out = Path(weights), Path(out)
@@ -576,6 +578,8 @@ def write_folder(
     manifest["output"] = output
     if description:
         manifest["description"] = description
+    if train is not None:
+        manifest["train"] = train
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part"))
     try:

@@ -63,6 +63,13 @@ def register(subparsers) -> None:
     p.add_argument("--std", type=_floats, default=None, help="per-channel std, e.g. 0.229,0.224,0.225")
     p.add_argument("--module", default=None, help="package.module:Class, for a state_dict")
     p.add_argument("--description", default=None)
+    p.add_argument(
+        "--train-head",
+        default=None,
+        metavar="NAME",
+        help="make it trainable (`model finetune`, training runs): NAME is the module's last nn.Linear "
+        "(e.g. fc, or head.4); needs --module. The other train: keys keep their defaults",
+    )
     p.add_argument("--out", type=Path, default=None, help="the folder to write (default: ./NAME)")
     p.set_defaults(func=cmd_model_init)
     p = commands.add_parser("check", help="load a model and check it on the three paths (Serve, worker, ONNX)")
@@ -105,8 +112,11 @@ def _floats(text: str) -> list[float]:
 
 
 def cmd_model_init(args) -> int:
+    from ..errors import InvalidInput
     from ..models.folder import write_folder
 
+    if args.train_head and not args.module:
+        raise InvalidInput("--train-head needs --module: only a state_dict with its module class can be trained")
     out = args.out or Path(args.name)
     spec = write_folder(
         args.weights,
@@ -119,6 +129,7 @@ def cmd_model_init(args) -> int:
         std=args.std,
         module=args.module,
         description=args.description,
+        train={"head": args.train_head} if args.train_head else None,
     )
     print(f"{spec.name}: wrote {out}/ ({len(spec.labels)} labels, input {spec.input.to_json()['shape']}, loads)")
     print(f"next: marcelle-torch model check {out}")

@@ -9,7 +9,6 @@ import textwrap
 from pathlib import Path
 
 import torch
-import yaml
 
 SIZE = 16
 OLD = ["horizontal", "vertical"]
@@ -75,7 +74,7 @@ def make_trainable_folder(workdir: Path, package: Path) -> Path:
     import importlib
     import sys
 
-    from marcelle_torch.models.folder import MANIFEST, write_folder
+    from marcelle_torch.models.folder import write_folder
 
     sys.path.insert(0, str(package))
     try:
@@ -102,8 +101,6 @@ def make_trainable_folder(workdir: Path, package: Path) -> Path:
         input_text=f"image:{SIZE}x{SIZE}x1",
         output="logits",
         module="bars_net:BarsNet",
+        train=TRAIN,
     )
-    manifest = yaml.safe_load((folder / MANIFEST).read_text())
-    manifest["train"] = TRAIN
-    (folder / MANIFEST).write_text(yaml.safe_dump(manifest, sort_keys=False))
     return folder
