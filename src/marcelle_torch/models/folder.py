@@ -36,7 +36,7 @@ import shutil
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -401,42 +401,33 @@ def _train_config(manifest: dict, weights: Path, module_ref: str | None) -> Trai
 
 @dataclass(frozen=True)
 class Trainable:
-    """What fine-tuning needs of a model folder: its checked manifest and spec, the user's own
-    module (with its weights), and how to wrap it as every path runs it (``wrap(inner)``: [0,1]
-    pixels in, probabilities out)."""
+    """What fine-tuning needs of a model folder: its checked manifest and spec, how it is trained,
+    and its module as every path runs it (``module``: [0,1] pixels in, probabilities out), whose
+    ``inner`` is the user's own module with its weights."""
 
     folder: Path
     manifest: dict
     spec: ModelSpec
     config: TrainConfig
-    inner: torch.nn.Module
-    wrap: Callable[[torch.nn.Module], torch.nn.Module]
+    module: torch.nn.Module
+
+    @property
+    def inner(self) -> torch.nn.Module:
+        import torch
+
+        inner = self.module.inner
+        assert isinstance(inner, torch.nn.Module)  # FolderModel's: the user's module
+        return inner
 
 
 def load_trainable(folder: Path) -> Trainable:
     """The model folder at ``folder``, ready to fine-tune; says why when it is not trainable."""
     folder = Path(folder)
-    spec = load_folder(folder)
+    spec = load_folder(folder)  # checks the manifest, its train section and the output contract
     manifest = read_manifest(folder)
     if "train" not in manifest:
         raise InvalidSpec(f"model {spec.name} is not trainable: its {MANIFEST} has no `train:` section")
-    module_ref = manifest.get("module")
-    weights = folder / str(manifest["weights"])
-    config = _train_config(manifest, weights, module_ref)
-    assert config is not None
-    schema, mean, std = _input_schema(manifest["input"])
-    channels = schema.channels if isinstance(schema, ImageInput) else 1
-    folder_model, _ = _model_class()
-    logits = manifest["output"] == "logits"
-    inner = _load_user_module(weights, module_ref, config.head)
-    return Trainable(
-        folder=folder,
-        manifest=manifest,
-        spec=spec,
-        config=config,
-        inner=inner,
-        wrap=lambda module: folder_model(module, mean, std, logits, channels),
-    )
+    return Trainable(folder, manifest, spec, parse_train(manifest["train"]), spec.build())
 
 
 def check_output_contract(

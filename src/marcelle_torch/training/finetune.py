@@ -21,14 +21,15 @@ import io
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import InvalidInput, MarcelleTorchError
+from ..files import atomic_write
 from ..models.folder import MANIFEST, Trainable, load_folder, load_trainable
 from ..models.spec import ModelSpec
 from ..models.trainable import MAX_EXAMPLES, TrainConfig, resize_head
@@ -122,13 +123,6 @@ def _optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=config.learning_rate)
 
 
-def _save_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        torch.save(obj, tmp)
-    Path(tmp.name).replace(path)
-
-
 def fine_tune(
     folder: Path,
     examples: Sequence[Example],
@@ -142,22 +136,23 @@ def fine_tune(
     """Fine-tune the model folder at ``folder`` on ``examples``; write and return the new version."""
     model = load_trainable(Path(folder))
     checkpoint = Path(checkpoint) if checkpoint is not None else None
-    config = model.config if epochs is None else TrainConfig(**{**model.config.__dict__, "epochs": epochs})
+    config = model.config if epochs is None else replace(model.config, epochs=epochs)
     spec = model.spec
     _check_examples(examples, spec)
     report = on_status or (lambda event: None)
     stop = should_stop or (lambda: False)
     new_labels = sorted({y for _, y in examples} - set(spec.labels))
     labels = [*spec.labels, *new_labels]
-    resize_head(model.inner, config.head, len(labels))
-    for name, param in model.inner.named_parameters():
+    inner = model.inner  # the user's own module, inside the normalisation and softmax
+    resize_head(inner, config.head, len(labels))
+    for name, param in inner.named_parameters():
         param.requires_grad_(config.trains(name))
-    trained = [p for p in model.inner.parameters() if p.requires_grad]
+    trained = [p for p in inner.parameters() if p.requires_grad]
     if not trained:
         raise InvalidInput(f"train.layers {list(config.layers)} names none of the model's parameters")
     # Eval mode while training the chosen layers: frozen BatchNorm statistics, no dropout noise on
     # a few dozen examples, and the same numbers as the served model for the same weights.
-    wrapped = model.wrap(model.inner).eval()
+    wrapped = model.module.eval()
     optimizer = _optimizer(config, trained)
 
     digest = examples_digest(examples)
@@ -176,7 +171,7 @@ def fine_tune(
     if checkpoint is not None and checkpoint.is_file():
         saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
         if saved.get("key") == resume_key:
-            model.inner.load_state_dict(saved["model"])
+            inner.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
             generator.set_state(saved["generator"])
             history = saved["history"]
@@ -207,11 +202,15 @@ def fine_tune(
                 "lossVal": held_loss, "accuracyVal": held_accuracy}  # fmt: skip
         history.append(logs)
         if checkpoint is not None:
-            _save_atomic(
-                {"key": resume_key, "epoch": epoch, "model": model.inner.state_dict(),
-                 "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "history": history},
-                checkpoint,
-            )  # fmt: skip
+            state = {
+                "key": resume_key,
+                "epoch": epoch,
+                "model": inner.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(),
+                "history": history,
+            }
+            atomic_write(checkpoint, partial(torch.save, state))
         report({"status": "epoch", "epoch": epoch, "epochs": config.epochs, "data": logs})
 
     metrics = _metrics(wrapped, held_x, held_y, labels, history)
@@ -219,12 +218,14 @@ def fine_tune(
     if checkpoint is not None:
         checkpoint.unlink(missing_ok=True)  # done: a rerun trains afresh, it does not resume
     report({"status": "success", "epoch": config.epochs, "epochs": config.epochs, "version": version.version,
-            "data": history[-1] if history else {}})  # fmt: skip
+            "data": history[-1]})  # fmt: skip
     return version
 
 
 def _metrics(model, held_x, held_y, labels: Sequence[str], history: list[dict]) -> dict:
-    loss, accuracy = _evaluate(model, held_x, held_y)
+    """The version's held-out scores: the last epoch's (the weights have not changed since), and
+    its accuracy per label."""
+    last = history[-1]
     per_label = {}
     if len(held_x):
         with torch.no_grad():
@@ -233,12 +234,11 @@ def _metrics(model, held_x, held_y, labels: Sequence[str], history: list[dict]) 
             mine = held_y == i
             if mine.any():
                 per_label[label] = round(float((predicted[mine] == i).float().mean()), 4)
-    last = history[-1] if history else {}
     return {
         "held_out": int(len(held_x)),
-        "accuracy": None if len(held_x) == 0 else round(accuracy, 4),
-        "loss": None if len(held_x) == 0 else round(loss, 4),
-        "train_accuracy": round(last.get("accuracy", float("nan")), 4),
+        "accuracy": None if len(held_x) == 0 else round(last["accuracyVal"], 4),
+        "loss": None if len(held_x) == 0 else round(last["lossVal"], 4),
+        "train_accuracy": round(last["accuracy"], 4),
         "per_label": per_label,
         "epochs": len(history),
     }
