@@ -13,6 +13,7 @@ import base64
 import collections
 import signal
 import threading
+import types
 
 import pytest
 import yaml
@@ -30,6 +31,20 @@ def bars(tmp_path_factory):
     package = write_user_package(tmp_path_factory.mktemp("userpkg"))
     folder = make_trainable_folder(tmp_path_factory.mktemp("bars"), package)
     return folder, {"PYTHONPATH": str(package)}
+
+
+@pytest.fixture
+def setting(make_backend, make_worker, connect, bars, tmp_path):
+    """A backend, a client of it, the store, and ``trainer(name, *flags, models=None)``: a worker
+    of the user's model (or of ``models``) that writes its versions to that store."""
+    folder, env = bars
+    backend = make_backend()
+    store = tmp_path / "store"
+
+    def trainer(name: str, *flags: str, models: list[str] | None = None):
+        return make_worker(backend.url, name, "--store", str(store), *flags, models=models or [str(folder)], env=env)
+
+    return types.SimpleNamespace(backend=backend, client=connect(backend.url), store=store, trainer=trainer)
 
 
 def examples(each: int, seed: int = 2) -> list[dict]:
@@ -61,17 +76,10 @@ def record_partials(client):
     return seen
 
 
-def test_a_training_run_makes_a_new_version_that_a_worker_then_serves(
-    make_backend, make_worker, connect, wait_until, bars, tmp_path
-):
-    folder, env = bars
-    store = tmp_path / "store"
-    backend = make_backend()
-    client = connect(backend.url)
+def test_a_training_run_makes_a_new_version_that_a_worker_then_serves(setting, wait_until):
+    client, store = setting.client, setting.store
     partials = record_partials(client)
-    trainer = make_worker(
-        backend.url, "trainer", "--store", str(store), "--max-updates-per-second", "50", models=[str(folder)], env=env
-    )
+    trainer = setting.trainer("trainer", "--max-updates-per-second", "50")
     run = training(client)
     done = wait_until(lambda: finished(client, run), what="the training run to finish")
     assert done["status"] == "succeeded", done
@@ -92,21 +100,16 @@ def test_a_training_run_makes_a_new_version_that_a_worker_then_serves(
 
     # The new version, served by a worker: it knows the cross.
     trainer.stop()
-    make_worker(backend.url, "server", models=[str(version)], env=env)
+    setting.trainer("server", models=[str(version)])
     (cross, _), *_ = drawings([NEW], 1, seed=9)
     run = client.create("runs", {"model": "bars", "input": {"b64": base64.b64encode(png(cross)).decode()}})
     answered = wait_until(lambda: finished(client, run), what="the classification run")
     assert answered["status"] == "succeeded" and answered["result"]["label"] == NEW, answered
 
 
-def test_bad_training_runs_fail_with_their_reason_and_cancel_writes_no_version(
-    make_backend, make_worker, connect, wait_until, bars, tmp_path
-):
-    folder, env = bars
-    store = tmp_path / "store"
-    backend = make_backend()
-    client = connect(backend.url)
-    worker = make_worker(backend.url, "w", "--store", str(store), models=[str(folder), "digits"], env=env)
+def test_bad_training_runs_fail_with_their_reason_and_cancel_writes_no_version(setting, bars, wait_until):
+    client, store = setting.client, setting.store
+    worker = setting.trainer("w", models=[str(bars[0]), "digits"])
     for model, data, params, reason in (
         ("bars", {"examples": examples(2)}, {"train": {"epochs": 0}}, "params.train.epochs must be a whole number"),
         ("bars", {"examples": examples(2)}, {"train": {"lr": 1}}, "params.train: unknown key 'lr'"),
@@ -125,21 +128,16 @@ def test_bad_training_runs_fail_with_their_reason_and_cancel_writes_no_version(
     assert not (store / "bars").exists() or not any((store / "bars").iterdir()), "a canceled training wrote a version"
 
 
-def test_a_worker_killed_mid_training_is_resumed_from_its_checkpoint_by_the_next(
-    make_backend, make_worker, connect, wait_until, bars, tmp_path
-):
-    folder, env = bars
-    store = tmp_path / "store"
-    backend = make_backend()
-    client = connect(backend.url)
-    doomed = make_worker(backend.url, "doomed", *LEASE, "--store", str(store), models=[str(folder)], env=env)
+def test_a_worker_killed_mid_training_is_resumed_from_its_checkpoint_by_the_next(setting, wait_until):
+    client, store = setting.client, setting.store
+    doomed = setting.trainer("doomed", *LEASE)
     run = training(client, each=LONG_EACH, epochs=200)
     wait_until(lambda: client.get("runs", run["_id"])["progress"] > 0.1, what="some epochs to be done")
     doomed.signal(signal.SIGKILL)
     assert client.get("runs", run["_id"])["status"] == "running", "the training ended before the kill"
     assert any((store / ".checkpoints").iterdir()), "no checkpoint in the shared store"
 
-    rescuer = make_worker(backend.url, "rescuer", *LEASE, "--store", str(store), models=[str(folder)], env=env)
+    rescuer = setting.trainer("rescuer", *LEASE)
     done = wait_until(lambda: finished(client, run), what="the resumed training to finish")
     assert done["status"] == "succeeded" and done["worker"].startswith("rescuer-"), done
     assert f"run {run['_id']}: training resumed from its checkpoint after epoch" in rescuer.log_text()
