@@ -199,9 +199,17 @@ export class BackendRunModel extends ExternalModel {
     const name = run ? `${run.model}: ` : '';
     this.$progressBar.set({ type, message: `${name}${STATUS_TEXT[status] ?? status}${worker}`, progress });
     this.cancelButton.$disabled.set(!run || !ACTIVE.includes(status));
-    const resultImage = imageURL(run?.result?.image);
-    this.showImage(resultImage ?? imageURL(this.$partial.get()), resultImage ? 'result' : 'partial');
+    const { src, kind } = this.runImage();
+    this.showImage(src, kind);
     this.renderRun();
+  }
+
+  /** The followed run's image to show: its result's, else its last intermediate one (or none). */
+  runImage() {
+    const result = imageURL(this.$run.get()?.result?.image);
+    if (result) return { src: result, kind: 'result' };
+    const partial = imageURL(this.$partial.get());
+    return { src: partial, kind: partial ? 'partial' : null };
   }
 
   /** Decode the run's image (a data URL) for imageDisplay; a newer image wins over a late decode. */
@@ -232,17 +240,15 @@ export class BackendRunModel extends ExternalModel {
 
   renderRun() {
     if (!this.nodes) return;
-    const run = this.$run.get();
     const { status, progress, image, error } = this.nodes;
     status.dataset.status = this.$status.get();
     status.textContent = this.$progressBar.get().message;
     progress.dataset.progress = String(this.$progress.get());
-    const resultImage = imageURL(run?.result?.image);
-    const src = resultImage ?? imageURL(this.$partial.get());
+    const { src, kind } = this.runImage();
     image.style.display = src ? '' : 'none';
     if (src) {
       image.dataset.src = src;
-      image.dataset.kind = resultImage ? 'result' : 'partial';
+      image.dataset.kind = kind;
     } else {
       delete image.dataset.src;
       delete image.dataset.kind;

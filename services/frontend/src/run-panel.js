@@ -35,13 +35,6 @@ export function describe(run) {
   return `${run.model}: image`;
 }
 
-/** A Marcelle select without a title of its own (the panel's rows label it). */
-function picker(options, value) {
-  const widget = select(options, value);
-  widget.title = '';
-  return widget;
-}
-
 /** Offer `names` in `widget`, keeping its value when still offered (else `preferred`, else the first). */
 function offer(widget, names, preferred) {
   const keep = [widget.$value.get(), preferred].find((name) => names.includes(name)) ?? names[0];
@@ -49,6 +42,7 @@ function offer(widget, names, preferred) {
   if (keep !== undefined) widget.$value.set(keep);
 }
 
+/** A Marcelle widget without a title of its own (the panel's rows label it). */
 function untitled(widget) {
   widget.title = '';
   return widget;
@@ -73,11 +67,11 @@ export class RunPanel extends Component {
       account: untitled(text('')),
       login: untitled(button('Log in')),
       logout: untitled(button('Log out')),
-      'generator-model': picker([]),
-      digit: picker(DIGITS, '3'),
+      'generator-model': untitled(select([])),
+      digit: untitled(select(DIGITS, '3')),
       steps: untitled(number(defaultSteps)),
       generate: untitled(button('Generate')),
-      'classifier-model': picker([]),
+      'classifier-model': untitled(select([])),
       classify: untitled(button('Classify the image')),
       'no-models': untitled(text('No worker serves a model yet: start one with <code>marcelle-torch worker</code>.')),
       result: untitled(text('')),
