@@ -21,8 +21,11 @@ NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").e
 
 
 @contextlib.contextmanager
-def run_nginx(workdir: Path, html: Path, serve_upstream: str, backend_upstream: str) -> Iterator[str]:
-    """nginx serving ``html`` and proxying ``/serve/`` and ``/backend/`` to those host:ports; the URL."""
+def run_nginx(
+    workdir: Path, html: Path, serve_upstream: str, backend_upstream: str, store: Path | None = None
+) -> Iterator[str]:
+    """nginx serving ``html`` and proxying ``/serve/`` and ``/backend/`` to those host:ports; the URL.
+    ``store``: the model store whose published ONNX bundles it serves first (default: none there)."""
     assert NGINX is not None, "no nginx binary (Debian's nginx-light: make system-deps)"
     port = free_port()
     env = {
@@ -30,6 +33,7 @@ def run_nginx(workdir: Path, html: Path, serve_upstream: str, backend_upstream: 
         "SERVE_UPSTREAM": serve_upstream,
         "BACKEND_UPSTREAM": backend_upstream,
         "NGINX_LOCAL_RESOLVERS": "127.0.0.1",
+        "MARCELLE_TORCH_STORE": str(store or workdir / "no-store"),
     }
     template = (REPO / "services" / "frontend" / "nginx.conf").read_text()
     # envsubst of the defined variables only, as the image's 20-envsubst-on-templates.sh does.

@@ -52,7 +52,7 @@ with the generated password above (NOTES print both commands). The backend serve
 data service only (`backend.services`).
 
 Value sets tested in CI are in `ci/` (CPU default, GPU, MongoDB, auth, Ingress, HTTPRoute,
-monitoring, models). The serve config is `files/serve_config.yaml`, a copy of
+monitoring, models, training). The serve config is `files/serve_config.yaml`, a copy of
 `src/marcelle_torch/serving/serve_config.yaml` kept identical by `make chart-sync` (a test
 fails when they differ). The chart changes only the model deployments: with `gpu.enabled`,
 `ray_actor_options.num_gpus` and `autoscaling_config.min_replicas` (`gpu.modelMinReplicas`,
@@ -97,6 +97,16 @@ Things to know:
   no rule here; a cluster that denies egress must allow DNS and the model host to these Pods.
   Changing `models` changes the Ray Pods, so it rolls out as an upgrade (a new Ray cluster with
   `NewCluster`).
+- **Training** (`training.enabled`, off): a `<release>-trainer` Deployment (the run worker's
+  image and command, or the GPU Ray image with `training.gpus` on the GPU node pool) claims the
+  training runs of the trainable `models` and writes each new version into the model store, a
+  `ReadWriteMany` claim (`modelStore`) mounted at `/var/lib/marcelle-torch/store`
+  (`MARCELLE_TORCH_STORE`) in the trainer and the run worker (read-write: training and publish
+  runs), every Ray Pod (read-only: Serve replicas follow `published`) and the web app (read-only:
+  nginx serves `/onnx/<model>/` from the published version's bundle when there is one). The
+  claim's root must be writable by uid 10001 (most RWX provisioners make it world-writable).
+  The trainer, like the run worker, only connects out: its NetworkPolicy admits Prometheus only
+  (`ci/training-values.yaml`).
 - **Monitoring**: alert rules and dashboard queries match the release's namespace, so several
   releases share one Prometheus without answering for each other.
 

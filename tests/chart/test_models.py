@@ -36,7 +36,17 @@ def model_refs() -> list[str]:
     return refs
 
 
-@pytest.mark.parametrize("values", [v for v in CI_VALUES if v.name != "models-values.yaml"], ids=lambda v: v.name)
+WITHOUT_MODELS = [v for v in CI_VALUES if not (yaml.safe_load(v.read_text()) or {}).get("models")]
+
+
+def test_the_value_sets_without_models():
+    assert {v.name for v in CI_VALUES} - {v.name for v in WITHOUT_MODELS} == {
+        "models-values.yaml",
+        "training-values.yaml",  # the trainer fine-tunes a model of `models` (test_training.py)
+    }
+
+
+@pytest.mark.parametrize("values", WITHOUT_MODELS, ids=lambda v: v.name)
 def test_without_models_nothing_is_added(values):
     objects = render(values)
     for owner, spec in pod_specs(objects):

@@ -168,6 +168,10 @@ def monitoring(v):
     return v["monitoring"]["enabled"]
 
 
+def monitoring_and_training(v):
+    return v["monitoring"]["enabled"] and v["training"]["enabled"]
+
+
 def webapp_open(v):
     return not v["networkPolicy"]["webappFrom"]
 
@@ -178,6 +182,10 @@ def models(v):
 
 def gcs_ft(v):
     return v["ray"]["gcsFaultTolerance"]["enabled"]
+
+
+def training(v):
+    return v["training"]["enabled"]
 
 
 RAY_PODS = ("head", "ray-cpu")
@@ -198,6 +206,7 @@ NEEDED = [
     Flow("webapp", "head", "serve", "nginx proxies /serve/ to <release>-serve-svc, whose endpoints include the head"),
     Flow("webapp", "ray-cpu", "serve", "... and every Ray worker with a healthy Serve proxy"),
     Flow("worker", "backend", "http", "the run worker's Socket.IO connection"),
+    Flow("trainer", "backend", "http", "the training worker's Socket.IO connection", training),
     Flow("operator", "head", "dashboard", "RayService controller: Serve config and status on the dashboard"),
     Flow("operator", "head", "serve", "RayService controller: the head's Serve proxy health (its serve label)"),
     Flow("prometheus", "head", "metrics", "PodMonitor: Ray metrics", monitoring),
@@ -206,6 +215,7 @@ NEEDED = [
     Flow("prometheus", "ray-cpu", "metrics", "PodMonitor: Ray metrics of the workers", monitoring),
     Flow("prometheus", "worker", "metrics", "PodMonitor: the run worker's metrics", monitoring),
     Flow("prometheus", "worker", "probe", "PodMonitor: the health probe sidecar", monitoring),
+    Flow("prometheus", "trainer", "metrics", "PodMonitor: the training worker's metrics", monitoring_and_training),
     Flow("worker", "webapp", "http", "the health probe sidecar (in the worker Pods) GETs the web app", monitoring),
     Flow("worker", "backend", "http", "the health probe sidecar GETs the backend", monitoring),
     Flow("ray-cpu", "head", 6379, "a Ray worker joins and talks to the GCS"),
@@ -220,6 +230,7 @@ NEEDED = [
         Flow(p, "model-host", 443, "init containers download `models`", models)
         for p in ("head", "ray-cpu", "worker", "webapp")
     ],
+    Flow("trainer", "model-host", 443, "its init containers download the trainable `models`", training),
     Flow("head", "redis", 6379, "the GCS keeps the cluster's state in Redis (ray.gcsFaultTolerance)", gcs_ft),
     Flow("redis-cleanup", "redis", 6379, "KubeRay's cleanup Job deletes a deleted cluster's keys", gcs_ft),
 ]
@@ -252,6 +263,16 @@ UNNEEDED = [
     Flow("tenant", "webapp", "http", "webappFrom names who may", lambda v: not webapp_open(v)),
     Flow("api-server", "head", "dashboard", "the API server proxies only with --use-kubernetes-proxy"),
     Flow("operator", "redis-cleanup", "dashboard", "the cleanup Job is no head: it serves nothing"),
+    Flow("neighbour", "trainer", "metrics", "the trainer connects out; Prometheus alone reaches it", training),
+    Flow("tenant", "trainer", "metrics", "another tenant", training),
+    Flow("webapp", "trainer", "metrics", "the web app talks to the backend and Serve only", training),
+    Flow("backend", "trainer", "metrics", "the backend answers the trainer, never calls it", training),
+    Flow("worker", "trainer", "metrics", "workers share runs through the backend only", training),
+    Flow("head", "trainer", "metrics", "Ray has no business with the trainer", training),
+    Flow("trainer", "head", "serve", "the trainer runs its models itself", training),
+    Flow("trainer", "head", "dashboard", "the trainer needs no Ray", training),
+    Flow("trainer", "head", "gcs-server", "the trainer is no Ray node", training),
+    Flow("internet", "trainer", "metrics", "outside the cluster", training),
 ]
 
 
@@ -336,7 +357,13 @@ def test_kubernetes_proxy_peers_are_admitted_like_the_operator(tmp_path):
     assert not wrong, "\n".join(wrong)
 
 
+def test_the_trainer_with_monitoring():
+    """The training set with monitoring: Prometheus scrapes the trainer, nobody else reaches it."""
+    wrong = check(*network_and_pods((ci_values("training"), ci_values("monitoring"))))
+    assert not wrong, "\n".join(wrong)
+
+
 def test_every_flow_names_ports_the_pods_have():
-    _, _, pods = network_and_pods((ci_values("monitoring"), ci_values("models")))
+    _, _, pods = network_and_pods((ci_values("monitoring"), ci_values("models"), ci_values("training")))
     for flow in NEEDED + UNNEEDED:
         port_number(pods, flow)

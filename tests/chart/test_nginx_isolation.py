@@ -90,3 +90,75 @@ def test_unreachable_upstreams_are_still_json_503(nginx, path, key):
     status, headers, body = get(nginx + path)
     assert status == 503 and headers["Retry-After"] == "1"
     assert key in json.loads(body)
+
+
+# --- the model store's published ONNX bundles (training in the loop) -------------------------
+
+
+@pytest.fixture
+def store_nginx(tmp_path):
+    """nginx with a model store beside the app's files: `digits` has two versions, `other` none."""
+    from marcelle_torch.models.store import ModelStore
+
+    html = tmp_path / "html"
+    (html / "onnx" / "digits").mkdir(parents=True)
+    (html / "onnx" / "other").mkdir(parents=True)
+    (html / "onnx" / "digits" / "model.onnx").write_bytes(b"image bundle")
+    (html / "onnx" / "other" / "model.onnx").write_bytes(b"other image bundle")
+    root = tmp_path / "store"
+    for version in ("aaaaaaaaaaaa", "bbbbbbbbbbbb"):
+        folder = root / "digits" / version
+        (folder / "onnx").mkdir(parents=True)
+        (folder / "marcelle-model.yaml").write_text("name: digits\n")
+        (folder / "onnx" / "model.onnx").write_bytes(f"version {version}".encode())
+        (folder / "weights.pt").write_bytes(b"weights")
+    (root / ".checkpoints").mkdir()
+    (root / ".checkpoints" / "run.pt").write_bytes(b"checkpoint")
+    store = ModelStore(root)
+    store.publish("digits", "aaaaaaaaaaaa")
+    closed = f"127.0.0.1:{_closed_port()}"
+    with run_nginx(tmp_path, html, closed, closed, store=root) as url:
+        yield url, store
+
+
+def test_a_published_versions_bundle_is_served_from_the_store(store_nginx):
+    url, store = store_nginx
+    status, headers, body = get(url + "/onnx/digits/model.onnx")
+    assert (status, body) == (200, b"version aaaaaaaaaaaa")
+    # The /onnx/ location's own headers and the isolation and security headers, as the image's bundle has.
+    assert headers["Cache-Control"] == "no-cache" and headers["Content-Type"] == "application/octet-stream"
+    for name, value in security_headers().items():
+        assert headers.get_all(name) == [value], name
+    # A publish (or a rollback) is one symlink swap: the next request follows it, no reload.
+    store.publish("digits", "bbbbbbbbbbbb")
+    assert get(url + "/onnx/digits/model.onnx")[2] == b"version bbbbbbbbbbbb"
+    store.publish("digits", None)  # back to the model's own weights: the image's bundle
+    assert get(url + "/onnx/digits/model.onnx")[2] == b"image bundle"
+
+
+def test_without_a_published_version_the_images_bundle_is_served(store_nginx):
+    url, _ = store_nginx
+    status, headers, body = get(url + "/onnx/other/model.onnx")
+    assert (status, body) == (200, b"other image bundle")
+    assert headers["Cache-Control"] == "no-cache"
+    for name, value in security_headers().items():
+        assert headers.get_all(name) == [value], name
+    status, headers, _ = get(url + "/onnx/other/missing.onnx")
+    assert status == 404 and headers["Cross-Origin-Embedder-Policy"] == "require-corp"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/onnx/digits/../aaaaaaaaaaaa/weights.pt",
+        "/onnx/digits/aaaaaaaaaaaa/weights.pt",
+        "/onnx/digits/%2e%2e/aaaaaaaaaaaa/weights.pt",
+        "/onnx/.checkpoints/run.pt",
+        "/onnx/digits/..%2f..%2f.checkpoints/run.pt",
+        "/onnx/digits/../../.checkpoints/run.pt",
+    ],
+)
+def test_only_the_published_bundle_of_the_store_is_reachable(store_nginx, path):
+    url, _ = store_nginx
+    status, _, body = get(url + path)
+    assert status in (400, 404) and b"weights" not in body and b"checkpoint" not in body, (status, body)

@@ -32,7 +32,8 @@ digits,digits-generator
 {{/*
 The init containers of a Pod that uses the models; call with (dict "ctx" $ "image" <image>
 "onnx" bool). `onnx`: the web app Pod, where each model's ONNX bundle is also exported into
-the `onnx-models` emptyDir that nginx serves at /onnx/<name>/. They run as the Ray image's
+the `onnx-models` emptyDir that nginx serves at /onnx/<name>/. `names` (a list, optional): only
+those of the models (the trainer's). They run as the Ray image's
 user (1000:100; the Pod's fsGroup makes the emptyDirs writable to it), with a read-only root
 and /tmp (download cache, temporary files) on the `models-tmp` emptyDir. A failure's last line
 of log is the container's termination message (what `kubectl describe pod` shows).
@@ -40,6 +41,7 @@ of log is the container's termination message (what `kubectl describe pod` shows
 {{- define "mt.modelInitContainers" -}}
 {{- $ctx := .ctx -}}
 {{- range $i, $m := $ctx.Values.models }}
+{{- if or (not (hasKey $ "names")) (has $m.name $.names) }}
 {{- $ref := printf "%s#sha256=%s" ($m.uri | default "") ($m.sha256 | default "") }}
 {{- if $m.pvc }}{{ $ref = printf "/model-sources/%d/%s" $i ($m.pvc.subPath | default "") | trimSuffix "/" }}{{ end }}
 - name: {{ printf "fetch-%d-%s" $i $m.name | trunc 63 | trimSuffix "-" }}
@@ -51,6 +53,7 @@ of log is the container's termination message (what `kubectl describe pod` shows
     {{- if $m.pvc }}
     - {name: {{ printf "model-source-%d" $i }}, mountPath: {{ printf "/model-sources/%d" $i }}, readOnly: true}
     {{- end }}
+{{- end }}
 {{- end }}
 {{- if .onnx }}
 {{- range $i, $m := $ctx.Values.models }}
@@ -80,7 +83,8 @@ securityContext:
 terminationMessagePolicy: FallbackToLogsOnError
 {{- end }}
 
-{{/* The volumes of a Pod that uses the models; call with (dict "ctx" $ "onnx" bool). */}}
+{{/* The volumes of a Pod that uses the models; call with (dict "ctx" $ "onnx" bool), and
+"names" (a list) where the Pod takes only those of the models (the trainer). */}}
 {{- define "mt.modelVolumes" -}}
 {{- if .ctx.Values.models }}
 - name: models
@@ -92,7 +96,7 @@ terminationMessagePolicy: FallbackToLogsOnError
   emptyDir: {sizeLimit: {{ .ctx.Values.modelInit.sizeLimit }}}
 {{- end }}
 {{- range $i, $m := .ctx.Values.models }}
-{{- if $m.pvc }}
+{{- if and $m.pvc (or (not (hasKey $ "names")) (has $m.name $.names)) }}
 - name: {{ printf "model-source-%d" $i }}
   persistentVolumeClaim: {claimName: {{ $m.pvc.claimName | quote }}, readOnly: true}
 {{- end }}
@@ -105,4 +109,65 @@ terminationMessagePolicy: FallbackToLogsOnError
 {{- if .Values.models }}
 - {name: models, mountPath: /models, readOnly: true}
 {{- end }}
+{{- end }}
+
+{{/*
+The model store (modelStore; training turns it on): one PersistentVolumeClaim, mounted at one
+path with MARCELLE_TORCH_STORE naming it (src/marcelle_torch/models/store.py), read-write where
+runs write versions or publish them (the trainer, the run worker, both uid 10001 and fsGroup
+10001), read-only where `published` is only followed (Ray Pods, the web app's nginx). A reader's
+volume is read-only too, so the kubelet never changes the claim's group to the reader's fsGroup
+(it skips read-only volumes), which would take the writers' group access away.
+*/}}
+{{- define "mt.storeEnabled" -}}
+{{- if or .Values.training.enabled .Values.modelStore.enabled }}true{{ end -}}
+{{- end }}
+
+{{- define "mt.storePath" -}}
+/var/lib/marcelle-torch/store
+{{- end }}
+
+{{- define "mt.storeClaimName" -}}
+{{- .Values.modelStore.existingClaim | default (printf "%s-model-store" (include "mt.fullname" .)) }}
+{{- end }}
+
+{{/* call with (dict "ctx" $ "readOnly" bool) */}}
+{{- define "mt.storeVolumes" -}}
+{{- if include "mt.storeEnabled" .ctx }}
+- name: store
+  persistentVolumeClaim: {claimName: {{ include "mt.storeClaimName" .ctx }}, readOnly: {{ .readOnly }}}
+{{- end }}
+{{- end }}
+
+{{/* call with (dict "ctx" $ "readOnly" bool) */}}
+{{- define "mt.storeMounts" -}}
+{{- if include "mt.storeEnabled" .ctx }}
+- {name: store, mountPath: {{ include "mt.storePath" .ctx }}, readOnly: {{ .readOnly }}}
+{{- end }}
+{{- end }}
+
+{{- define "mt.storeEnv" -}}
+{{- if include "mt.storeEnabled" . }}
+- {name: MARCELLE_TORCH_STORE, value: {{ include "mt.storePath" . | quote }}}
+{{- end }}
+{{- end }}
+
+{{/* The built-in models that can be fine-tuned (a registry spec with `trainable`). */}}
+{{- define "mt.trainableBuiltins" -}}
+digits
+{{- end }}
+
+{{/* The names of the models the trainer takes (a JSON list): training.models, or the trainable
+built-ins and every one of models. */}}
+{{- define "mt.trainingModels" -}}
+{{- $models := list -}}
+{{- range .Values.models }}{{ $models = append $models .name }}{{ end -}}
+{{- $builtins := splitList "," (include "mt.trainableBuiltins" .) -}}
+{{- $names := .Values.training.models | default (concat $builtins $models) -}}
+{{- range $names -}}
+{{- if not (or (has . $builtins) (has . $models)) -}}
+{{- fail (printf "training.models: %q is neither a trainable built-in (%s) nor one of `models` (%s)" . (join ", " $builtins) (join ", " $models | default "none")) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $names -}}
 {{- end }}

@@ -2,12 +2,8 @@
 {{- define "mt.rayWorkerGroup" -}}
 {{- $ctx := .ctx -}}
 {{- if gt (int .group.minReplicas) (int .group.maxReplicas) }}{{ fail (printf "%s worker group: minReplicas (%v) exceeds maxReplicas (%v)" .name .group.minReplicas .group.maxReplicas) }}{{ end -}}
-{{- $resources := deepCopy .group.resources -}}
-{{- if .gpu -}}
-{{- $limits := get $resources "limits" | default dict -}}
-{{- $_ := set $limits "nvidia.com/gpu" .group.gpusPerPod -}}
-{{- $_ := set $resources "limits" $limits -}}
-{{- end -}}
+{{- $resources := .group.resources -}}
+{{- if .gpu }}{{ $resources = include "mt.gpuResources" (dict "resources" .group.resources "gpus" .group.gpusPerPod) | fromYaml }}{{ end -}}
 - groupName: {{ .name }}
   replicas: {{ .group.replicas }}
   minReplicas: {{ .group.minReplicas }}
@@ -55,6 +51,10 @@
           ports:
             - {name: serve, containerPort: 8000}
             - {name: metrics, containerPort: 8080}
+          {{- with include "mt.storeEnv" $ctx }}
+          env:
+            {{- . | trim | nindent 12 }}
+          {{- end }}
           livenessProbe:
             httpGet: {path: /api/healthz, port: 52365}
             initialDelaySeconds: 30
@@ -83,6 +83,9 @@
             {{- with include "mt.modelMounts" $ctx }}
             {{- . | trim | nindent 12 }}
             {{- end }}
+            {{- with include "mt.storeMounts" (dict "ctx" $ctx "readOnly" true) }}
+            {{- . | trim | nindent 12 }}
+            {{- end }}
       volumes:
         # KubeRay (common/pod.go addEmptyDir) adds no volume of its own at /tmp/ray when this one is there.
         - name: ray-logs
@@ -90,4 +93,22 @@
         {{- with include "mt.modelVolumes" (dict "ctx" $ctx) }}
         {{- . | trim | nindent 8 }}
         {{- end }}
+        {{- with include "mt.storeVolumes" (dict "ctx" $ctx "readOnly" true) }}
+        {{- . | trim | nindent 8 }}
+        {{- end }}
+{{- end }}
+
+{{/*
+A container's resources with `nvidia.com/gpu` added to its limits (the device plugin's resource,
+asked as a limit); call with (dict "resources" <map> "gpus" <count>); 0 GPUs: unchanged. The
+Ray GPU worker group and the trainer.
+*/}}
+{{- define "mt.gpuResources" -}}
+{{- $resources := deepCopy .resources -}}
+{{- if gt (int .gpus) 0 -}}
+{{- $limits := get $resources "limits" | default dict -}}
+{{- $_ := set $limits "nvidia.com/gpu" .gpus -}}
+{{- $_ := set $resources "limits" $limits -}}
+{{- end -}}
+{{- toYaml $resources -}}
 {{- end }}
