@@ -241,6 +241,10 @@ def test_gpu_training_runs_the_gpu_image_on_the_gpu_node_pool(tmp_path):
     assert pod["nodeSelector"] == {**ray_gpu["nodeSelector"], "zone": "a"}
     assert pod["tolerations"] == ray_gpu["tolerations"] + [{"key": "spot", "operator": "Exists"}]
     assert pod["securityContext"]["runAsUser"] == 10001, "the store's writers share one uid"
+    # The Ray image's Python is its user's group's (services/ray/Dockerfile: USER 1000:100).
+    assert pod["securityContext"]["runAsGroup"] == 100 and pod["securityContext"]["fsGroup"] == 10001
+    ray_user = re.findall(r"^USER (\d+):(\d+)$", (REPO / "services/ray/Dockerfile").read_text(), re.M)[-1]
+    assert int(ray_user[1]) == pod["securityContext"]["runAsGroup"]
     # Without gpu.enabled (no Ray GPU group) the trainer still gets its GPU and the pool.
     values["gpu"] = {"enabled": False}
     alone = trainer(render(values_file(tmp_path, values)))["spec"]["template"]["spec"]

@@ -119,11 +119,12 @@ the name it puts on the head Pod, which then names an account that does not exis
 {{- printf "%s-serve-svc.%s.svc.%s" (include "mt.fullname" .) .Release.Namespace .Values.clusterDomain }}
 {{- end }}
 
+{{/* call with (dict "uid" n), and "gid" (default: uid) and "fsGroup" (default: gid) where they differ. */}}
 {{- define "mt.podSecurityContext" -}}
 runAsNonRoot: true
 runAsUser: {{ .uid }}
 runAsGroup: {{ .gid | default .uid }}
-fsGroup: {{ .gid | default .uid }}
+fsGroup: {{ .fsGroup | default .gid | default .uid }}
 seccompProfile:
   type: RuntimeDefault
 {{- end }}
