@@ -349,7 +349,9 @@ def access_policy() -> str:
             continue
         for method in about["methods"]:
             lines.append(f"| `{service}` {method} | " + " | ".join(cell(c, service, method) for c in callers) + " |")
-    one_at_a_time = [f"`{name}`" for name, about in services.items() if about.get("oneAtATime")]
+    one_at_a_time = "; ".join(
+        f"`{name}` {' and '.join(about['oneAtATime'])}" for name, about in services.items() if about.get("oneAtATime")
+    )
     writes = "; ".join(f"*{name}*: {what}" for name, what in policy["writes"].items())
     casl = "\n".join(
         f"{role:7} {rule['action']:6} {rule['subject']}"
@@ -361,12 +363,14 @@ def access_policy() -> str:
         [
             *lines,
             "",
-            "*all*: every record; *own*: the caller's runs (`userId`) or account (`_id`), another's is not"
-            " found (404); *anyone*: no login needed (a token is not even read); *not served*: with"
+            "*all*: every record; *own*: the caller's runs and instances (`userId`) or account (`_id`),"
+            " another's is not found (404); *anyone*: no login needed (a token is not even read); *not served*: with"
             " authentication off there are no accounts (404). *—*: refused: 401 without a valid token,"
             " 404 for a record the caller may not read (an account not its own), 403 otherwise."
-            f" On {' and '.join(one_at_a_time)}, `update`, and `patch` or `remove` without an id, are 405"
-            " for everyone: one record at a time, changed with patch. What a caller may write, where its"
+            " A method a service does not take (`update`: records are changed with patch) is 405 for"
+            f" everyone, and so are these without an id (one record at a time): {one_at_a_time}."
+            " Instances are removed many at once (Marcelle's `dataset.clear()`), the caller's own where"
+            " its grant is *own*. What a caller may write, where its"
             f" grant limits it: {writes}.",
             "",
             "The package's own checks (its feathers-casl hooks, its real-time channels, the `rules` a"

@@ -4,7 +4,7 @@
 //   call); logout, a password change and a reset from the environment raise it;
 // - an unknown email costs one bcrypt comparison and answers as a wrong password does, so
 //   logins tell nothing about which accounts exist;
-// - deleting an account deletes its runs.
+// - deleting an account deletes its runs and its dataset instances.
 'use strict';
 
 const crypto = require('crypto');
@@ -60,8 +60,8 @@ async function raiseTokenVersion(users, id) {
   await users._patch(id, { tokenVersion: nextTokenVersion(await users._get(id)) });
 }
 
-/** The hooks and strategy settings above; `runs` is the runs service. */
-async function installAccountRules(app, runs) {
+/** The hooks and strategy settings above; `owned`: the services whose records have a `userId`. */
+async function installAccountRules(app, owned) {
   const auth = app.service('authentication');
   const users = app.service('users');
 
@@ -124,10 +124,12 @@ async function installAccountRules(app, runs) {
       ],
     },
     after: {
-      // An account's runs go with it.
+      // An account's runs and instances go with it.
       remove: [
         async (context) => {
-          await runs._remove(null, { query: { userId: String(context.result._id) }, paginate: false });
+          for (const service of owned) {
+            await service._remove(null, { query: { userId: String(context.result._id) }, paginate: false });
+          }
           return context;
         },
       ],

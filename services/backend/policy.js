@@ -28,9 +28,10 @@ const ROLES = ['editor', 'worker', 'admin'];
 /**
  * The services clients may call.
  * - methods: what clients may call on it at all; any other method is 405 for everyone.
- * - oneAtATime: `patch` and `remove` take an id (405 without: no many-at-once writes).
- * - owner: the field that names a record's owner, for `own` grants: a run's `userId` (stamped
- *   by the package on create), an account's own `_id`.
+ * - oneAtATime: the methods of `patch` and `remove` that take an id (405 without: no
+ *   many-at-once writes). Instances are removed many at once by Marcelle's `dataset.clear()`.
+ * - owner: the field that names a record's owner, for `own` grants: a run's or an instance's
+ *   `userId` (stamped by the package on create), an account's own `_id`.
  * - auth: served only with authentication on.
  * - data: a data service of whitelist.services; `*` is any other one configured there.
  */
@@ -39,14 +40,23 @@ const SERVICES = {
     what: 'runs',
     data: true,
     methods: ['find', 'get', 'create', 'patch', 'remove'],
-    oneAtATime: true,
+    oneAtATime: ['patch', 'remove'],
+    owner: 'userId',
+  },
+  // Marcelle's `dataset('teach', store)` (@marcellejs/core 0.6.5 Dataset) keeps its instances
+  // {x, y, thumbnail, datasetName} here; training runs with input {dataset: 'teach'} read them.
+  'instances-teach': {
+    what: "the Teach page's instances",
+    data: true,
+    methods: ['find', 'get', 'create', 'patch', 'remove'],
+    oneAtATime: ['patch'],
     owner: 'userId',
   },
   users: {
     what: 'accounts',
     auth: true,
     methods: ['find', 'get', 'create', 'patch', 'remove'],
-    oneAtATime: true,
+    oneAtATime: ['patch', 'remove'],
     owner: '_id',
   },
   authentication: { what: 'logins', auth: true, methods: ['create', 'remove'] },
@@ -62,9 +72,10 @@ const CONDITIONS = {
 
 /**
  * What a caller may write, where a method's grant limits it (validation.js holds the schemas).
- * Runs are created as {model, input, params} by everyone.
  */
 const WRITES = {
+  run: '{model, input, params}, without params.publish',
+  'run or publish': '{model, input, params}, params.publish (a model version to publish, or null) too',
   progress: "the worker's fields: claim, progress, partial, result, error, heartbeat, release",
   cancel: "{status: 'canceled'} only",
   password: '{password} only (every earlier token of the account ends)',
@@ -85,28 +96,63 @@ const GRANTS = {
     'served-models': { find: ALL },
   },
   'auth off': {
-    runs: { find: ALL, get: ALL, create: ALL, patch: { scope: ALL, write: 'progress' }, remove: ALL },
+    runs: {
+      find: ALL,
+      get: ALL,
+      create: { scope: ALL, write: 'run or publish' },
+      patch: { scope: ALL, write: 'progress' },
+      remove: ALL,
+    },
+    'instances-teach': { find: ALL, get: ALL, create: ALL, patch: ALL, remove: ALL },
     '*': { find: ALL, get: ALL, create: ALL, update: ALL, patch: ALL, remove: ALL },
   },
   anonymous: {},
-  // A user: their own runs (a cancel is their only patch); their own account.
+  // A user: their own runs (a cancel is their only patch; they publish no model version); their
+  // own instances; their own account.
   editor: {
-    runs: { find: OWN, get: OWN, create: OWN, patch: { scope: OWN, write: 'cancel' }, remove: OWN },
+    runs: {
+      find: OWN,
+      get: OWN,
+      create: { scope: OWN, write: 'run' },
+      patch: { scope: OWN, write: 'cancel' },
+      remove: OWN,
+    },
+    'instances-teach': { find: OWN, get: OWN, create: OWN, patch: OWN, remove: OWN },
     users: { find: OWN, get: OWN, patch: { scope: OWN, write: 'password' }, remove: OWN },
   },
-  // The run worker: reads and patches every run (claim, progress, result); nothing else.
+  // The run worker: reads and patches every run (claim, progress, result); reads every instance
+  // (a training run's data); nothing else.
   worker: {
     runs: { find: ALL, get: ALL, patch: { scope: ALL, write: 'progress' } },
+    'instances-teach': {
+      find: ALL,
+      get: ALL,
+      because: 'it reads the instances a training run learns from, and writes none',
+    },
     users: {
       find: OWN,
       get: OWN,
       because: 'its account is managed by the deployment (environment), not through the API',
     },
   },
-  // The app's admin: every run (it cancels, it does not report progress); reads every account
-  // and makes editor accounts; changes and deletes none (its own is the deployment's).
+  // The app's admin: every run (it cancels, it does not report progress; it publishes model
+  // versions); reads and removes every instance, and makes its own; reads every account and makes
+  // editor accounts; changes and deletes none (its own is the deployment's).
   admin: {
-    runs: { find: ALL, get: ALL, create: ALL, patch: { scope: ALL, write: 'cancel' }, remove: ALL },
+    runs: {
+      find: ALL,
+      get: ALL,
+      create: { scope: ALL, write: 'run or publish' },
+      patch: { scope: ALL, write: 'cancel' },
+      remove: ALL,
+    },
+    'instances-teach': {
+      find: ALL,
+      get: ALL,
+      create: OWN,
+      remove: ALL,
+      because: "it changes no user's instances",
+    },
     users: {
       find: ALL,
       get: ALL,
@@ -162,7 +208,7 @@ function methodProblem(service, method, id) {
       ? `${what} are changed with patch, not update`
       : `${what} have no method ${method}`;
   }
-  if (oneAtATime && (method === 'patch' || method === 'remove') && (id === null || id === undefined)) {
+  if (oneAtATime && oneAtATime.includes(method) && (id === null || id === undefined)) {
     return `${what} are ${method === 'patch' ? 'patched' : 'removed'} one at a time (give an id)`;
   }
   return null;

@@ -4,10 +4,13 @@
 // larger than the whole budget). The user is the account with authentication on, the whole
 // backend with it off (the local demo has one user). Each run stores its input's size
 // (`inputBytes`, set by runs-hooks.js) so the budget is one query over the user's pending runs.
+// What one user may keep in a dataset's instances service (`instanceQuota`, a before-create
+// hook): at most `perOwner` instances (403, as a Kubernetes ResourceQuota refuses: remove some
+// first), counted the same way.
 'use strict';
 
 const { RateLimiterMemory } = require('rate-limiter-flexible');
-const { FeathersError, TooManyRequests } = require('@feathersjs/errors');
+const { FeathersError, Forbidden, TooManyRequests } = require('@feathersjs/errors');
 
 // What a client should wait before trying again once its pending inputs fill the budget.
 const PENDING_RETRY_SECONDS = 5;
@@ -75,4 +78,40 @@ function runQuotas({ runsPerMinute, pendingInputBytes }, runs) {
   return { before, release };
 }
 
-module.exports = { runQuotas, payloadTooLarge };
+function instanceQuota({ perOwner }, service, name) {
+  // Creates that have passed this hook and are not stored yet, per user.
+  const inFlight = new Map();
+
+  async function before(context) {
+    if (!context.params.provider) return context;
+    const user = context.params.user;
+    const owner = user ? String(user._id) : 'everyone';
+    const held = inFlight.get(owner) || 0;
+    inFlight.set(owner, held + 1);
+    context.params.instanceHeld = owner;
+    const query = { $limit: 0, ...(user ? { userId: owner } : {}) };
+    const { total } = await service._find({ query, paginate: { default: 1, max: 1 } });
+    if (total + held >= perOwner) {
+      throw new Forbidden(
+        `${name}: ${user ? 'this user has' : 'there are'} ${total} instances, at most ${perOwner}: remove some before adding more`,
+      );
+    }
+    return context;
+  }
+
+  // After create (stored: the count has it now) or its error (never stored).
+  function release(context) {
+    const owner = context.params.instanceHeld;
+    if (owner !== undefined) {
+      delete context.params.instanceHeld;
+      const left = (inFlight.get(owner) || 0) - 1;
+      if (left > 0) inFlight.set(owner, left);
+      else inFlight.delete(owner);
+    }
+    return context;
+  }
+
+  return { before, release };
+}
+
+module.exports = { runQuotas, instanceQuota, payloadTooLarge };

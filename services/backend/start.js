@@ -10,7 +10,8 @@
 //   front of every REST request and Socket.IO packet, and the first app hook), as policy.js
 //   says, which also gives the package its CASL `permissions`;
 // - tokens end at logout and password change; accounts take their runs with them
-//   (accounts.js); per-user quotas on new runs (quotas.js);
+//   and instances with them (accounts.js); per-user quotas on new runs and on the instances a
+//   user keeps (quotas.js);
 // - creates/updates the worker account (role `worker`) from MARCELLE_WORKER_EMAIL/_PASSWORD
 //   and the app's admin account (role `admin`) from MARCELLE_ADMIN_EMAIL/_PASSWORD;
 // - adds hooks to the `runs` service (validation of new runs, what a client may patch, and
@@ -95,6 +96,12 @@ function checkConfig(config) {
       `marcelleTorch.runQuotas.pendingInputBytes (MARCELLE_RUNS_PENDING_BYTES) must be a positive integer, got ${JSON.stringify(pendingInputBytes)}`,
     );
   }
+  const { perOwner } = config.get('marcelleTorch.instanceQuota') || {};
+  if (!(Number.isInteger(perOwner) && perOwner > 0)) {
+    fail(
+      `marcelleTorch.instanceQuota.perOwner (MARCELLE_INSTANCES_PER_USER) must be a positive integer, got ${JSON.stringify(perOwner)}`,
+    );
+  }
   const queue = config.get('marcelleTorch.runQueue') || {};
   const positive = (value) => typeof value === 'number' && Number.isFinite(value) && value > 0;
   for (const [key, env] of [
@@ -161,9 +168,9 @@ const app = require('@marcellejs/backend/lib/app').default;
 const logger = require('@marcellejs/backend/lib/logger').default;
 const abilities = require('@marcellejs/backend/lib/authentication/abilities');
 const { runsHooks, MAX_INPUT_BYTES } = require('./runs-hooks');
-const { runQuotas, payloadTooLarge } = require('./quotas');
+const { runQuotas, instanceQuota, payloadTooLarge } = require('./quotas');
 const { ensureAccounts, installAccountRules } = require('./accounts');
-const { caslPermissions } = require('./policy');
+const { caslPermissions, SERVICES } = require('./policy');
 const patches = require('./package-patches');
 const { removeProtoAccessor } = require('./validation');
 const { workerRegistry } = require('./workers');
@@ -226,8 +233,25 @@ async function main() {
     after: { create: [quota.release] },
     error: { create: [quota.release] },
   });
+  // The data services whose records have an owner (`userId`, stamped by the package): runs, and
+  // the instances of the datasets the policy names.
+  const owned = services.filter(
+    (name) => Object.prototype.hasOwnProperty.call(SERVICES, name) && SERVICES[name].owner === 'userId',
+  );
+  for (const name of owned.filter((n) => n !== 'runs')) {
+    const instances = app.service(name);
+    const held = instanceQuota(app.get('marcelleTorch').instanceQuota, instances, name);
+    instances.hooks({
+      before: { create: [held.before] },
+      after: { create: [held.release] },
+      error: { create: [held.release] },
+    });
+  }
   if (authEnabled) {
-    await installAccountRules(app, runs);
+    await installAccountRules(
+      app,
+      owned.map((name) => app.service(name)),
+    );
     const limits = loginLimits(app.get('marcelleTorch').loginLimits);
     app.service('authentication').hooks({
       before: { create: [limits.before] },

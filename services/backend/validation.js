@@ -11,11 +11,12 @@
 //    document nested 100,000 deep is a 400, not a stack overflow.
 // 2. `checkCall` (after authentication, per service, method and role): JSON schemas (ajv,
 //    additionalProperties false) of what each role may write and query; query operators only
-//    from a per-field allow-list, and none on `password`.
+//    from a per-field allow-list, and none on `password`; a run that publishes a model version
+//    only where the caller's grant says so (policy.js: `run or publish`), else 403.
 'use strict';
 
 const Ajv = require('ajv');
-const { BadRequest } = require('@feathersjs/errors');
+const { BadRequest, Forbidden } = require('@feathersjs/errors');
 const { STATUSES } = require('./runs-hooks');
 const policy = require('./policy');
 
@@ -99,9 +100,9 @@ function condition(value, ops) {
 
 /**
  * A find query over `fields` ({name: condition schema}), sorted by those fields, and selecting
- * any of `selectable` (every field a document shows).
+ * any of `selectable` (every field a document shows); `more`: other properties it may have.
  */
-function query(fields, selectable) {
+function query(fields, selectable, more = {}) {
   const names = Object.keys(fields);
   return object({
     ...fields,
@@ -109,6 +110,7 @@ function query(fields, selectable) {
     $skip: count,
     $sort: { type: 'object', propertyNames: { enum: names }, additionalProperties: direction },
     $select: { type: 'array', items: { enum: selectable }, maxItems: selectable.length },
+    ...more,
   });
 }
 
@@ -132,12 +134,55 @@ const runFields = {
 // `createdAt` and `updatedAt` on everything it creates, logins included.
 const stamps = { createdAt: text(64), updatedAt: text(64) };
 
+// A model version (the store's content address: training/ and models/store).
+const VERSION = '^[0-9a-f]{12}$';
+
+// Instances of Marcelle's `dataset(name, store)` (@marcellejs/core 0.6.5 class Dataset): its
+// hooks add `datasetName` (addScope) and turn an ImageData `x` into
+// `canvas.toDataURL('image/jpeg')` (imageData2DataURL); its components' thumbnails are JPEG data
+// URLs too. PNG and WebP are taken from other clients (the REST API). Its queries: `datasetName`
+// always (limitToScope), `y` (a label's instances), $sort by updatedAt, $select with `id` (its
+// renameIdField adds `_id`), $limit/$skip, and `$distinct: 'y'` (the labels, dataset.distinct).
+const MAX_INSTANCE_X = 1024 * 1024;
+const MAX_THUMBNAIL = 64 * 1024;
+const imageUrl = (maxLength) => ({
+  type: 'string',
+  maxLength,
+  pattern: '^data:image/(jpeg|png|webp);base64,[A-Za-z0-9+/]+={0,2}$',
+});
+const label = text(64, 1);
+const instanceFields = {
+  _id: condition(idValue, EQUALITY),
+  datasetName: condition(label, EQUALITY),
+  y: condition(label, EQUALITY),
+  userId: condition(idValue, EQUALITY),
+  createdAt: condition(text(64), ORDER),
+  updatedAt: condition(text(64), ORDER),
+};
+const instanceData = { x: imageUrl(MAX_INSTANCE_X), y: label, thumbnail: imageUrl(MAX_THUMBNAIL) };
+
 const schemas = {
   runsQuery: query(runFields, [
     ...Object.keys(runFields),
     ...['input', 'inputBytes', 'params', 'progress', 'partial', 'result', 'error', 'revision', 'leaseSeconds'],
   ]),
-  runCreate: object({ model: text(200, 1), input: {}, params: { type: 'object' }, ...stamps }, ['model', 'input']),
+  // params is loose (a model's own), but params.train is an object (a training run) and
+  // params.publish a model version, or null: the model's own weights again.
+  runCreate: object(
+    {
+      model: text(200, 1),
+      input: {},
+      params: {
+        type: 'object',
+        properties: {
+          train: { type: 'object' },
+          publish: nullable({ type: 'string', pattern: VERSION }),
+        },
+      },
+      ...stamps,
+    },
+    ['model', 'input'],
+  ),
   // What the worker writes: claim, progress, partial, result, error, heartbeat, release.
   // `heartbeatAt` is stamped with the backend's time (run-queue.js); `leaseSeconds` is how long
   // the claiming worker's lease lasts without a renewal.
@@ -175,6 +220,18 @@ const schemas = {
     'password',
   ]),
   loginJwt: object({ strategy: { const: 'jwt' }, accessToken: text(4096, 1), ...stamps }, ['strategy', 'accessToken']),
+  instancesQuery: query(
+    instanceFields,
+    ['_id', 'id', 'x', 'y', 'thumbnail', 'datasetName', 'userId', 'createdAt', 'updatedAt'],
+    {
+      $distinct: { enum: ['y', 'datasetName', 'userId'] },
+      // The package's distinct (lib/services/generic/generic.hooks.js) finds again with the query
+      // its CASL hook has made: the owner's condition in an `$and`.
+      $and: { type: 'array', items: object(instanceFields), maxItems: 8 },
+    },
+  ),
+  instanceCreate: object({ ...instanceData, datasetName: label, ...stamps }, ['x', 'y', 'datasetName']),
+  instancePatch: { ...object({ ...instanceData, updatedAt: text(64) }), minProperties: 1 },
   empty: object({}),
 };
 
@@ -212,6 +269,11 @@ function checkCall(context, role) {
     if (method === 'create') {
       if (Array.isArray(data))
         throw new BadRequest('runs.create: create one run at a time: send an object {model, input, params}');
+      const params = data && typeof data === 'object' ? data.params : undefined;
+      const publishes = params && typeof params === 'object' && Object.prototype.hasOwnProperty.call(params, 'publish');
+      if (publishes && policy.writeOf(role, 'runs', 'create') !== 'run or publish') {
+        throw new Forbidden('runs.create: only the admin publishes a model version (params.publish)');
+      }
       validate('runCreate', data, 'runs.create');
     }
     if (method === 'patch') {
@@ -223,6 +285,17 @@ function checkCall(context, role) {
       }
       validate('workerPatch', data, 'runs.patch');
     }
+  } else if (path.startsWith('instances-') && policy.serviceOf(path) === path) {
+    validate('instancesQuery', q, `${path}.${method} query`);
+    if (method === 'create') {
+      if (Array.isArray(data)) {
+        throw new BadRequest(
+          `${path}.create: create one instance at a time: send an object {x, y, thumbnail, datasetName}`,
+        );
+      }
+      validate('instanceCreate', data, `${path}.create`);
+    }
+    if (method === 'patch') validate('instancePatch', data, `${path}.patch`);
   } else if (path === 'users') {
     validate(method === 'find' ? 'usersQuery' : 'empty', q, `users.${method} query`);
     if (method === 'create') validate('userCreate', data, 'users.create');
@@ -252,4 +325,4 @@ function removeProtoAccessor() {
   delete Object.prototype.__proto__;
 }
 
-module.exports = { checkShape, checkCall, checkTree, removeProtoAccessor, MAX_DEPTH, schemas };
+module.exports = { checkShape, checkCall, checkTree, removeProtoAccessor, MAX_DEPTH, MAX_INSTANCE_X, schemas };

@@ -4,16 +4,22 @@ A run of the user's trainable model folder (support/bars_model.py) with ``params
 Marcelle's dataset shape as input (``{examples: [{x, y}]}``) fine-tunes it into a new version in the
 worker's store, streaming Marcelle's TrainingStatus as the run's partial. The new version is then
 what a worker serves. Cancel, a worker killed mid-training (the next one resumes from the
-checkpoint in the shared store) and bad training runs are checked too.
+checkpoint in the shared store) and bad training runs are checked too. A run may name a Marcelle
+dataset instead (``{dataset: "teach"}``): the worker reads its instances from the backend's
+``instances-teach``, made through the REST API as the web app's Teach page makes them, and with
+authentication on, only the run owner's.
 """
 
 from __future__ import annotations
 
 import base64
 import collections
+import json
 import signal
 import threading
 import types
+import urllib.error
+import urllib.request
 
 import pytest
 import yaml
@@ -61,6 +67,28 @@ def training(client, each: int = 10, epochs: int = 8) -> dict:
 def finished(client, run):
     current = client.get("runs", run["_id"])
     return current if current["status"] in ("succeeded", "failed", "canceled") else None
+
+
+def rest(url: str, method: str, path: str, body=None, token: str | None = None) -> tuple[int, object]:
+    """A call on the backend's REST API, as a page's fetch makes it: (status, JSON answer)."""
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url + path, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def teach(url: str, each: int, labels: list[str], token: str | None = None, seed: int = 2, name=None) -> None:
+    """Instances of the Teach page's dataset, as Marcelle's dataset('teach') makes them (x: an
+    image data URL; the label ``name`` in place of the drawing's own, if given)."""
+    for x, y in drawings(labels, each, seed):
+        image = "data:image/png;base64," + base64.b64encode(png(x)).decode()
+        instance = {"x": image, "y": name or y, "thumbnail": image, "datasetName": "teach"}
+        status, answer = rest(url, "POST", "/instances-teach", instance, token)
+        assert status == 201, answer
 
 
 def record_partials(client):
@@ -144,3 +172,59 @@ def test_a_worker_killed_mid_training_is_resumed_from_its_checkpoint_by_the_next
     assert done["result"]["metrics"]["epochs"] == 200
     assert [p.name for p in (store / "bars").iterdir()] == [done["result"]["version"]]
     assert not any((store / ".checkpoints").iterdir()), "a finished training leaves its checkpoint behind"
+
+
+def test_a_training_run_learns_from_the_teach_dataset_in_the_backend(setting, wait_until):
+    client, url = setting.client, setting.backend.url
+    setting.trainer("trainer")
+    empty = client.create("runs", {"model": "bars", "input": {"dataset": "teach"}, "params": {"train": {}}})
+    unknown = client.create("runs", {"model": "bars", "input": {"dataset": "other"}, "params": {"train": {}}})
+    for run, reason in ((empty, "dataset 'teach' has no instances"), (unknown, "keeps no such dataset")):
+        failed = wait_until(lambda run=run: finished(client, run), what="a run of no instances to fail")
+        assert failed["status"] == "failed" and reason in failed["error"], failed
+
+    teach(url, 10, [*OLD, NEW])
+    run = client.create("runs", {"model": "bars", "input": {"dataset": "teach"}, "params": {"train": {"epochs": 8}}})
+    done = wait_until(lambda: finished(client, run), what="the training run to finish")
+    assert done["status"] == "succeeded", done
+    result = done["result"]
+    assert result["dataset"] == "teach" and result["labels"] == [*OLD, NEW], result
+    assert result["metrics"]["accuracy"] == 1.0, result
+    assert (setting.store / "bars" / result["version"]).is_dir()
+
+
+def test_with_authentication_a_user_trains_on_their_own_instances_only(
+    make_backend, make_worker, bars, wait_until, tmp_path
+):
+    folder, env = bars
+    worker = ("worker@marcelle.test", "worker-password-1")
+    backend = make_backend(
+        auth=True,
+        secret="a-test-secret-of-some-length-0123456789",
+        worker_email=worker[0],
+        worker_password=worker[1],
+        allow_signup=True,
+    )
+    url = backend.url
+    tokens = {}
+    for user in ("a", "b"):
+        account = {"email": f"{user}@marcelle.test", "password": "a-user-password-1"}
+        assert rest(url, "POST", "/users", account)[0] == 201
+        status, login = rest(url, "POST", "/authentication", {"strategy": "local", **account})
+        assert status == 201, login
+        tokens[user] = login["accessToken"]
+    teach(url, 10, [*OLD, NEW], tokens["a"])
+    teach(url, 10, [NEW], tokens["b"], seed=5, name="not-a-label-of-a")  # B's: never A's training data
+    make_worker(url, "trainer", "--store", str(tmp_path / "store"), models=[str(folder)], env=env,
+                email=worker[0], password=worker[1])  # fmt: skip
+    body = {"model": "bars", "input": {"dataset": "teach"}, "params": {"train": {"epochs": 8}}}
+    status, run = rest(url, "POST", "/runs", body, tokens["a"])
+    assert status == 201, run
+
+    def done():
+        answer = rest(url, "GET", f"/runs/{run['_id']}", token=tokens["a"])[1]
+        return answer if answer["status"] in ("succeeded", "failed", "canceled") else None
+
+    trained = wait_until(done, what="user A's training run to finish")
+    assert trained["status"] == "succeeded", trained
+    assert trained["result"]["labels"] == [*OLD, NEW], "the run learned from another user's instances"

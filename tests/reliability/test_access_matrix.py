@@ -4,7 +4,8 @@ over Socket.IO.
 Two backends: one with authentication off (the local default), one with authentication on
 and sign-up off (users A and B signed up while it was on, then the backend restarted with it
 off), a worker account and an admin account from the environment. Each runs cell acts on a
-fresh run of user A; each users cell on user A's account (A deleting itself comes last).
+fresh run of user A, each instances-teach cell on a fresh instance of user A; each users cell on
+user A's account (A deleting itself comes last).
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ PASSWORD = "a-user-password-1"
 def new_run(url, token=None):
     reply = rest_call(url, "POST", "/runs", {"model": "digits", "input": [0], "params": {}}, token=token)
     assert reply.status == 201, f"a run for the table: {reply}"
+    return reply.json["_id"]
+
+
+def new_instance(url, token=None):
+    reply = rest_call(url, "POST", "/instances-teach", access_table.instance(), token=token)
+    assert reply.status == 201, f"an instance for the table: {reply}"
     return reply.json["_id"]
 
 
@@ -84,6 +91,14 @@ class Cell:
                 body = {"model": "digits", "input": [0], "params": {}}
             if method == "create":
                 body = {"model": "digits", "input": [1], "params": {}}
+        elif service == "instances-teach":
+            instance_a = new_instance(self.url, self.tokens.get("user A"))
+            instance_b = new_instance(self.url, self.tokens.get("user B"))
+            target, seeded = instance_a, {instance_a, instance_b}
+            own = {"user A": {instance_a}, "user B": {instance_b}}.get(caller, set())
+            body = {"y": "b"}
+            if method in ("create", "update"):
+                body = access_table.instance("c")
         else:
             target = self.ids.get("user A", "no-such-account")
             seeded = {i for i in self.ids.values() if i}
@@ -95,8 +110,8 @@ class Cell:
                 body = {"email": "a@marcelle.test", "password": PASSWORD}
         query = None
         if attack:
-            body = access_table.ATTACKS[attack].get("body", body)
-            query = access_table.ATTACKS[attack].get("query")
+            body = access_table.VARIANTS[attack].get("body", body)
+            query = access_table.VARIANTS[attack].get("query")
         status, payload, json_error, text = send(method, service, target if with_id else None, body, query)
         if not json_error:
             return f"{status} (not a JSON error: {text!r})"

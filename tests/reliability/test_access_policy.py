@@ -9,7 +9,7 @@ import access_table
 import backend_policy as policy
 
 # The table's columns as the policy's callers: the caller, and whether the operation's target
-# (user A's run, user A's account) is the caller's own. None: no valid token.
+# (user A's run, instance or account) is the caller's own. None: no valid token.
 COLUMNS = {
     "auth off": ("auth off", False),
     "anonymous": (None, False),
@@ -23,13 +23,15 @@ COLUMNS = {
 SETTINGS = {"allowSignup": False}
 
 
-def expected(service: str, method: str, with_id: bool, caller: str | None, own: bool) -> str:
+def expected(service: str, method: str, with_id: bool, caller: str | None, own: bool, publish: bool = False) -> str:
     """What the policy says a call answers: a service of authentication only is not served
     with it off (404); a call that is not public needs a valid token (401); a method the service
     does not take, or a patch or remove without an id where writes are one at a time, is 405; a
     record the caller may not read is not found (404: a run outside the caller's scope, or an
     account that is not the caller's where it reads only its own); anything else not granted is
-    403; a find answers every record (`all`) or the caller's (`own`)."""
+    403; a find answers every record (`all`) or the caller's (`own`). A run that publishes a model
+    version (``publish``) is created only where the grant lets the caller write one (`run or
+    publish`), else 403."""
     rules = policy.load()
     about = rules["services"][service]
     if caller == "auth off" and about.get("auth"):
@@ -38,13 +40,15 @@ def expected(service: str, method: str, with_id: bool, caller: str | None, own: 
     public = public is not None and (not public.get("when") or SETTINGS[public["when"]])
     if caller is None and not public:
         return "401"
-    if method not in about["methods"] or (about.get("oneAtATime") and method in ("patch", "remove") and not with_id):
+    if method not in about["methods"] or (method in about.get("oneAtATime", []) and not with_id):
         return "405"
     grant = None if public else rules["grants"].get(caller, {}).get(service, {}).get(method)
     if grant is None and not public:
         read = rules["grants"].get(caller, {}).get(service, {}).get("get")
         if with_id and about.get("owner") == "_id" and not (read and (read["scope"] == "all" or own)):
             return "404"
+        return "403"
+    if publish and (grant is None or grant.get("write") != "run or publish"):
         return "403"
     scope = "all" if public else grant["scope"]
     if with_id and scope == "own" and not own:
@@ -57,11 +61,11 @@ def expected(service: str, method: str, with_id: bool, caller: str | None, own: 
 def test_the_policy_says_what_the_access_table_expects():
     differ = []
     for op in access_table.OPERATIONS:
-        if len(op) > 3:
+        if len(op) > 3 and op[3] != "publish":
             continue  # attacks: the edge's checks (validation.js), for every caller alike
-        service, method, with_id = op
+        service, method, with_id = op[:3]
         for column, (caller, own) in COLUMNS.items():
-            said = expected(service, method, with_id, caller, own)
+            said = expected(service, method, with_id, caller, own, publish=op[3:] == ("publish",))
             if said != access_table.EXPECTED[op][column]:
                 differ.append(
                     f"{access_table.op_name(op)} as {column}: the policy says {said}, "

@@ -2,7 +2,9 @@
 Socket.IO where both apply): prototype pollution and update operators in the worker's patch,
 login operator injection and the account oracle, lockout from another address, tokens that
 outlive logout, client-chosen account ids and fields, password-hash searches, quotas, deep
-nesting, other websites (CORS, Origin, Host), and the query `constructor` bypass.
+nesting, other websites (CORS, Origin, Host), the query `constructor` bypass, the Teach dataset's
+instances (images, sizes, `__proto__`, operators, query fields, owners, quota) and who publishes
+a model version.
 
 services/backend/validation.js is the layer under test; access.js, accounts.js and quotas.js
 do the rest."""
@@ -17,7 +19,8 @@ import uuid
 from urllib.parse import urlsplit
 
 import pytest
-from backend_http import ADMIN, ADMIN_ENV, AUTH_ON, WORKER, login, login_reply, rest_call
+from access_table import IMAGE, instance
+from backend_http import ADMIN, ADMIN_ENV, AUTH_ON, WORKER, login, login_reply, query_string, rest_call
 
 from marcelle_torch.worker.client import BackendError
 
@@ -448,3 +451,196 @@ def test_the_validator_refuses_the_queries_mongodb_would_run(backend_installed):
         assert answer.startswith("400 "), f"{case}: {answer}"
     for case, answer in zip(accepted, answers[len(refused) :], strict=True):
         assert answer == "accepted", f"{case}: {answer}"
+
+
+# ---------------------------------------------------------------- the Teach dataset's instances
+
+TEACH = "/instances-teach"
+
+
+def jpeg_url(size: int) -> str:
+    """A data URL of ``size`` characters (a JPEG's header, then base64 padding of it)."""
+    head = "data:image/jpeg;base64,"
+    return head + "A" * (size - len(head))
+
+
+def test_12_an_instance_is_an_image_data_url_a_label_and_a_dataset_name(make_backend, connect):
+    backend = make_backend()
+    url = backend.url
+    client = connect(url)
+    good = rest_call(url, "POST", TEACH, instance())
+    assert good.status == 201 and good.json["datasetName"] == "teach", good
+    stored = good.json
+    assert {"x", "y", "thumbnail", "datasetName", "createdAt", "updatedAt", "_id"} <= set(stored), stored
+    assert rest_call(url, "POST", TEACH, {**instance(), "x": "data:image/png;base64,iVBORw0KGgo="}).status == 201
+    assert rest_call(url, "POST", TEACH, {**instance(), "x": jpeg_url(1024 * 1024)}).status == 201
+    for data, words in (
+        ({**instance(), "x": "https://example.com/a.png"}, ("x must match pattern",)),
+        ({**instance(), "x": "data:text/html;base64,PHNjcmlwdD4="}, ("x must match pattern",)),
+        ({**instance(), "x": "data:image/svg+xml;base64,PHN2Zz4="}, ("x must match pattern",)),
+        ({**instance(), "x": "data:image/jpeg;base64,not base64!"}, ("x must match pattern",)),
+        ({**instance(), "x": [[0, 1], [1, 0]]}, ("x must be string",)),
+        ({**instance(), "x": jpeg_url(1024 * 1024 + 1)}, ("x must NOT have more than 1048576 characters",)),
+        ({**instance(), "thumbnail": jpeg_url(64 * 1024 + 1)}, ("thumbnail must NOT have more than 65536",)),
+        ({**instance(), "y": ""}, ("y must NOT have fewer than 1",)),
+        ({**instance(), "y": "y" * 65}, ("y must NOT have more than 64",)),
+        ({**instance(), "y": 3}, ("y must be string",)),
+        ({**instance(), "datasetName": "d" * 65}, ("datasetName must NOT have more than 64",)),
+        ({"x": IMAGE, "y": "a"}, ("datasetName is missing",)),
+        ({**instance(), "userId": "someone-else"}, ('"userId" is not allowed',)),
+        ({**instance(), "_id": "chosen-id"}, ('"_id" is not allowed',)),
+        ({**instance(), "label": "a"}, ('"label" is not allowed',)),
+        ([instance(), instance()], ("one instance at a time",)),
+    ):
+        assert_bad_request(rest_call(url, "POST", TEACH, data), "instances-teach.create", *words)
+        refused = socket_refusal(lambda data=data: client.create("instances-teach", data))
+        assert refused.http_code == 400 and words[0] in str(refused), (data if len(str(data)) < 200 else words, refused)
+    # A patch changes the label, the image or the thumbnail, nothing else.
+    id_ = stored["_id"]
+    assert rest_call(url, "PATCH", f"{TEACH}/{id_}", {"y": "b"}).json["y"] == "b"
+    for data, word in (({}, "must NOT have fewer than 1 properties"), ({"datasetName": "other"}, '"datasetName"'),
+                       ({"x": "data:text/plain;base64,AA=="}, "x must match pattern")):  # fmt: skip
+        assert_bad_request(rest_call(url, "PATCH", f"{TEACH}/{id_}", data), "instances-teach.patch", word)
+    assert rest_call(url, "PUT", f"{TEACH}/{id_}", instance()).status == 405
+    assert backend.alive()
+
+
+def test_12_proto_keys_and_operators_in_an_instance_are_data_errors(make_backend, connect):
+    backend = make_backend()
+    url = backend.url
+    client = connect(url)
+    id_ = rest_call(url, "POST", TEACH, instance()).json["_id"]
+    for data in (
+        {**instance(), "__proto__": {"role": "admin"}},
+        {**instance(), "__proto__.authenticated": True},
+        {**instance(), "constructor": {"prototype": {"x": 1}}},
+        {**instance(), "$set": {"y": "b"}},
+        {**instance(), "y.z": "b"},
+    ):
+        reply = rest_call(url, "POST", TEACH, data)
+        assert reply.status == 400 and reply.is_json_error(), f"{data}: {reply}"
+        assert socket_refusal(lambda data=data: client.create("instances-teach", data)).http_code == 400
+    for data in (
+        {"$set": {"y": "b"}},
+        {"$unset": {"x": 1}},
+        {"__proto__": {"y": "b"}},
+        {"y": "b", "$rename": {"y": "z"}},
+    ):
+        reply = rest_call(url, "PATCH", f"{TEACH}/{id_}", data)
+        assert reply.status == 400 and reply.is_json_error(), f"{data}: {reply}"
+        assert socket_refusal(lambda data=data: client.patch("instances-teach", id_, data)).http_code == 400
+    assert rest_call(url, "GET", f"{TEACH}/{id_}").json["y"] == "a", "a refused patch changed the instance"
+    assert ({}).get("role") is None and backend.alive()
+    assert rest_call(url, "GET", "/runs").status == 200
+
+
+def test_12_instance_queries_name_known_fields_with_the_operators_runs_use(make_backend, connect):
+    backend = make_backend()
+    url = backend.url
+    client = connect(url)
+    for label in ("a", "a", "b"):
+        assert rest_call(url, "POST", TEACH, instance(label)).status == 201
+    # What Marcelle's dataset and its components ask (dataset.items(), distinct('y'), $count).
+    for query, check in (
+        ({"datasetName": "teach", "$limit": 0}, lambda r: r["total"] == 3),
+        ({"datasetName": "teach", "y": "a", "$sort": {"updatedAt": -1}, "$skip": 0, "$limit": 10,
+          "$select": ["id", "y", "thumbnail", "_id"]}, lambda r: len(r["data"]) == 2 and "x" not in r["data"][0]),
+        ({"datasetName": "teach", "$distinct": "y"}, lambda r: sorted(r) == ["a", "b"]),
+        ({"y": {"$in": ["b"]}, "_id": {"$ne": "nothing"}}, lambda r: r["total"] == 1),
+    ):  # fmt: skip
+        reply = rest_call(url, "GET", f"{TEACH}?{query_string(query)}")
+        assert reply.status == 200 and check(reply.json), f"{query}: {reply}"
+        assert check(client.find("instances-teach", query)), query
+    for query, word in (
+        ({"x": {"$gt": ""}}, '"x" is not allowed'),
+        ({"thumbnail": IMAGE}, '"thumbnail" is not allowed'),
+        ({"password": "x"}, '"password" is not allowed'),
+        ({"y": {"$regex": "^a"}}, "query: y"),
+        ({"y": {"$gt": "a"}}, "query: y"),
+        ({"$where": "1"}, '"$where" is not allowed'),
+        ({"$or": [{"y": "a"}]}, '"$or" is not allowed'),
+        ({"y": {"constructor": "x", "$ne": "a"}}, "constructor"),
+        ({"$select": ["password"]}, "$select"),
+        ({"$sort": {"x": 1}}, "$sort must be one of _id"),
+        ({"$distinct": "x"}, "$distinct"),
+        ({"$limit": "-1"}, "$limit"),
+    ):
+        reply = rest_call(url, "GET", f"{TEACH}?{query_string(query)}")
+        assert_bad_request(reply, word)
+        assert socket_refusal(lambda query=query: client.find("instances-teach", query)).http_code == 400, query
+    assert backend.alive()
+
+
+def test_12_a_user_sees_and_changes_their_own_instances_only(auth_backend, connect):
+    url = auth_backend.url
+    a, b = make_user(url), make_user(url)
+    ids = {}
+    for name, user in (("a", a), ("b", b)):
+        reply = rest_call(url, "POST", TEACH, instance(name), token=user["accessToken"])
+        assert reply.status == 201 and reply.json["userId"] == user["user"]["_id"], reply
+        ids[name] = reply.json["_id"]
+    # B's find, with or without a query naming A (the owner's query replaces it), and B's
+    # distinct labels: B's own only.
+    for query, seen in (({}, [ids["b"]]), ({"userId": a["user"]["_id"]}, [ids["b"]]), ({"y": "a"}, [])):
+        reply = rest_call(url, "GET", f"{TEACH}?{query_string(query)}", token=b["accessToken"])
+        assert [i["_id"] for i in reply.json["data"]] == seen, (query, reply)
+    labels = rest_call(url, "GET", f"{TEACH}?{query_string({'$distinct': 'y'})}", token=b["accessToken"])
+    assert labels.json == ["b"], labels
+    assert rest_call(url, "PATCH", f"{TEACH}/{ids['a']}", {"y": "x"}, token=b["accessToken"]).status == 404
+    # B clears its dataset (Marcelle's dataset.clear(): a remove without an id): A's stays.
+    assert rest_call(url, "DELETE", f"{TEACH}?datasetName=teach", token=b["accessToken"]).status == 200
+    worker = login(url, *WORKER)["accessToken"]
+    left = rest_call(url, "GET", TEACH, token=worker).json["data"]
+    assert [i["_id"] for i in left] == [ids["a"]], left
+    # The worker reads every instance and writes none.
+    assert rest_call(url, "POST", TEACH, instance(), token=worker).status == 403
+    assert rest_call(url, "DELETE", f"{TEACH}/{ids['a']}", token=worker).status == 403
+    # An account's instances go with it.
+    assert rest_call(url, "DELETE", f"/users/{a['user']['_id']}", token=a["accessToken"]).status == 200
+    assert rest_call(url, "GET", TEACH, token=worker).json["total"] == 0
+
+
+def test_12_a_user_keeps_a_bounded_number_of_instances(make_backend):
+    backend = make_backend(**AUTH_ON, allow_signup=True, extra_env={"MARCELLE_INSTANCES_PER_USER": "3"})
+    url = backend.url
+    a, b = make_user(url), make_user(url)
+    made = [rest_call(url, "POST", TEACH, instance(), token=a["accessToken"]) for _ in range(3)]
+    assert all(reply.status == 201 for reply in made), made
+    full = rest_call(url, "POST", TEACH, instance(), token=a["accessToken"])
+    assert full.status == 403 and full.is_json_error(), full
+    assert "at most 3" in full.json["message"] and "remove some" in full.json["message"], full
+    assert rest_call(url, "POST", TEACH, instance(), token=b["accessToken"]).status == 201, "B's quota is B's"
+    assert rest_call(url, "DELETE", f"{TEACH}/{made[0].json['_id']}", token=a["accessToken"]).status == 200
+    assert rest_call(url, "POST", TEACH, instance(), token=a["accessToken"]).status == 201
+
+
+# ---------------------------------------------------------------- publishing a model version
+
+
+def test_13_only_the_admin_publishes_a_model_version(closed_backend, connect):
+    url = closed_backend.url
+    admin = login(url, *ADMIN)["accessToken"]
+    user = make_user(url, admin)
+
+    def create(params, token):
+        return rest_call(url, "POST", "/runs", {"model": "digits", "input": 0, "params": params}, token=token)
+
+    for params in ({"publish": "0123456789ab"}, {"publish": None}, {"publish": "not a version"}):
+        refused = create(params, user["accessToken"])
+        assert refused.status == 403 and "only the admin publishes a model version" in refused.json["message"], refused
+    client = connect(url, user["user"]["email"], PASSWORD)
+    refused = socket_refusal(
+        lambda: client.create("runs", {"model": "digits", "input": 0, "params": {"publish": None}})
+    )
+    assert refused.http_code == 403 and "only the admin publishes" in str(refused), refused
+    assert create({"publish": "0123456789ab"}, login(url, *WORKER)["accessToken"]).status == 403
+    for params, word in (
+        ({"publish": "0123456789AB"}, "params.publish must match pattern"),
+        ({"publish": "0123456789abc"}, "params.publish must match pattern"),
+        ({"publish": 12}, "params.publish must be string"),
+        ({"train": [1]}, "params.train must be object"),
+    ):
+        assert_bad_request(create(params, admin), "runs.create", word)
+    assert create({"publish": "0123456789ab"}, admin).status == 201
+    assert create({"publish": None}, admin).status == 201
+    assert create({"train": {"epochs": 2}}, user["accessToken"]).status == 201, "an editor still trains"

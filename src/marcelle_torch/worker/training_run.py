@@ -1,12 +1,15 @@
 """A training run: a run of a trainable model folder with ``params.train``, done by the worker.
 
 The run's ``input`` is Marcelle's dataset shape, ``{"examples": [{"x": <image>, "y": <label>}, ...]}``
-(an image as a classification run takes one: a data URL, ``{"b64": ...}`` or a nested list), and
+(an image as a classification run takes one: a data URL, ``{"b64": ...}`` or a nested list), or
+``{"dataset": "<name>"}``: the instances of that Marcelle dataset in the backend (the run owner's
+only, when the run has a ``userId``: training_data.py), and
 ``params.train`` is ``{}`` or ``{"epochs": n}``. The worker fine-tunes the model (training/finetune.py)
 and streams, as the run's ``partial``, Marcelle's ``TrainingStatus`` (``status`` 'start' | 'epoch',
 ``epoch``, ``epochs``, ``data``: loss and accuracy, and on the held-out examples lossVal and
 accuracyVal), after every batch. The result is the new version: ``{model, version, parent, labels,
-metrics}``; it lies in the worker's model store (``--store``), ``<store>/<model>/<version>/``.
+metrics}`` (and ``dataset``, the dataset's name, when it learned from one); it lies in the worker's
+model store (``--store``), ``<store>/<model>/<version>/``.
 
 Each epoch is checkpointed in the store under the run's id, so a run taken back from a worker that
 died is resumed by the next one (when the workers share the store, as the chart's PVC is shared).
@@ -43,23 +46,45 @@ def training_params(params: dict) -> int | None:
     return epochs
 
 
-def decode_examples(spec: ModelSpec, data: Any) -> list:
+INPUT_SHAPES = '{"examples": [{"x": <image>, "y": <label>}, ...]} or {"dataset": <name>}'
+
+
+def decode_examples(spec: ModelSpec, data: Any, where: str = "input.examples") -> list:
     """``{"examples": [{"x", "y"}, ...]}`` -> (tensor, label) pairs, decoded as a request's input is."""
     from ..models import decode_instances
 
     examples = data.get("examples") if isinstance(data, dict) else None
     if not isinstance(examples, list) or not examples:
-        raise InvalidInput('a training run\'s input is {"examples": [{"x": <image>, "y": <label>}, ...]}')
+        raise InvalidInput(f"a training run's input is {INPUT_SHAPES}")
     for i, example in enumerate(examples):
         if not isinstance(example, dict) or set(example) - {"x", "y", "thumbnail"} or "x" not in example:
-            raise InvalidInput(f"input.examples[{i}] must be {{x, y}}")
+            raise InvalidInput(f"{where}[{i}] must be {{x, y}}")
         if not isinstance(example.get("y"), (str, int)) or isinstance(example.get("y"), bool):
-            raise InvalidInput(f"input.examples[{i}].y must be a label (a name)")
+            raise InvalidInput(f"{where}[{i}].y must be a label (a name)")
     try:
         batch = decode_instances(spec, [example["x"] for example in examples])
     except InvalidInput as exc:
-        raise InvalidInput(f"input.examples: {exc.message}") from None
+        raise InvalidInput(f"{where}: {exc.message}") from None
     return [(x, str(example["y"])) for x, example in zip(batch, examples, strict=True)]
+
+
+def training_examples(
+    spec: ModelSpec, run: dict, find: Callable[[str, dict], Any] | None, check: Callable[[], None]
+) -> tuple[list, str | None]:
+    """The run's examples as (tensor, label) pairs, and the name of the dataset they came from (None:
+    the run carried them). ``find(service, query)`` reads the backend (a dataset's instances)."""
+    data = run.get("input")
+    if not (isinstance(data, dict) and "dataset" in data):
+        return decode_examples(spec, data), None
+    if set(data) != {"dataset"}:
+        raise InvalidInput(f"a training run's input is {INPUT_SHAPES}, not both")
+    if find is None:
+        raise InvalidInput("this worker reads no dataset from the backend: send the examples in the run")
+    from .training_data import read_dataset
+
+    dataset = data["dataset"]
+    instances = read_dataset(find, dataset, run.get("userId"), check)
+    return decode_examples(spec, {"examples": instances}, where=f"dataset {dataset!r}"), dataset
 
 
 def training_status(event: dict) -> dict:
@@ -80,13 +105,15 @@ def run_training(
     store: Path,
     report: Callable[[float, Any], None],
     check: Callable[[], None],
+    find: Callable[[str, dict], Any] | None = None,
 ) -> dict:
     """Fine-tune the model folder on the run's examples; the result names the new version.
-    ``report(progress, partial)`` takes the progress; ``check()`` raises to stop between batches."""
+    ``report(progress, partial)`` takes the progress; ``check()`` raises to stop between batches;
+    ``find(service, query)`` is a find on the backend, for a run whose input names a dataset."""
     from ..training import fine_tune
 
     epochs = training_params(run.get("params") or {})
-    examples = decode_examples(spec, run.get("input"))
+    examples, dataset = training_examples(spec, run, find, check)
 
     def on_status(event: dict) -> None:
         if event["status"] == "success":
@@ -111,10 +138,13 @@ def run_training(
         checkpoint=store / CHECKPOINTS / f"{run['_id']}.pt",
         epochs=epochs,
     )
-    return {
+    result = {
         "model": spec.name,
         "version": version.version,
         "parent": version.parent,
         "labels": list(version.spec.labels),
         "metrics": version.metrics,
     }
+    if dataset is not None:
+        result["dataset"] = dataset
+    return result
