@@ -50,3 +50,15 @@ def test_network_policy_notes_say_which_operator_is_admitted_and_how_to_check():
     assert "in namespace kuberay-system" in text
     assert "kubectl get pods -n kuberay-system -l app.kubernetes.io/name=kuberay-operator" in text
     assert "NetworkPolicies:" not in notes("networkPolicy.enabled=false")
+
+
+def test_training_notes_name_the_trainer_its_models_and_the_claim_to_check():
+    text = notes("training.enabled=true")
+    assert "Deployment mt-marcelle-torch-trainer takes the training runs of digits" in text
+    assert "kubectl -n marcelle-torch get pvc mt-marcelle-torch-model-store" in text
+    assert "GPU(s) each" not in text
+    gpu = notes("training.enabled=true", "training.gpus=1", "modelStore.existingClaim=team-store")
+    assert '(1 GPU(s) each, on nodes labelled {"marcelle-torch.dev/node-pool":"gpu"})' in gpu
+    assert "get pvc team-store" in gpu
+    assert "Model store: claim mt-marcelle-torch-model-store" in notes("modelStore.enabled=true")
+    assert "trainer" not in notes() and "model store" not in notes().lower()
