@@ -16,10 +16,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from support.bars_model import NEW, OLD, TRAIN, drawings, make_trainable_folder, png, write_user_package
+from support.shapes import stars
 
 from marcelle_torch.errors import InvalidInput, InvalidSpec
 from marcelle_torch.models.folder import MANIFEST, load_folder
@@ -66,7 +68,10 @@ def test_a_new_label_is_learnt_into_a_new_version_that_every_path_loads(base_fol
     assert manifest["parent"] == base.version and version.parent == base.version
     assert manifest["dataset"] == examples_digest(examples)
     assert manifest["version"] == version.version == manifest["sha256"][:12]
-    assert manifest["train"] == TRAIN and manifest["module"] == "bars_net:BarsNet"
+    # The version keeps what it learnt from, to rehearse in the next training.
+    assert manifest["train"] == {**TRAIN, "rehearsal": "rehearsal.npz"} and manifest["module"] == "bars_net:BarsNet"
+    with np.load(version.folder / "rehearsal.npz") as kept:
+        assert sorted(kept["y"].tolist()) == sorted(y for _, y in examples)
     assert manifest["metrics"]["held_out"] == 6 and manifest["metrics"]["epochs"] == TRAIN["epochs"]
 
     spec = load_folder(version.folder)
@@ -238,3 +243,28 @@ def test_model_init_with_a_train_head_makes_a_folder_that_model_finetune_teaches
     assert "new labels: cross" in taught.stdout and "epoch 10/10:" in taught.stdout  # the default epochs
     (version,) = (tmp_path / "store" / "bars").iterdir()
     assert load_folder(version).labels == (*OLD, NEW)
+
+
+def test_the_built_in_digits_learns_a_star_from_ten_drawings_and_keeps_its_digits(tmp_path):
+    """The Teach page's loop in-process: ten drawings of a new label, rehearsed with the dataset's
+    own digits (train.rehearsal), so the digits are not forgotten."""
+    from marcelle_torch.models import get_spec, load_model
+    from marcelle_torch.models.digits import synthetic_canvases
+    from marcelle_torch.models.optdigits import load_split
+
+    digits = get_spec("digits")
+    version = fine_tune(
+        digits.trainable(digits, tmp_path / "base"), [(x, "star") for x in stars(10, seed=0)], store=tmp_path
+    )
+    assert version.spec.labels == (*digits.labels, "star")
+
+    _, x_test, _, y_test = load_split(0)
+    canvases, targets = synthetic_canvases(x_test[:300], y_test[:300], per_image=1, seed=5)
+    held_out = torch.stack(stars(40, seed=100))
+    base, taught = load_model(digits), load_model(version.spec)
+    with torch.no_grad():
+        star_score = float((taught(held_out).argmax(1) == 10).float().mean())
+        before = float((base(canvases).argmax(1) == targets).float().mean())
+        after = float((taught(canvases).argmax(1) == targets).float().mean())
+    assert star_score >= 0.9, star_score
+    assert after >= before - 0.03, (before, after)  # these synthetic canvases are harder than drawings

@@ -144,6 +144,60 @@ def drawn_examples(n: int, seed: int = 0) -> np.ndarray:
     return np.stack(drawn)[:, None].astype(np.float32)
 
 
+# How the page's Teach loop fine-tunes it: the classifier head on the preprocessed counts, with
+# dataset digits rehearsed beside the user's drawings (see training/finetune.py).
+TRAIN = {"head": "net.head.4", "layers": ["net.head"], "learning_rate": 0.002, "epochs": 15, "batch_size": 16,
+         "holdout": 0.2, "rehearsal": "rehearsal.npz"}  # fmt: skip
+REHEARSAL_PER_LABEL = 50
+
+
+def trainable_folder(spec: ModelSpec, root: Path) -> Path:
+    """``digits`` as a trainable model folder under ``root`` (its trained weights as a state_dict,
+    the module by import path, TRAIN, and drawn dataset digits to rehearse), made once per weights.
+    ``root`` is writable where the cache may not be (the images' cache is read-only)."""
+    import tempfile
+
+    from .folder import write_folder
+    from .weights import load_state_dict, resolve_weights, sha256_of
+
+    weights = resolve_weights(spec, train_if_missing=True)
+    assert weights is not None  # a built-in that trains into the cache
+    out = Path(root) / f"{spec.name}-{spec.version}-{sha256_of(weights)[:12]}"
+    if out.is_dir():
+        return out
+    x_train, _, y_train, _ = load_split(0)
+    picked = np.concatenate([np.flatnonzero(y_train == d)[:REHEARSAL_PER_LABEL] for d in range(10)])
+    canvases, targets = synthetic_canvases(x_train[picked], y_train[picked], per_image=1, seed=7)
+    Path(root).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        state = Path(tmp) / "model.pth"
+        torch.save(load_state_dict(weights), state)
+        rehearsal = Path(tmp) / str(TRAIN["rehearsal"])
+        with rehearsal.open("wb") as f:
+            x = (canvases * 255).round().to(torch.uint8).numpy()
+            np.savez_compressed(f, x=x, y=np.array([LABELS[t] for t in targets.tolist()]))
+        staged = Path(tmp) / "folder"
+        write_folder(
+            state,
+            staged,
+            name=spec.name,
+            labels=",".join(LABELS),
+            input_text=f"image:{CANVAS}x{CANVAS}x1",
+            output="probabilities",
+            module=f"{__name__}:DigitsClassifier",
+            description=spec.description,
+            train=TRAIN,
+            extra_files=[rehearsal],
+        )
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            staged.rename(out)
+        except OSError:
+            if not out.is_dir():  # not another process's same folder
+                raise
+    return out
+
+
 def spec() -> ModelSpec:
     return ModelSpec(
         name="digits",
@@ -154,5 +208,6 @@ def spec() -> ModelSpec:
         examples=drawn_examples,
         labels=LABELS,
         version="3",
+        trainable=trainable_folder,
         description="Handwritten digit classifier (CNN on scikit-learn's optdigits, 8x8 block counts)",
     )

@@ -396,7 +396,10 @@ def _train_config(manifest: dict, weights: Path, module_ref: str | None) -> Trai
             f"{MANIFEST}: train: weights {weights.name} are a frozen program; a trainable model is a "
             "state_dict with `module: package.module:Class`"
         )
-    return parse_train(manifest["train"])
+    config = parse_train(manifest["train"])
+    if config.rehearsal is not None and not (weights.parent / config.rehearsal).is_file():
+        raise InvalidSpec(f"{MANIFEST}: train.rehearsal: {config.rehearsal} is not in the model folder")
+    return config
 
 
 @dataclass(frozen=True)
@@ -541,6 +544,7 @@ def write_folder(
     module: str | None = None,
     description: str | None = None,
     train: dict | None = None,
+    extra_files: Sequence[Path] = (),
 ) -> ModelSpec:
     """Writes a model folder at ``out`` (the weights copied in, the manifest with their sha256, and
     ``train``, how it is fine-tuned, when given), loads it to check it, and only then puts it in
@@ -575,6 +579,8 @@ def write_folder(
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part"))
     try:
         shutil.copyfile(weights, tmp / weights.name)
+        for extra in extra_files:  # files the manifest names besides the weights (a rehearsal set)
+            shutil.copyfile(extra, tmp / Path(extra).name)
         if manifest["labels"] == "labels.txt":
             shutil.copyfile(label_file, tmp / "labels.txt")
         (tmp / MANIFEST).write_text(yaml.safe_dump(manifest, sort_keys=False))

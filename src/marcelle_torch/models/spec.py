@@ -125,6 +125,9 @@ class ModelSpec:
     # The ONNX exporter this model needs: torch.export's ("dynamo"), or "torchscript" for a
     # TorchScript module, which torch.export cannot trace into.
     onnx_exporter: str = "dynamo"
+    # A built-in that can be fine-tuned: trainable(spec, root) -> the model folder training starts
+    # from, made under the directory root (a model folder with `train:` is trainable by itself).
+    trainable: Callable[[ModelSpec, Path], Any] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not NAME_RE.match(self.name):

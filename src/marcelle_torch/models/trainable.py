@@ -14,8 +14,11 @@ manifest says how::
       batch_size: 16
       holdout: 0.2            # the share of each label's examples kept aside to measure accuracy
       shift: 0                # augmentation: random shifts of up to this many pixels
+      rehearsal: rehearsal.npz  # examples of the labels the model knows (x: N x C x H x W uint8,
+                              #   y: N label names), mixed in as many per label as the user gave,
+                              #   so teaching a new label does not make it forget the others
 
-Every key but ``head`` has the default shown. Limits keep a training run bounded; a value beyond
+Every key but ``head`` has the default shown (``rehearsal``: none). Limits keep a training run bounded; a value beyond
 them is refused with the limit.
 """
 
@@ -47,6 +50,7 @@ class TrainConfig:
     batch_size: int = 16
     holdout: float = 0.2
     shift: int = 0
+    rehearsal: str | None = None  # a file in the folder; see the module's docstring
 
     def trains(self, parameter: str) -> bool:
         """Whether the parameter named ``parameter`` (of the user's module) is fine-tuned."""
@@ -60,6 +64,8 @@ class TrainConfig:
         out["layers"] = list(self.layers)
         if not self.layers:
             del out["layers"]  # the head only: the default
+        if self.rehearsal is None:
+            del out["rehearsal"]
         return out
 
 
@@ -91,8 +97,17 @@ def parse_train(raw: Any) -> TrainConfig:
     optimizer = raw.get("optimizer", "adam")
     if optimizer not in OPTIMIZERS:
         raise InvalidSpec(f"{MANIFEST}: train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+    rehearsal = raw.get("rehearsal")
+    if rehearsal is not None and not (
+        isinstance(rehearsal, str)
+        and rehearsal.endswith(".npz")
+        and "/" not in rehearsal
+        and not rehearsal.startswith(".")
+    ):
+        raise InvalidSpec(f"{MANIFEST}: train.rehearsal must name an .npz file in the model folder, got {rehearsal!r}")
     return TrainConfig(
         head=head,
+        rehearsal=rehearsal,
         layers=tuple(layers),
         optimizer=optimizer,
         learning_rate=_number(raw, "learning_rate", float, 1e-7, 10.0, 1e-3),

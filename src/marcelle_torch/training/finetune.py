@@ -12,6 +12,11 @@ Progress goes to ``on_status(event)`` after every batch and every epoch; ``shoul
 between batches (a canceled training writes no version). With ``checkpoint`` (a file), each epoch
 is saved there and a later call with the same model and examples resumes after the last saved
 epoch, so a training that was killed finishes once.
+
+Rehearsal: a folder whose ``train.rehearsal`` names examples of the labels it knows mixes in up to
+REHEARSAL_KEPT of each, so ten drawings of a new label teach that label without the model
+forgetting the others. Each version keeps a rehearsal file of its own (the user's examples first,
+then its parent's), so the next training remembers this one's.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from ..models.spec import ModelSpec
 from ..models.trainable import MAX_EXAMPLES, TrainConfig, resize_head
 
 WEIGHTS_FILE = "model.pth"
+REHEARSAL_FILE = "rehearsal.npz"
+REHEARSAL_KEPT = 50  # examples per label rehearsed, and kept in a version for the next training
 Example = tuple[torch.Tensor, str]  # an input tensor (the model's input shape) and its label
 StatusFn = Callable[[dict], None]
 
@@ -156,6 +163,9 @@ def fine_tune(
     optimizer = _optimizer(config, trained)
 
     digest = examples_digest(examples)
+    rehearsed = rehearsal(model, labels, REHEARSAL_KEPT)
+    user_examples = list(examples)
+    examples = [*user_examples, *rehearsed]
     index = {label: i for i, label in enumerate(labels)}
     xs = torch.stack([x.to(torch.float32) for x, _ in examples])
     ys = torch.tensor([index[y] for _, y in examples])
@@ -178,7 +188,8 @@ def fine_tune(
             first_epoch = saved["epoch"] + 1
 
     report({"status": "start", "epoch": first_epoch - 1, "epochs": config.epochs, "labels": labels,
-            "examples": len(train_idx), "held_out": len(held_idx), "resumed": first_epoch > 1})  # fmt: skip
+            "examples": len(train_idx), "held_out": len(held_idx), "rehearsed": len(rehearsed),
+            "resumed": first_epoch > 1})  # fmt: skip
     for epoch in range(first_epoch, config.epochs + 1):
         order = torch.randperm(len(train_idx), generator=generator)
         seen, loss_sum, correct = 0, 0.0, 0
@@ -214,7 +225,8 @@ def fine_tune(
         report({"status": "epoch", "epoch": epoch, "epochs": config.epochs, "data": logs})
 
     metrics = _metrics(wrapped, held_x, held_y, labels, history)
-    version = write_version(model, labels, metrics, digest, Path(store))
+    kept = [*user_examples, *rehearsal(model, labels, REHEARSAL_KEPT)]
+    version = write_version(model, labels, metrics, digest, Path(store), kept)
     if checkpoint is not None:
         checkpoint.unlink(missing_ok=True)  # done: a rerun trains afresh, it does not resume
     report({"status": "success", "epoch": config.epochs, "epochs": config.epochs, "version": version.version,
@@ -244,7 +256,50 @@ def _metrics(model, held_x, held_y, labels: Sequence[str], history: list[dict]) 
     }
 
 
-def write_version(model: Trainable, labels: Sequence[str], metrics: dict, dataset: str, store: Path) -> Version:
+def rehearsal(model: Trainable, labels: Sequence[str], per_label: int, seed: int = 0) -> list[Example]:
+    """Up to ``per_label`` examples of each label from the folder's rehearsal file (none without
+    one), the same ones for the same call."""
+    import numpy as np
+
+    name = model.config.rehearsal
+    if name is None or per_label <= 0:
+        return []
+    with np.load(model.folder / name, allow_pickle=False) as data:
+        xs, ys = data["x"], data["y"]
+    shape = tuple(model.spec.input.shape)
+    if xs.dtype != np.uint8 or tuple(xs.shape[1:]) != shape or len(ys) != len(xs):
+        raise InvalidInput(
+            f"model {model.spec.name}: {name} must hold x (N x {' x '.join(map(str, shape))} uint8) and y (N labels)"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    out: list[Example] = []
+    for label in labels:
+        mine = [i for i, y in enumerate(ys) if str(y) == label]
+        order = [mine[j] for j in torch.randperm(len(mine), generator=generator).tolist()][:per_label]
+        out += [(torch.from_numpy(xs[i].astype(np.float32) / 255.0), label) for i in order]
+    return out
+
+
+def _write_rehearsal(path: Path, examples: Sequence[Example], labels: Sequence[str]) -> None:
+    """The version's rehearsal file: up to REHEARSAL_KEPT examples per label, in order given."""
+    import numpy as np
+
+    kept: list[Example] = []
+    for label in labels:
+        kept += [e for e in examples if e[1] == label][:REHEARSAL_KEPT]
+    xs = np.stack([(x.clamp(0, 1) * 255).round().to(torch.uint8).numpy() for x, _ in kept])
+    with path.open("wb") as f:
+        np.savez_compressed(f, x=xs, y=np.array([y for _, y in kept]))
+
+
+def write_version(
+    model: Trainable,
+    labels: Sequence[str],
+    metrics: dict,
+    dataset: str,
+    store: Path,
+    rehearse: Sequence[Example] = (),
+) -> Version:
     """The fine-tuned module as a model folder ``<store>/<name>/<version>/``: written beside and
     renamed once it loads, so the store holds whole versions only; the same weights are one version."""
     import yaml
@@ -269,6 +324,8 @@ def write_version(model: Trainable, labels: Sequence[str], metrics: dict, datase
         dataset=dataset,
         metrics=metrics,
     )
+    if rehearse:
+        manifest["train"] = {**manifest["train"], "rehearsal": REHEARSAL_FILE}
     target = store / model.spec.name / version
     if (target / MANIFEST).is_file():
         return Version(target, load_folder(target), version, parent, metrics)
@@ -276,6 +333,8 @@ def write_version(model: Trainable, labels: Sequence[str], metrics: dict, datase
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{version}.", suffix=".part"))
     try:
         (tmp / WEIGHTS_FILE).write_bytes(weights)
+        if rehearse:
+            _write_rehearsal(tmp / REHEARSAL_FILE, rehearse, labels)
         (tmp / MANIFEST).write_text(yaml.safe_dump(manifest, sort_keys=False))
         load_folder(tmp)  # the version loads as every path will load it, or it is not kept
         tmp.chmod(0o755)
