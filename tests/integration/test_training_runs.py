@@ -137,13 +137,13 @@ def test_a_training_run_makes_a_new_version_that_a_worker_then_serves(setting, w
 
 def test_bad_training_runs_fail_with_their_reason_and_cancel_writes_no_version(setting, bars, wait_until):
     client, store = setting.client, setting.store
-    worker = setting.trainer("w", models=[str(bars[0]), "digits"])
+    worker = setting.trainer("w", models=[str(bars[0]), "digits-generator"])
     for model, data, params, reason in (
         ("bars", {"examples": examples(2)}, {"train": {"epochs": 0}}, "params.train.epochs must be a whole number"),
         ("bars", {"examples": examples(2)}, {"train": {"lr": 1}}, "params.train: unknown key 'lr'"),
         ("bars", {"images": []}, {"train": {}}, 'a training run\'s input is {"examples"'),
         ("bars", {"examples": [{"x": {"b64": "bm90IGFuIGltYWdl"}, "y": "a"}]}, {"train": {}}, "input.examples:"),
-        ("digits", {"examples": []}, {"train": {}}, "model digits is not a model folder"),
+        ("digits-generator", {"examples": []}, {"train": {}}, "generation model: only classifiers are trained"),
     ):
         run = client.create("runs", {"model": model, "input": data, "params": params})
         failed = wait_until(lambda run=run: finished(client, run), what="the bad run to fail")

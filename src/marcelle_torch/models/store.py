@@ -9,6 +9,7 @@ Layout (one directory, shared by everything that serves or trains; a PVC on Kube
     <store>/<model>/published       a symlink to the published version (none: the model's own
                                     weights are served)
     <store>/.checkpoints/           training runs' per-epoch checkpoints
+    <store>/.base/                  trainable built-ins as model folders (where training starts)
 
 Publishing swaps the symlink in one rename, so a reader sees the old version or the new one,
 never a half-written pointer; a rollback is the same swap. Serve replicas, run workers and the
@@ -25,6 +26,7 @@ from pathlib import Path
 from ..errors import InvalidInput
 
 PUBLISHED = "published"
+BASE = ".base"
 ONNX = "onnx"
 VERSION_RE = re.compile(r"^[0-9a-f]{12}$")
 ENV = "MARCELLE_TORCH_STORE"
@@ -84,6 +86,9 @@ class ModelStore:
             return None
         name = Path(target).name
         return name if VERSION_RE.match(name) else None
+
+    def base_dir(self) -> Path:
+        return self.root / BASE
 
     def published_dir(self, model: str) -> Path | None:
         version = self.published(model)

@@ -85,6 +85,9 @@ class Prediction(BaseModel):
 
 class PredictResponse(BaseModel):
     predictions: list[Prediction] = Field(description="one per instance, in order")
+    model_version: str = Field(
+        description="the version that answered: the model's own, or the model store's published one"
+    )
 
 
 class ModelMetadata(BaseModel, extra="allow"):

@@ -41,6 +41,7 @@ per model is needed anyway; an application per model gives it a route of its own
 import asyncio
 import json
 import logging
+import threading
 import time
 from typing import Any, cast
 
@@ -50,6 +51,7 @@ from ray import serve
 from starlette.routing import Route
 
 from ..errors import InferenceTimeout, InvalidInput, MarcelleTorchError, ModelNotFound, ModelNotReady, Overloaded
+from ..models.store import ModelStore
 from .api import (
     RETRY_AFTER_S,
     Health,
@@ -72,6 +74,7 @@ from .options import ModelAppArgs, ModelUserConfig, RouterArgs, model_app_name, 
 logger = logging.getLogger("ray.serve")
 
 STATUS_CACHE_S = 0.5
+FOLLOW_PERIOD_S = 0.5  # how often a replica reads the store's published link (one readlink)
 METADATA_TIMEOUT_S = 10.0
 PREDICT_DOC: dict[str, Any] = {
     "summary": "Predict",
@@ -141,6 +144,16 @@ class ModelServer:
             time.monotonic() - started,
             self.threads,
         )
+        # What answers: (spec, module) of the model's own weights or of the store's published
+        # version, swapped as one reference, so a batch runs one version from end to end.
+        self.served = (self.spec, self.model)
+        self.store = ModelStore(self.args.store)
+        self._published: str | None = None
+        try:
+            self._follow_published()  # a new replica starts on the published version
+        except Exception as exc:
+            logger.error("model %s: the published version cannot be loaded: %s", self.spec.name, exc)
+        threading.Thread(target=self._follow_loop, daemon=True, name="follow-published").start()
         self.metrics = ServeMetrics()
         self.config = ModelUserConfig()
         # Requests answered ok are counted once per pass (a Ray metric update is a call into the
@@ -153,6 +166,39 @@ class ModelServer:
         )
         self._tags = {"model": self.spec.name}
         self._latency_tags = {"model": self.spec.name, "device": self.device}
+
+    def _follow_published(self) -> None:
+        """Load the version the store publishes, if it changed, then swap it in: requests go on
+        meanwhile on the version before, so a publish or a rollback fails none of them."""
+        from ..models import load_model
+        from ..models.folder import load_folder
+
+        published = self.store.published(self.spec.name)
+        if published == self._published:
+            return
+        started = time.monotonic()
+        if published is None:
+            served = (self.spec, self.model)
+        else:
+            spec = load_folder(self.store.version_dir(self.spec.name, published))
+            served = (spec, load_model(spec, device=self.device, logger=logger))
+        self.served = served
+        self._published = published
+        logger.info(
+            "model %s: now version %s (%.1fs to load)", self.spec.name, served[0].version, time.monotonic() - started
+        )
+
+    def _follow_loop(self) -> None:
+        failed = None
+        while True:
+            time.sleep(FOLLOW_PERIOD_S)
+            try:
+                self._follow_published()
+                failed = None
+            except Exception as exc:  # keep serving the version it has; say it once per cause
+                if repr(exc) != failed:
+                    logger.error("model %s: the published version cannot be loaded: %s", self.spec.name, exc)
+                    failed = repr(exc)
 
     def __serve_build_asgi_app__(self):
         """The replica's HTTP app (ray 2.60.0 serve/api.py ``ingress``: a class given no app builds
@@ -189,7 +235,7 @@ class ModelServer:
             raise RuntimeError(f"model {self.spec.name}: the batching loop has stopped")
 
     async def metadata(self) -> dict:
-        return self.spec.metadata() | {
+        return self.served[0].metadata() | {
             "device": self.device,
             "batching": self.config.model_dump(),
             "torch_threads": self.threads,
@@ -207,8 +253,9 @@ class ModelServer:
 
         instances = parse_predict_body(await read_body(request, self.args.max_body_bytes))
         batch = self._decode(instances)
-        predictions = await self._predict(batch)
-        return Response(json.dumps({"predictions": predictions}), media_type="application/json")
+        spec, predictions = await self._predict(batch)
+        body = {"predictions": predictions, "model_version": spec.version}
+        return Response(json.dumps(body), media_type="application/json")
 
     def _decode(self, instances: Any):
         from ..models import decode_instances
@@ -221,8 +268,9 @@ class ModelServer:
             logger.exception("model %s: decoding failed", self.spec.name)
             raise DecodeFailed(f"model {self.spec.name} could not decode the input: {type(exc).__name__}") from None
 
-    async def _predict(self, batch) -> list:
-        """A decoded batch through this replica's batcher: one prediction per instance."""
+    async def _predict(self, batch) -> tuple:
+        """A decoded batch through this replica's batcher: (the spec of the version that answered,
+        one prediction per instance)."""
         name = self.spec.name
         if self.batcher.queued >= self.config.max_queued_requests:
             raise Overloaded(
@@ -250,7 +298,7 @@ class ModelServer:
         from . import v2
 
         try:
-            _check_version(self.spec.metadata(), version)
+            _check_version(self.served[0].metadata(), version)
             payload, binary = v2.parse_infer_request(body, header_length)
             outputs = v2.requested_outputs(payload)
             image = isinstance(self.spec.input, ImageInput)
@@ -269,8 +317,8 @@ class ModelServer:
                         f"got [{data.min():g}, {data.max():g}]"
                     )
                 batch = torch.from_numpy(np.array(data, dtype=np.float32))
-            predictions = await self._predict(batch)
-            response = v2.infer_response(self.spec.metadata(), predictions, payload, outputs)
+            spec, predictions = await self._predict(batch)
+            response = v2.infer_response(spec.metadata(), predictions, payload, outputs)
             return 200, json.dumps(response).encode()
         except Exception as exc:
             err = to_project_error(exc)
@@ -289,12 +337,13 @@ class ModelServer:
 
         sizes = [len(b) for b in batches]
         joined = torch.cat(batches) if len(batches) > 1 else batches[0]
+        spec, model = self.served
         started = time.perf_counter()
         with torch.inference_mode():
-            outputs = self.model(joined.to(self.device)).cpu()
+            outputs = model(joined.to(self.device)).cpu()
         self.metrics.latency.observe(time.perf_counter() - started, tags=self._latency_tags)
         self.metrics.batch_size.observe(len(joined), tags=self._tags)
-        return [postprocess(self.spec, part) for part in outputs.split(sizes)]
+        return [(spec, postprocess(spec, part)) for part in outputs.split(sizes)]
 
 
 # ----------------------------------------------------------------------------- the router

@@ -87,6 +87,11 @@ class ModelAppArgs(HttpArgs):
     train_if_missing: bool = Field(
         default=True, description="train a built-in model whose weights are not in the cache yet"
     )
+    store: str | None = Field(
+        default=None,
+        description="the model store whose published version of this model the replicas follow "
+        "(default: $MARCELLE_TORCH_STORE, else the weights cache's versions/)",
+    )
 
 
 class ModelUserConfig(_Strict):

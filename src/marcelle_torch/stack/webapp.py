@@ -167,9 +167,11 @@ def start_webapp(
     host: str = "127.0.0.1",
     port: int = 0,
     bundles: dict[str, Path] | None = None,
+    store: str | Path | None = None,
 ) -> tuple[str, Callable[[], None]]:
     """Serve ``dist_dir`` and ``/config.json`` (= ``config``) on ``host:port`` in a daemon thread;
-    ``bundles`` (``{name: folder}``) are ONNX bundles made at start, served at ``/onnx/<name>/``.
+    ``bundles`` (``{name: folder}``) are ONNX bundles made at start, served at ``/onnx/<name>/``
+    unless the model ``store`` publishes a version of that model with a bundle: then that one.
 
     ``port=0`` picks a free port. Returns ``(url, stop)``; ``stop()`` closes the server and
     may be called more than once.
@@ -196,7 +198,7 @@ def start_webapp(
 
     server = uvicorn.Server(
         uvicorn.Config(
-            webapp_asgi(dist, config_body, headers, bundles),
+            webapp_asgi(dist, config_body, headers, bundles, store),
             log_config=None,  # leave the process's logging as it is
             log_level="warning",
             access_log=False,
@@ -233,15 +235,22 @@ def start_webapp(
 
 
 def webapp_asgi(
-    dist: Path, config_body: bytes, headers: dict[str, str], bundles: dict[str, Path] | None = None
+    dist: Path,
+    config_body: bytes,
+    headers: dict[str, str],
+    bundles: dict[str, Path] | None = None,
+    store: str | Path | None = None,
 ) -> ASGIApp:
-    """The ASGI app: ``/config.json``, the ``bundles`` at ``/onnx/<name>/``, and the files of
-    ``dist``, every answer with ``headers`` (``security_headers``) and the cache headers."""
+    """The ASGI app: ``/config.json``, the ``bundles`` at ``/onnx/<name>/`` (the store's published
+    version's bundle where there is one), and the files of ``dist``, every answer with ``headers``
+    (``security_headers``) and the cache headers."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import Response
     from starlette.routing import Mount, Route
     from starlette.staticfiles import StaticFiles
+
+    from ..models.store import ONNX, ModelStore
 
     class Files(StaticFiles):
         def file_response(
@@ -252,13 +261,44 @@ def webapp_asgi(
                 response.headers["content-type"] = content_type(full_path)
             return response
 
+    model_store = ModelStore(store)
+
+    class Bundle(Files):
+        """One model's bundle: the published version's (found per request, one readlink), else the
+        one made at start. Revalidated by ETag, so a page that reloads gets a new publish at once."""
+
+        def __init__(self, name: str, folder: Path):
+            super().__init__(directory=folder)
+            self.name, self.folder = name, Path(folder)
+
+        def lookup_path(self, path: str) -> tuple[str, os.stat_result | None]:
+            published = model_store.published_dir(self.name)
+            root = (
+                published / ONNX
+                if published is not None and (published / ONNX / "model.json").is_file()
+                else self.folder
+            )
+            root = root.resolve()
+            full = (root / path).resolve()
+            if full != root and root not in full.parents:
+                return "", None
+            try:
+                return str(full), os.stat(full)
+            except (FileNotFoundError, NotADirectoryError):
+                return "", None
+
+    # The app's own bundles (built into dist/onnx/) and those made at start: each follows the store.
+    built = dist / "onnx"
+    followed = {p.name: p for p in sorted(built.iterdir()) if p.is_dir()} if built.is_dir() else {}
+    followed.update(bundles or {})
+
     async def config_json(request: Request) -> Response:
         return Response(config_body, media_type="application/json", headers={"Cache-Control": "no-store"})
 
     app = Starlette(
         routes=[
             Route("/config.json", config_json, methods=["GET", "HEAD"]),
-            *(Mount(f"/onnx/{name}", Files(directory=folder)) for name, folder in (bundles or {}).items()),
+            *(Mount(f"/onnx/{name}", Bundle(name, folder)) for name, folder in followed.items()),
             Mount("/", Files(directory=dist, html=True)),
         ]
     )

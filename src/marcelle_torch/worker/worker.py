@@ -80,6 +80,7 @@ class Worker:
         )
         self.models: dict[str, tuple] = {}
         self.refs: dict[str, str] = {}  # model name -> the reference it was loaded from
+        self.published: dict[str, str | None] = {}  # model name -> the store version it runs (None: its own)
         self.events: queue.Queue = queue.Queue()
         self.candidates: dict[str, str] = {}  # pending run id -> createdAt: claimed oldest first
         self.current: CurrentRun | None = None
@@ -291,13 +292,22 @@ class Worker:
 
         if run.get("model") not in self.models:
             raise InvalidInput(f"this worker does not serve model {run.get('model')!r}")
-        spec, module, runner = self.models[run["model"]]
+        spec, module, runner = self._published_model(run["model"])
 
         def report(progress: float, partial: Partial = None) -> None:
             self._check(current)
             self._progress(current, progress, partial)
 
-        if spec.task == "classification" and "train" in (run.get("params") or {}):
+        params = run.get("params") or {}
+        if "publish" in params or "train" in params:
+            if spec.task != "classification":
+                raise InvalidInput(
+                    f"model {spec.name} is a {spec.task} model: only classifiers are trained and published"
+                )
+            if "publish" in params:
+                from .publish_run import run_publish
+
+                return run_publish(spec.name, run, self._store(), report)
             return self._train(run, current, spec, report)
         if spec.task == "classification":
             if "input" not in run or run["input"] is None:
@@ -307,19 +317,57 @@ class Worker:
             batch = decode_instances(spec, [run["input"]])
             self._check(current)
             with torch.no_grad():
-                return postprocess(spec, module(batch))[0]
+                return postprocess(spec, module(batch))[0] | {"model_version": spec.version}
         return runner(module, run.get("input"), run.get("params") or {}, report)
 
     def _train(self, run: dict, current: CurrentRun, spec: Any, report: Callable[[float, Partial], None]) -> dict:
-        from ..models.folder import is_folder_ref, resolve_folder
-        from ..models.weights import cache_dir
         from .training_run import run_training
 
+        return run_training(
+            self._trainable_folder(spec),
+            spec,
+            run,
+            self._store().root,
+            report,
+            lambda: self._check(current),
+            find=self.conn.client.find,
+        )
+
+    def _published_model(self, name: str) -> tuple:
+        """The model as the store publishes it now (one readlink per run): a newly published
+        version is loaded before the run, and the model's own weights come back on a rollback."""
+        from ..models import get_spec, load_model
+        from ..models.folder import load_folder
+
+        spec, _module, runner = self.models[name]
+        published = self._store().published(name) if spec.task == "classification" else None
+        if published == self.published.get(name):  # nothing published yet is None: its own weights
+            return self.models[name]
+        loaded = load_folder(self._store().version_dir(name, published)) if published else get_spec(self.refs[name])
+        self.models[name] = (loaded.require("worker"), load_model(loaded), runner)
+        self.published[name] = published
+        log.info("model %s: now version %s", name, loaded.version)
+        return self.models[name]
+
+    def _trainable_folder(self, spec: Any) -> Path:
+        """The folder a training of ``spec`` starts from: the published version, the model folder it
+        was loaded from, or a trainable built-in's (``digits``)."""
+        from ..models.folder import is_folder_ref, resolve_folder
+
+        published = self._store().published_dir(spec.name)
+        if published is not None:
+            return published
         ref = self.refs[spec.name]
-        if not is_folder_ref(ref):
-            raise InvalidInput(f"model {spec.name} is not a model folder: only a model folder can be trained")
-        store = Path(self.options.store) if self.options.store else cache_dir() / "versions"
-        return run_training(resolve_folder(ref), spec, run, store, report, lambda: self._check(current))
+        if is_folder_ref(ref):
+            return resolve_folder(ref)
+        if spec.trainable is not None:
+            return Path(spec.trainable(spec, self._store().base_dir()))
+        raise InvalidInput(f"model {spec.name} is not trainable: train a model folder with a `train:` section")
+
+    def _store(self) -> Any:
+        from ..models.store import ModelStore
+
+        return ModelStore(self.options.store)
 
     def _progress(self, current: CurrentRun, progress: float, partial: Partial) -> None:
         """Never waits on the backend: the newest progress is handed to the run's sender."""
