@@ -74,9 +74,11 @@ def stack(make_backend, make_worker, start_serve, connect, tmp_path):
     store = tmp_path / "store"
     env = {"MARCELLE_TORCH_STORE": str(store)}
     backend = make_backend()
-    worker = make_worker(backend.url, "teacher", "--store", str(store), models=["digits"])
+    # A trainer takes the training and publish runs, a run worker the others (as on the chart).
+    make_worker(backend.url, "trainer", "--store", str(store), "--runs", "train", models=["digits"])
+    make_worker(backend.url, "runner", "--store", str(store), "--runs", "infer", models=["digits"])
     serve = start_serve(tmp_path / "serve.log", env=env)
-    yield backend, connect(backend.url), serve, store, worker
+    yield backend, connect(backend.url), serve, store
     serve.stop()
 
 
@@ -89,12 +91,13 @@ def done(client, run, wait_until, timeout=300):
 
 
 def test_a_taught_version_is_published_to_every_path_without_a_failed_request_and_rolled_back(stack, wait_until):
-    backend, client, serve, store, _worker = stack
+    _backend, client, serve, store = stack
     taught = [{"x": data_url(x), "y": "star"} for x in stars(10, seed=0)]
     training = done(client, client.create("runs", {"model": "digits", "input": {"examples": taught},
                                                    "params": {"train": {}}}), wait_until)  # fmt: skip
     assert training["status"] == "succeeded", training.get("error")
     version = training["result"]["version"]
+    assert training["worker"].startswith("trainer-")
     assert training["result"]["labels"][-1] == "star"
 
     held_out = stars(10, seed=50)
@@ -115,6 +118,7 @@ def test_a_taught_version_is_published_to_every_path_without_a_failed_request_an
         # The worker follows too: a backend run of a held-out star is answered by the version.
         run = done(client, client.create("runs", {"model": "digits", "input": data_url(held_out[1])}), wait_until)
         assert run["result"]["label"] == "star" and run["result"]["model_version"] == version
+        assert run["worker"].startswith("runner-") and published["worker"].startswith("trainer-")
 
         # The ONNX bundle the web app serves now is the version's, made by the publish.
         bundle = json.loads((store / "digits" / "published" / "onnx" / "model.json").read_text())
@@ -131,7 +135,7 @@ def test_a_taught_version_is_published_to_every_path_without_a_failed_request_an
 
 
 def test_a_publish_that_cannot_be_done_fails_with_its_reason_and_changes_nothing(stack, wait_until):
-    _backend, client, serve, store, _worker = stack
+    _backend, client, serve, store = stack
     unknown = done(client, client.create("runs", {"model": "digits", "input": None,
                                                   "params": {"publish": "0123456789ab"}}), wait_until)  # fmt: skip
     assert unknown["status"] == "failed" and "has no version 0123456789ab" in unknown["error"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from .options import WorkerOptions
+from .options import RUN_KINDS, WorkerOptions
 
 DEFAULT_MODELS = "digits,digits-generator"
 DEFAULTS = WorkerOptions()
@@ -75,6 +75,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="the model store: training runs write new model versions to DIR/<model>/<version>/ "
         "(default: the cache's versions/; share it between workers so a taken-back training resumes)",
     )
+    p.add_argument(
+        "--runs",
+        choices=RUN_KINDS,
+        default=DEFAULTS.runs,
+        help="which runs to take: all (default), train (training and publish runs: a trainer) or "
+        "infer (the others: a run worker beside a trainer)",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=cmd_worker)
@@ -124,6 +131,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         grace=args.grace,
         max_updates_per_second=args.max_updates_per_second,
         store=args.store,
+        runs=args.runs,
     )
     worker = Worker(
         args.backend,

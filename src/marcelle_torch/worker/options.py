@@ -15,4 +15,16 @@ class WorkerOptions:
     max_updates_per_second: float = 20.0  # progress patches per run, at most
     call_timeout: float = 30.0
     finish_timeout: float = 120.0  # how long a finished result is retried while the backend is away
-    store: str | None = None  # where training runs write model versions (None: the cache's versions/)
+    store: str | None = None  # the model store (None: $MARCELLE_TORCH_STORE, else the cache's versions/)
+    # Which runs this worker takes: "all", "train" (training and publish runs: a trainer, e.g. on a
+    # GPU node) or "infer" (the others), so training does not take the run worker's CPUs.
+    runs: str = "all"
+
+
+RUN_KINDS = ("all", "train", "infer")
+
+
+def run_kind(run: dict) -> str:
+    """ "train" for a training or publish run (``params.train`` / ``params.publish``), else "infer"."""
+    params = run.get("params")
+    return "train" if isinstance(params, dict) and ("train" in params or "publish" in params) else "infer"

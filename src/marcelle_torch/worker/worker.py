@@ -47,7 +47,7 @@ from ..errors import InvalidInput, MarcelleTorchError
 from .client import BackendError, BackendUnavailable, is_not_found
 from .connection import Connection
 from .metrics import WorkerMetrics
-from .options import WorkerOptions
+from .options import WorkerOptions, run_kind
 from .progress import Partial, ProgressSender
 from .protocol import RELEASE, RENEW, CurrentRun, Stop, WorkerError, claim, created_at, held_by
 
@@ -182,7 +182,7 @@ class Worker:
         if kind == "connect":
             self._on_connected()
         elif kind == "run":
-            if payload.get("status") == "pending" and payload.get("model") in self.models:
+            if payload.get("status") == "pending" and self._takes(payload):
                 self.candidates.setdefault(payload["_id"], created_at(payload))
             else:
                 self.candidates.pop(payload.get("_id"), None)
@@ -204,7 +204,7 @@ class Worker:
                     "model": {"$in": list(self.models)},
                     "$sort": {"createdAt": 1},
                     "$limit": 100,
-                    "$select": ["_id", "model", "status", "createdAt"],
+                    "$select": ["_id", "model", "status", "createdAt", "params"],
                 },
             )
         except (BackendUnavailable, BackendError) as exc:
@@ -212,7 +212,12 @@ class Worker:
             return
         self.metrics.pending.set(pending.get("total", 0))
         for run in pending.get("data", []):
-            self.candidates.setdefault(run["_id"], created_at(run))
+            if self._takes(run):
+                self.candidates.setdefault(run["_id"], created_at(run))
+
+    def _takes(self, run: dict) -> bool:
+        """A run of a model this worker has, of the kind it takes (``--runs``)."""
+        return run.get("model") in self.models and self.options.runs in ("all", run_kind(run))
 
     def _claim_next(self) -> tuple[dict, CurrentRun] | None:
         while self.candidates and not self.stopping.is_set() and self.conn.connected:
