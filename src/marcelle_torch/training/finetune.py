@@ -139,8 +139,10 @@ def fine_tune(
     should_stop: Callable[[], bool] | None = None,
     checkpoint: Path | None = None,
     epochs: int | None = None,
+    device: str | None = None,
 ) -> Version:
-    """Fine-tune the model folder at ``folder`` on ``examples``; write and return the new version."""
+    """Fine-tune the model folder at ``folder`` on ``examples``; write and return the new version.
+    ``device``: where to train (default: the GPU when torch sees one, else the CPU)."""
     model = load_trainable(Path(folder))
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     config = model.config if epochs is None else replace(model.config, epochs=epochs)
@@ -159,7 +161,8 @@ def fine_tune(
         raise InvalidInput(f"train.layers {list(config.layers)} names none of the model's parameters")
     # Eval mode while training the chosen layers: frozen BatchNorm statistics, no dropout noise on
     # a few dozen examples, and the same numbers as the served model for the same weights.
-    wrapped = model.module.eval()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    wrapped = model.module.to(device).eval()
     optimizer = _optimizer(config, trained)
 
     digest = examples_digest(examples)
@@ -170,6 +173,7 @@ def fine_tune(
     xs = torch.stack([x.to(torch.float32) for x, _ in examples])
     ys = torch.tensor([index[y] for _, y in examples])
     train_idx, held_idx = split(examples, labels, config.holdout)
+    xs, ys = xs.to(device), ys.to(device)
     train_x, train_y = xs[train_idx], ys[train_idx]
     held_x, held_y = xs[held_idx], ys[held_idx]
     batches = max(1, -(-len(train_idx) // config.batch_size))
@@ -305,7 +309,7 @@ def write_version(
     import yaml
 
     buffer = io.BytesIO()
-    torch.save(model.inner.state_dict(), buffer)
+    torch.save({key: value.cpu() for key, value in model.inner.state_dict().items()}, buffer)
     weights = buffer.getvalue()
     sha256 = hashlib.sha256(weights).hexdigest()
     version = sha256[:12]
