@@ -269,3 +269,28 @@ def test_nginx_sends_the_same_security_headers():
         if not location.startswith("@"):  # the JSON 503s of an unreachable Serve / backend
             assert set(expected) <= set(headers), f"location {location} drops {set(expected) - set(headers)}"
     assert re.search(r"^\s*server_tokens off;", NGINX_CONF.read_text(), re.M), "nginx must not show its version"
+
+
+def test_a_models_bundle_follows_the_stores_published_version(dist, tmp_path):
+    from marcelle_torch.models.store import ModelStore
+
+    store = ModelStore(tmp_path / "store")
+    version = tmp_path / "store" / "digits" / "0123456789ab"
+    (version / "onnx").mkdir(parents=True)
+    (version / "marcelle-model.yaml").write_text("name: digits\n")
+    (version / "model.pth").write_bytes(b"weights: never served")
+    (version / "onnx" / "model.onnx").write_bytes(b"published-onnx")
+    (version / "onnx" / "model.json").write_text('{"version": "0123456789ab"}')
+    url, stop = start_webapp(dist, CONFIG, store=store.root)
+    try:
+        assert get(url + "/onnx/digits/model.onnx")[2] == b"onnx-bytes"  # nothing published: the app's own
+        store.publish("digits", "0123456789ab")
+        status, headers, body = get(url + "/onnx/digits/model.onnx")
+        assert (status, body) == (200, b"published-onnx") and headers["ETag"]
+        assert get(url + "/onnx/digits/model.json")[2] == b'{"version": "0123456789ab"}'
+        for path in ("/onnx/digits/../model.pth", "/onnx/digits/%2e%2e/model.pth", "/onnx/digits/meta.json"):
+            assert get(url + path)[0] == 404, path  # the version's own files, and the old bundle's, are not
+        store.publish("digits", None)  # rollback: the app's own again
+        assert get(url + "/onnx/digits/model.onnx")[2] == b"onnx-bytes"
+    finally:
+        stop()
