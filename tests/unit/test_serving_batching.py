@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from marcelle_torch.serving.batching import AdaptiveBatcher
+from marcelle_torch.serving.batching import AdaptiveBatcher, BatchCap
 
 
 def run(coro):
@@ -90,3 +90,46 @@ def test_cancelled_requests_are_skipped():
 
     assert run(main()) == ["first", "kept"]
     assert "gone" not in seen
+
+
+def feed(cap: BatchCap, seconds_per_instance, sizes=(1, 2, 4, 8, 16), rounds: int = 5) -> None:
+    for _ in range(rounds):
+        for n in sizes:
+            cap.observe(n, n * seconds_per_instance(n))
+
+
+def test_a_model_slower_per_instance_in_large_batches_is_capped_at_its_knee():
+    # ResNet-18 on one torch thread (bench/serve_latency.py): 24 ms/instance up to 4, 29 at 16.
+    cap = BatchCap(16)
+    feed(cap, lambda n: 0.024 if n <= 4 else 0.0255 if n <= 8 else 0.029)
+    cap.passes = 1  # not an exploring pass
+    assert cap.limit() == 8  # within 10% of the best; 16 is not
+    cap.passes = BatchCap.EXPLORE_EVERY  # every so often the full size is tried again
+    assert cap.limit() == 16
+
+
+def test_a_model_faster_per_instance_in_larger_batches_is_not_capped():
+    cap = BatchCap(16)
+    feed(cap, lambda n: 0.001 / n + 0.0001)
+    cap.passes = 1
+    assert cap.limit() == 16
+    assert BatchCap(16).limit() == 16  # nothing measured yet: the full size
+
+
+def test_the_batcher_keeps_batches_at_the_knee_under_load():
+    """Real passes: a fake model whose time per instance jumps past 4 instances."""
+
+    def run(items):
+        time.sleep(0.002 * len(items) * (1 if len(items) <= 4 else 3))
+        return items
+
+    async def main():
+        batcher = AdaptiveBatcher(run, max_batch_size=16)
+        sizes = []
+        batcher.cap.observe = (lambda observe: lambda n, s: (sizes.append(n), observe(n, s)))(batcher.cap.observe)
+        await asyncio.gather(*(batcher.submit(i, 1) for i in range(200)))
+        return sizes
+
+    sizes = asyncio.run(main())
+    late = sizes[len(sizes) // 2 :]
+    assert max(late) == 16 and sorted(late)[len(late) // 2] <= 4, sizes  # explores, mostly at the knee

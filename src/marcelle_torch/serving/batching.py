@@ -21,6 +21,14 @@ loop and 3.0-4.4 ms with it in a thread, on 2 loaded cores); a loop blocked for 
 costs less. A long pass (a compute-bound model) goes to the thread, so the loop keeps reading
 requests, health checks and timeouts meanwhile. The first pass runs in the thread (its time is
 not known yet).
+
+How large a batch: up to ``max_batch_size``, but no larger than the model's *knee*
+(``BatchCap``). Each pass's time per instance is kept by batch size (in powers of two); batches
+stop growing past the largest size whose time per instance is within 10% of the best seen. A
+compute-bound model on one thread gets slower per instance past a point (bench/serve_latency.py:
+ResNet-18 on one torch thread gave 41.7 samples/s in batches of 4 and 34.4 in batches of 16), a
+light one keeps getting faster, so the first is capped there and the second is not. Every
+``EXPLORE_EVERY`` passes one may take the full size again, so a knee that moves is found again.
 """
 
 from __future__ import annotations
@@ -33,6 +41,43 @@ from collections.abc import Callable
 from typing import Any
 
 INLINE_MAX_S = 0.005
+
+
+class BatchCap:
+    """The batch size past which a model gets no faster per instance (see the module's docstring)."""
+
+    EXPLORE_EVERY = 32
+    TOLERANCE = 1.10
+
+    def __init__(self, max_size: int):
+        self.max_size = max_size
+        self.cost: dict[int, float] = {}  # batch size (next power of two) -> moving mean s/instance
+        self.passes = 0
+
+    def observe(self, instances: int, seconds: float) -> None:
+        if instances <= 0:
+            return
+        size = 1 << (instances - 1).bit_length()  # 3 -> 4, 4 -> 4, 5 -> 8
+        per = seconds / instances
+        previous = self.cost.get(size)
+        self.cost[size] = per if previous is None else 0.8 * previous + 0.2 * per
+        self.passes += 1
+
+    def limit(self, queued: int | None = None) -> int:
+        """Instances the next batch may take, ``queued`` instances waiting (None: as many as it takes)."""
+        cost = self.cost.copy()  # observe() runs in the forward thread (a dict copy is atomic)
+        if not cost or self.passes % self.EXPLORE_EVERY == 0:
+            return self.max_size
+        best = min(cost.values())
+        near_best = [size for size, per in cost.items() if per <= best * self.TOLERANCE]
+        knee = max(near_best)
+        size = min(knee, self.max_size) if knee < max(cost) else self.max_size
+        # Under a steady load every batch is full: then the size below the smallest near-best one
+        # is tried once, so a knee lower down is found too.
+        below = min(near_best) // 2
+        if 1 <= below < size and below not in cost and (queued is None or queued >= size):
+            return below
+        return size
 
 
 class AdaptiveBatcher:
@@ -49,6 +94,7 @@ class AdaptiveBatcher:
         self.on_delivered = on_delivered
         self.max_batch_size = max_batch_size
         self.batch_wait_timeout_s = batch_wait_timeout_s
+        self.cap = BatchCap(max_batch_size)
         self._queue: collections.deque = collections.deque()
         self._wakeup = asyncio.Event()  # bound to a loop on first use (Python >= 3.10)
         self._task: asyncio.Task | None = None
@@ -60,6 +106,7 @@ class AdaptiveBatcher:
     def configure(self, max_batch_size: int, batch_wait_timeout_s: float) -> None:
         self.max_batch_size = max_batch_size
         self.batch_wait_timeout_s = batch_wait_timeout_s
+        self.cap = BatchCap(max_batch_size)
 
     @property
     def queued(self) -> int:
@@ -80,18 +127,19 @@ class AdaptiveBatcher:
         return await future
 
     def _take(self) -> list:
-        """Queued requests up to max_batch_size instances (at least one), skipping cancelled ones."""
-        taken: list[tuple[Any, asyncio.Future]] = []
+        """Queued requests up to the batch limit (at least one), skipping cancelled ones."""
+        taken: list[tuple[Any, asyncio.Future, int]] = []
+        limit = self.cap.limit(self._queued_instances())
         total = 0
         while self._queue:
             item, size, future = self._queue[0]
             if future.cancelled():
                 self._queue.popleft()
                 continue
-            if taken and total + size > self.max_batch_size:
+            if taken and total + size > limit:
                 break
             self._queue.popleft()
-            taken.append((item, future))
+            taken.append((item, future, size))
             total += size
         return taken
 
@@ -106,7 +154,7 @@ class AdaptiveBatcher:
                 await self._wakeup.wait()
             if self.batch_wait_timeout_s > 0:
                 deadline = time.monotonic() + self.batch_wait_timeout_s
-                while self._queued_instances() < self.max_batch_size and time.monotonic() < deadline:
+                while self._queued_instances() < self.cap.limit() and time.monotonic() < deadline:
                     self._wakeup.clear()
                     try:
                         await asyncio.wait_for(self._wakeup.wait(), deadline - time.monotonic())
@@ -116,22 +164,23 @@ class AdaptiveBatcher:
             if not batch:
                 continue
             self.running = True
-            items = [item for item, _ in batch]
+            items = [item for item, _, _ in batch]
+            instances = sum(size for _, _, size in batch)
             try:
                 if self.pass_s is not None and self.pass_s < INLINE_MAX_S:
-                    results = self._timed(items)
+                    results = self._timed(items, instances)
                 else:
-                    results = await loop.run_in_executor(self._thread, self._timed, items)
+                    results = await loop.run_in_executor(self._thread, self._timed, items, instances)
             except Exception as exc:  # every request of the batch gets the error
                 self.last_error = exc
-                for _, future in batch:
+                for _, future, _ in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
             finally:
                 self.running = False
             delivered = 0
-            for (_, future), result in zip(batch, results, strict=True):
+            for (_, future, _), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)
                     delivered += 1
@@ -140,10 +189,11 @@ class AdaptiveBatcher:
             # Let the loop read what arrived during the pass before the next batch is formed.
             await asyncio.sleep(0)
 
-    def _timed(self, items: list) -> list:
+    def _timed(self, items: list, instances: int) -> list:
         started = time.perf_counter()
         try:
             return self.run_batch(items)
         finally:
             took = time.perf_counter() - started
             self.pass_s = took if self.pass_s is None else 0.8 * self.pass_s + 0.2 * took
+            self.cap.observe(instances, took)
