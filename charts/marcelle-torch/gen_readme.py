@@ -49,7 +49,7 @@ kubectl -n marcelle-torch get secret marcelle-torch-secrets -o jsonpath='{{.data
 
 Authentication is on: sign in as `backend.auth.adminEmail` (default `admin@marcelle-torch.local`)
 with the generated password above (NOTES print both commands). The backend serves the `runs`
-data service only (`backend.services`).
+and `instances-teach` data services only (`backend.services`).
 
 Value sets tested in CI are in `ci/` (CPU default, GPU, MongoDB, auth, Ingress, HTTPRoute,
 monitoring, models, training). The serve config is `files/serve_config.yaml`, a copy of

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 
-from k8s_tools import by_kind, ci_values, one, render, render_text
+from k8s_tools import CHART, by_kind, ci_values, one, render, render_text
 
 EXAMPLE_SECRET = "ZjXdk3pXZLVpvcEMGGuh6LYdi9o="  # the fixed secret @marcellejs/backend ships
 
@@ -259,11 +259,25 @@ def test_existing_secret_pins_every_generated_value():
     )
 
 
-def test_backend_creates_only_the_runs_service():
+def test_backend_creates_only_the_runs_and_teach_services():
     import json
 
+    # The Teach page's dataset('teach') lives in `instances-teach`: the chart's list must keep it
+    # (it replaces the backend's default list, services/backend/backend/config/default.yaml).
     env = backend_env(render(ci_values("default")))
-    assert json.loads(value(env, "MARCELLE_BACKEND_SERVICES")) == ["runs"]
+    assert json.loads(value(env, "MARCELLE_BACKEND_SERVICES")) == ["runs", "instances-teach"]
+    assert value(env, "MARCELLE_INSTANCES_PER_USER") == "2000"
+    env = backend_env(render(sets=("backend.instancesPerUser=5",)))
+    assert value(env, "MARCELLE_INSTANCES_PER_USER") == "5"
+
+
+def test_the_charts_services_are_the_backends_defaults():
+    import yaml
+
+    defaults = yaml.safe_load((CHART.parents[1] / "services/backend/backend/config/default.yaml").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["backend"]["services"] == defaults["whitelist"]["services"]
+    assert values["backend"]["instancesPerUser"] == defaults["marcelleTorch"]["instanceQuota"]["perOwner"]
 
 
 def test_pinned_secret_and_a_mongodb_url_in_values():

@@ -80,6 +80,19 @@ def test_the_trainer_is_the_run_workers_command_for_the_trainable_models():
     assert {"name": "models", "mountPath": "/models", "readOnly": True} in container["volumeMounts"]
 
 
+def test_the_trainer_takes_the_training_and_publish_runs_and_the_run_worker_the_others():
+    from marcelle_torch.cli import build_parser
+
+    objects = render(TRAINING)
+    worker = one(objects, "Deployment", "-worker")["spec"]["template"]["spec"]["containers"][0]
+    assert build_parser().parse_args(trainer_container(objects)["args"]).runs == "train"
+    assert build_parser().parse_args(worker["args"]).runs == "infer"
+    # Without the trainer the run worker takes every run (publish runs with `modelStore.enabled`).
+    for sets in ((), ("modelStore.enabled=true",)):
+        worker = one(render(sets=sets), "Deployment", "-worker")["spec"]["template"]["spec"]["containers"][0]
+        assert "--runs" not in worker["args"] and build_parser().parse_args(worker["args"]).runs == "all"
+
+
 def test_the_trainer_gets_the_workers_backend_account():
     objects = render(TRAINING)
     env = env_of(trainer_container(objects))

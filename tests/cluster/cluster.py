@@ -60,6 +60,11 @@ NGINX_ENTRYPOINT_READS = {
 }
 
 
+# The label that tells the release's Deployments apart (mt.componentLabels): the trainer and the
+# run worker run the same command, `marcelle-torch worker`.
+COMPONENT, TRAINER = "app.kubernetes.io/component", "trainer"
+
+
 def nginx_envsubst(template: str, env: dict[str, str]) -> str:
     """envsubst limited to defined variables (20-envsubst-on-templates.sh's $defined_envs)."""
     return re.sub(
@@ -511,13 +516,27 @@ class Cluster:
     def webapp_pod(self) -> Pod:
         return self.pods_of(self.webapp_service()["selector"])[0]
 
-    def run_worker_pod(self) -> Pod:
-        """The Pod running `marcelle-torch worker` (its first container's command)."""
+    def worker_pods(self) -> list[Pod]:
+        """The Pods running `marcelle-torch worker` (their first container's command): the run
+        worker's and, with `training.enabled`, the trainer's."""
+        found = []
         for pod in self.pods:
-            argv = pod.processes[0]["argv"]
+            argv = pod.processes[0]["argv"] if pod.processes else []
             if pod.alive() and len(argv) > 1 and argv[0].endswith("marcelle-torch") and argv[1] == "worker":
-                return pod
-        raise AssertionError("no Pod runs `marcelle-torch worker`")
+                found.append(pod)
+        return found
+
+    def run_worker_pod(self) -> Pod:
+        """The run worker's Pod: the `marcelle-torch worker` Pod that is not the trainer."""
+        pods = [p for p in self.worker_pods() if p.labels.get(COMPONENT) != TRAINER]
+        assert pods, "no Pod runs `marcelle-torch worker` but the trainer"
+        return pods[0]
+
+    def trainer_pod(self) -> Pod:
+        """The training worker's Pod (the trainer Deployment's, `training.enabled`)."""
+        pods = [p for p in self.worker_pods() if p.labels.get(COMPONENT) == TRAINER]
+        assert pods, "no trainer Pod runs `marcelle-torch worker` (training.enabled off?)"
+        return pods[0]
 
     def metrics_targets(self) -> list[tuple[Pod, str, str]]:
         """(pod, port name, URL) of every PodMonitor endpoint on every Pod it selects."""

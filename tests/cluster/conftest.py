@@ -27,6 +27,8 @@ START_TIMEOUT_S = 600
 # address and password in a Secret the user manages (created here, as `kubectl create secret`).
 REDIS_HOST, REDIS_PORT, REDIS_SECRET = "ray-redis", 6379, "ray-redis"
 REDIS_PASSWORD = "cluster-tier-redis-password"
+# The model the trainer takes (training.models): the trainable built-in.
+TRAINED_MODEL = "digits"
 
 
 def _why_not() -> str | None:
@@ -78,6 +80,11 @@ def objects(user_model):
         *model_store.helm_sets(user_model.value),
         "ray.gcsFaultTolerance.enabled=true",
         f"ray.gcsFaultTolerance.existingSecret={REDIS_SECRET}",
+        # Training in the loop: one more Pod (the trainer, for the built-in digits) and the model
+        # store's claim (a directory of this machine), mounted by the trainer, the run worker,
+        # the Ray Pods and the web app (test_cluster.py: teach, publish, roll back).
+        "training.enabled=true",
+        f"training.models[0]={TRAINED_MODEL}",
     )
     rendered = render_objects(sets=sets)
     address = f"{REDIS_HOST}.{NAMESPACE}.svc.cluster.local:{REDIS_PORT}"

@@ -125,6 +125,32 @@ def test_user_model_answers_through_the_web_app_as_in_process(target, user_model
         assert np.allclose([got["confidences"][k] for k in labels], [want["confidences"][k] for k in labels], atol=1e-4)
 
 
+def test_scenario_teach_publish_rollback(cluster, target, make_digit):
+    """Training in the loop on the chart (training.enabled): the trainer Pod claims a training
+    run of digits with ten stars (the run worker beside it takes only what it is rendered to
+    take), the version lands in the model store's claim; a publish run moves Serve (the Ray
+    worker Pod's replicas follow the claim's `published` link) and the web app's nginx (its
+    /onnx/digits/ bundle) to it, and a rollback moves both back; all through the web app's
+    /backend/ and /serve/ as the admin."""
+    trainer = cluster.trainer_pod()
+    runner = cluster.run_worker_pod()
+    claimers = [trainer.name]
+    args = runner.processes[0]["argv"]
+    store_in_runner = "--store" in args
+    takes_training = not any(a == "--runs" and b == "infer" for a, b in zip(args, args[1:], strict=False))
+    if store_in_runner and takes_training:  # a run worker with the store may train too (--runs all)
+        claimers.append(runner.name)
+    scenarios.teach_publish_rollback(target, make_digit, trainers=tuple(claimers))
+    store = (
+        cluster.workdir
+        / "pv"
+        / next(v["persistentVolumeClaim"]["claimName"] for v in trainer.spec["volumes"] if "persistentVolumeClaim" in v)
+    )
+    versions = [p.name for p in (store / "digits").iterdir() if p.is_dir() and len(p.name) == 12]
+    assert versions, f"no version in the model store's claim {store}"
+    assert not (store / "digits" / "published").exists(), "the rollback left a published link"
+
+
 def test_a_wrong_sha256_stops_the_pod_at_its_init_container(cluster, objects, user_model):
     """Re-break: the run worker's Pod with the model's sha256 wrong. Its init container fails with
     one line naming the model and saying what is wrong (the termination message `kubectl

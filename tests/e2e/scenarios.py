@@ -264,3 +264,134 @@ def user_model_on_three_paths(target, timeout_s: float = 300) -> None:
     ran = [run["result"]["confidences"][label] for label in labels]
     assert run["result"]["label"] == labels[int(np.argmax(ran))], run["result"]
     assert np.allclose(ran, served, atol=1e-5), f"run {ran} vs Serve {served}"
+
+
+def _stars(n: int, seed: int) -> list:
+    """Drawn stars (a shape no digit looks like) as PNG data URLs, as the Teach page sends them:
+    tests/integration/support/shapes.py, loaded by its path (the tiers' `support` differ)."""
+    import base64
+    import importlib.util
+    import io
+    from pathlib import Path
+
+    from PIL import Image
+
+    path = Path(__file__).resolve().parents[1] / "integration" / "support" / "shapes.py"
+    spec = importlib.util.spec_from_file_location("marcelle_torch_test_shapes", path)
+    shapes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shapes)
+    urls = []
+    for x in shapes.stars(n, seed=seed):
+        out = io.BytesIO()
+        Image.fromarray((x[0] * 255).round().byte().numpy(), mode="L").save(out, format="PNG")
+        urls.append("data:image/png;base64," + base64.b64encode(out.getvalue()).decode())
+    return urls
+
+
+def _finished_run(target, body: dict, auth: dict, timeout_s: float) -> dict:
+    """Create a run through the backend (REST) and poll it until it ends."""
+    status, _, answer = http("POST", f"{target.backend}/runs", body, headers=auth)
+    assert status in (200, 201), f"create run {body.get('params')}: HTTP {status}: {answer[:300]!r}"
+    run_id = json.loads(answer)["_id"]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status, _, answer = http("GET", f"{target.backend}/runs/{run_id}", headers=auth)
+        run = json.loads(answer) if status == 200 else {}
+        if run.get("status") in ("succeeded", "failed", "canceled"):
+            return run
+        assert time.monotonic() < deadline, f"run {run_id} {body.get('params')} not finished after {timeout_s}s: {run}"
+        time.sleep(1)
+
+
+def _served(target, instances: list) -> dict:
+    status, _, body = http("POST", f"{target.serve}/v1/models/digits:predict", {"instances": instances})
+    assert status == 200, f"predict: HTTP {status}: {body[:300]!r}"
+    return json.loads(body)
+
+
+def _until(what: str, check, timeout_s: float = 180):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = check()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"{what}: not after {timeout_s}s"
+        time.sleep(1)
+
+
+def teach_publish_rollback(target, make_digit, trainers: tuple[str, ...] = (), timeout_s: float = 900) -> dict:
+    """Training in the loop, as the admin, through the target's backend and Serve only: a training
+    run teaches the built-in ``digits`` ten drawn stars (Marcelle's {x, y} instances) into a new
+    version; a publish run moves Serve and the web app's ONNX bundle to it (Serve answers
+    ``model_version`` = the version and calls held-out stars "star", the digits kept); a rollback
+    run moves both back to the model's own weights. ``trainers``: names of the workers that may
+    claim the training (its run's ``worker`` starts with one). Returns timings (s) of each step."""
+    token = log_in(target)
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
+    status, _, body = http("GET", f"{target.serve}/v1/models/digits")
+    assert status == 200, f"digits metadata: HTTP {status}: {body[:300]!r}"
+    base = json.loads(body)["version"]
+    held_out = _stars(10, seed=50)
+    assert _served(target, held_out[:1])["model_version"] == base
+    timings = {}
+
+    t0 = time.monotonic()
+    examples = [{"x": x, "y": "star"} for x in _stars(10, seed=0)]
+    training = _finished_run(
+        target, {"model": "digits", "input": {"examples": examples}, "params": {"train": {}}}, auth, timeout_s
+    )
+    timings["train"] = time.monotonic() - t0
+    assert training["status"] == "succeeded", f"training ended {training['status']}: {training.get('error')}"
+    version = training["result"]["version"]
+    assert training["result"]["labels"][-1] == "star", training["result"]
+    if trainers:
+        assert training["worker"].startswith(tuple(f"{name}-" for name in trainers)), (
+            f"the training was claimed by {training['worker']}, not by {trainers}"
+        )
+
+    t0 = time.monotonic()
+    published = _finished_run(target, {"model": "digits", "input": None, "params": {"publish": version}}, auth, 600)
+    assert published["status"] == "succeeded", f"publish ended {published['status']}: {published.get('error')}"
+    assert published["result"] == {"model": "digits", "version": version, "previous": None}, published["result"]
+    _until("Serve on the published version", lambda: _served(target, held_out[:1])["model_version"] == version)
+    timings["publish"] = time.monotonic() - t0
+
+    answer = _served(target, held_out)
+    assert answer["model_version"] == version, answer["model_version"]
+    stars_right = sum(p["label"] == "star" for p in answer["predictions"])
+    assert stars_right >= 9, (
+        f"{stars_right}/10 held-out stars called star: {[p['label'] for p in answer['predictions']]}"
+    )
+    digits, labels = zip(*(make_digit(i) for i in range(8)), strict=True)
+    answer = _served(target, list(digits))
+    digits_right = sum(p["label"] == label for p, label in zip(answer["predictions"], labels, strict=True))
+    assert digits_right >= 7, f"the version forgot the digits: {digits_right}/8 right"
+    status, _, body = http("GET", f"{target.serve}/v1/models/digits")
+    meta = json.loads(body)
+    assert meta["version"] == version and meta["labels"][-1] == "star", meta
+
+    # The web app's nginx serves the published version's bundle (made by the publish run).
+    status, _, body = http("GET", f"{target.webapp}/onnx/digits/model.json")
+    assert status == 200, f"/onnx/digits/model.json: HTTP {status}"
+    bundle = json.loads(body)
+    assert bundle["version"] == version and bundle["labels"][-1] == "star", {
+        k: bundle.get(k) for k in ("version", "labels")
+    }
+    status, _, model = http("GET", f"{target.webapp}/onnx/digits/{bundle.get('file', 'model.onnx')}")
+    assert status == 200 and len(model) > 1000, f"the published model.onnx: HTTP {status}, {len(model)} bytes"
+
+    t0 = time.monotonic()
+    rollback = _finished_run(target, {"model": "digits", "input": None, "params": {"publish": None}}, auth, 600)
+    assert rollback["status"] == "succeeded", f"rollback ended {rollback['status']}: {rollback.get('error')}"
+    assert rollback["result"] == {"model": "digits", "version": None, "previous": version}, rollback["result"]
+    _until("Serve back on its own weights", lambda: _served(target, held_out[:1])["model_version"] == base)
+    timings["rollback"] = time.monotonic() - t0
+    status, _, body = http("GET", f"{target.webapp}/onnx/digits/model.json")
+    assert status == 200 and json.loads(body)["version"] == base, (
+        f"/onnx/digits/model.json after the rollback: {body[:200]!r}"
+    )
+    print(
+        f"teach/publish/rollback: version {version} (from {base}), stars {stars_right}/10, digits {digits_right}/8, "
+        f"claimed by {training['worker']}; " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())
+    )
+    return timings

@@ -4,8 +4,9 @@ the training worker (trainer-deployment.yaml): the backend it connects to, its n
 probes, its backend account (from the credentials Secret, only with authentication on), the
 models it takes and, with the model store, `--store` at the store's mount. Call with
 (dict "ctx" $ "name" "worker" "image" <image> "models" <list of --models items, none = the
-worker's default> "extraArgs" <list> "resources" <map> "command" bool). `command`: the image's
-entrypoint is not `marcelle-torch` (the GPU Ray image), so the container names it.
+worker's default> "runs" <"train" | "infer" | "", the worker's --runs; "": all> "extraArgs" <list>
+"resources" <map> "command" bool). `command`: the image's entrypoint is not `marcelle-torch` (the
+GPU Ray image), so the container names it.
 */}}
 {{- define "mt.workerContainer" -}}
 {{- $ctx := .ctx -}}
@@ -30,6 +31,10 @@ entrypoint is not `marcelle-torch` (the GPU Ray image), so the container names i
     {{- if include "mt.storeEnabled" $ctx }}
     - --store
     - {{ include "mt.storePath" $ctx | quote }}
+    {{- end }}
+    {{- with .runs }}
+    - --runs
+    - {{ . | quote }}
     {{- end }}
     {{- range .extraArgs }}
     - {{ . | quote }}
