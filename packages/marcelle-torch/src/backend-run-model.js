@@ -14,6 +14,11 @@
  * generator.$progress.subscribe((p) => ...);   // 0..1
  * generator.cancel();                          // the current run
  * dash.page('Runs').use(generator, runsHistory(generator));
+ *
+ * const teacher = backendRunModel({ dataStore: store, model: 'digits' });
+ * const { version } = await teacher.train(dataset('teach', store), { epochs: 10 }); // $training follows
+ * await teacher.publish(version);   // Serve, the workers and the ONNX bundle answer with it
+ * await teacher.publish(null);      // back to the model's own weights
  * ```
  *
  * `input` is sent as is (a JSON value), except an image (ImageData, canvas, <img>), which is
@@ -26,7 +31,7 @@
  * (the followed run document, or null), `$result`, `$error`, `$connection` (the backend
  * connection: 'idle' | 'connecting' | 'login' | 'ready' | ...), `$models` (what the connected
  * workers serve), `$model` (the model's name), `$runs` (recent runs, newest first), and
- * Marcelle's `$training` ('loaded': it is not trained in the browser).
+ * Marcelle's `$training` ('loaded'; during `train()`, the training run's TrainingStatus).
  *
  * Its view is made of Marcelle's widgets: a `progressBar` with the status, an `imageDisplay` of
  * the run's image (the result's `image` when it has one, else the last intermediate image), a
@@ -80,6 +85,8 @@ export class BackendRunModel extends ExternalModel {
     this.$progressBar = new Stream({ type: 'idle', message: STATUS_TEXT.idle, progress: 0 }, true);
     this.$training.set({ status: 'loaded' });
     this.waiting = new Map(); // run id -> {resolve, reject}
+    this.history = []; // the training run's logs, one object per epoch
+    this.lastTraining = null;
     this.client.$runs.subscribe(() => this.follow());
     this.$run.subscribe((run) => this.show(run));
     this.progress = progressBar(this.$progressBar);
@@ -133,29 +140,90 @@ export class BackendRunModel extends ExternalModel {
   }
 
   /**
-   * Teach the model: a *training run* of it (a model folder with a `train:` section) on `examples`,
-   * Marcelle's dataset instances `{x, y}` (x: an image, a data URL or `{b64}`; y: its label, a new
-   * one adds a class), as an array or a Marcelle `dataset`. The worker fine-tunes it and streams
-   * Marcelle's TrainingStatus, which `$training` follows (for `trainingPlot` / `trainingProgress`);
-   * resolves with the new version `{model, version, parent, labels, metrics}`.
+   * Teach the model, as Marcelle's `Model.train(dataset)` does: a *training run* of it (a model
+   * folder with a `train:` section) on a Marcelle `dataset` (kept in the backend: the run names it,
+   * `input: {dataset: name}`, and the worker reads its instances) or on an array of instances
+   * `{x, y}` (x: an image, a data URL or `{b64}`; y: its label; sent in the run). A new label adds
+   * a class. The worker fine-tunes the model and streams Marcelle's TrainingStatus, which
+   * `$training` follows (for `trainingPlot` / `trainingProgress`: `data` holds one value per epoch
+   * of `loss`, `accuracy`, `lossVal`, `accuracyVal`); resolves with the new version
+   * `{model, version, parent, labels, metrics, dataset}`.
    */
-  async train(examples, { epochs } = {}) {
-    const items = Array.isArray(examples) ? examples : await examples?.items?.().toArray?.();
-    if (!Array.isArray(items) || items.length === 0) {
-      throw this.report(new Error('backendRunModel.train: give examples, [{x, y}, ...] or a Marcelle dataset'));
-    }
-    const input = {
-      examples: items.map(({ x, y }) => ({ x: isImage(x) ? toInstance(x, x.width) : x, y })),
-    };
+  async train(datasetOrExamples, { epochs } = {}) {
+    const input = await this.trainingInput(datasetOrExamples);
+    this.history = [];
     this.$training.set({ status: 'start', epochs });
     try {
       const version = await this.predict(input, { train: epochs ? { epochs } : {} });
-      this.$training.set({ status: 'success', data: version?.metrics ?? {} });
+      const done = this.history.length;
+      this.$training.set({ status: 'success', epoch: done, epochs: epochs ?? done, data: this.historyData() });
       return version;
     } catch (error) {
       this.$training.set({ status: 'error', data: { message: error.message } });
       throw error;
     }
+  }
+
+  /** A training run's input: `{dataset: name}` for a Marcelle dataset, else `{examples: [{x, y}]}`. */
+  async trainingInput(source) {
+    if (source?.isDataset && typeof source.name === 'string') {
+      await source.ready;
+      if (source.$count?.get() === 0) {
+        throw this.report(new Error(`backendRunModel.train: the dataset ${source.name} is empty`));
+      }
+      return { dataset: source.name };
+    }
+    if (!Array.isArray(source) || source.length === 0) {
+      throw this.report(new Error('backendRunModel.train: give a Marcelle dataset, or examples [{x, y}, ...]'));
+    }
+    return { examples: source.map(({ x, y }) => ({ x: isImage(x) ? toInstance(x, x.width) : x, y })) };
+  }
+
+  /**
+   * Publish `version` of the model (12 hex digits; null: back to the model's own weights): a
+   * *publish run*, after which Serve, the workers and the app's ONNX bundle answer with it (the
+   * backend lets only an admin create one when its authentication is on). Resolves with the run's
+   * result `{model, version, previous}`; rejects with the run's error.
+   */
+  publish(version) {
+    if (version !== null && (typeof version !== 'string' || !/^[0-9a-f]{12}$/.test(version))) {
+      return Promise.reject(
+        this.report(new Error(`backendRunModel.publish: a version is 12 hex characters (or null), got ${version}`)),
+      );
+    }
+    return this.predict(null, { publish: version });
+  }
+
+  /** The training so far, one value per epoch of each log (for trainingPlot). */
+  historyData() {
+    const data = {};
+    for (const key of ['loss', 'accuracy', 'lossVal', 'accuracyVal']) {
+      const values = this.history.map((logs) => logs?.[key] ?? null);
+      while (values.length && values.at(-1) === null) values.pop(); // the epoch under way has no val yet
+      if (values.length) data[key] = values;
+    }
+    return data;
+  }
+
+  /**
+   * A training run's partial (Marcelle's TrainingStatus, per batch, and the logs of each epoch at
+   * its end) into `$training`. The worker sends only its newest status at its update rate, so an
+   * epoch's end may be skipped: the history keeps each epoch's newest logs, and `data` is the
+   * whole history (arrays, which trainingPlot draws as is), never a point per update.
+   */
+  followTraining(partial) {
+    const { status, epoch, epochs, data } = partial;
+    if (status === 'start') {
+      // A resumed run starts after its saved epochs: their logs are not sent again.
+      this.history = this.history.slice(0, Math.max(0, Number(epoch) || 0));
+      this.$training.set({ status: 'start', epoch, epochs });
+      return;
+    }
+    if (Number.isInteger(epoch) && epoch >= 1 && data && typeof data === 'object') {
+      this.history[epoch - 1] = { ...this.history[epoch - 1], ...data };
+      for (let i = 0; i < epoch; i += 1) this.history[i] = this.history[i] ?? {};
+    }
+    this.$training.set({ ...partial, data: this.historyData() });
   }
 
   /** Cancel the followed run (or the run `id`); the worker stops between steps. */
@@ -189,9 +257,12 @@ export class BackendRunModel extends ExternalModel {
     this.$status.set(status);
     this.$progress.set(progress);
     if (run?.partial !== undefined) this.$partial.set(run.partial ?? null);
-    // A training run's partial is Marcelle's TrainingStatus.
-    if (run?.params?.train && run.partial && typeof run.partial === 'object' && status === 'running') {
-      this.$training.set(run.partial);
+    // A training run's partial is Marcelle's TrainingStatus (each new one once).
+    const training = run?.params?.train && run.partial && typeof run.partial === 'object' && status === 'running';
+    if (training && run.partial !== this.lastTraining) {
+      const same = JSON.stringify(run.partial) === JSON.stringify(this.lastTraining);
+      this.lastTraining = run.partial;
+      if (!same) this.followTraining(run.partial);
     }
     if (status === 'succeeded') this.$result.set(run.result ?? null);
     const type = { succeeded: 'success', failed: 'danger', canceled: 'danger' }[status] ?? 'default';

@@ -23,10 +23,16 @@
  * (slow for 16k pixels), its 'image' input is not implemented in 0.6.5, and it does not let
  * the app choose where ORT's .wasm comes from.
  *
+ * A bundle may change where it is served (a model version published, then rolled back):
+ * `reload()` reads model.json again and loads the bundle anew when its version (or its model
+ * file's sha256) changed; with `refresh: ms`, the view does so whenever it is shown and every
+ * `ms` while it is. Predictions wait for a reload under way and use the new model.
+ *
  * Streams: `$status` ('loading' | 'ready' | 'predicting' | 'error'), `$progress` (0..1 of the
- * download), `$error`, `$metadata` (model.json), `$backend` (e.g. 'wasm (SIMD, 1 thread)'),
- * `$latency` (last inference, ms), `$loadTime` (ms), `$predictions`, `$ready`, and Marcelle's
- * `$training` ('loading' -> 'loaded' | 'error'; it cannot be trained here).
+ * download), `$error`, `$metadata` (model.json), `$version` (the loaded bundle's model version),
+ * `$backend` (e.g. 'wasm (SIMD, 1 thread)'), `$latency` (last inference, ms), `$loadTime` (ms),
+ * `$predictions` (ClassifierResults, with `modelVersion`: the version that made it), `$ready`,
+ * and Marcelle's `$training` ('loading' -> 'loaded' | 'error'; it cannot be trained here).
  */
 import { Stream, text } from '@marcellejs/core';
 import * as ort from 'onnxruntime-web/wasm';
@@ -77,7 +83,7 @@ async function sha256Hex(bytes) {
 }
 
 export class OnnxClassifier extends ExternalModel {
-  constructor({ bundle, title, threads = 'auto' } = {}) {
+  constructor({ bundle, title, threads = 'auto', refresh = 0 } = {}) {
     super('onnxClassifier', 'the model is a static ONNX bundle served by the app');
     if (!bundle) throw new Error('onnxClassifier: `bundle` (the folder of model.json and model.onnx) is required');
     this.bundleUrl = bundleUrl(bundle);
@@ -90,6 +96,10 @@ export class OnnxClassifier extends ExternalModel {
     this.$ready = new Stream(false, true);
     this.$error = new Stream(null, true);
     this.$metadata = new Stream(null, true);
+    this.$version = new Stream(null, true);
+    this.refresh = refresh;
+    this.refreshTimer = null;
+    this.reloading = null;
     this.$backend = new Stream(null, true);
     // What the runtime really uses, read back from ORT once the session exists:
     // {ep, threads, simd, isolated} (also the view's data- attributes).
@@ -140,6 +150,7 @@ export class OnnxClassifier extends ExternalModel {
       }
       this.$metadata.set(metadata);
       this.labels = metadata.labels;
+      this.$version.set(metadata.version === undefined || metadata.version === null ? null : String(metadata.version));
       const bytes = await this.fetchBytes(new URL(onnx.file, url).href, onnx.bytes);
       current();
       const digest = await sha256Hex(bytes);
@@ -180,6 +191,40 @@ export class OnnxClassifier extends ExternalModel {
     }
   }
 
+  /**
+   * Read the bundle's model.json again, and load the bundle anew when its model changed (another
+   * version, or another model file); resolves with true when it did. A failed check changes nothing.
+   */
+  reload() {
+    if (!this.reloading) {
+      this.reloading = this.reloadIfChanged().finally(() => {
+        this.reloading = null;
+      });
+    }
+    return this.reloading;
+  }
+
+  async reloadIfChanged() {
+    await this.loaded;
+    const url = this.bundleUrl;
+    let metadata;
+    try {
+      metadata = await this.fetchJson(new URL('model.json', url).href);
+    } catch {
+      return false; // the server is away for a moment: keep the model loaded
+    }
+    const loaded = this.$metadata.get();
+    const same =
+      loaded &&
+      this.session &&
+      String(loaded.version) === String(metadata?.version) &&
+      loaded.onnx?.sha256 === metadata?.onnx?.sha256;
+    if (same || url !== this.bundleUrl) return false;
+    this.loaded = this.loadBundle().catch(() => null);
+    await this.loaded;
+    return true;
+  }
+
   /** Runs on a blank input until both WARMUP_RUNS and WARMUP_MS are reached. */
   async warmUp() {
     const input = new Float32Array(this.inputLength);
@@ -211,7 +256,8 @@ export class OnnxClassifier extends ExternalModel {
   async fetchOk(url) {
     let response;
     try {
-      response = await fetch(url);
+      // Revalidated each time: a published version replaces the bundle at the same URL.
+      response = await fetch(url, { cache: 'no-cache' });
     } catch (error) {
       throw new Error(`cannot fetch ${url}: ${error.message}`);
     }
@@ -260,7 +306,11 @@ export class OnnxClassifier extends ExternalModel {
 
   /** An image (ImageData, canvas, <img>) or a Float32Array of the input's size -> {label, confidences}. */
   async predict(x) {
-    await this.loaded;
+    // A reload (or setBundle) under way replaces `loaded`: wait for the newest.
+    for (let pending = null; pending !== this.loaded;) {
+      pending = this.loaded;
+      await pending;
+    }
     if (!this.session) {
       throw new Error(this.$error.get() ?? 'the ONNX model is not loaded');
     }
@@ -287,6 +337,7 @@ export class OnnxClassifier extends ExternalModel {
     this.$error.set(null);
     this.$status.set('ready');
     const result = { label: this.labels[best], confidences };
+    if (this.$version.get() !== null) result.modelVersion = this.$version.get();
     this.lastPrediction = result;
     this.$predictions.set(result);
     return result;
@@ -297,12 +348,29 @@ export class OnnxClassifier extends ExternalModel {
       this.$status,
       this.$error,
       this.$metadata,
+      this.$version,
       this.$progress,
       this.$backend,
       this.$runtime,
       this.$loadTime,
       this.$predictions,
     ];
+  }
+
+  /** The view; with `refresh`, the bundle is checked now and every `refresh` ms while it is shown. */
+  mount(target) {
+    super.mount(target);
+    if (!this.unmount || !(this.refresh > 0)) return;
+    this.reload().catch(() => {});
+    this.refreshTimer = setInterval(() => {
+      if (!document.hidden) this.reload().catch(() => {});
+    }, this.refresh);
+  }
+
+  destroy() {
+    clearInterval(this.refreshTimer);
+    this.refreshTimer = null;
+    super.destroy();
   }
 
   /** The runtime hook: `data-backend` (text), `data-ep`, `data-threads`, `data-simd`, `data-isolated`. */
@@ -336,6 +404,7 @@ export class OnnxClassifier extends ExternalModel {
         : '';
     return this.renderPanel({
       testid: 'onnx-model',
+      attributes: ` data-version="${escapeHtml(this.$version.get() ?? '')}"`,
       status,
       error,
       rows,

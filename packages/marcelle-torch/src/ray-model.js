@@ -20,7 +20,8 @@
  * HTTP contract (KServe v1 style; docs/reference/http-api.md has every route):
  * - `GET  {url}/v1/models` -> `{models: [metadata]}` (labels, input schema, version, device);
  *   polled until it answers, so the view says when the model is ready;
- * - `POST {url}/v1/models/{model}:predict` `{"instances": [x]}` -> `{"predictions": [{label, confidences}]}`;
+ * - `POST {url}/v1/models/{model}:predict` `{"instances": [x]}` ->
+ *   `{"predictions": [{label, confidences}], "model_version": "..."}` (the version that answered);
  * - errors are JSON `{"error": {"code", "message"}}`: the message is shown as is.
  *
  * `predict(x)` takes an image (ImageData, canvas, <img>: sent as a base64 PNG `{b64}` of
@@ -34,7 +35,10 @@
  * - `$metadata`: the model's metadata (null until known)
  * - `$models`: the metadata of every model Serve lists ([] until known)
  * - `$model`: the model's name (null until one is picked)
- * - `$predictions`: every prediction made, as ClassifierResults
+ * - `$predictions`: every prediction made, as ClassifierResults, with `modelVersion` (the version
+ *   of the model that answered it, when Serve says)
+ * - `$version`: the version that answered the last prediction (the metadata's until then): a
+ *   published version changes it without a restart, and the metadata (labels) is read again
  * - `$training`: Marcelle's training status ('loading' -> 'loaded' | 'error'); it cannot be trained here.
  */
 import { Stream, text } from '@marcellejs/core';
@@ -73,6 +77,7 @@ export class RayModel extends ExternalModel {
     this.$models = new Stream([], true);
     this.$model = new Stream(model, true);
     this.$predictions = new Stream(Stream.never(), false);
+    this.$version = new Stream(null, true);
     this.$latency = new Stream(null, true);
     this.view = text('');
     this.start();
@@ -129,6 +134,13 @@ export class RayModel extends ExternalModel {
     // Images are sent at the model's own size: the server then has nothing to resize.
     if (metadata.input?.kind === 'image' && Number.isInteger(metadata.input.size)) this.inputSize = metadata.input.size;
     this.$metadata.set(metadata);
+    // A prediction says which version answered it; the metadata only until the first one.
+    if (!this.versionAnswered) this.setVersion(metadata.version);
+  }
+
+  setVersion(version) {
+    const value = version === undefined || version === null ? null : String(version);
+    if (value !== this.$version.get()) this.$version.set(value);
   }
 
   /** Predict with another of Serve's models from now on. */
@@ -137,6 +149,8 @@ export class RayModel extends ExternalModel {
     this.model = name;
     this.$model.set(name);
     this.$metadata.set(null);
+    this.$version.set(null);
+    this.versionAnswered = false;
     this.lastPrediction = null;
     this.$status.set('connecting');
     this.connect();
@@ -173,8 +187,17 @@ export class RayModel extends ExternalModel {
     }
     this.$latency.set(performance.now() - started);
     this.markReady();
-    if (!this.$metadata.get()) this.connect();
+    const answered = body.model_version ?? prediction.model_version;
+    const modelVersion = answered === undefined || answered === null ? null : String(answered);
+    const known = this.$metadata.get();
+    // Another version answered (a publish or a rollback): its labels may differ, read them again.
+    if (!known || (modelVersion !== null && String(known.version) !== modelVersion)) this.connect();
+    if (modelVersion !== null) {
+      this.versionAnswered = true;
+      this.setVersion(modelVersion);
+    }
     const result = { label: String(prediction.label), confidences: prediction.confidences };
+    if (modelVersion !== null) result.modelVersion = modelVersion;
     this.lastPrediction = result;
     this.$predictions.set(result);
     return result;
@@ -246,7 +269,7 @@ export class RayModel extends ExternalModel {
   }
 
   viewStreams() {
-    return [this.$status, this.$error, this.$metadata, this.$latency, this.$predictions];
+    return [this.$status, this.$error, this.$metadata, this.$version, this.$latency, this.$predictions];
   }
 
   /** The small view: status, the server's error message, what the model is. */
@@ -260,7 +283,7 @@ export class RayModel extends ExternalModel {
       ['model', this.model ?? '(the first image model Serve lists)'],
     ];
     if (meta) {
-      rows.push(['version', meta.version ?? '?']);
+      rows.push(['version', this.$version.get() ?? meta.version ?? '?']);
       if (meta.device) rows.push(['device', meta.device]);
       if (meta.input) rows.push(['input', JSON.stringify(meta.input)]);
       if (Array.isArray(meta.labels)) rows.push(['labels', meta.labels.join(' ')]);
@@ -269,7 +292,7 @@ export class RayModel extends ExternalModel {
     if (latency !== null) rows.push(['last request', `${latency.toFixed(0)} ms`]);
     return this.renderPanel({
       testid: 'ray-model',
-      attributes: ` data-model="${escapeHtml(this.model ?? '')}"`,
+      attributes: ` data-model="${escapeHtml(this.model ?? '')}" data-version="${escapeHtml(this.$version.get() ?? '')}"`,
       status,
       error,
       rows,

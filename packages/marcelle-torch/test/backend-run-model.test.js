@@ -1,5 +1,6 @@
 import { describe, expect, it, vi } from 'vitest';
 import { backendRunModel, RunError } from '../src/index.js';
+import { Stream } from '@marcellejs/core';
 import { FakeRunClient } from './fakes.js';
 
 vi.mock('@marcellejs/core', async (importOriginal) => ({ ...(await importOriginal()), throwError: vi.fn() }));
@@ -104,12 +105,77 @@ describe('backendRunModel', () => {
     expect(run.input).toEqual({ examples: [{ x: { b64: 'AAAA' }, y: 'star' }] });
     expect(run.params).toEqual({ train: { epochs: 3 } });
     client.patch(run.id, { status: 'running', progress: 0.3, partial: { status: 'epoch', epoch: 1, epochs: 3 } });
-    expect(model.$training.get()).toEqual({ status: 'epoch', epoch: 1, epochs: 3 });
+    expect(model.$training.get()).toEqual({ status: 'epoch', epoch: 1, epochs: 3, data: {} });
     const version = { model: 'shapes', version: 'abc', metrics: { accuracy: 1 } };
     client.patch(run.id, { status: 'succeeded', progress: 1, result: version });
     await expect(trained).resolves.toEqual(version);
-    expect(model.$training.get()).toEqual({ status: 'success', data: { accuracy: 1 } });
+    expect(model.$training.get()).toMatchObject({ status: 'success' });
     expect(statuses).toEqual(expect.arrayContaining(['start', 'epoch', 'success']));
-    await expect(model.train([])).rejects.toThrow('give examples');
+    await expect(model.train([])).rejects.toThrow('give a Marcelle dataset');
+  });
+
+  it('trains on a Marcelle dataset by its name: the worker reads its instances from the backend', async () => {
+    const client = new FakeRunClient([{ name: 'digits', task: 'classification' }]);
+    const model = backendRunModel({ client, model: 'digits' });
+    const teach = { isDataset: true, name: 'teach', ready: Promise.resolve(), $count: new Stream(10, true) };
+    const trained = model.train(teach, { epochs: 2 });
+    await tick();
+    const [run] = client.created;
+    expect(run.input).toEqual({ dataset: 'teach' });
+    expect(run.params).toEqual({ train: { epochs: 2 } });
+    client.patch(run.id, { status: 'succeeded', progress: 1, result: { version: '0123456789ab' } });
+    await expect(trained).resolves.toEqual({ version: '0123456789ab' });
+    const empty = { ...teach, $count: new Stream(0, true) };
+    await expect(model.train(empty)).rejects.toThrow('the dataset teach is empty');
+    expect(client.created).toHaveLength(1);
+  });
+
+  it("gives trainingPlot one value per epoch, whichever of the worker's updates arrive", async () => {
+    const client = new FakeRunClient([{ name: 'digits', task: 'classification' }]);
+    const model = backendRunModel({ client, model: 'digits' });
+    const trained = model.train([{ x: { b64: 'AAAA' }, y: 'x' }], { epochs: 3 });
+    await tick();
+    const running = (partial) => client.patch('r1', { status: 'running', partial });
+    running({ status: 'start', epoch: 0, epochs: 3 });
+    running({ status: 'epoch', epoch: 1, epochs: 3, batch: 1, batches: 2, data: { loss: 2, accuracy: 0.1 } });
+    running({
+      status: 'epoch',
+      epoch: 1,
+      epochs: 3,
+      data: { loss: 1.5, accuracy: 0.4, lossVal: 1.6, accuracyVal: 0.3 },
+    });
+    // Epoch 2's end was dropped by the worker's rate limit: its last batch stands for it.
+    running({ status: 'epoch', epoch: 2, epochs: 3, batch: 2, batches: 2, data: { loss: 1, accuracy: 0.6 } });
+    running({ status: 'epoch', epoch: 3, epochs: 3, batch: 1, batches: 2, data: { loss: 0.5, accuracy: 0.9 } });
+    expect(model.$training.get()).toEqual({
+      status: 'epoch',
+      epoch: 3,
+      epochs: 3,
+      batch: 1,
+      batches: 2,
+      data: { loss: [1.5, 1, 0.5], accuracy: [0.4, 0.6, 0.9], lossVal: [1.6], accuracyVal: [0.3] },
+    });
+    client.patch('r1', { status: 'succeeded', progress: 1, result: { version: '0123456789ab' } });
+    await trained;
+    expect(model.$training.get()).toMatchObject({ status: 'success', epoch: 3, epochs: 3 });
+    expect(model.$training.get().data.loss).toEqual([1.5, 1, 0.5]);
+  });
+
+  it("publishes a version (or the model's own weights) with a publish run, rejecting with its error", async () => {
+    const client = new FakeRunClient([{ name: 'digits', task: 'classification' }]);
+    const model = backendRunModel({ client, model: 'digits' });
+    const published = model.publish('0123456789ab');
+    await tick();
+    expect(client.created[0]).toMatchObject({ model: 'digits', input: null, params: { publish: '0123456789ab' } });
+    const result = { model: 'digits', version: '0123456789ab', previous: null };
+    client.patch('r1', { status: 'succeeded', progress: 1, result });
+    await expect(published).resolves.toEqual(result);
+    const back = model.publish(null);
+    await tick();
+    expect(client.created[1].params).toEqual({ publish: null });
+    client.patch('r2', { status: 'failed', error: 'only an admin may publish' });
+    await expect(back).rejects.toThrow('only an admin may publish');
+    await expect(model.publish('v2')).rejects.toThrow('12 hex characters');
+    expect(client.created).toHaveLength(2);
   });
 });

@@ -38,4 +38,42 @@ describe('rayModel', () => {
     await expect(model.predict([[0]])).rejects.toThrow(/the image is empty/);
     expect(model.$error.get()).toMatch(/the image is empty/);
   });
+
+  it('says which version answered ($version, modelVersion), and reads the metadata again when it changes', async () => {
+    let served = { ...DIGITS, version: '1' };
+    const fetch = vi.fn(async (url) => {
+      if (String(url).endsWith('/v1/models')) return answer({ models: [served] });
+      const label = served.version === '1' ? '1' : 'star';
+      return answer({ predictions: [{ label, confidences: { [label]: 1 } }], model_version: served.version });
+    });
+    vi.stubGlobal('fetch', fetch);
+    const model = rayModel({ url: 'http://serve.test', model: 'digits' });
+    await vi.waitFor(() => expect(model.$ready.get()).toBe(true));
+    expect(model.$version.get()).toBe('1'); // the metadata's, before any prediction
+    await expect(model.predict([[0]])).resolves.toEqual({ label: '1', confidences: { 1: 1 }, modelVersion: '1' });
+    const listings = () => fetch.mock.calls.filter(([url]) => String(url).endsWith('/v1/models')).length;
+    const before = listings();
+    served = { ...DIGITS, version: '0123456789ab', labels: ['0', '1', 'star'] };
+    const versions = [];
+    model.$version.subscribe((v) => versions.push(v));
+    const prediction = await model.predict([[0]]);
+    expect(prediction).toMatchObject({ label: 'star', modelVersion: '0123456789ab' });
+    expect(model.$version.get()).toBe('0123456789ab');
+    await vi.waitFor(() => expect(model.$metadata.get()?.labels).toEqual(['0', '1', 'star']));
+    expect(listings()).toBe(before + 1);
+    expect(versions).toEqual(['1', '0123456789ab']);
+  });
+
+  it('leaves modelVersion out when Serve does not say it (ClassifierResults as before)', async () => {
+    vi.stubGlobal(
+      'fetch',
+      vi.fn(async (url) => {
+        if (String(url).endsWith('/v1/models')) return answer({ models: [DIGITS] });
+        return answer({ predictions: [{ label: '0', confidences: { 0: 1 } }] });
+      }),
+    );
+    const model = rayModel({ url: 'http://serve.test', model: 'digits' });
+    await vi.waitFor(() => expect(model.$ready.get()).toBe(true));
+    await expect(model.predict([[0]])).resolves.toEqual({ label: '0', confidences: { 0: 1 } });
+  });
 });

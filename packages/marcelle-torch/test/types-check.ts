@@ -14,3 +14,16 @@ input.$images.subscribe(async (img) => {
   console.log(a.label, b.label, c.b64, run.label, generator.$progress.get() + 1);
 });
 runsHistory(generator);
+
+// Teaching: a Marcelle dataset trains a new version; publishing it moves every path to it.
+import { dataStore, dataset } from '@marcellejs/core';
+const store = dataStore('http://127.0.0.1:3030');
+const teacher = backendRunModel({ dataStore: store, model: 'digits' });
+teacher.train(dataset('teach', store), { epochs: 5 }).then(async ({ version }) => {
+  const published = await teacher.publish(version);
+  const back: string | null = published.previous;
+  await teacher.publish(back);
+  const answeredBy: string | null = ray.$version.get();
+  const loaded: boolean = await onnx.reload();
+  console.log(answeredBy, loaded, (await ray.predict([[0]])).modelVersion);
+});

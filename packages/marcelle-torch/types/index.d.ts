@@ -1,4 +1,4 @@
-import type { ClassifierResults, Component, DataStore, Model, Stream } from '@marcellejs/core';
+import type { ClassifierResults, Component, DataStore, Dataset, Instance, Model, Stream } from '@marcellejs/core';
 import type { ImageLike } from './image-tensor.js';
 
 export * from './image-tensor.js';
@@ -10,6 +10,11 @@ export interface InputSchema {
   channels?: 1 | 3;
   value_range?: [number, number];
   [key: string]: unknown;
+}
+
+/** A prediction, with the version of the model that made it (when the server says). */
+export interface VersionedClassifierResults extends ClassifierResults {
+  modelVersion?: string;
 }
 
 /** A model's metadata (Ray Serve's `GET /v1/models`, or an ONNX bundle's model.json). */
@@ -59,11 +64,13 @@ export declare class RayModel extends ExternalModel {
   $metadata: Stream<ModelMetadata | null>;
   $models: Stream<ModelMetadata[]>;
   $model: Stream<string | null>;
-  $predictions: Stream<ClassifierResults>;
+  $predictions: Stream<VersionedClassifierResults>;
+  /** The version that answered the last prediction (the metadata's until then). */
+  $version: Stream<string | null>;
   readonly model: string | null;
   constructor(options: RayModelOptions);
   setModel(name: string): void;
-  predict(x: ImageLike | { b64: string } | unknown[]): Promise<ClassifierResults>;
+  predict(x: ImageLike | { b64: string } | unknown[]): Promise<VersionedClassifierResults>;
 }
 export declare function rayModel(options: RayModelOptions): RayModel;
 
@@ -73,6 +80,8 @@ export interface OnnxClassifierOptions {
   title?: string;
   /** WASM threads: 'auto' or a count (threads need a cross-origin isolated page). */
   threads?: 'auto' | number;
+  /** Check the bundle's version when the view is shown and every `refresh` ms while it is (0: never). */
+  refresh?: number;
 }
 export declare const DEFAULT_THREADS: number;
 export declare function wasmThreads(threads?: 'auto' | number): number;
@@ -85,11 +94,15 @@ export declare class OnnxClassifier extends ExternalModel {
   $backend: Stream<string | null>;
   $latency: Stream<number>;
   $loadTime: Stream<number>;
-  $predictions: Stream<ClassifierResults>;
+  $predictions: Stream<VersionedClassifierResults>;
   $ready: Stream<boolean>;
+  /** The loaded bundle's model version. */
+  $version: Stream<string | null>;
   constructor(options: OnnxClassifierOptions);
-  setBundle(bundle: string): void;
-  predict(x: ImageLike): Promise<ClassifierResults>;
+  setBundle(bundle: string): Promise<ModelMetadata | null>;
+  /** Load the bundle again when its version (or model file) changed; true when it did. */
+  reload(): Promise<boolean>;
+  predict(x: ImageLike): Promise<VersionedClassifierResults>;
 }
 export declare function onnxClassifier(options: OnnxClassifierOptions): OnnxClassifier;
 
@@ -165,6 +178,14 @@ export interface ModelVersion {
   parent: string;
   labels: string[];
   metrics: Record<string, unknown>;
+  /** The examples' sha256. */
+  dataset?: string;
+}
+/** What a publish run answers: the version now published, and the one before (null: the model's own). */
+export interface PublishResult {
+  model: string;
+  version: string | null;
+  previous: string | null;
 }
 
 export declare class BackendRunModel<R = unknown> extends Model<unknown, R> {
@@ -187,12 +208,13 @@ export declare class BackendRunModel<R = unknown> extends Model<unknown, R> {
   connect(): Promise<void>;
   /** Create a run on `input` (an image is sent as {b64}); resolves with its result. */
   predict(input: unknown, params?: Record<string, unknown>): Promise<R>;
-  /** A training run on Marcelle instances `{x, y}` (or a dataset); `$training` follows it. */
+  /** A training run on a Marcelle dataset (by its name) or instances `{x, y}`; `$training` follows it. */
   train(
-    examples:
-      Array<{ x: ImageLike | string | { b64: string }; y: string }> | { items(): { toArray(): Promise<unknown[]> } },
+    datasetOrExamples: Dataset<Instance> | Array<{ x: ImageLike | string | { b64: string }; y: string }>,
     options?: { epochs?: number },
   ): Promise<ModelVersion>;
+  /** A publish run: `version` (12 hex characters), or null for the model's own weights. */
+  publish(version: string | null): Promise<PublishResult>;
   cancel(id?: string): Promise<Run | null>;
 }
 export declare function backendRunModel<R = unknown>(options: BackendRunModelOptions): BackendRunModel<R>;

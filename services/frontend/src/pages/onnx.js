@@ -21,12 +21,13 @@ export function bundlesOf(config, builtIn = __ONNX_BUNDLES__) {
   return [...new Set([...preferred, ...builtIn, ...extra].map(folder))];
 }
 
-function formatLabel({ label, confidences }, latency, count) {
+function formatLabel({ label, confidences, modelVersion = '' }, latency, count) {
   const p = confidences[label];
   const safe = escapeHtml(label);
   return (
     `<p>Predicted label: <code data-testid="onnx-label" data-label="${safe}" data-confidence="${p}" ` +
     `data-confidences="${escapeHtml(JSON.stringify(confidences))}" data-count="${count}" ` +
+    `data-version="${escapeHtml(modelVersion)}" ` +
     `style="font-size:2rem">${safe}</code> <span style="color:#6b7280">(${(100 * p).toFixed(1)}%)</span></p>` +
     `<p style="color:#6b7280">inference in the browser: <span data-testid="onnx-time" data-ms="${latency}">` +
     `${latency.toFixed(1)} ms</span>; nothing was sent over the network</p>`
@@ -38,7 +39,13 @@ export default function onnxPage(dash, config) {
   if (bundles.length === 0) throw new Error('the app serves no ONNX bundle (run `marcelle-torch export-onnx`)');
   const input = imageInput();
   // config.onnxThreads: 'auto' (default) or a WASM thread count (threads need cross-origin isolation).
-  const classifier = onnxClassifier({ bundle: bundles[0], threads: config.onnxThreads ?? 'auto' });
+  // A published version replaces the bundle where it is served: the page checks its version when
+  // shown and every config.onnxRefreshMs (default 3 s) while it is, and loads the new one.
+  const classifier = onnxClassifier({
+    bundle: bundles[0],
+    threads: config.onnxThreads ?? 'auto',
+    refresh: config.onnxRefreshMs ?? 3000,
+  });
   const picker = modelPicker({ testid: 'onnx-model-picker' });
   picker.setChoices(bundles.map((b) => ({ value: b, label: b.replace(/^onnx\//, '').replace(/\/$/, '') })));
   picker.$value.subscribe((bundle) => bundle && classifier.setBundle(bundle));
