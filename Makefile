@@ -94,6 +94,7 @@ bench: webapp
 	$(BIN)/python bench/serve_latency.py
 	$(BIN)/python bench/parity.py
 	$(BIN)/python bench/runs_latency.py
+	$(BIN)/python bench/training.py
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/model_first_prediction.py
 	$(BIN)/python bench/dashboard_render.py

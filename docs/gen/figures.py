@@ -40,6 +40,12 @@ BENCHMARKS: dict[str, tuple[str, str, str, str]] = {
         "benchmarks.md",
     ),
     "runs_latency": ("runs_latency.py", "runs_latency.json", "backend runs as the page sees them", "benchmarks.md"),
+    "training": (
+        "training.py",
+        "training.json",
+        "training from the page: throughput against in process, live updates, Train to the new version answering",
+        "benchmarks.md",
+    ),
     "model_first_prediction": (
         "model_first_prediction.py",
         "model_first_prediction.json",
