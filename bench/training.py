@@ -31,7 +31,6 @@ import argparse
 import base64
 import io
 import json
-import math
 import os
 import statistics
 import sys
@@ -71,9 +70,6 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-# -- the new label: a star drawn as a person draws it on the 128x128 sketchpad ------------------
-
-
 def main_thread_cpu(pid: int) -> float:
     """User + system CPU seconds of the main thread of ``pid``."""
     try:
@@ -83,31 +79,18 @@ def main_thread_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def star(rng):
-    """A five-pointed star in one stroke, upright, at a random place, size and width (128x128 uint8)."""
-    import numpy as np
-    from PIL import Image, ImageDraw
-
-    image = Image.new("L", (128, 128), 0)
-    cx, cy, r = 64 + rng.uniform(-12, 12), 64 + rng.uniform(-12, 12), rng.uniform(30, 50)
-    turn = -math.pi / 2 + rng.uniform(-0.25, 0.25)
-    points = [
-        (cx + r * math.cos(turn + i * 4 * math.pi / 5), cy + r * math.sin(turn + i * 4 * math.pi / 5)) for i in range(6)
-    ]
-    ImageDraw.Draw(image).line(points, fill=255, width=int(rng.uniform(5, 10)))
-    return np.asarray(image, np.uint8)
-
-
 def star_urls(n: int, seed: int) -> list[str]:
     """``n`` stars as PNG data URLs, what the page's sketchpad sends."""
     import numpy as np
     from PIL import Image
 
+    from marcelle_torch.models.digits import drawn_star
+
     rng = np.random.default_rng(seed)
     urls = []
     for _ in range(n):
         out = io.BytesIO()
-        Image.fromarray(star(rng), mode="L").save(out, format="PNG")
+        Image.fromarray(drawn_star(rng), mode="L").save(out, format="PNG")
         urls.append("data:image/png;base64," + base64.b64encode(out.getvalue()).decode())
     return urls
 

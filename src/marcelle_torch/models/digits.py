@@ -135,6 +135,25 @@ def train(spec: ModelSpec, target: Path, progress: bool = False, epochs: int = 3
     return metrics
 
 
+def drawn_star(rng: np.random.Generator) -> np.ndarray:
+    """A five-pointed star in one stroke, upright, at a random place, size and width (CANVAS x
+    CANVAS uint8, ink 255 on 0): a shape no digit looks like, the new label the tests and the
+    training benchmark teach ``digits``."""
+    import math
+
+    from PIL import Image, ImageDraw
+
+    image = Image.new("L", (CANVAS, CANVAS), 0)
+    middle = CANVAS / 2
+    cx, cy = middle + rng.uniform(-0.1, 0.1) * CANVAS, middle + rng.uniform(-0.1, 0.1) * CANVAS
+    r, turn = rng.uniform(0.23, 0.39) * CANVAS, -math.pi / 2 + rng.uniform(-0.25, 0.25)
+    points = [
+        (cx + r * math.cos(turn + i * 4 * math.pi / 5), cy + r * math.sin(turn + i * 4 * math.pi / 5)) for i in range(6)
+    ]
+    ImageDraw.Draw(image).line(points, fill=255, width=int(rng.uniform(5, 10)))
+    return np.asarray(image, np.uint8)
+
+
 def drawn_examples(n: int, seed: int = 0) -> np.ndarray:
     """Held-out digits drawn onto canvases as the app's sketchpad draws them, both polarities
     (N x 1 x CANVAS x CANVAS in [0, 1]): the spec's examples, which the ONNX parity check runs."""
