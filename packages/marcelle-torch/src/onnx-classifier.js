@@ -205,7 +205,7 @@ export class OnnxClassifier extends ExternalModel {
   }
 
   async reloadIfChanged() {
-    await this.loaded;
+    await this.settled();
     const url = this.bundleUrl;
     let metadata;
     try {
@@ -223,6 +223,14 @@ export class OnnxClassifier extends ExternalModel {
     this.loaded = this.loadBundle().catch(() => null);
     await this.loaded;
     return true;
+  }
+
+  /** Resolves once the newest load has ended (a reload or setBundle under way replaces `loaded`). */
+  async settled() {
+    for (let pending = null; pending !== this.loaded;) {
+      pending = this.loaded;
+      await pending;
+    }
   }
 
   /** Runs on a blank input until both WARMUP_RUNS and WARMUP_MS are reached. */
@@ -306,11 +314,7 @@ export class OnnxClassifier extends ExternalModel {
 
   /** An image (ImageData, canvas, <img>) or a Float32Array of the input's size -> {label, confidences}. */
   async predict(x) {
-    // A reload (or setBundle) under way replaces `loaded`: wait for the newest.
-    for (let pending = null; pending !== this.loaded;) {
-      pending = this.loaded;
-      await pending;
-    }
+    await this.settled();
     if (!this.session) {
       throw new Error(this.$error.get() ?? 'the ONNX model is not loaded');
     }
