@@ -174,6 +174,16 @@ def test_a_worker_killed_mid_training_is_resumed_from_its_checkpoint_by_the_next
     assert not any((store / ".checkpoints").iterdir()), "a finished training leaves its checkpoint behind"
 
 
+def test_a_training_past_the_workers_time_limit_fails_with_the_reason_and_leaves_nothing(setting, wait_until):
+    client, store = setting.client, setting.store
+    setting.trainer("hasty", "--max-training-seconds", "1")
+    run = training(client, each=LONG_EACH, epochs=200)
+    failed = wait_until(lambda: finished(client, run), what="the long training to be stopped")
+    assert failed["status"] == "failed" and "past this worker's time limit (1s" in failed["error"], failed
+    assert not (store / "bars").exists() or not any((store / "bars").iterdir()), "a stopped training wrote a version"
+    assert not (store / ".checkpoints").exists() or not any((store / ".checkpoints").iterdir())
+
+
 def test_a_training_run_learns_from_the_teach_dataset_in_the_backend(setting, wait_until):
     client, url = setting.client, setting.backend.url
     setting.trainer("trainer")

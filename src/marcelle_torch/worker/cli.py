@@ -82,6 +82,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="which runs to take: all (default), train (training and publish runs: a trainer) or "
         "infer (the others: a run worker beside a trainer)",
     )
+    p.add_argument(
+        "--max-training-seconds",
+        type=float,
+        default=DEFAULTS.max_training_s,
+        help=f"a training run that takes longer fails with the reason (default {DEFAULTS.max_training_s:g})",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=cmd_worker)
@@ -105,7 +111,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise InvalidInput("--models is empty")
     if bool(args.email) != bool(args.password):
         raise InvalidInput("give both the worker's email and password (or neither)")
-    for name in ("heartbeat", "lease_timeout", "max_updates_per_second"):
+    for name in ("heartbeat", "lease_timeout", "max_updates_per_second", "max_training_seconds"):
         if getattr(args, name) <= 0:
             raise InvalidInput(f"--{name.replace('_', '-')} must be positive")
     if args.lease_timeout <= 2 * args.heartbeat:
@@ -132,6 +138,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         max_updates_per_second=args.max_updates_per_second,
         store=args.store,
         runs=args.runs,
+        max_training_s=args.max_training_seconds,
     )
     worker = Worker(
         args.backend,

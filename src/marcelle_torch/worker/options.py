@@ -19,6 +19,7 @@ class WorkerOptions:
     # Which runs this worker takes: "all", "train" (training and publish runs: a trainer, e.g. on a
     # GPU node) or "infer" (the others), so training does not take the run worker's CPUs.
     runs: str = "all"
+    max_training_s: float = 1800.0  # a training run that takes longer fails (with the reason)
 
 
 RUN_KINDS = ("all", "train", "infer")

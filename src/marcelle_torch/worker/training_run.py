@@ -18,6 +18,7 @@ died is resumed by the next one (when the workers share the store, as the chart'
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,10 @@ from ..models.spec import ModelSpec
 from ..models.trainable import MAX_EPOCHS
 
 CHECKPOINTS = ".checkpoints"
+
+
+class TrainingTooLong(InvalidInput):
+    pass
 
 log = logging.getLogger("marcelle_torch.worker")
 
@@ -106,11 +111,15 @@ def run_training(
     report: Callable[[float, Any], None],
     check: Callable[[], None],
     find: Callable[[str, dict], Any] | None = None,
+    max_seconds: float | None = None,
 ) -> dict:
     """Fine-tune the model folder on the run's examples; the result names the new version.
     ``report(progress, partial)`` takes the progress; ``check()`` raises to stop between batches;
-    ``find(service, query)`` is a find on the backend, for a run whose input names a dataset."""
+    ``find(service, query)`` is a find on the backend, for a run whose input names a dataset; a
+    training longer than ``max_seconds`` fails, and leaves no checkpoint behind."""
     from ..training import fine_tune
+
+    started = time.monotonic()
 
     epochs = training_params(run.get("params") or {})
     examples, dataset = training_examples(spec, run, find, check)
@@ -127,17 +136,27 @@ def run_training(
 
     def should_stop() -> bool:
         check()  # raises Stop when the run was canceled, taken back or must be released
+        if max_seconds is not None and time.monotonic() - started > max_seconds:
+            raise TrainingTooLong(
+                f"the training ran past this worker's time limit ({max_seconds:g}s, --max-training-seconds): "
+                "ask for fewer epochs, or give fewer examples"
+            )
         return False
 
-    version = fine_tune(
-        folder,
-        examples,
-        store=store,
-        on_status=on_status,
-        should_stop=should_stop,
-        checkpoint=store / CHECKPOINTS / f"{run['_id']}.pt",
-        epochs=epochs,
-    )
+    checkpoint = store / CHECKPOINTS / f"{run['_id']}.pt"
+    try:
+        version = fine_tune(
+            folder,
+            examples,
+            store=store,
+            on_status=on_status,
+            should_stop=should_stop,
+            checkpoint=checkpoint,
+            epochs=epochs,
+        )
+    except TrainingTooLong:
+        checkpoint.unlink(missing_ok=True)  # it will not be resumed
+        raise
     result = {
         "model": spec.name,
         "version": version.version,

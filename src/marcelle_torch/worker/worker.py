@@ -336,6 +336,7 @@ class Worker:
             report,
             lambda: self._check(current),
             find=self.conn.client.find,
+            max_seconds=self.options.max_training_s,
         )
 
     def _published_model(self, name: str) -> tuple:
