@@ -13,6 +13,7 @@ with a generated password, which only ``Stack.login`` holds: ``up`` prints it on
 
 from __future__ import annotations
 
+import os
 import secrets
 import threading
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+from ..models.store import ENV as STORE_ENV
 from ..processes import ManagedProcess, StartupError, cli_argv, port_or_free, threads_per_process
 from .supervise import Child, Supervisor
 from .webapp import WebappNotBuilt, start_webapp
@@ -200,6 +202,10 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
     workdir = options.workdir
     logs = workdir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    # The model store beside the backend's data (unless the environment names one): what the Teach
+    # page trains is kept with its dataset, and Serve, the workers and the web app follow its
+    # published versions (models/store.py). Set here, every part started below inherits it.
+    os.environ.setdefault(STORE_ENV, str(workdir / "store"))
     host = options.host
     total = 6 if options.monitoring else 5
 
