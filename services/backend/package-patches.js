@@ -7,9 +7,10 @@
 // by the test named with it.
 //
 // Where this backend uses the package and its libraries through their own extension points
-// (no patch): Feathers hooks, services and `app.setup(server)` (start.js), `req.feathers` and
-// Socket.IO middleware (access.js), the authentication service's `getPayload` and the local
-// strategy's `findEntity` (accounts.js), socket.io 2.5's `namespace.connected` (workers.js).
+// (no patch): Feathers hooks, services and `app.setup(server)` (start.js), a service's own
+// publisher on feathers-casl's channels (runs-hooks.js), `req.feathers` and Socket.IO
+// middleware (access.js), the authentication service's `getPayload` and the local strategy's
+// `findEntity` (accounts.js), socket.io 2.5's `namespace.connected` (workers.js).
 'use strict';
 
 const cors = require('cors');

@@ -8,6 +8,8 @@
 'use strict';
 
 const crypto = require('crypto');
+const { getChannelsWithReadAbility, makeOptions } = require('feathers-casl/dist/channels');
+const policy = require('./policy');
 
 const STATUSES = ['pending', 'running', 'succeeded', 'failed', 'canceled'];
 const ACTIVE = ['pending', 'running'];
@@ -97,4 +99,34 @@ function runsHooks({ authEnabled, errors, payloadTooLarge }) {
   };
 }
 
-module.exports = { runsHooks, STATUSES, FINISHED, MAX_INPUT_BYTES };
+/**
+ * The `runs` `patched` publisher: the channels of the package's app publisher
+ * (@marcellejs/backend 0.6.5 lib/channels.js: with authentication on, feathers-casl's
+ * getChannelsWithReadAbility; off, anonymous and authenticated), less the connection that made
+ * the patch when it is the worker's own (its grant writes `progress`, policy.js, and the patch
+ * is not a cancel). Each event is the whole run, its `input` included (up to 4 MB): echoed back
+ * ~20 times a second during a run, the worker spent its time decoding its own progress. The
+ * worker reads its claims and writes from the patch's answer; every other connection (the page,
+ * other workers watching for cancels and claims) still gets every event.
+ */
+function patchedPublisher(app, { authEnabled }) {
+  const caslOptions = makeOptions(app);
+  const channelsOf = (data, context) =>
+    authEnabled
+      ? getChannelsWithReadAbility(app, data, context, caslOptions)
+      : app.channel('anonymous', 'authenticated');
+  return (data, context) => {
+    const channels = channelsOf(data, context);
+    const { connection, user } = context.params;
+    const role = authEnabled ? (user ? user.role : undefined) : null; // null: authentication off
+    const own =
+      connection &&
+      policy.writeOf(role, 'runs', 'patch') === 'progress' &&
+      !(context.data && context.data.status === 'canceled');
+    if (!own || !channels) return channels;
+    const others = (channel) => channel.filter((c) => c !== connection);
+    return Array.isArray(channels) ? channels.map(others) : others(channels);
+  };
+}
+
+module.exports = { runsHooks, patchedPublisher, STATUSES, FINISHED, MAX_INPUT_BYTES };

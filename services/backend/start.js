@@ -15,7 +15,8 @@
 // - creates/updates the worker account (role `worker`) from MARCELLE_WORKER_EMAIL/_PASSWORD
 //   and the app's admin account (role `admin`) from MARCELLE_ADMIN_EMAIL/_PASSWORD;
 // - adds hooks to the `runs` service (validation of new runs, what a client may patch, and
-//   a new run refused when no connected worker serves its model: workers.js);
+//   a new run refused when no connected worker serves its model: workers.js), and sends the
+//   worker's own progress patches to everyone but the worker (runs-hooks.js);
 // - keeps the run queue: stamps leases with its own clock, puts runs of workers that stopped
 //   renewing back to pending, fails runs nobody took in time (run-queue.js);
 // - removes finished runs older than marcelleTorch.keepFinishedRunsSeconds (retention.js).
@@ -167,7 +168,7 @@ const { BadRequest, MethodNotAllowed, NotAuthenticated } = require('@feathersjs/
 const app = require('@marcellejs/backend/lib/app').default;
 const logger = require('@marcellejs/backend/lib/logger').default;
 const abilities = require('@marcellejs/backend/lib/authentication/abilities');
-const { runsHooks, MAX_INPUT_BYTES } = require('./runs-hooks');
+const { runsHooks, patchedPublisher, MAX_INPUT_BYTES } = require('./runs-hooks');
 const { runQuotas, instanceQuota, payloadTooLarge } = require('./quotas');
 const { ensureAccounts, installAccountRules } = require('./accounts');
 const { caslPermissions, SERVICES } = require('./policy');
@@ -225,6 +226,7 @@ async function main() {
   app.hooks({ error: { all: [logDenials(logger)] } });
   const runs = app.service('runs');
   runs.hooks(runsHooks({ authEnabled, errors: { MethodNotAllowed }, payloadTooLarge }));
+  runs.publish('patched', patchedPublisher(app, { authEnabled }));
   const workers = workerRegistry(app.io, { authEnabled, BadRequest });
   patches.serveAheadOfDynamicServices(app, 'served-models', { find: async () => workers.list() });
   const quota = runQuotas(quotas, runs);
