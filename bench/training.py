@@ -265,7 +265,7 @@ def markdown(results: dict) -> str:
         "second)"
         + (
             f"; each update is a `runs patched` event of the whole run, its examples included ({size / 1000:.0f} kB "
-            "of JSON, p50), which the backend sends to every client, the worker that made it among them."
+            "of JSON, p50), which the backend sends to every client but the worker that made it."
             if size
             else "."
         ),
