@@ -145,3 +145,14 @@ def test_stars_are_png_data_urls_the_same_for_a_seed():
     assert a == b and a[0] != a[1]
     assert all(url.startswith("data:image/png;base64,") for url in a)
     assert bench.star_urls(1, seed=4) != a[:1]
+
+
+def test_the_call_without_checkpoints_is_reported_beside_the_goal_but_not_in_it():
+    rs = rounds()
+    for r in rs:
+        r["no_checkpoint"] = {**r["in_process"], "seconds": 2.0}  # 2000 examples/s each round
+    s = bench.throughput_summary(rs)
+    assert s["in_process_no_checkpoint"]["p50"] == 2000.0
+    assert s["ratio_to_no_checkpoint"] == 0.8  # backend 1600 over 2000
+    assert s["ratio_of_medians"] == 1.0  # the goal is against the same call as the worker's
+    assert "in_process_no_checkpoint" not in bench.throughput_summary(rounds())
