@@ -54,41 +54,25 @@ RUNS_RESULT = "[data-testid=runs-result]"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    """``up`` with a model store of its own: (the stack's URLs, its logs folder)."""
-    import dataclasses
-
-    from marcelle_torch.models.store import ENV
+    """``up`` (its model store beside the backend's data, in its workdir): (the stack's URLs, its logs folder)."""
     from marcelle_torch.stack.up import StackOptions, start_stack
 
     workdir = tmp_path_factory.mktemp("teach-stack")
-    store = workdir / "store"
-    store.mkdir()
-    options = {
-        "workdir": workdir / "stack",
-        "webapp_port": 0,
-        "serve_port": 0,
-        "backend_port": 0,
-        "serve_metrics_port": 0,
-        "worker_metrics_port": 0,
-        "prometheus_port": 0,
-    }
-    if "store" in {f.name for f in dataclasses.fields(StackOptions)}:
-        options["store"] = store
-    # Every part of the stack (and the web app, in this process) finds the store here too.
-    before = os.environ.get(ENV)
-    os.environ[ENV] = str(store)
+    options = StackOptions(
+        workdir=workdir / "stack",
+        webapp_port=0,
+        serve_port=0,
+        backend_port=0,
+        serve_metrics_port=0,
+        worker_metrics_port=0,
+        prometheus_port=0,
+    )
     say = lambda msg: print(f"[stack] {msg}", flush=True)  # noqa: E731
+    running = start_stack(options, say=say)
     try:
-        running = start_stack(StackOptions(**options), say=say)
-        try:
-            yield running.urls, running.logs
-        finally:
-            running.stop(say=say)
+        yield running.urls, running.logs
     finally:
-        if before is None:
-            os.environ.pop(ENV, None)
-        else:
-            os.environ[ENV] = before
+        running.stop(say=say)
 
 
 # --- drawings ---------------------------------------------------------------------------

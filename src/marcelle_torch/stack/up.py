@@ -204,8 +204,10 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
     logs.mkdir(parents=True, exist_ok=True)
     # The model store beside the backend's data (unless the environment names one): what the Teach
     # page trains is kept with its dataset, and Serve, the workers and the web app follow its
-    # published versions (models/store.py). Set here, every part started below inherits it.
-    os.environ.setdefault(STORE_ENV, str(workdir / "store"))
+    # published versions (models/store.py). Each part is given it; this process's environment is
+    # left as it is.
+    store = Path(os.environ.get(STORE_ENV) or workdir / "store")
+    store_env = {STORE_ENV: str(store)}
     host = options.host
     total = 6 if options.monitoring else 5
 
@@ -244,6 +246,7 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
                     *(arg for ref in ([CLASSIFIER, *extra] if extra else []) for arg in ("--model", ref)),
                 ),
                 logs / "serve.log",
+                env=store_env,
                 die_with_parent=True,
             )
 
@@ -302,6 +305,7 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
                     # Its account, with authentication on (start_worker passes it by environment).
                     email=backend_auth.get("worker_email"),
                     password=backend_auth.get("worker_password"),
+                    env=store_env,
                     die_with_parent=True,
                     wait=False,
                 )
@@ -322,7 +326,7 @@ def start_stack(options: StackOptions, say: Callable[[str], None] = lambda msg: 
             "onnxBundle": f"onnx/{CLASSIFIER}/",
             "onnxBundles": [f"onnx/{name}/" for name in bundles],
         }
-        url, stop_webapp = start_webapp(dist, config, host=host, port=webapp_port, bundles=bundles)
+        url, stop_webapp = start_webapp(dist, config, host=host, port=webapp_port, bundles=bundles, store=store)
         stack.add("web app", stop_webapp)
         stack.urls["webapp"] = url
         for name in bundles:  # the added models: where each path reaches them (runs: model NAME)
