@@ -33,6 +33,7 @@ CHECKPOINTS = ".checkpoints"
 class TrainingTooLong(InvalidInput):
     pass
 
+
 log = logging.getLogger("marcelle_torch.worker")
 
 
