@@ -42,7 +42,8 @@ def a_run_with_worker_patches(page, worker, wait_until):
     held = {"status": "running", "worker": "w1"}
     worker.patch("runs", run["_id"], {**held, "heartbeatAt": "now", "progress": 0}, {"status": "pending"})
     for progress in PROGRESS:
-        assert worker.patch("runs", run["_id"], {"progress": progress, "heartbeatAt": "now"}, held)["progress"] == progress
+        patched = worker.patch("runs", run["_id"], {"progress": progress, "heartbeatAt": "now"}, held)
+        assert patched["progress"] == progress
     worker.patch("runs", run["_id"], {"status": "succeeded", "progress": 1, "result": {"ok": True}}, held)
     return run["_id"], [("running", 0), *(("running", p) for p in PROGRESS), ("succeeded", 1)]
 
