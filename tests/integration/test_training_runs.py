@@ -48,7 +48,11 @@ def setting(make_backend, make_worker, connect, bars, tmp_path):
     store = tmp_path / "store"
 
     def trainer(name: str, *flags: str, models: list[str] | None = None):
-        return make_worker(backend.url, name, "--store", str(store), *flags, models=models or [str(folder)], env=env)
+        # One torch thread: two, beside the backend and the test on 2 cores, made the tiny model's
+        # training many times slower (threads waiting on each other).
+        return make_worker(
+            backend.url, name, "--store", str(store), "--threads", "1", *flags, models=models or [str(folder)], env=env
+        )
 
     return types.SimpleNamespace(backend=backend, client=connect(backend.url), store=store, trainer=trainer)
 

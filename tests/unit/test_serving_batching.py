@@ -119,17 +119,17 @@ def test_a_model_faster_per_instance_in_larger_batches_is_not_capped():
 def test_the_batcher_keeps_batches_at_the_knee_under_load():
     """Real passes: a fake model whose time per instance jumps past 4 instances."""
 
-    def run(items):
+    def model(items):
         time.sleep(0.002 * len(items) * (1 if len(items) <= 4 else 3))
         return items
 
     async def main():
-        batcher = AdaptiveBatcher(run, max_batch_size=16)
+        batcher = AdaptiveBatcher(model, max_batch_size=16)
         sizes = []
         batcher.cap.observe = (lambda observe: lambda n, s: (sizes.append(n), observe(n, s)))(batcher.cap.observe)
         await asyncio.gather(*(batcher.submit(i, 1) for i in range(200)))
         return sizes
 
-    sizes = asyncio.run(main())
+    sizes = run(main())
     late = sizes[len(sizes) // 2 :]
     assert max(late) == 16 and sorted(late)[len(late) // 2] <= 4, sizes  # explores, mostly at the knee
