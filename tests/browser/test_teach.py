@@ -55,18 +55,12 @@ RUNS_RESULT = "[data-testid=runs-result]"
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     """``up`` (its model store beside the backend's data, in its workdir): (the stack's URLs, its logs folder)."""
-    from marcelle_torch.stack.up import StackOptions, start_stack
+    from local_stack import stack_options
+
+    from marcelle_torch.stack.up import start_stack
 
     workdir = tmp_path_factory.mktemp("teach-stack")
-    options = StackOptions(
-        workdir=workdir / "stack",
-        webapp_port=0,
-        serve_port=0,
-        backend_port=0,
-        serve_metrics_port=0,
-        worker_metrics_port=0,
-        prometheus_port=0,
-    )
+    options = stack_options(workdir / "stack")
     say = lambda msg: print(f"[stack] {msg}", flush=True)  # noqa: E731
     running = start_stack(options, say=say)
     try:

@@ -29,20 +29,13 @@ TOL = 1e-4
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     """``up --model`` (the launcher's own start_stack) with the user's folder: (urls, net)."""
-    from marcelle_torch.stack.up import StackOptions, start_stack
+    from local_stack import stack_options
+
+    from marcelle_torch.stack.up import start_stack
 
     workdir = tmp_path_factory.mktemp("user-stack")
     folder = make_folder(workdir, NAME)
-    options = StackOptions(
-        workdir=workdir / "stack",
-        webapp_port=0,
-        serve_port=0,
-        backend_port=0,
-        serve_metrics_port=0,
-        worker_metrics_port=0,
-        prometheus_port=0,
-        models=(str(folder),),
-    )
+    options = stack_options(workdir / "stack", models=(str(folder),))
     running = start_stack(options, say=lambda msg: print(f"[stack] {msg}", flush=True))
     try:
         yield running.urls, user_net()

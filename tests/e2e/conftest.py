@@ -74,19 +74,12 @@ USER_MODEL = "e2e-shapes"
 
 
 def _local_target(workdir: Path):
-    from marcelle_torch.stack.up import StackOptions, WebappNotBuilt, start_stack
+    from local_stack import stack_options
+
+    from marcelle_torch.stack.up import WebappNotBuilt, start_stack
 
     workdir.mkdir(parents=True, exist_ok=True)
-    options = StackOptions(
-        workdir=workdir,
-        webapp_port=0,
-        serve_port=0,
-        backend_port=0,
-        serve_metrics_port=0,
-        worker_metrics_port=0,
-        prometheus_port=0,
-        models=(str(make_folder(workdir, USER_MODEL)),),
-    )
+    options = stack_options(workdir, models=(str(make_folder(workdir, USER_MODEL)),))
     try:
         stack = start_stack(options, say=lambda msg: print(f"[stack] {msg}", flush=True))
     except WebappNotBuilt as exc:
