@@ -27,6 +27,7 @@ import io
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -390,8 +391,32 @@ def run_record(page) -> tuple[list[str], list[float], list[str]]:
     return page.evaluate("[window.__statuses, window.__progress, window.__images]")
 
 
-def _shown_png(page, hook: str) -> bytes:
-    """The image a view's Marcelle imageDisplay shows (its canvas), as PNG."""
+# Whether the imageDisplay canvas inside a hook shows the pixels of the hook's data-src image
+# (at most 2 levels apart per channel): the page decodes the image, then the display draws it.
+SHOWS_SOURCE = """async (hook) => {
+    const box = document.querySelector(hook);
+    const canvas = box.querySelector('canvas');
+    const img = new Image();
+    img.src = box.dataset.src;
+    await img.decode();
+    if (canvas.width !== img.naturalWidth || canvas.height !== img.naturalHeight) return false;
+    const copy = document.createElement('canvas');
+    copy.width = canvas.width;
+    copy.height = canvas.height;
+    copy.getContext('2d').drawImage(img, 0, 0);
+    const want = copy.getContext('2d').getImageData(0, 0, copy.width, copy.height).data;
+    const shown = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+    return want.every((v, i) => Math.abs(v - shown[i]) <= 2);
+}"""
+
+
+def _shown_png(page, hook: str, timeout_s: float = 10.0) -> bytes:
+    """The image a view's Marcelle imageDisplay shows (its canvas), as PNG, once it shows the
+    image the hook names in data-src; fails if it does not within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(SHOWS_SOURCE, hook):
+        assert time.monotonic() < deadline, f"{hook}'s display never showed its data-src image"
+        page.wait_for_timeout(100)
     return _data_url_bytes(page.locator(f"{hook} canvas").evaluate("c => c.toDataURL('image/png')"))
 
 
