@@ -4,6 +4,7 @@ file, waited for over HTTP, and stopped with their whole group (Ray spawns many)
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import signal
 import socket
@@ -28,11 +29,67 @@ def cli_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "marcelle_torch.cli", *args]
 
 
+def cgroup_cpu_limit(
+    proc_cgroup: Path = Path("/proc/self/cgroup"), root: Path = Path("/sys/fs/cgroup")
+) -> float | None:
+    """The CPU limit of this process's cgroup and its parents, in CPUs (a container's
+    ``resources.limits.cpu``), or None when there is none. cgroup v2 writes it in ``cpu.max``
+    as "<quota> <period>" ("max" for none); v1 in ``cpu.cfs_quota_us`` (-1 for none) and
+    ``cpu.cfs_period_us``, under the ``cpu`` hierarchy."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    limits = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2: the unified hierarchy
+            files = [(root / "unified", "cpu.max"), (root, "cpu.max")]
+        elif "cpu" in controllers.split(","):
+            files = [(root / "cpu", "cpu.cfs_quota_us"), (root / controllers, "cpu.cfs_quota_us")]
+        else:
+            continue
+        for base, name in files:
+            folder = base / path.lstrip("/")
+            # A limit may sit on any parent; a container sees its own cgroup as the root.
+            while True:
+                limit = _read_cpu_limit(folder / name)
+                if limit is not None:
+                    limits.append(limit)
+                if folder == base or base not in folder.parents:
+                    break
+                folder = folder.parent
+    return min(limits) if limits else None
+
+
+def _read_cpu_limit(path: Path) -> float | None:
+    try:
+        text = path.read_text().split()
+        if path.name == "cpu.max":
+            quota, period = text
+        else:
+            quota, period = text[0], (path.parent / "cpu.cfs_period_us").read_text().strip()
+    except (OSError, ValueError, IndexError):
+        return None
+    if quota in ("max", "-1") or int(period) <= 0:
+        return None
+    return int(quota) / int(period)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may use: its affinity, capped by its cgroup's CPU limit, which
+    ``os.cpu_count()`` and torch do not see (torch in a 2-CPU pod on a 64-core node would
+    start 64 threads, throttled to 2 CPUs' worth)."""
+    cpus = len(os.sched_getaffinity(0))
+    limit = cgroup_cpu_limit()
+    return cpus if limit is None else max(1, min(cpus, math.ceil(limit)))
+
+
 def threads_per_process(processes: int) -> int:
-    """Torch threads for each of ``processes`` processes that share this machine's CPUs (the ones
-    this process may use): each torch would otherwise start one thread per core, and N workers
-    would fight over them (measured: 2 workers drained runs 4-10x slower than one)."""
-    return max(1, len(os.sched_getaffinity(0)) // max(1, processes))
+    """Torch threads for each of ``processes`` processes that share the CPUs this process may
+    use: each torch would otherwise start one thread per core, and N workers would fight over
+    them (measured: 2 workers drained runs 4-10x slower than one)."""
+    return max(1, usable_cpus() // max(1, processes))
 
 
 def free_port(host: str = "127.0.0.1") -> int:

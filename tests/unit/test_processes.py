@@ -5,10 +5,11 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from marcelle_torch.processes import ManagedProcess, StartupError, port_or_free
+from marcelle_torch.processes import ManagedProcess, StartupError, cgroup_cpu_limit, port_or_free
 
 
 def test_taken_port_is_a_clear_error():
@@ -85,3 +86,61 @@ def test_processes_sharing_the_cpus_split_them(cpus):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == [str(cpus), str(max(1, cpus // 2)), "1"]
+
+
+def _cgroup_tree(tmp_path, proc_lines: str, files: dict[str, str]):
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    proc = tmp_path / "proc-cgroup"
+    proc.write_text(proc_lines)
+    return proc, tmp_path
+
+
+@pytest.mark.parametrize(
+    ("proc_lines", "files", "limit"),
+    [
+        # cgroup v2, as a Kubernetes pod with limits.cpu: "2" sees it (its own cgroup is the root).
+        ("0::/\n", {"cpu.max": "200000 100000\n"}, 2.0),
+        ("0::/\n", {"cpu.max": "max 100000\n"}, None),
+        # v2 with the limit on a parent (the pod) and none on the container's own cgroup.
+        (
+            "0::/pod/ctr\n",
+            {"cpu.max": "max 100000\n", "pod/cpu.max": "150000 100000\n", "pod/ctr/cpu.max": "max 100000\n"},
+            1.5,
+        ),
+        # cgroup v1, the cpu controller mounted beside cpuacct.
+        (
+            "4:memory:/x\n1:cpu,cpuacct:/ctr\n",
+            {"cpu,cpuacct/ctr/cpu.cfs_quota_us": "50000\n", "cpu,cpuacct/ctr/cpu.cfs_period_us": "100000\n"},
+            0.5,
+        ),
+        ("1:cpu:/\n", {"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        # Nothing readable: no limit, not an error.
+        ("0::/\n", {}, None),
+    ],
+)
+def test_the_cgroup_cpu_limit_is_read_from_v1_and_v2(tmp_path, proc_lines, files, limit):
+    proc, root = _cgroup_tree(tmp_path, proc_lines, files)
+    assert cgroup_cpu_limit(proc, root) == limit
+
+
+def test_a_process_in_a_cgroup_limited_to_one_cpu_gives_torch_one_thread():
+    # A real cgroup (v1 here, as root): what a container with `limits.cpu: 1` looks like from inside.
+    cpu = Path("/sys/fs/cgroup/cpu")
+    if os.geteuid() != 0 or not (cpu / "cpu.cfs_quota_us").exists() or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs root, a cgroup v1 cpu hierarchy and 2 CPUs")
+    group = cpu / f"marcelle-torch-test-{os.getpid()}"
+    group.mkdir()
+    try:
+        (group / "cpu.cfs_period_us").write_text("100000")
+        (group / "cpu.cfs_quota_us").write_text("100000")
+        code = (
+            f"import os; open({str(group / 'cgroup.procs')!r}, 'w').write(str(os.getpid())); "
+            "from marcelle_torch.processes import usable_cpus, threads_per_process; "
+            "print(usable_cpus(), threads_per_process(1), len(os.sched_getaffinity(0)))"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+        assert out == ["1", "1", str(len(os.sched_getaffinity(0)))]
+    finally:
+        group.rmdir()

@@ -88,7 +88,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=DEFAULTS.max_training_s,
         help=f"a training run that takes longer fails with the reason (default {DEFAULTS.max_training_s:g})",
     )
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (default: torch's choice, at most the CPUs the worker may use, a "
+        "container's CPU limit included)",
+    )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=cmd_worker)
 
@@ -114,13 +120,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
     for name in ("heartbeat", "lease_timeout", "max_updates_per_second", "max_training_seconds"):
         if getattr(args, name) <= 0:
             raise InvalidInput(f"--{name.replace('_', '-')} must be positive")
+    if args.threads < 0:
+        raise InvalidInput("--threads must be 0 (the default) or more")
     if args.lease_timeout <= 2 * args.heartbeat:
         raise InvalidInput("--lease-timeout must be more than twice --heartbeat, or live runs would be taken back")
 
-    if args.threads:
-        import torch
+    import torch
 
-        torch.set_num_threads(args.threads)
+    from ..processes import usable_cpus
+
+    # torch's default is one thread per core of the machine, even in a container limited to fewer.
+    torch.set_num_threads(args.threads or min(torch.get_num_threads(), usable_cpus()))
+    logging.getLogger(__name__).info("torch threads: %d", torch.get_num_threads())
 
     from .metrics import WorkerMetrics
     from .worker import Worker, default_name
