@@ -83,6 +83,33 @@ function runsHooks({ authEnabled, errors, payloadTooLarge }) {
     return context;
   }
 
+  // A worker's write to a run it holds (worker/protocol.py held_by: the condition
+  // {status: 'running', worker}): its progress, heartbeats and outcome. Marked before
+  // exactConditionalPatch rewrites the condition; read by the after hook and the publisher.
+  function markHeldWrite(context) {
+    const { connection, user, query = {} } = context.params;
+    const role = authEnabled ? (user ? user.role : undefined) : null; // null: authentication off
+    context.params.heldWrite =
+      Boolean(connection) &&
+      policy.writeOf(role, 'runs', 'patch') === 'progress' &&
+      query.status === 'running' &&
+      typeof query.worker === 'string' &&
+      context.data.status !== 'canceled';
+    return context;
+  }
+
+  // The worker does not read its held writes' answers back: they leave out the run's input
+  // (a training run's examples, up to 4 MB, decoded ~20 times a second). Its claims are
+  // answered whole. The `patched` event still carries the whole run (patchedPublisher).
+  function answerHeldWriteWithoutInput(context) {
+    const answer = context.dispatch || context.result;
+    if (context.params.heldWrite && answer && typeof answer === 'object' && 'input' in answer) {
+      const { input, ...rest } = answer; // eslint-disable-line no-unused-vars
+      context.dispatch = rest;
+    }
+    return context;
+  }
+
   function refuseUpdate(context) {
     if (context.params.provider) {
       throw new MethodNotAllowed('runs are changed with patch, not update');
@@ -94,7 +121,10 @@ function runsHooks({ authEnabled, errors, payloadTooLarge }) {
     before: {
       create: [newRun],
       update: [refuseUpdate],
-      patch: [patchRules, exactConditionalPatch],
+      patch: [markHeldWrite, patchRules, exactConditionalPatch],
+    },
+    after: {
+      patch: [answerHeldWriteWithoutInput],
     },
   };
 }
@@ -106,8 +136,9 @@ function runsHooks({ authEnabled, errors, payloadTooLarge }) {
  * the patch when it is the worker's own (its grant writes `progress`, policy.js, and the patch
  * is not a cancel). Each event is the whole run, its `input` included (up to 4 MB): echoed back
  * ~20 times a second during a run, the worker spent its time decoding its own progress. The
- * worker reads its claims and writes from the patch's answer; every other connection (the page,
- * other workers watching for cancels and claims) still gets every event.
+ * worker reads its claims from the patch's answer (and its held writes' answers leave out the
+ * input: answerHeldWriteWithoutInput); every other connection (the page, other workers watching
+ * for cancels and claims) still gets every event, whole.
  */
 function patchedPublisher(app, { authEnabled }) {
   const caslOptions = makeOptions(app);
@@ -124,7 +155,12 @@ function patchedPublisher(app, { authEnabled }) {
       policy.writeOf(role, 'runs', 'patch') === 'progress' &&
       !(context.data && context.data.status === 'canceled');
     if (!own || !channels) return channels;
-    const others = (channel) => channel.filter((c) => c !== connection);
+    // A held write's answer (context.dispatch) leaves out the input; the others get the whole
+    // run (`data`), unless feathers-casl already chose their fields (a channel with data).
+    const others = (channel) => {
+      const rest = channel.filter((c) => c !== connection);
+      return rest.data || !context.params.heldWrite ? rest : rest.send(data);
+    };
     return Array.isArray(channels) ? channels.map(others) : others(channels);
   };
 }
