@@ -78,7 +78,7 @@ class Recorder:
             self.events.setdefault(run.get("_id"), []).append((now, run))
             self.cond.notify_all()
 
-    def wait_done(self, run_id: str, timeout: float = 300) -> list[tuple[float, dict]]:
+    def wait_done(self, run_id: str, timeout: float = 600) -> list[tuple[float, dict]]:
         deadline = time.monotonic() + timeout
         with self.cond:
             while True:

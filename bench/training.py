@@ -37,11 +37,12 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from runs_latency import Recorder  # bench/'s scripts run with their folder on sys.path
 
 from marcelle_torch.files import atomic_write, atomic_write_text
 
@@ -290,33 +291,6 @@ def markdown(results: dict) -> str:
 
 
 # -- the real parts -------------------------------------------------------------------------------
-
-
-class Recorder:
-    """Every ``runs patched`` event, with the client's arrival time, by run id."""
-
-    def __init__(self, client):
-        self.events: dict[str, list[tuple[float, dict]]] = {}
-        self.cond = threading.Condition()
-        client.on("runs patched", self._on)
-
-    def _on(self, run) -> None:
-        now = time.perf_counter()
-        with self.cond:
-            self.events.setdefault(run.get("_id"), []).append((now, run))
-            self.cond.notify_all()
-
-    def wait_done(self, run_id: str, timeout: float = 600) -> list[tuple[float, dict]]:
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                seen = self.events.get(run_id, [])
-                if seen and seen[-1][1].get("status") in ("succeeded", "failed", "canceled"):
-                    return list(seen)
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"run {run_id} did not finish in {timeout:.0f}s (events: {len(seen)})")
-                self.cond.wait(left)
 
 
 def backend_training(client, recorder: Recorder, urls: list[str], epochs: int | None, pids: dict | None = None) -> dict:

@@ -2,11 +2,13 @@
 the Train -> answering summary, the report, and the star it teaches."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "bench"))  # as when it runs: it imports its neighbour runs_latency
 _spec = importlib.util.spec_from_file_location("bench_training", REPO / "bench" / "training.py")
 bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench)

@@ -25,6 +25,7 @@
  */
 import { Component, button, number, select, text, throwError } from '@marcellejs/core';
 import { backendRunModel, escapeHtml } from 'marcelle-torch';
+import { row, untitled } from './panel-dom.js';
 
 const DIGITS = Array.from({ length: 10 }, (_, i) => String(i));
 const MAX_STEPS = 1000;
@@ -40,12 +41,6 @@ function offer(widget, names, preferred) {
   const keep = [widget.$value.get(), preferred].find((name) => names.includes(name)) ?? names[0];
   widget.$options.set(names);
   if (keep !== undefined) widget.$value.set(keep);
-}
-
-/** A Marcelle widget without a title of its own (the panel's rows label it). */
-function untitled(widget) {
-  widget.title = '';
-  return widget;
 }
 
 export class RunPanel extends Component {
@@ -187,12 +182,6 @@ export class RunPanel extends Component {
     const t = target || document.querySelector(`#${this.id}`);
     if (!t) return;
     this.destroy();
-    const row = (...children) => {
-      const div = document.createElement('div');
-      div.style.cssText = 'display:flex;gap:0.75rem;align-items:center;flex-wrap:wrap';
-      div.append(...children);
-      return div;
-    };
     const label = (words, node) => {
       const span = document.createElement('span');
       span.textContent = words;

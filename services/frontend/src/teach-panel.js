@@ -44,18 +44,13 @@ import {
   trainingProgress,
 } from '@marcellejs/core';
 import { backendRunModel, escapeHtml, toDataURL } from 'marcelle-torch';
+import { row, untitled } from './panel-dom.js';
 
 const VERSION_RE = /^[0-9a-f]{12}$/;
 const THUMBNAIL = 60;
 // After a publish, the drawing is predicted again until Serve answers with the new version.
 const SERVED_TRIES = 20;
 const SERVED_WAIT_MS = 500;
-
-/** A Marcelle widget without a title of its own (the panel's rows label it). */
-function untitled(widget) {
-  widget.title = '';
-  return widget;
-}
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -355,12 +350,6 @@ export class TeachPanel extends Component {
     const t = target || document.querySelector(`#${this.id}`);
     if (!t) return;
     this.destroy();
-    const row = (...children) => {
-      const div = document.createElement('div');
-      div.style.cssText = 'display:flex;gap:0.75rem;align-items:center;flex-wrap:wrap;margin:.5rem 0';
-      div.append(...children);
-      return div;
-    };
     const words = (value, tag = 'span') => {
       const node = document.createElement(tag);
       node.textContent = value;
