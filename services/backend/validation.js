@@ -57,6 +57,31 @@ function checkTree(value, { what, operators }) {
   }
 }
 
+// @marcellejs/backend 0.6.5 lib/app.hooks.js (convertDateQueries, an app hook) turns the
+// createdAt and updatedAt $gt/$gte/$lt/$lte values of every query into Dates, in place. A REST
+// call goes through the package's `:serviceName` service, whose hooks run first, so the data
+// service's own call then carries those Dates: JSON makes none, so each is turned back into the
+// text it was, and checked as such (the package converts it again). A text that is no date is
+// refused.
+const DATE_FIELDS = ['createdAt', 'updatedAt'];
+const DATE_OPERATORS = ['$gt', '$gte', '$lt', '$lte'];
+
+function checkDateQueries(query) {
+  for (const field of DATE_FIELDS) {
+    const ops = query[field];
+    if (ops === null || typeof ops !== 'object') continue;
+    for (const op of DATE_OPERATORS) {
+      const value = ops[op];
+      if (!(value instanceof Date) && typeof value !== 'string') continue; // the schema says
+      // The package would make an Invalid Date of a text that is none, which matches nothing.
+      const date = value instanceof Date ? value : new Date(value);
+      if (Number.isNaN(date.getTime()))
+        throw new BadRequest(`query.${field}.${op} is not a date: ${String(value).slice(0, 64)}`);
+      if (value instanceof Date) ops[op] = value.toISOString();
+    }
+  }
+}
+
 /** Layer 1, for every external call: the id, data and query are plain, bounded JSON. */
 function checkShape(context) {
   const { id, data, params } = context;
@@ -71,6 +96,7 @@ function checkShape(context) {
     if (params.query === null || typeof params.query !== 'object' || Array.isArray(params.query)) {
       throw new BadRequest(`${name}: the query must be an object`);
     }
+    checkDateQueries(params.query);
     checkTree(params.query, { what: `${name}.${context.method} query`, operators: true });
   }
 }
@@ -115,6 +141,12 @@ function query(fields, selectable, more = {}) {
 }
 
 const EQUALITY = ['$ne', '$in', '$nin'];
+// A time as the backend stamps it (ISO 8601, `2026-12-06T01:02:03.456Z`) or its first part.
+const timeText = {
+  type: 'string',
+  maxLength: 64,
+  pattern: '^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9:.]+(Z|[+-][0-9]{2}:?[0-9]{2})?)?$',
+};
 const ORDER = ['$lt', '$lte', '$gt', '$gte', '$ne'];
 const idValue = { type: 'string', pattern: ID.source };
 const shortText = nullable(text(256));
@@ -125,8 +157,8 @@ const runFields = {
   status: condition({ enum: STATUSES }, EQUALITY),
   worker: condition(shortText, EQUALITY),
   heartbeatAt: condition(shortText, ORDER),
-  createdAt: condition(text(64), ORDER),
-  updatedAt: condition(text(64), ORDER),
+  createdAt: condition(timeText, ORDER),
+  updatedAt: condition(timeText, ORDER),
   userId: condition(idValue, EQUALITY),
 };
 
@@ -156,8 +188,8 @@ const instanceFields = {
   datasetName: condition(label, EQUALITY),
   y: condition(label, EQUALITY),
   userId: condition(idValue, EQUALITY),
-  createdAt: condition(text(64), ORDER),
-  updatedAt: condition(text(64), ORDER),
+  createdAt: condition(timeText, ORDER),
+  updatedAt: condition(timeText, ORDER),
 };
 const instanceData = { x: imageUrl(MAX_INSTANCE_X), y: label, thumbnail: imageUrl(MAX_THUMBNAIL) };
 
@@ -205,7 +237,7 @@ const schemas = {
       _id: idValue,
       email: text(254),
       role: text(64),
-      createdAt: condition(text(64), ORDER),
+      createdAt: condition(timeText, ORDER),
     },
     ['_id', 'email', 'role', 'createdAt', 'updatedAt'],
   ),

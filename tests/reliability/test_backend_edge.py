@@ -644,3 +644,33 @@ def test_13_only_the_admin_publishes_a_model_version(closed_backend, connect):
     assert create({"publish": "0123456789ab"}, admin).status == 201
     assert create({"publish": None}, admin).status == 201
     assert create({"train": {"epochs": 2}}, user["accessToken"]).status == 201, "an editor still trains"
+
+
+def test_14_runs_and_instances_are_found_by_time_over_rest_and_socketio(make_backend, connect):
+    # @marcellejs/backend's app hook turns createdAt/updatedAt $gt.. into Dates in place, before a
+    # REST call's inner call to the data service (validation.js checkDateQueries).
+    backend = make_backend()
+    url = backend.url
+    client = connect(url)
+    run_id = make_run(url)
+    assert rest_call(url, "POST", TEACH, instance("a")).status == 201
+    assert client.get("runs", run_id)["status"] == "pending"
+    for service in ("/runs", TEACH):
+        name = service.lstrip("/")
+        made = client.find(name, {})["data"][0]["createdAt"]
+        for query, total in (
+            ({"createdAt": {"$gt": "2020-01-01T00:00:00.000Z"}}, 1),
+            ({"createdAt": {"$lte": made}, "updatedAt": {"$gte": "2020-01-01"}}, 1),
+            ({"createdAt": {"$gt": "2999-01-01T00:00:00Z"}}, 0),
+            ({"updatedAt": {"$lt": "2020-01-01T00:00:00+02:00"}}, 0),
+        ):
+            reply = rest_call(url, "GET", f"{service}?{query_string(query)}")
+            assert reply.status == 200 and reply.json["total"] == total, f"{service} {query}: {reply}"
+            assert client.find(name, query)["total"] == total, (service, query)
+        for bad in ("yesterday", "2026-13-45T99:99:99Z", {"$regex": "2026"}):
+            query = {"createdAt": {"$gt": bad}}
+            reply = rest_call(url, "GET", f"{service}?{query_string(query)}")
+            assert reply.status == 400 and reply.is_json_error(), f"{service} {query}: {reply}"
+            assert "createdAt" in reply.json["message"], reply
+            assert socket_refusal(lambda n=name, q=query: client.find(n, q)).http_code == 400, (service, query)
+    assert backend.alive()
