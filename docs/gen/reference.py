@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -23,7 +24,10 @@ HELP_WIDTH = "100"  # the CLI's help is wrapped at this width, whatever the term
 
 
 def load_module(path: Path, name: str) -> ModuleType:
-    """A script of the repository (bench/, tests/, charts/) imported by its path."""
+    """A script of the repository (bench/, tests/, charts/) imported by its path, with its folder
+    on sys.path as when it runs (a bench script imports its neighbours)."""
+    if str(path.parent) not in sys.path:
+        sys.path.append(str(path.parent))
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None, path
     module = importlib.util.module_from_spec(spec)

