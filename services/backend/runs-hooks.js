@@ -83,18 +83,18 @@ function runsHooks({ authEnabled, errors, payloadTooLarge }) {
     return context;
   }
 
-  // A worker's write to a run it holds (worker/protocol.py held_by: the condition
-  // {status: 'running', worker}): its progress, heartbeats and outcome. Marked before
-  // exactConditionalPatch rewrites the condition; read by the after hook and the publisher.
-  function markHeldWrite(context) {
+  // Marks the worker's own writes, once, for the after hook and the publisher: `workerWrite`,
+  // a patch over a connection whose grant writes `progress` (policy.js) that is not a cancel
+  // (its claims included); `heldWrite`, one of those to a run it holds (worker/protocol.py
+  // held_by: the condition {status: 'running', worker}): its progress, heartbeats and outcome.
+  // Marked before exactConditionalPatch rewrites the condition.
+  function markWorkerWrites(context) {
     const { connection, user, query = {} } = context.params;
     const role = authEnabled ? (user ? user.role : undefined) : null; // null: authentication off
-    context.params.heldWrite =
-      Boolean(connection) &&
-      policy.writeOf(role, 'runs', 'patch') === 'progress' &&
-      query.status === 'running' &&
-      typeof query.worker === 'string' &&
-      context.data.status !== 'canceled';
+    const workerWrite =
+      Boolean(connection) && policy.writeOf(role, 'runs', 'patch') === 'progress' && context.data.status !== 'canceled';
+    context.params.workerWrite = workerWrite;
+    context.params.heldWrite = workerWrite && query.status === 'running' && typeof query.worker === 'string';
     return context;
   }
 
@@ -121,7 +121,7 @@ function runsHooks({ authEnabled, errors, payloadTooLarge }) {
     before: {
       create: [newRun],
       update: [refuseUpdate],
-      patch: [markHeldWrite, patchRules, exactConditionalPatch],
+      patch: [markWorkerWrites, patchRules, exactConditionalPatch],
     },
     after: {
       patch: [answerHeldWriteWithoutInput],
@@ -133,8 +133,8 @@ function runsHooks({ authEnabled, errors, payloadTooLarge }) {
  * The `runs` `patched` publisher: the channels of the package's app publisher
  * (@marcellejs/backend 0.6.5 lib/channels.js: with authentication on, feathers-casl's
  * getChannelsWithReadAbility; off, anonymous and authenticated), less the connection that made
- * the patch when it is the worker's own (its grant writes `progress`, policy.js, and the patch
- * is not a cancel). Each event is the whole run, its `input` included (up to 4 MB): echoed back
+ * the patch when it is the worker's own (`workerWrite`, marked by the runs hooks'
+ * markWorkerWrites). Each event is the whole run, its `input` included (up to 4 MB): echoed back
  * ~20 times a second during a run, the worker spent its time decoding its own progress. The
  * worker reads its claims from the patch's answer (and its held writes' answers leave out the
  * input: answerHeldWriteWithoutInput); every other connection (the page, other workers watching
@@ -148,15 +148,13 @@ function patchedPublisher(app, { authEnabled }) {
       : app.channel('anonymous', 'authenticated');
   return (data, context) => {
     const channels = channelsOf(data, context);
-    const { connection, user } = context.params;
-    const role = authEnabled ? (user ? user.role : undefined) : null; // null: authentication off
-    const own =
-      connection &&
-      policy.writeOf(role, 'runs', 'patch') === 'progress' &&
-      !(context.data && context.data.status === 'canceled');
-    if (!own || !channels) return channels;
-    // A held write's answer (context.dispatch) leaves out the input; the others get the whole
-    // run (`data`), unless feathers-casl already chose their fields (a channel with data).
+    const { connection, workerWrite } = context.params;
+    if (!workerWrite || !channels) return channels;
+    // A held write's answer (context.dispatch) leaves out the input, and an event goes to each
+    // connection as channel.dataFor(connection) || context.dispatch || context.result
+    // (@feathersjs/transport-commons 4.5 lib/socket/utils.js): the others are sent the whole run
+    // (`data`), unless feathers-casl already chose their fields (a channel with data).
+    // Test: test_run_events.py.
     const others = (channel) => {
       const rest = channel.filter((c) => c !== connection);
       return rest.data || !context.params.heldWrite ? rest : rest.send(data);

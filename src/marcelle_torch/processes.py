@@ -44,9 +44,10 @@ def cgroup_cpu_limit(
     for line in lines:
         _, controllers, path = line.split(":", 2)
         if controllers == "":  # v2: the unified hierarchy
-            files = [(root / "unified", "cpu.max"), (root, "cpu.max")]
+            files = {(root / "unified", "cpu.max"), (root, "cpu.max")}
         elif "cpu" in controllers.split(","):
-            files = [(root / "cpu", "cpu.cfs_quota_us"), (root / controllers, "cpu.cfs_quota_us")]
+            # Mounted as `cpu` or as the controllers' joint name (`cpu,cpuacct`): each read once.
+            files = {(root / "cpu", "cpu.cfs_quota_us"), (root / controllers, "cpu.cfs_quota_us")}
         else:
             continue
         for base, name in files:
